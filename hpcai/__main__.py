@@ -1,0 +1,3 @@
+from hpcai.cli import main
+
+main()

@@ -1,0 +1,261 @@
+"""The `hpcai` command line: parse, call one service function, print (rich or --json). Thin on purpose.
+
+Nothing here imports torch, accelerate or transformers: `hpcai --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hpcai import __version__
+from hpcai.errors import HpcaiError
+from hpcai.jobspec import Overrides
+from hpcai.output import console, print_error, print_json
+
+app = typer.Typer(
+    name="hpcai",
+    help="From a EuroHPC allocation to multimodal training that survives loss spikes, walltime and node failures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+clusters_app = typer.Typer(help="Cluster profiles: what hpcai knows about each site.", no_args_is_help=True)
+workloads_app = typer.Typer(help="Workloads hpcai can launch.", no_args_is_help=True)
+app.add_typer(clusters_app, name="clusters")
+app.add_typer(workloads_app, name="workloads")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ClusterOpt = Annotated[
+    str | None, typer.Option("--cluster", "-c", help="Cluster profile (default: config's default_cluster, else local).")
+]
+NodesOpt = Annotated[int | None, typer.Option("--nodes", "-N", help="Number of nodes.")]
+GpusOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs per node (default: all of the node's).")]
+TimeOpt = Annotated[str | None, typer.Option("--time", "-t", help="Walltime, HH:MM:SS or D-HH:MM:SS.")]
+PartitionOpt = Annotated[str | None, typer.Option("--partition", "-p", help="Partition (Slurm) or queue (PBS).")]
+QosOpt = Annotated[str | None, typer.Option("--qos", help="Quality of service.")]
+AccountOpt = Annotated[str | None, typer.Option("--account", "-A", help="Account/budget/project to charge.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Job name (sanitised for the scheduler).")]
+ContainerOpt = Annotated[str | None, typer.Option("--container", help="Container image (.sif) path on the cluster.")]
+StageOpt = Annotated[str | None, typer.Option("--stage", help="Workload stage, e.g. pretrain or finetune.")]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE exported in the job (repeatable).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Workload parameter KEY=VALUE (repeatable).")]
+RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="Run id (default: generated).", hidden=True)]
+RunDirOpt = Annotated[str | None, typer.Option("--run-dir", help="Run directory (default: from the profile).")]
+
+
+def _overrides(
+    workload: str,
+    *,
+    nodes: int | None,
+    gpus_per_node: int | None,
+    time: str | None,
+    partition: str | None,
+    qos: str | None,
+    account: str | None,
+    name: str | None,
+    container: str | None,
+    stage: str | None,
+    env: list[str] | None,
+    set_: list[str] | None,
+    run_id: str | None,
+    run_dir: str | None,
+) -> Overrides:
+    from hpcai.runids import new_run_id
+
+    if run_id is not None:
+        from hpcai.jobspec import sanitize_job_name
+
+        if sanitize_job_name(run_id) != run_id:
+            raise HpcaiError(f"--run-id: '{run_id}' must be letters, digits, _ . - and start with a letter.")
+    return Overrides(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        time=time,
+        partition=partition,
+        qos=qos,
+        account=account,
+        name=name,
+        container=container,
+        stage=stage,
+        env=tuple(env or ()),
+        set=tuple(set_ or ()),
+        run_id=run_id or new_run_id(workload, stage),
+        run_dir=run_dir,
+    )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"hpcai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """hpcai: render, submit and look after multimodal training jobs on HPC clusters."""
+
+
+@clusters_app.command("list")
+def clusters_list(json_out: JsonOpt = False) -> None:
+    """List the cluster profiles (shipped and your own)."""
+    from hpcai.profiles import load_all_profiles
+
+    profiles = load_all_profiles()
+    if json_out:
+        print_json(
+            [
+                {"name": n, "scheduler": p.scheduler, "accelerator": p.accelerator, "description": p.description}
+                for n, p in profiles.items()
+            ]
+        )
+        return
+    table = Table("cluster", "scheduler", "accelerator", "GPUs/node", "description")
+    for name, prof in profiles.items():
+        table.add_row(name, prof.scheduler, prof.accelerator, str(prof.node.gpus), prof.description)
+    console.print(table)
+
+
+@clusters_app.command("show")
+def clusters_show(name: Annotated[str, typer.Argument(help="Cluster profile name.")], json_out: JsonOpt = False) -> None:
+    """Show a cluster profile: limits, node shape, filesystems, budget commands and sources."""
+    from hpcai.present import show_profile
+    from hpcai.profiles import load_profile, profile_source
+
+    profile = load_profile(name)
+    if json_out:
+        print_json({"name": name, "files": [str(p) for p in profile_source(name)], **profile.model_dump()})
+        return
+    show_profile(name, profile, profile_source(name))
+
+
+@workloads_app.command("list")
+def workloads_list(json_out: JsonOpt = False) -> None:
+    """List the workloads."""
+    from hpcai.workloads import load_workload, workload_names
+
+    loaded = [load_workload(n) for n in workload_names()]
+    if json_out:
+        print_json([{"name": w.name, "description": w.spec.description, "stages": list(w.spec.stages)} for w in loaded])
+        return
+    table = Table("workload", "stages", "description")
+    for w in loaded:
+        table.add_row(w.name, ", ".join(w.spec.stages), w.spec.description)
+    console.print(table)
+
+
+@workloads_app.command("show")
+def workloads_show(name: Annotated[str, typer.Argument(help="Workload name.")], json_out: JsonOpt = False) -> None:
+    """Show a workload: entrypoint, stages, parameters (for --set), resources and FSDP settings."""
+    from hpcai.present import show_workload
+    from hpcai.workloads import load_workload
+
+    workload = load_workload(name)
+    if json_out:
+        print_json({"name": name, "directory": str(workload.directory), **workload.spec.model_dump()})
+        return
+    show_workload(workload)
+
+
+@app.command()
+def render(
+    workload: Annotated[str, typer.Argument(help="Workload name (hpcai workloads list).")],
+    cluster: ClusterOpt = None,
+    nodes: NodesOpt = None,
+    gpus_per_node: GpusOpt = None,
+    time: TimeOpt = None,
+    partition: PartitionOpt = None,
+    qos: QosOpt = None,
+    account: AccountOpt = None,
+    name: NameOpt = None,
+    container: ContainerOpt = None,
+    stage: StageOpt = None,
+    env: EnvOpt = None,
+    set_: SetOpt = None,
+    run_id: RunIdOpt = None,
+    run_dir: RunDirOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the script here.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print (or write with -o) the complete batch script for WORKLOAD on a cluster."""
+    from hpcai.service import prepare_job
+
+    overrides = _overrides(
+        workload, nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition, qos=qos,
+        account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
+        run_dir=run_dir,
+    )  # fmt: skip
+    rendered = prepare_job(workload, cluster, overrides)
+    _emit_script(rendered.script, rendered.job.model_dump(), output, json_out)
+
+
+@app.command()
+def submit(
+    workload: Annotated[str, typer.Argument(help="Workload name (hpcai workloads list).")],
+    cluster: ClusterOpt = None,
+    nodes: NodesOpt = None,
+    gpus_per_node: GpusOpt = None,
+    time: TimeOpt = None,
+    partition: PartitionOpt = None,
+    qos: QosOpt = None,
+    account: AccountOpt = None,
+    name: NameOpt = None,
+    container: ContainerOpt = None,
+    stage: StageOpt = None,
+    env: EnvOpt = None,
+    set_: SetOpt = None,
+    run_id: RunIdOpt = None,
+    run_dir: RunDirOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the script `render` would, submit nothing.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the script only)."""
+    from hpcai.service import prepare_job
+
+    overrides = _overrides(
+        workload, nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition, qos=qos,
+        account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
+        run_dir=run_dir,
+    )  # fmt: skip
+    rendered = prepare_job(workload, cluster, overrides)
+    if dry_run:
+        _emit_script(rendered.script, rendered.job.model_dump(), None, json_out)
+        return
+    from hpcai.orchestrator import submit_run
+
+    result = submit_run(rendered)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result["run_id"])
+
+
+def _emit_script(script: str, job: dict[str, object], output: Path | None, json_out: bool) -> None:
+    if output is not None:
+        try:
+            output.write_text(script, encoding="utf-8")
+        except OSError as exc:
+            raise HpcaiError(f"-o {output}: cannot write ({exc.strerror}). Choose a writable path.") from exc
+    if json_out:
+        print_json({"script": script, "job": job, "output": str(output) if output else None})
+    elif output is None:
+        sys.stdout.write(script)
+
+
+def main() -> None:
+    try:
+        app()
+    except HpcaiError as exc:
+        print_error(str(exc))
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print_error("interrupted.")
+        raise SystemExit(130) from None

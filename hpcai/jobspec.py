@@ -1,0 +1,354 @@
+"""JobSpec: a cluster profile x a workload x the user's overrides, resolved and checked against limits.
+
+Everything here is pure: the same inputs give the same JobSpec, and every rejection is a ValidationError
+whose message names the option, what the cluster allows and what to pass instead.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from hpcai.errors import ValidationError, closest
+from hpcai.profiles import DIRECTIVE_VALUE, ENV_NAME, ClusterProfile, Partition, Qos, expand_path
+from hpcai.userconfig import ClusterSettings
+from hpcai.walltime import parse_walltime, slurm_walltime
+from hpcai.workloads import Scalar, Workload
+
+RESERVED_ENV_PREFIXES = ("HPCAI_", "SLURM_", "PBS_")
+RESERVED_ENV = {"MASTER_ADDR", "MASTER_PORT", "PATH"}
+# Characters a run directory may hold: it appears in #SBATCH/#PBS lines, which no shell quotes, and
+# Slurm expands % patterns in --output.
+RUN_DIR_SAFE = re.compile(r"^/[A-Za-z0-9_./+@=,-]*$")
+
+
+class Overrides(BaseModel):
+    """What the user typed on the command line; None = take the workload's or profile's default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    time: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    account: str | None = None
+    name: str | None = None
+    container: str | None = None
+    stage: str | None = None
+    env: tuple[str, ...] = ()
+    set: tuple[str, ...] = ()
+    run_id: str = "run"
+    run_dir: str | None = None
+
+
+class JobSpec(BaseModel):
+    """Everything a template needs, resolved; `render` turns it into a script."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cluster: str
+    workload: str
+    stage: str | None
+    run_id: str
+    run_dir: str
+    job_name: str
+    nodes: int
+    gpus_per_node: int
+    processes_per_node: int
+    walltime_s: int
+    partition: str
+    qos: str | None
+    account: str | None
+    container: str | None
+    env: dict[str, str]
+    parameters: dict[str, Scalar]
+    code_dir: str
+    entrypoint: str
+    python: str
+    mixed_precision: str
+    signal_lead_s: int
+
+    @property
+    def num_processes(self) -> int:
+        return self.nodes * self.processes_per_node
+
+    @property
+    def walltime(self) -> str:
+        return slurm_walltime(self.walltime_s)
+
+
+def sanitize_job_name(name: str) -> str:
+    """Letters, digits, `_ . -`, starting with a letter, at most 64 characters (Slurm and PBS Pro accept it)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.-")
+    if not cleaned or not cleaned[0].isalpha():
+        cleaned = "j" + cleaned
+    return cleaned[:64]
+
+
+def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, str]:
+    """`KEY=VALUE` strings into a dict; the value may itself contain `=`."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValidationError(
+                f"{option}: '{item}' is not KEY=VALUE. Write e.g. {option} "
+                + ("NCCL_DEBUG=INFO" if option == "--env" else "lr=3e-4")
+                + " (quote the whole argument if the value has spaces)."
+            )
+        result[key.strip()] = value
+    return result
+
+
+def coerce_parameter(key: str, raw: str, default: Scalar) -> Scalar:
+    """`raw` converted to the type of the workload's default for `key`."""
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered in {"true", "1", "yes", "on"}:
+                return True
+            if lowered in {"false", "0", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        kind = type(default).__name__
+        raise ValidationError(
+            f"--set {key}={raw}: {key} takes a {kind} (its default is {default!r}). "
+            f"Give e.g. --set {key}={default}."
+        ) from None
+    return raw
+
+
+def _resolve_parameters(workload: Workload, stage: str | None, assignments: dict[str, str]) -> dict[str, Scalar]:
+    spec = workload.spec
+    params: dict[str, Scalar] = dict(spec.parameters)
+    if stage is not None:
+        params.update(spec.stages[stage].parameters)
+    for key, raw in assignments.items():
+        if key not in spec.parameters:
+            raise ValidationError(
+                f"--set: '{key}' is not a parameter of workload '{workload.name}'.{closest(key, spec.parameters)} "
+                f"Parameters: {', '.join(sorted(spec.parameters))} (see `hpcai workloads show {workload.name}`)."
+            )
+        params[key] = coerce_parameter(key, raw, spec.parameters[key])
+    return params
+
+
+def _resolve_stage(workload: Workload, requested: str | None) -> str | None:
+    stages = workload.spec.stages
+    if requested is None:
+        return workload.spec.default_stage
+    if requested not in stages:
+        known = ", ".join(stages) or "(none)"
+        raise ValidationError(
+            f"--stage: workload '{workload.name}' has no stage '{requested}'.{closest(requested, stages)} "
+            f"Stages: {known}."
+        )
+    return requested
+
+
+def _check_directive_value(option: str, value: str) -> None:
+    if not DIRECTIVE_VALUE.match(value):
+        raise ValidationError(
+            f"{option}: '{value}' has characters a scheduler directive cannot carry safely. "
+            "Use only letters, digits and . _ : + @ - (as the site spells the name)."
+        )
+
+
+def _partitions_allowing(profile: ClusterProfile, nodes: int, walltime_s: int) -> list[str]:
+    return [
+        p.name
+        for p in profile.partitions
+        if p.min_nodes <= nodes <= p.max_nodes and parse_walltime(p.max_walltime) >= walltime_s
+    ]
+
+
+def _qos_allows(qos: Qos, nodes: int, walltime_s: int) -> bool:
+    if qos.max_walltime is not None and parse_walltime(qos.max_walltime) < walltime_s:
+        return False
+    if qos.max_nodes is not None and nodes > qos.max_nodes:
+        return False
+    return nodes >= qos.min_nodes
+
+
+def _check_limits(
+    profile: ClusterProfile, partition: Partition, qos_name: str | None, nodes: int, walltime_s: int
+) -> None:
+    kind = "queue" if profile.scheduler == "pbs" else "partition"
+    if nodes > partition.max_nodes or nodes < partition.min_nodes:
+        others = [n for n in _partitions_allowing(profile, nodes, 1) if n != partition.name]
+        hint = f" The {kind}s that allow {nodes} nodes: {', '.join(others)}." if others else ""
+        raise ValidationError(
+            f"--nodes: {nodes} nodes is outside {kind} '{partition.name}' "
+            f"({partition.min_nodes}-{partition.max_nodes} nodes).{hint} "
+            f"Ask for fewer nodes or pick another {kind} with --partition."
+        )
+    limit = parse_walltime(partition.max_walltime)
+    if walltime_s > limit:
+        others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n != partition.name]
+        hint = (
+            f" {kind.capitalize()}s that allow it: {', '.join(others)} (--partition)."
+            if others
+            else f" No {kind} of this cluster allows it: checkpoint and let hpcai chain attempts instead."
+        )
+        raise ValidationError(
+            f"--time: {slurm_walltime(walltime_s)} is over {kind} '{partition.name}''s maximum of "
+            f"{partition.max_walltime}.{hint}"
+        )
+    if qos_name is None:
+        return
+    qos = profile.qos_named(qos_name)
+    if qos is None or (partition.qos and qos_name not in partition.qos):
+        allowed = partition.qos or [q.name for q in profile.qos]
+        raise ValidationError(
+            f"--qos: '{qos_name}' is not a QOS of {kind} '{partition.name}'.{closest(qos_name, allowed)} "
+            f"Allowed: {', '.join(allowed) or '(none defined; leave --qos out)'}."
+        )
+    if not _qos_allows(qos, nodes, walltime_s):
+        fitting = [
+            q.name for q in profile.qos if q.name in (partition.qos or [q.name]) and _qos_allows(q, nodes, walltime_s)
+        ]
+        hint = f" QOS that allow it: {', '.join(fitting)} (--qos)." if fitting else ""
+        limits = (
+            f"walltime up to {qos.max_walltime or 'the partition limit'}, "
+            f"{qos.min_nodes}-{qos.max_nodes or partition.max_nodes} nodes"
+        )
+        raise ValidationError(
+            f"--time/--nodes: {nodes} nodes for {slurm_walltime(walltime_s)} do not fit QOS '{qos.name}' "
+            f"({limits}).{hint}"
+        )
+
+
+def _resolve_env(items: tuple[str, ...]) -> dict[str, str]:
+    env = parse_assignments(items, "--env")
+    for key in env:
+        if not ENV_NAME.match(key):
+            raise ValidationError(
+                f"--env: '{key}' is not a valid variable name. Use letters, digits and _, not starting "
+                "with a digit (e.g. --env NCCL_DEBUG=INFO)."
+            )
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            raise ValidationError(
+                f"--env: {key} is set by hpcai or the scheduler and cannot be overridden. "
+                "Use another name, or the matching option (--nodes, --time, ...)."
+            )
+    return env
+
+
+def resolve_jobspec(
+    *,
+    cluster: str,
+    profile: ClusterProfile,
+    workload: Workload,
+    overrides: Overrides,
+    settings: ClusterSettings,
+    state_dir: Path,
+) -> JobSpec:
+    spec = workload.spec
+    walltime_s = parse_walltime(overrides.time or spec.resources.time)
+    partition = profile.partition(overrides.partition)
+    nodes = overrides.nodes if overrides.nodes is not None else spec.resources.nodes
+    if nodes < 1:
+        raise ValidationError(f"--nodes: {nodes} is not a node count. Give 1 or more.")
+
+    gpus = overrides.gpus_per_node
+    if gpus is None:
+        gpus = spec.resources.gpus_per_node if spec.resources.gpus_per_node is not None else profile.node.gpus
+    if gpus < 0 or gpus > profile.node.gpus:
+        raise ValidationError(
+            f"--gpus-per-node: {gpus} GPUs per node, but a node of this cluster has {profile.node.gpus}"
+            f"{' (' + profile.node.gpu_model + ')' if profile.node.gpu_model else ''}. "
+            f"Ask for at most {profile.node.gpus}, and more nodes with --nodes."
+        )
+
+    qos = overrides.qos or partition.default_qos
+    if overrides.qos is not None:
+        _check_directive_value("--qos", overrides.qos)
+    _check_limits(profile, partition, qos, nodes, walltime_s)
+
+    account = overrides.account or settings.account
+    if account is not None:
+        _check_directive_value("--account", account)
+    elif profile.account_required:
+        raise ValidationError(
+            f"--account: cluster '{cluster}' charges every job to an account (budget/project), and none "
+            f"was given. Pass --account NAME, or set `account = \"NAME\"` under [clusters.{cluster}] in "
+            "config.toml; `hpcai clusters show` lists the command that shows your accounts."
+        )
+
+    stage = _resolve_stage(workload, overrides.stage)
+    assignments = parse_assignments(overrides.set, "--set")
+    if "stage" in assignments:
+        stage = _resolve_stage(workload, assignments.pop("stage"))
+    parameters = _resolve_parameters(workload, stage, assignments)
+    env = _resolve_env(overrides.env)
+
+    user = settings.user or _local_user()
+    fs = profile.filesystems[profile.runs_on]
+    placeholders = {"user": user, "state_dir": str(state_dir)}
+    if account is not None:
+        placeholders["account"] = account
+    fs_root = expand_path(fs.path, placeholders, field=f"filesystems.{profile.runs_on}.path")
+    run_dir = overrides.run_dir or f"{fs_root.rstrip('/')}/{profile.runs_subdir}/{overrides.run_id}"
+    if not RUN_DIR_SAFE.match(run_dir):
+        raise ValidationError(
+            f"run directory: '{run_dir}' must be an absolute path of letters, digits and / . _ + @ = , - "
+            "only (it appears in #SBATCH/#PBS lines, which no shell quotes, and Slurm expands %). "
+            "Choose another --run-dir, or set HPCAI_HOME to such a path."
+        )
+
+    local_code = profile.launch.python == "current"
+    code_dir = str(workload.directory) if local_code else f"{fs_root.rstrip('/')}/hpcai/code/{workload.name}"
+    python = sys.executable if local_code else (profile.launch.python or "python")
+    processes = gpus if gpus > 0 else profile.launch.cpu_processes_per_node
+    precision = spec.mixed_precision.gpu if gpus > 0 else spec.mixed_precision.cpu
+    container = overrides.container or settings.container
+    if container is not None and profile.container is None:
+        raise ValidationError(
+            f"--container: cluster '{cluster}' has no container runtime in its profile. Leave --container "
+            "out, or add a `container:` section to the profile."
+        )
+    name = sanitize_job_name(overrides.name or f"hpcai-{workload.name}" + (f"-{stage}" if stage else ""))
+    # Ask for the checkpoint early enough, but never before a quarter of the walltime has passed.
+    lead = max(10, min(spec.checkpoint_lead_s, walltime_s // 4))
+
+    return JobSpec(
+        cluster=cluster,
+        workload=workload.name,
+        stage=stage,
+        run_id=overrides.run_id,
+        run_dir=run_dir,
+        job_name=name,
+        nodes=nodes,
+        gpus_per_node=gpus,
+        processes_per_node=processes,
+        walltime_s=walltime_s,
+        partition=partition.name,
+        qos=qos,
+        account=account,
+        container=container,
+        env=env,
+        parameters=parameters,
+        code_dir=code_dir,
+        entrypoint=spec.entrypoint,
+        python=python,
+        mixed_precision=precision,
+        signal_lead_s=lead,
+    )
+
+
+def _local_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "user"

@@ -1,0 +1,86 @@
+"""Human-readable views of profiles and workloads (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from hpcai.output import console
+from hpcai.profiles import ClusterProfile
+from hpcai.workloads import Workload
+
+
+def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
+    node = profile.node
+    console.print(f"[bold]{name}[/bold]: {profile.description}")
+    console.print(f"scheduler: {profile.scheduler}   accelerator: {profile.accelerator}")
+    console.print(f"profile files: {', '.join(str(f) for f in files)}")
+    access = profile.access
+    console.print(f"login: {', '.join(access.login_hosts) or '(this machine)'} via {access.method}")
+    if access.datamover_hosts:
+        console.print(f"data movers: {', '.join(access.datamover_hosts)}")
+    if access.notes:
+        console.print(f"access notes: {access.notes}")
+    gpu = f"{node.gpus}x {node.gpu_model or 'GPU'}" + (f" {node.gpu_memory_gb:g} GB" if node.gpu_memory_gb else "")
+    console.print(
+        f"node: {gpu if node.gpus else 'no GPU'}, {node.cpus} usable CPUs, {node.memory_gb:g} GB"
+        + (f", {node.interconnect}" if node.interconnect else "")
+        + (f"; {node.count} nodes" if node.count else "")
+    )
+    parts = Table("partition/queue", "nodes", "max walltime", "QOS", title="partitions")
+    for p in profile.partitions:
+        qos = ", ".join(p.qos) + (f" (default {p.default_qos})" if p.default_qos else "")
+        parts.add_row(p.name + (" *" if p.default else ""), f"{p.min_nodes}-{p.max_nodes}", p.max_walltime, qos)
+    console.print(parts)
+    if profile.qos:
+        qos_table = Table("QOS", "nodes", "max walltime", "description", title="QOS")
+        for q in profile.qos:
+            qos_table.add_row(q.name, f"{q.min_nodes}-{q.max_nodes or '-'}", q.max_walltime or "-", q.description)
+        console.print(qos_table)
+    fs_table = Table("filesystem", "path", "env", "quota", "purge", title="filesystems")
+    for key, fs in profile.filesystems.items():
+        quota = ", ".join(x for x in (fs.quota, fs.files_quota) if x)
+        mark = " (runs)" if key == profile.runs_on else ""
+        purge = f"{fs.purge_days} days" if fs.purge_days else "-"
+        fs_table.add_row(key + mark, fs.path, fs.env_var or "-", quota or "-", purge)
+    console.print(fs_table)
+    mods = profile.modules
+    if mods.use or mods.load:
+        console.print(f"modules: use {', '.join(mods.use) or '-'}; load {' '.join(mods.load) or '-'}")
+    if profile.container:
+        c = profile.container
+        console.print(f"container: {c.runtime} exec {' '.join(c.flags)} --bind {','.join(c.binds) or '-'}")
+    if profile.env:
+        console.print("environment: " + ", ".join(f"{k}={v}" for k, v in profile.env.items()))
+    console.print(f"compute nodes have internet: {'yes' if profile.compute_internet else 'no'}")
+    console.print(f"account required: {'yes' if profile.account_required else 'no'}")
+    if profile.budget.commands:
+        console.print(f"budget: {'; '.join(profile.budget.commands)}")
+    if profile.budget.billing:
+        console.print(f"billing: {profile.budget.billing}")
+    if profile.sources:
+        console.print("sources:")
+        for url in profile.sources:
+            console.print(f"  {url}")
+
+
+def show_workload(workload: Workload) -> None:
+    spec = workload.spec
+    console.print(f"[bold]{workload.name}[/bold]: {spec.description}")
+    console.print(f"entrypoint: {workload.entrypoint_path}")
+    res = spec.resources
+    console.print(f"default resources: {res.nodes} node(s), {res.gpus_per_node or 'all'} GPUs/node, {res.time}")
+    if spec.stages:
+        stages = Table("stage", "description", "parameters", title="stages")
+        for name, stage in spec.stages.items():
+            params = ", ".join(f"{k}={v}" for k, v in stage.parameters.items())
+            stages.add_row(name + (" *" if name == spec.default_stage else ""), stage.description, params)
+        console.print(stages)
+    params = Table("parameter (--set)", "default", title="parameters")
+    for key, value in spec.parameters.items():
+        params.add_row(key, repr(value))
+    console.print(params)
+    console.print("accelerate: " + " ".join(f"--{k} {v}" for k, v in spec.accelerate.items()))
+    console.print(f"mixed precision: GPU {spec.mixed_precision.gpu}, CPU {spec.mixed_precision.cpu}")
+    console.print(f"outputs: metrics {spec.outputs.metrics}, checkpoints {spec.outputs.checkpoints}/")

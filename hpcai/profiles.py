@@ -1,0 +1,288 @@
+"""Cluster profiles: what hpcai knows about a site, one YAML file each, validated by these models.
+
+Shipped profiles live in `clusters/`; a file of the same name in `<config dir>/clusters/` is merged over
+the shipped one (so a user can change one value when a site changes), a file of a new name adds a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpcai.errors import ConfigError, NotFoundError, closest
+from hpcai.paths import config_dir, data_dir
+from hpcai.walltime import parse_walltime
+from hpcai.yamlfiles import deep_merge, load_model, read_yaml_mapping
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names that reach scheduler directives (#SBATCH/#PBS lines are parsed by the scheduler, not a shell,
+# so they are restricted rather than quoted).
+DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:+@-]+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_walltime(value: str | None) -> str | None:
+    if value is not None:
+        parse_walltime(value, source="max_walltime")
+    return value
+
+
+class Access(Strict):
+    login_hosts: list[str] = Field(description="Login node host names, reached over SSH")
+    method: Literal["ssh-key", "ssh-certificate", "ssh-otp", "local"] = Field(
+        description="How users authenticate: plain keys, short-lived certificates (2FA), one-time passcodes"
+    )
+    datamover_hosts: list[str] = Field(default=[], description="Hosts for bulk transfers (scp/rsync/sftp)")
+    notes: str = Field(default="", description="What a newcomer must do once to get access")
+
+
+class Partition(Strict):
+    name: str = Field(description="Partition (Slurm) or queue (PBS) name")
+    max_nodes: int = Field(ge=1, description="Most nodes one job may use")
+    min_nodes: int = Field(default=1, ge=1, description="Fewest nodes a job must ask for")
+    max_walltime: str = Field(description="Longest walltime, HH:MM:SS or D-HH:MM:SS")
+    qos: list[str] = Field(default=[], description="QOS names allowed in this partition")
+    default_qos: str | None = Field(default=None, description="QOS a job gets when it names none")
+    default: bool = Field(default=False, description="Used when no --partition is given")
+    description: str = ""
+
+    _walltime = field_validator("max_walltime")(_check_walltime)
+
+    @field_validator("name")
+    @classmethod
+    def _directive_safe(cls, value: str) -> str:
+        if not DIRECTIVE_VALUE.match(value):
+            raise ValueError("must contain only letters, digits and . _ : + @ -")
+        return value
+
+
+class Qos(Strict):
+    name: str = Field(description="QOS name, passed as --qos")
+    max_walltime: str | None = Field(default=None, description="Longest walltime under this QOS")
+    max_nodes: int | None = Field(default=None, ge=1, description="Most nodes per job under this QOS")
+    min_nodes: int = Field(default=1, ge=1, description="Fewest nodes per job under this QOS")
+    description: str = ""
+
+    _walltime = field_validator("max_walltime")(_check_walltime)
+
+
+class NodeShape(Strict):
+    gpus: int = Field(ge=0, description="GPUs per node as the scheduler counts them (LUMI: 8 GCDs)")
+    gpu_model: str | None = Field(default=None, description="e.g. A100 40GB, MI250X GCD")
+    gpu_memory_gb: float | None = Field(default=None, description="Memory of one GPU (or GCD) in GB")
+    cpus: int = Field(ge=1, description="CPU cores a job may use per node")
+    memory_gb: float = Field(gt=0, description="Memory per node in GB")
+    interconnect: str = Field(default="", description="Network between nodes")
+    count: int | None = Field(default=None, description="Nodes of this kind in the machine")
+
+
+class Modules(Strict):
+    purge: bool = Field(default=False, description="Run `module purge` first")
+    use: list[str] = Field(default=[], description="Directories for `module use`")
+    load: list[str] = Field(default=[], description="Modules to load, in order")
+
+
+class Container(Strict):
+    runtime: Literal["apptainer", "singularity"] = Field(description="Container runtime command")
+    flags: list[str] = Field(default=[], description="Flags for `<runtime> exec`, e.g. --nv or --rocm")
+    binds: list[str] = Field(default=[], description="Paths bound into the container (--bind)")
+    modules: list[str] = Field(default=[], description="Modules that provide the runtime")
+
+
+class Filesystem(Strict):
+    path: str = Field(description="Path pattern; {user}, {account} and {state_dir} are filled in")
+    env_var: str | None = Field(default=None, description="Site variable pointing at it, e.g. SCRATCH")
+    quota: str | None = Field(default=None, description="Capacity quota, e.g. 50 TB")
+    files_quota: str | None = Field(default=None, description="Inode quota, e.g. 2M files")
+    purge_days: int | None = Field(default=None, description="Files unused this long are deleted")
+    description: str = ""
+
+
+class Launch(Strict):
+    launcher: Literal["srun", "mpiexec", "direct"] = Field(
+        description="How one launcher per node is started: srun (Slurm), mpiexec (PBS), direct (local)"
+    )
+    launcher_flags: list[str] = Field(default=[], description="Extra flags for srun/mpiexec")
+    machine_rank_var: str = Field(
+        default="SLURM_NODEID", description="Variable holding the node's rank inside the launcher task"
+    )
+    master_addr_suffix: str = Field(
+        default="", description="Appended to the first host name (JUWELS: 'i' for the InfiniBand name)"
+    )
+    master_port: int | Literal["from-job-id"] = Field(
+        default=29500,
+        description="Rendezvous port, or 'from-job-id' (20000 + job number mod 40000, so jobs sharing a "
+        "node do not clash; LUMI's guide derives it from the job id the same way)",
+    )
+    gpu_request: Literal["gres", "gpus-per-node", "none"] = Field(
+        default="gres", description="How GPUs are requested from Slurm"
+    )
+    cpus_per_task: int | None = Field(default=None, description="CPUs for the per-node launcher task")
+    mem: str | None = Field(default=None, description="--mem for the job, e.g. 480G")
+    cpu_processes_per_node: int = Field(
+        default=1, ge=1, description="Training processes per node when the node has no GPU"
+    )
+    emulate_nodes: bool = Field(
+        default=False,
+        description="Run N 'machines' as N tasks on one node (the local test Slurm); ranks from SLURM_PROCID",
+    )
+    python: str | None = Field(
+        default=None,
+        description="Python on the compute nodes; 'current' = the interpreter running hpcai (local only)",
+    )
+
+    @field_validator("machine_rank_var")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not ENV_NAME.match(value):
+            raise ValueError("must be a shell variable name")
+        return value
+
+
+class PbsSettings(Strict):
+    select_extra: list[str] = Field(default=[], description="Extra select resources, e.g. system=polaris")
+    place: str | None = Field(default="scatter", description="-l place=")
+    filesystems: str | None = Field(default=None, description="-l filesystems= (ALCF requires it)")
+
+
+class Budget(Strict):
+    commands: list[str] = Field(default=[], description="Commands that show the remaining allocation")
+    billing: str = Field(default="", description="How usage is charged")
+
+
+class ClusterProfile(Strict):
+    description: str = Field(description="One line about the machine")
+    aliases: list[str] = Field(default=[], description="Short names accepted by --cluster")
+    scheduler: Literal["slurm", "pbs", "local"] = Field(description="Batch system")
+    access: Access
+    partitions: list[Partition] = Field(min_length=1, description="Partitions (Slurm) or queues (PBS)")
+    qos: list[Qos] = Field(default=[], description="Quality-of-service levels")
+    node: NodeShape
+    accelerator: Literal["cuda", "rocm", "cpu"] = Field(description="GPU vendor stack")
+    modules: Modules = Modules()
+    container: Container | None = None
+    env: dict[str, str] = Field(default={}, description="Communication and runtime variables (NCCL/RCCL...)")
+    filesystems: dict[str, Filesystem] = Field(min_length=1)
+    runs_on: str = Field(description="Filesystem (key of `filesystems`) that holds run directories")
+    runs_subdir: str = Field(default="hpcai/runs", description="Run directories' folder inside `runs_on`")
+    compute_internet: bool = Field(description="Whether compute nodes reach the internet")
+    account_required: bool = Field(default=True, description="Jobs must name an account/budget")
+    launch: Launch
+    pbs: PbsSettings | None = None
+    budget: Budget = Budget()
+    sources: list[str] = Field(default=[], description="Where these facts come from")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not ENV_NAME.match(k)]
+        if bad:
+            raise ValueError(f"not valid variable names: {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterProfile:
+        if self.runs_on not in self.filesystems:
+            raise ValueError(f"runs_on '{self.runs_on}' is not one of filesystems: {', '.join(self.filesystems)}")
+        if sum(p.default for p in self.partitions) > 1:
+            raise ValueError("only one partition may be marked default")
+        known = {q.name for q in self.qos}
+        for part in self.partitions:
+            unknown = [q for q in [*part.qos, part.default_qos] if q is not None and q not in known]
+            if unknown:
+                raise ValueError(f"partition {part.name} names undefined qos {', '.join(unknown)}")
+        if self.scheduler == "pbs" and self.pbs is None:
+            raise ValueError("a pbs scheduler needs a `pbs:` section")
+        return self
+
+    def partition(self, name: str | None) -> Partition:
+        if name is None:
+            return next((p for p in self.partitions if p.default), self.partitions[0])
+        for part in self.partitions:
+            if part.name == name:
+                return part
+        names = [p.name for p in self.partitions]
+        raise NotFoundError(
+            f"--partition: '{name}' is not a partition of this cluster.{closest(name, names)} "
+            f"Known: {', '.join(names)}."
+        )
+
+    def qos_named(self, name: str) -> Qos | None:
+        return next((q for q in self.qos if q.name == name), None)
+
+
+def shipped_profile_dir() -> Path:
+    return data_dir("clusters")
+
+
+def user_profile_dir() -> Path:
+    return config_dir() / "clusters"
+
+
+def _yaml_files(directory: Path) -> dict[str, Path]:
+    if not directory.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))}
+
+
+def profile_names() -> list[str]:
+    return sorted(set(_yaml_files(shipped_profile_dir())) | set(_yaml_files(user_profile_dir())))
+
+
+def profile_source(name: str) -> list[Path]:
+    """The files that make up profile `name`: the shipped one and/or the user's override."""
+    files = [d[name] for d in (_yaml_files(shipped_profile_dir()), _yaml_files(user_profile_dir())) if name in d]
+    return files
+
+
+def resolve_alias(name: str) -> str:
+    """The profile name for `name`, which may be an alias (e.g. leonardo -> leonardo-booster)."""
+    if profile_source(name):
+        return name
+    for candidate in profile_names():
+        for path in profile_source(candidate):
+            aliases = read_yaml_mapping(path).get("aliases") or []
+            if isinstance(aliases, list) and name in aliases:
+                return candidate
+    return name
+
+
+def load_profile(name: str) -> ClusterProfile:
+    name = resolve_alias(name)
+    files = profile_source(name)
+    if not files:
+        known = profile_names()
+        raise NotFoundError(
+            f"unknown cluster '{name}'.{closest(name, known)} Known clusters: {', '.join(known)}. "
+            f"Add your own as {user_profile_dir()}/{name}.yaml (see README, 'Adding a cluster')."
+        )
+    data: dict[str, object] = {}
+    for path in files:
+        data = deep_merge(data, read_yaml_mapping(path))
+    source = " merged over ".join(str(p) for p in reversed(files))
+    return load_model(ClusterProfile, data, source)
+
+
+def load_all_profiles() -> dict[str, ClusterProfile]:
+    return {name: load_profile(name) for name in profile_names()}
+
+
+def expand_path(pattern: str, values: dict[str, str], *, field: str) -> str:
+    """Fill `{user}`, `{account}`, `{state_dir}` into a filesystem path pattern."""
+    try:
+        return pattern.format_map(values)
+    except KeyError as exc:
+        missing = exc.args[0]
+        hint = "pass --account or set `account` for this cluster in config.toml" if missing == "account" else (
+            "set `user` for this cluster in config.toml" if missing == "user" else "remove it from the pattern"
+        )
+        raise ConfigError(f"{field}: the path '{pattern}' needs {{{missing}}}, which is not known: {hint}.") from exc
+
+
+__all__ = ["ClusterProfile", "ConfigError", "load_all_profiles", "load_profile", "profile_names"]

@@ -1,0 +1,165 @@
+"""Render a JobSpec into a batch script: a pure function of profile x workload x overrides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+from hpcai import __version__
+from hpcai.exitcodes import EXIT_REQUEUE, MAX_REQUEUES, SCRIPT_NAME
+from hpcai.jobspec import JobSpec
+from hpcai.paths import data_dir
+from hpcai.profiles import ClusterProfile
+from hpcai.shellquote import Expr, join, quote, quote_with_variables
+from hpcai.walltime import pbs_walltime
+from hpcai.workloads import Workload
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+_JOB_ID = {"slurm": "$SLURM_JOB_ID", "pbs": "$PBS_JOBID", "local": "${HPCAI_LOCAL_JOB_ID:-local-$$}"}
+# A number derived from the job id, for the rendezvous port.
+_JOB_NUMBER = {"slurm": "$SLURM_JOB_ID", "pbs": "${PBS_JOBID%%.*}", "local": "$$"}
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = quote
+    return env
+
+
+def _module_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
+    modules = profile.modules
+    lines = ["module purge"] if modules.purge else []
+    lines += [f"module use {quote(path)}" for path in modules.use]
+    load = list(modules.load)
+    if with_container and profile.container is not None:
+        load += profile.container.modules
+    if load:
+        lines.append("module load " + join(load))
+    return lines
+
+
+def _env_lines(job: JobSpec, profile: ClusterProfile) -> list[str]:
+    lines = [f"export {key}={quote_with_variables(value)}" for key, value in profile.env.items()]
+    if not profile.compute_internet:
+        lines.append("# Compute nodes have no internet: never reach for a model hub.")
+        lines += [f"export {key}={value}" for key, value in OFFLINE_ENV.items()]
+    if profile.accelerator == "cpu" or job.gpus_per_node == 0:
+        lines.append("# accelerate runs FSDP on CPU only in its multi-CPU mode (see the workload runtime).")
+        lines.append("export ACCELERATE_USE_CPU=true")
+    if profile.scheduler == "slurm" and profile.launch.cpus_per_task:
+        lines.append("# Since Slurm 22.05 srun no longer inherits --cpus-per-task from the job.")
+        lines.append('export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"')
+    if profile.launch.launcher == "direct":
+        lines.append(f"export {profile.launch.machine_rank_var}=0")
+    lines += [f"export {key}={quote(value)}" for key, value in job.env.items()]
+    return lines
+
+
+def _rendezvous_lines(profile: ClusterProfile) -> list[str]:
+    kind = profile.scheduler
+    suffix = quote(profile.launch.master_addr_suffix) if profile.launch.master_addr_suffix else ""
+    if kind == "slurm":
+        lines = [
+            f'hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"{suffix}',
+            "# The first host of the allocation, as an address every node can reach.",
+            "MASTER_ADDR=\"$(getent ahostsv4 \"$hpcai_master_host\" | awk 'NR == 1 {print $1}' || true)\"",
+            'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
+        ]
+    elif kind == "pbs":
+        lines = [f'MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"{suffix}']
+    else:
+        lines = ["MASTER_ADDR=127.0.0.1"]
+    port = profile.launch.master_port
+    if port == "from-job-id":
+        lines.append(f"MASTER_PORT=$(( 20000 + {_JOB_NUMBER[kind]} % 40000 ))")
+    else:
+        lines.append(f"MASTER_PORT={int(port)}")
+    return lines
+
+
+def _accelerate_flags(job: JobSpec, workload: Workload) -> list[object]:
+    flags: list[object] = ["--use_fsdp"]
+    for key, value in workload.spec.accelerate.items():
+        flags += [f"--{key}", value]
+    if job.gpus_per_node == 0:
+        # The accelerate CLI defaults this to true, which needs a GPU to broadcast from.
+        flags += ["--fsdp_sync_module_states", "false"]
+    return flags
+
+
+def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
+    words: list[object] = []
+    if job.container is not None and profile.container is not None:
+        words += [profile.container.runtime, "exec", *profile.container.flags]
+        if profile.container.binds:
+            words += ["--bind", ",".join(profile.container.binds)]
+        words.append(job.container)
+    words += [job.python, "-m", "accelerate.commands.launch"]
+    words += ["--num_machines", job.nodes, "--machine_rank", Expr(f'"${profile.launch.machine_rank_var}"')]
+    words += ["--num_processes", job.num_processes]
+    words += ["--main_process_ip", Expr('"$MASTER_ADDR"'), "--main_process_port", Expr('"$MASTER_PORT"')]
+    words += ["--mixed_precision", job.mixed_precision, *_accelerate_flags(job, workload)]
+    words += [f"{job.code_dir}/{job.entrypoint}", "--run-dir", Expr('"$HPCAI_RUN_DIR"')]
+    if job.stage is not None:
+        words += ["--stage", job.stage]
+    for key, value in job.parameters.items():
+        if value != "":  # an empty string means "not set": the entrypoint's own default applies
+            words += [f"--{key}", value]
+    return words
+
+
+def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
+    per_node = "bash -c " + quote(join(_node_command(job, profile, workload)))
+    launch = profile.launch
+    if launch.launcher == "srun":
+        if launch.emulate_nodes:
+            placement = ["--nodes=1", f"--ntasks={job.nodes}", f"--ntasks-per-node={job.nodes}"]
+        else:
+            placement = [f"--nodes={job.nodes}", "--ntasks-per-node=1"]
+        return join(["srun", *placement, "--kill-on-bad-exit=1", *launch.launcher_flags]) + " " + per_node
+    if launch.launcher == "mpiexec":
+        return join(["mpiexec", "-n", job.nodes, "--ppn", 1, *launch.launcher_flags]) + " " + per_node
+    return per_node
+
+
+def _requeue_lines(kind: str) -> list[str]:
+    if kind == "slurm":
+        return [
+            'scontrol requeue "$SLURM_JOB_ID"',
+            "# A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.",
+            'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',
+        ]
+    if kind == "pbs":
+        return [f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
+    return [f'exec bash "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
+
+
+def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
+    context: dict[str, Any] = {
+        "version": __version__,
+        "job": job,
+        "launch": profile.launch,
+        "node": profile.node,
+        "pbs": profile.pbs,
+        "pbs_walltime": pbs_walltime(job.walltime_s),
+        "job_id_expr": _JOB_ID[profile.scheduler],
+        "module_lines": _module_lines(profile, job.container is not None),
+        "env_lines": _env_lines(job, profile),
+        "rendezvous_lines": _rendezvous_lines(profile),
+        "walltime_timer": profile.scheduler != "slurm",
+        "launch_line": _launch_line(job, profile, workload),
+        "requeue_lines": _requeue_lines(profile.scheduler),
+        "exit_requeue": EXIT_REQUEUE,
+        "max_requeues": MAX_REQUEUES,
+    }
+    template = _environment().get_template(f"{profile.scheduler}.sh.j2")
+    return template.render(context)

@@ -1,0 +1,41 @@
+"""What the CLI commands do, without any printing: load, resolve, render."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from hpcai.jobspec import JobSpec, Overrides, resolve_jobspec
+from hpcai.paths import state_dir
+from hpcai.profiles import ClusterProfile, load_profile, resolve_alias
+from hpcai.render import render_script
+from hpcai.userconfig import load_user_config
+from hpcai.workloads import Workload, load_workload
+
+
+class RenderedJob(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    job: JobSpec
+    profile: ClusterProfile
+    workload: Workload
+    script: str
+
+
+def default_cluster() -> str:
+    return load_user_config().default_cluster
+
+
+def prepare_job(workload_name: str, cluster: str | None, overrides: Overrides) -> RenderedJob:
+    config = load_user_config()
+    cluster_name = resolve_alias(cluster or config.default_cluster)
+    profile = load_profile(cluster_name)
+    workload = load_workload(workload_name)
+    job = resolve_jobspec(
+        cluster=cluster_name,
+        profile=profile,
+        workload=workload,
+        overrides=overrides,
+        settings=config.for_cluster(cluster_name),
+        state_dir=state_dir(),
+    )
+    return RenderedJob(job=job, profile=profile, workload=workload, script=render_script(job, profile, workload))

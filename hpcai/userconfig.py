@@ -1,0 +1,45 @@
+"""The user's own settings per cluster (`<config dir>/config.toml`): user name, account, paths."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpcai.errors import ConfigError
+from hpcai.paths import config_dir
+from hpcai.yamlfiles import load_model
+
+
+class ClusterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str | None = Field(default=None, description="Your login name on the cluster")
+    account: str | None = Field(default=None, description="Default account/budget/project for jobs")
+    container: str | None = Field(default=None, description="Default container image (.sif) on the cluster")
+
+
+class UserConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_cluster: str = Field(default="local", description="Cluster used when --cluster is not given")
+    clusters: dict[str, ClusterSettings] = Field(default={}, description="Per-cluster settings")
+
+    def for_cluster(self, name: str) -> ClusterSettings:
+        return self.clusters.get(name, ClusterSettings())
+
+
+def config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+def load_user_config() -> UserConfig:
+    path = config_path()
+    if not path.is_file():
+        return UserConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}. Fix the syntax at that line.") from exc
+    return load_model(UserConfig, data, str(path))

@@ -1,0 +1,100 @@
+"""Workload specs (`workloads/<name>/workload.yaml`): what to run, with which defaults and FSDP settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpcai.errors import NotFoundError, closest
+from hpcai.paths import data_dir
+from hpcai.walltime import parse_walltime
+from hpcai.yamlfiles import load_model, read_yaml_mapping
+
+Scalar = str | int | float | bool
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage(Strict):
+    description: str = ""
+    parameters: dict[str, Scalar] = Field(default={}, description="Parameter values for this stage")
+
+
+class Resources(Strict):
+    nodes: int = Field(default=1, ge=1, description="Default node count")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="Default GPUs per node (None: all)")
+    time: str = Field(default="01:00:00", description="Default walltime")
+
+    @field_validator("time")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        parse_walltime(value, source="resources.time")
+        return value
+
+
+class MixedPrecision(Strict):
+    gpu: Literal["no", "fp16", "bf16"] = "bf16"
+    cpu: Literal["no", "bf16"] = "no"
+
+
+class Outputs(Strict):
+    metrics: str = Field(default="metrics.jsonl", description="Metrics JSONL, relative to the run directory")
+    checkpoints: str = Field(default="checkpoints", description="Checkpoint folder, relative to the run dir")
+
+
+class WorkloadSpec(Strict):
+    description: str
+    entrypoint: str = Field(description="Training script, relative to the workload's folder")
+    parameters: dict[str, Scalar] = Field(description="Defaults, overridable with --set KEY=VALUE")
+    stages: dict[str, Stage] = Field(default={}, description="Named stages with their own parameters")
+    default_stage: str | None = None
+    resources: Resources = Resources()
+    accelerate: dict[str, Scalar] = Field(default={}, description="`accelerate launch` FSDP options")
+    mixed_precision: MixedPrecision = MixedPrecision()
+    outputs: Outputs = Outputs()
+    checkpoint_lead_s: int = Field(
+        default=300, ge=10, description="Seconds before walltime at which the job is told to checkpoint"
+    )
+
+    @model_validator(mode="after")
+    def _stages_consistent(self) -> WorkloadSpec:
+        if self.stages and self.default_stage not in self.stages:
+            raise ValueError(f"default_stage must be one of {', '.join(self.stages)}")
+        for name, stage in self.stages.items():
+            unknown = set(stage.parameters) - set(self.parameters)
+            if unknown:
+                raise ValueError(f"stage {name} sets undeclared parameters {', '.join(sorted(unknown))}")
+        return self
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    directory: Path
+    spec: WorkloadSpec
+
+    @property
+    def entrypoint_path(self) -> Path:
+        return self.directory / self.spec.entrypoint
+
+
+def workload_names() -> list[str]:
+    root = data_dir("workloads")
+    return sorted(p.parent.name for p in root.glob("*/workload.yaml"))
+
+
+def load_workload(name: str) -> Workload:
+    directory = data_dir("workloads") / name
+    path = directory / "workload.yaml"
+    if not path.is_file() or "/" in name:
+        known = workload_names()
+        raise NotFoundError(
+            f"unknown workload '{name}'.{closest(name, known)} Known workloads: {', '.join(known)}."
+        )
+    spec = load_model(WorkloadSpec, read_yaml_mapping(path), str(path))
+    return Workload(name=name, directory=directory, spec=spec)
