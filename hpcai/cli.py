@@ -128,8 +128,9 @@ def clusters_list(json_out: JsonOpt = False) -> None:
 def clusters_show(name: Annotated[str, typer.Argument(help="Cluster profile name.")], json_out: JsonOpt = False) -> None:
     """Show a cluster profile: limits, node shape, filesystems, budget commands and sources."""
     from hpcai.present import show_profile
-    from hpcai.profiles import load_profile, profile_source
+    from hpcai.profiles import load_profile, profile_source, resolve_alias
 
+    name = resolve_alias(name)
     profile = load_profile(name)
     if json_out:
         print_json({"name": name, "files": [str(p) for p in profile_source(name)], **profile.model_dump()})

@@ -85,7 +85,10 @@ class NodeShape(Strict):
 class Modules(Strict):
     purge: bool = Field(default=False, description="Run `module purge` first")
     use: list[str] = Field(default=[], description="Directories for `module use`")
-    load: list[str] = Field(default=[], description="Modules to load, in order")
+    load: list[str] = Field(default=[], description="Modules to load, in order, always")
+    software: list[str] = Field(
+        default=[], description="Modules that provide Python/PyTorch, loaded only when no container is used"
+    )
 
 
 class Container(Strict):

@@ -42,6 +42,9 @@ def _module_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
     load = list(modules.load)
     if with_container and profile.container is not None:
         load += profile.container.modules
+    else:
+        # The container brings its own Python stack; host modules would leak into it via the environment.
+        load += modules.software
     if load:
         lines.append("module load " + join(load))
     return lines
@@ -80,7 +83,8 @@ def _rendezvous_lines(profile: ClusterProfile) -> list[str]:
         lines = ["MASTER_ADDR=127.0.0.1"]
     port = profile.launch.master_port
     if port == "from-job-id":
-        lines.append(f"MASTER_PORT=$(( 20000 + {_JOB_NUMBER[kind]} % 40000 ))")
+        lines.append(f'hpcai_job_number="{_JOB_NUMBER[kind]}"')
+        lines.append("MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))")
     else:
         lines.append(f"MASTER_PORT={int(port)}")
     return lines

@@ -1,0 +1,75 @@
+#!/bin/bash
+# Runs on this machine without a scheduler: hpcai's local backend starts it as its own process group.
+# Rendered by hpcai 0.1.0: workload llava (stage pretrain) on local, run golden-local-1n.
+set -euo pipefail
+
+export HPCAI_RUN_ID=golden-local-1n
+export HPCAI_RUN_DIR=/tmp/hpcai-golden-state/runs/golden-local-1n
+export HPCAI_JOB_ID="${HPCAI_LOCAL_JOB_ID:-local-$$}"
+mkdir -p "$HPCAI_RUN_DIR/logs"
+cd "$HPCAI_RUN_DIR"
+# The job records its own id, so a client killed between submitting and recording loses nothing.
+printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
+rm -f "$HPCAI_RUN_DIR/STOP"
+
+hpcai_event() {
+  printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
+    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
+    >> "$HPCAI_RUN_DIR/attempts.jsonl"
+}
+hpcai_event start
+
+# Compute nodes have no internet: never reach for a model hub.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+# accelerate runs FSDP on CPU only in its multi-CPU mode (see the workload runtime).
+export ACCELERATE_USE_CPU=true
+export HPCAI_MACHINE_RANK=0
+
+MASTER_ADDR=127.0.0.1
+hpcai_job_number="$$"
+MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))
+export MASTER_ADDR MASTER_PORT
+
+# Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
+# watches for $HPCAI_RUN_DIR/STOP and then exits with 85.
+# shellcheck disable=SC2317  # invoked by the USR1 trap below
+hpcai_request_checkpoint() {
+  hpcai_signalled=1
+  echo "hpcai: walltime is near, asking the job to checkpoint and stop" >&2
+  : > "$HPCAI_RUN_DIR/STOP"
+}
+hpcai_signalled=0
+trap hpcai_request_checkpoint USR1
+( sleep 3300 && kill -USR1 $$ ) &
+hpcai_timer_pid=$!
+
+# shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
+bash -c '<python> -m accelerate.commands.launch --num_machines 1 --machine_rank "$HPCAI_MACHINE_RANK" --num_processes 2 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision no --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false --fsdp_sync_module_states false <repo>/workloads/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
+hpcai_launcher_pid=$!
+while :; do
+  rc=0
+  wait "$hpcai_launcher_pid" || rc=$?
+  # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
+  if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
+    hpcai_signalled=2
+    continue
+  fi
+  break
+done
+pkill -P "$hpcai_timer_pid" 2>/dev/null || true
+kill "$hpcai_timer_pid" 2>/dev/null || true
+hpcai_event end "$rc"
+
+if [ "$rc" -eq 85 ]; then
+  requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
+  if [ "$requeues" -le 20 ]; then
+    printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
+    hpcai_event requeue "$rc"
+    exec bash "$HPCAI_RUN_DIR/job.sh"
+  else
+    echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
+  fi
+fi
+exit "$rc"

@@ -1,0 +1,84 @@
+#!/bin/bash
+#SBATCH --job-name=hpcai-llava-pretrain
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --time=01:00:00
+#SBATCH --partition=debug
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/tmp/hpcai-golden-state/runs/golden-local-slurm-1n/logs/slurm-%j.out
+#SBATCH --error=/tmp/hpcai-golden-state/runs/golden-local-slurm-1n/logs/slurm-%j.err
+# Rendered by hpcai 0.1.0: workload llava (stage pretrain) on local-slurm, run golden-local-slurm-1n.
+set -euo pipefail
+
+export HPCAI_RUN_ID=golden-local-slurm-1n
+export HPCAI_RUN_DIR=/tmp/hpcai-golden-state/runs/golden-local-slurm-1n
+export HPCAI_JOB_ID="$SLURM_JOB_ID"
+mkdir -p "$HPCAI_RUN_DIR/logs"
+cd "$HPCAI_RUN_DIR"
+# The job records its own id, so a client killed between submitting and recording loses nothing.
+printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
+rm -f "$HPCAI_RUN_DIR/STOP"
+
+hpcai_event() {
+  printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
+    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
+    >> "$HPCAI_RUN_DIR/attempts.jsonl"
+}
+hpcai_event start
+
+# Compute nodes have no internet: never reach for a model hub.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+# accelerate runs FSDP on CPU only in its multi-CPU mode (see the workload runtime).
+export ACCELERATE_USE_CPU=true
+
+hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+# The first host of the allocation, as an address every node can reach.
+MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk 'NR == 1 {print $1}' || true)"
+MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"
+hpcai_job_number="$SLURM_JOB_ID"
+MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))
+export MASTER_ADDR MASTER_PORT
+
+# Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
+# watches for $HPCAI_RUN_DIR/STOP and then exits with 85.
+# shellcheck disable=SC2317  # invoked by the USR1 trap below
+hpcai_request_checkpoint() {
+  hpcai_signalled=1
+  echo "hpcai: walltime is near, asking the job to checkpoint and stop" >&2
+  : > "$HPCAI_RUN_DIR/STOP"
+}
+hpcai_signalled=0
+trap hpcai_request_checkpoint USR1
+
+# shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
+srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '<python> -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_PROCID" --num_processes 1 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision no --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false --fsdp_sync_module_states false <repo>/workloads/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
+hpcai_launcher_pid=$!
+while :; do
+  rc=0
+  wait "$hpcai_launcher_pid" || rc=$?
+  # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
+  if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
+    hpcai_signalled=2
+    continue
+  fi
+  break
+done
+hpcai_event end "$rc"
+
+if [ "$rc" -eq 85 ]; then
+  requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
+  if [ "$requeues" -le 20 ]; then
+    printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
+    hpcai_event requeue "$rc"
+    scontrol requeue "$SLURM_JOB_ID"
+    # A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.
+    scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true
+  else
+    echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
+  fi
+fi
+exit "$rc"

@@ -1,0 +1,88 @@
+#!/bin/bash
+#PBS -N hpcai-clip-clip
+#PBS -A MyProject
+#PBS -q debug-scaling
+#PBS -l select=4:ncpus=32:ngpus=4:system=polaris
+#PBS -l place=scatter
+#PBS -l walltime=1:00:00
+#PBS -l filesystems=home:eagle
+#PBS -r y
+#PBS -o /eagle/MyProject/hpcai/runs/golden-polaris-4n/logs/pbs.out
+#PBS -e /eagle/MyProject/hpcai/runs/golden-polaris-4n/logs/pbs.err
+# Rendered by hpcai 0.1.0: workload clip (stage clip) on polaris, run golden-polaris-4n.
+set -euo pipefail
+
+export HPCAI_RUN_ID=golden-polaris-4n
+export HPCAI_RUN_DIR=/eagle/MyProject/hpcai/runs/golden-polaris-4n
+export HPCAI_JOB_ID="$PBS_JOBID"
+mkdir -p "$HPCAI_RUN_DIR/logs"
+cd "$HPCAI_RUN_DIR"
+# The job records its own id, so a client killed between submitting and recording loses nothing.
+printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
+rm -f "$HPCAI_RUN_DIR/STOP"
+
+hpcai_event() {
+  printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
+    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
+    >> "$HPCAI_RUN_DIR/attempts.jsonl"
+}
+hpcai_event start
+
+module use /soft/modulefiles
+module load spack-pe-base apptainer
+
+export NCCL_NET_GDR_LEVEL=PHB
+export NCCL_CROSS_NIC=1
+export NCCL_COLLNET_ENABLE=1
+export NCCL_NET='AWS Libfabric'
+export FI_CXI_DISABLE_HOST_REGISTER=1
+export FI_MR_CACHE_MONITOR=userfaultfd
+export FI_CXI_DEFAULT_CQ_SIZE=131072
+export http_proxy=http://proxy.alcf.anl.gov:3128
+export https_proxy=http://proxy.alcf.anl.gov:3128
+
+MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"
+MASTER_PORT=29500
+export MASTER_ADDR MASTER_PORT
+
+# Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
+# watches for $HPCAI_RUN_DIR/STOP and then exits with 85.
+# shellcheck disable=SC2317  # invoked by the USR1 trap below
+hpcai_request_checkpoint() {
+  hpcai_signalled=1
+  echo "hpcai: walltime is near, asking the job to checkpoint and stop" >&2
+  : > "$HPCAI_RUN_DIR/STOP"
+}
+hpcai_signalled=0
+trap hpcai_request_checkpoint USR1
+( sleep 3300 && kill -USR1 $$ ) &
+hpcai_timer_pid=$!
+
+# shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
+mpiexec -n 4 --ppn 1 --depth=32 --cpu-bind depth bash -c 'apptainer exec --nv --bind /eagle /eagle/MyProject/clip.sif python -m accelerate.commands.launch --num_machines 4 --machine_rank "$PMI_RANK" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
+hpcai_launcher_pid=$!
+while :; do
+  rc=0
+  wait "$hpcai_launcher_pid" || rc=$?
+  # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
+  if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
+    hpcai_signalled=2
+    continue
+  fi
+  break
+done
+pkill -P "$hpcai_timer_pid" 2>/dev/null || true
+kill "$hpcai_timer_pid" 2>/dev/null || true
+hpcai_event end "$rc"
+
+if [ "$rc" -eq 85 ]; then
+  requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
+  if [ "$requeues" -le 20 ]; then
+    printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
+    hpcai_event requeue "$rc"
+    qsub "$HPCAI_RUN_DIR/job.sh"
+  else
+    echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
+  fi
+fi
+exit "$rc"

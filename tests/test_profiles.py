@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from hpcai.errors import ConfigError, NotFoundError
+from hpcai.profiles import load_all_profiles, load_profile, profile_names, resolve_alias
+
+SITES = ["juwels-booster", "leonardo-booster", "lumi-g", "polaris"]
+
+
+def test_every_shipped_profile_validates() -> None:
+    profiles = load_all_profiles()
+    assert set(profiles) >= {*SITES, "local", "local-slurm"}
+    assert profiles["polaris"].scheduler == "pbs"
+    assert profiles["lumi-g"].accelerator == "rocm"
+    assert profiles["local"].scheduler == "local"
+
+
+@pytest.mark.parametrize("name", SITES)
+def test_site_profiles_cite_their_sources_and_carry_site_facts(name: str) -> None:
+    profile = load_profile(name)
+    assert profile.sources and all(s.startswith("https://") for s in profile.sources)
+    assert profile.node.gpus > 0 and profile.node.gpu_memory_gb
+    assert profile.budget.commands and profile.budget.billing
+    assert profile.account_required
+    assert profile.access.login_hosts
+
+
+def test_site_facts_match_the_cluster_notes() -> None:
+    lumi = load_profile("lumi-g")
+    assert lumi.node.gpus == 8 and lumi.node.cpus == 56
+    assert lumi.env["NCCL_SOCKET_IFNAME"] == "hsn0,hsn1,hsn2,hsn3"
+    juwels = load_profile("juwels-booster")
+    assert juwels.launch.master_addr_suffix == "i"
+    leonardo = load_profile("leonardo-booster")
+    assert leonardo.access.method == "ssh-certificate" and not leonardo.compute_internet
+    assert leonardo.filesystems["scratch"].purge_days == 40
+
+
+def test_aliases_resolve_to_profiles() -> None:
+    assert resolve_alias("leonardo") == "leonardo-booster"
+    assert load_profile("lumi").node.gpus == 8
+
+
+def _user_clusters(root: Path) -> Path:
+    directory = root / "config" / "clusters"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def test_user_file_overrides_single_values_of_a_shipped_profile(isolated_hpcai: Path) -> None:
+    (_user_clusters(isolated_hpcai) / "leonardo-booster.yaml").write_text(
+        "node:\n  memory_gb: 480\nmodules:\n  load: [cineca-ai/4.3.0]\n"
+    )
+    profile = load_profile("leonardo-booster")
+    assert profile.node.memory_gb == 480
+    assert profile.modules.load == ["cineca-ai/4.3.0"]
+    assert profile.node.gpus == 4  # untouched values stay
+
+
+def test_user_can_add_a_new_cluster(isolated_hpcai: Path) -> None:
+    shipped = Path(__file__).resolve().parent.parent / "clusters" / "local-slurm.yaml"
+    (_user_clusters(isolated_hpcai) / "my-lab.yaml").write_text(shipped.read_text())
+    assert "my-lab" in profile_names()
+    assert load_profile("my-lab").scheduler == "slurm"
+
+
+def test_malformed_yaml_names_file_and_line(isolated_hpcai: Path) -> None:
+    (_user_clusters(isolated_hpcai) / "broken.yaml").write_text("scheduler: slurm\nnode: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile("broken")
+    message = str(err.value)
+    assert "broken.yaml" in message and "malformed YAML" in message and "line" in message
+
+
+def test_unknown_field_is_named_with_the_closest_allowed_one(isolated_hpcai: Path) -> None:
+    (_user_clusters(isolated_hpcai) / "lumi-g.yaml").write_text("node:\n  gpu: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile("lumi-g")
+    message = str(err.value)
+    assert "lumi-g.yaml" in message and "node.gpu" in message and "'gpus'" in message
+
+
+def test_wrong_type_names_the_field(isolated_hpcai: Path) -> None:
+    (_user_clusters(isolated_hpcai) / "juwels-booster.yaml").write_text("partitions:\n  - name: booster\n    max_nodes: many\n    max_walltime: '24:00:00'\n")
+    with pytest.raises(ConfigError, match=r"partitions\.0\.max_nodes"):
+        load_profile("juwels-booster")
+
+
+def test_unknown_cluster_suggests_the_closest_name() -> None:
+    with pytest.raises(NotFoundError) as err:
+        load_profile("juwels-boster")
+    assert "'juwels-booster'" in str(err.value)

@@ -1,0 +1,139 @@
+"""Golden scripts for every profile, plus `bash -n` and shellcheck on each rendered script.
+
+Regenerate after a reviewed change with `HPCAI_UPDATE_GOLDEN=1 pytest tests/test_render.py`, then read
+the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcai.jobspec import Overrides, resolve_jobspec
+from hpcai.profiles import load_profile
+from hpcai.render import render_script
+from hpcai.userconfig import ClusterSettings
+from hpcai.workloads import load_workload
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+REPO = Path(__file__).resolve().parent.parent
+STATE = "/tmp/hpcai-golden-state"
+
+CASES = {
+    "juwels-booster-1n": ("juwels-booster", "llava", {"nodes": 1, "account": "training2410"}),
+    "juwels-booster-4n-container": (
+        "juwels-booster",
+        "llava",
+        {"nodes": 4, "account": "training2410", "container": "/p/project/training2410/llava.sif", "stage": "finetune"},
+    ),
+    "leonardo-booster-1n": ("leonardo-booster", "llava", {"nodes": 1, "account": "EUHPC_D17_084", "qos": "boost_qos_dbg", "time": "00:30:00"}),
+    "leonardo-booster-4n": ("leonardo-booster", "clip", {"nodes": 4, "account": "EUHPC_D17_084", "time": "12:00:00"}),
+    "lumi-g-1n": ("lumi-g", "clip", {"nodes": 1, "account": "project_465000123", "partition": "dev-g", "time": "02:00:00"}),
+    "lumi-g-4n-container": (
+        "lumi-g",
+        "llava",
+        {"nodes": 4, "account": "project_465000123", "container": "/scratch/project_465000123/llava.sif"},
+    ),
+    "polaris-1n": ("polaris", "llava", {"nodes": 1, "account": "MyProject"}),
+    "polaris-4n": ("polaris", "clip", {"nodes": 4, "account": "MyProject", "partition": "debug-scaling", "container": "/eagle/MyProject/clip.sif"}),
+    "local-1n": ("local", "llava", {}),
+    "local-slurm-1n": ("local-slurm", "llava", {"nodes": 1}),
+    "local-slurm-2n": ("local-slurm", "clip", {"nodes": 2, "env": ("NCCL_DEBUG=INFO",)}),
+}
+
+
+def render_case(name: str) -> str:
+    cluster, workload, overrides = CASES[name]
+    profile = load_profile(cluster)
+    job = resolve_jobspec(
+        cluster=cluster,
+        profile=profile,
+        workload=load_workload(workload),
+        overrides=Overrides(run_id=f"golden-{name}", **overrides),  # type: ignore[arg-type]
+        settings=ClusterSettings(user="jdoe"),
+        state_dir=Path(STATE),
+    )
+    script = render_script(job, profile, load_workload(workload))
+    # Machine-specific paths (this interpreter, this checkout) are normalised for the golden copy.
+    return script.replace(sys.executable, "<python>").replace(str(REPO), "<repo>")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_script_matches_golden(name: str) -> None:
+    script = render_case(name)
+    golden = GOLDEN / f"{name}.sh"
+    if os.environ.get("HPCAI_UPDATE_GOLDEN"):
+        golden.write_text(script)
+    assert golden.exists(), f"no golden file {golden}; run with HPCAI_UPDATE_GOLDEN=1 and review it"
+    assert script == golden.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_script_passes_bash_n_and_shellcheck(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.sh"
+    path.write_text(render_case(name))
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is required (Debian package shellcheck); .ci/run installs it"
+    result = subprocess.run([shellcheck, "--shell=bash", "--severity=style", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_slurm_header_carries_signal_requeue_and_run_dir_logs() -> None:
+    script = render_case("leonardo-booster-4n")
+    assert "#SBATCH --signal=B:USR1@300" in script
+    assert "#SBATCH --requeue" in script
+    assert "#SBATCH --output=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n/logs/slurm-%j.out" in script
+    assert "#SBATCH --gres=gpu:4" in script and "#SBATCH --nodes=4" in script
+    assert "set -euo pipefail" in script
+    assert "export HF_HUB_OFFLINE=1" in script
+    assert "--num_machines 4 --machine_rank \"$SLURM_NODEID\" --num_processes 16" in script
+
+
+def test_juwels_rendezvous_uses_the_infiniband_host_name() -> None:
+    script = render_case("juwels-booster-1n")
+    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"i' in script
+    assert "--cpu_bind=none" in script
+
+
+def test_lumi_uses_rocm_container_rccl_settings_and_job_id_port() -> None:
+    script = render_case("lumi-g-4n-container")
+    assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --cpus-per-task=56" in script
+    assert "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in script
+    assert 'export MIOPEN_USER_DB_PATH=/tmp/miopen-config-"${USER}"' in script
+    assert "MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))" in script
+    assert "singularity exec --rocm --bind /scratch,/project,/flash /scratch/project_465000123/llava.sif" in script
+    assert "--num_processes 32" in script
+    assert "HF_HUB_OFFLINE" not in script  # LUMI compute nodes reach the internet
+
+
+def test_pbs_script_selects_gpus_and_launches_one_process_per_node() -> None:
+    script = render_case("polaris-4n")
+    assert "#PBS -l select=4:ncpus=32:ngpus=4:system=polaris" in script
+    assert "#PBS -l filesystems=home:eagle" in script and "#PBS -A MyProject" in script
+    assert "#PBS -q debug-scaling" in script and "#PBS -l walltime=1:00:00" in script
+    assert 'MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"' in script
+    assert "mpiexec -n 4 --ppn 1" in script and '--machine_rank "$PMI_RANK"' in script
+
+
+def test_emulated_nodes_run_as_tasks_on_one_node() -> None:
+    script = render_case("local-slurm-2n")
+    assert "#SBATCH --nodes=1\n#SBATCH --ntasks=2\n" in script
+    assert "srun --nodes=1 --ntasks=2 --ntasks-per-node=2" in script
+    assert '--machine_rank "$SLURM_PROCID"' in script
+    assert "export NCCL_DEBUG=INFO" in script
+
+
+def test_cpu_runs_use_accelerate_multi_cpu_mode_without_module_sync() -> None:
+    script = render_case("local-1n")
+    assert "export ACCELERATE_USE_CPU=true" in script
+    assert "--fsdp_sync_module_states false" in script and "--mixed_precision no" in script
+
+
+def test_render_is_a_pure_function() -> None:
+    assert render_case("lumi-g-1n") == render_case("lumi-g-1n")
