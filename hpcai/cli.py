@@ -31,7 +31,8 @@ app.add_typer(workloads_app, name="workloads")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ClusterOpt = Annotated[
-    str | None, typer.Option("--cluster", "-c", help="Cluster profile (default: config's default_cluster, else local).")
+    str | None,
+    typer.Option("--cluster", "-c", help="Cluster profile (default: config's default_cluster, else local)."),
 ]
 NodesOpt = Annotated[int | None, typer.Option("--nodes", "-N", help="Number of nodes.")]
 GpusOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs per node (default: all of the node's).")]
@@ -113,7 +114,12 @@ def clusters_list(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(
             [
-                {"name": n, "scheduler": p.scheduler, "accelerator": p.accelerator, "description": p.description}
+                {
+                    "name": n,
+                    "scheduler": p.scheduler,
+                    "accelerator": p.accelerator,
+                    "description": p.description,
+                }
                 for n, p in profiles.items()
             ]
         )
@@ -125,7 +131,9 @@ def clusters_list(json_out: JsonOpt = False) -> None:
 
 
 @clusters_app.command("show")
-def clusters_show(name: Annotated[str, typer.Argument(help="Cluster profile name.")], json_out: JsonOpt = False) -> None:
+def clusters_show(
+    name: Annotated[str, typer.Argument(help="Cluster profile name.")], json_out: JsonOpt = False
+) -> None:
     """Show a cluster profile: limits, node shape, filesystems, budget commands and sources."""
     from hpcai.present import show_profile
     from hpcai.profiles import load_profile, profile_source, resolve_alias
@@ -215,7 +223,9 @@ def submit(
     set_: SetOpt = None,
     run_id: RunIdOpt = None,
     run_dir: RunDirOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the script `render` would, submit nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the script `render` would, submit nothing.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the script only)."""

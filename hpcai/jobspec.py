@@ -121,8 +121,7 @@ def coerce_parameter(key: str, raw: str, default: Scalar) -> Scalar:
     except ValueError:
         kind = type(default).__name__
         raise ValidationError(
-            f"--set {key}={raw}: {key} takes a {kind} (its default is {default!r}). "
-            f"Give e.g. --set {key}={default}."
+            f"--set {key}={raw}: {key} takes a {kind} (its default is {default!r}). Give e.g. --set {key}={default}."
         ) from None
     return raw
 
@@ -280,7 +279,7 @@ def resolve_jobspec(
     elif profile.account_required:
         raise ValidationError(
             f"--account: cluster '{cluster}' charges every job to an account (budget/project), and none "
-            f"was given. Pass --account NAME, or set `account = \"NAME\"` under [clusters.{cluster}] in "
+            f'was given. Pass --account NAME, or set `account = "NAME"` under [clusters.{cluster}] in '
             "config.toml; `hpcai clusters show` lists the command that shows your accounts."
         )
 

@@ -77,10 +77,10 @@ def show_workload(workload: Workload) -> None:
             params = ", ".join(f"{k}={v}" for k, v in stage.parameters.items())
             stages.add_row(name + (" *" if name == spec.default_stage else ""), stage.description, params)
         console.print(stages)
-    params = Table("parameter (--set)", "default", title="parameters")
+    param_table = Table("parameter (--set)", "default", title="parameters")
     for key, value in spec.parameters.items():
-        params.add_row(key, repr(value))
-    console.print(params)
+        param_table.add_row(key, repr(value))
+    console.print(param_table)
     console.print("accelerate: " + " ".join(f"--{k} {v}" for k, v in spec.accelerate.items()))
     console.print(f"mixed precision: GPU {spec.mixed_precision.gpu}, CPU {spec.mixed_precision.cpu}")
     console.print(f"outputs: metrics {spec.outputs.metrics}, checkpoints {spec.outputs.checkpoints}/")

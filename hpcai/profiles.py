@@ -282,8 +282,10 @@ def expand_path(pattern: str, values: dict[str, str], *, field: str) -> str:
         return pattern.format_map(values)
     except KeyError as exc:
         missing = exc.args[0]
-        hint = "pass --account or set `account` for this cluster in config.toml" if missing == "account" else (
-            "set `user` for this cluster in config.toml" if missing == "user" else "remove it from the pattern"
+        hint = (
+            "pass --account or set `account` for this cluster in config.toml"
+            if missing == "account"
+            else ("set `user` for this cluster in config.toml" if missing == "user" else "remove it from the pattern")
         )
         raise ConfigError(f"{field}: the path '{pattern}' needs {{{missing}}}, which is not known: {hint}.") from exc
 

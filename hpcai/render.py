@@ -74,7 +74,7 @@ def _rendezvous_lines(profile: ClusterProfile) -> list[str]:
         lines = [
             f'hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"{suffix}',
             "# The first host of the allocation, as an address every node can reach.",
-            "MASTER_ADDR=\"$(getent ahostsv4 \"$hpcai_master_host\" | awk 'NR == 1 {print $1}' || true)\"",
+            'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
             'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
         ]
     elif kind == "pbs":

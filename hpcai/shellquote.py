@@ -16,12 +16,25 @@ class Expr(str):
     """Shell text written by hpcai's own templates or code, inserted as is (e.g. `"$MASTER_ADDR"`)."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _literal(text: str) -> str:
+    """One shell word meaning exactly `text`. Control characters (newlines above all) are written as
+    bash `$'...'` escapes, so no user value can ever start a line of the script (a `#SBATCH` line, say)."""
+    if not _CONTROL.search(text):
+        return shlex.quote(text)
+    body = "".join(_ANSI_C_ESCAPES.get(ch, f"\\x{ord(ch):02x}" if _CONTROL.match(ch) else ch) for ch in text)
+    return f"$'{body}'"
+
+
 def quote(value: object) -> str:
     if isinstance(value, Expr):
         return str(value)
     if isinstance(value, bool):
         value = "true" if value else "false"
-    return shlex.quote(str(value))
+    return _literal(str(value))
 
 
 def join(words: Iterable[object]) -> str:
@@ -36,9 +49,9 @@ def quote_with_variables(value: str) -> str:
         if match.group(1) not in PROFILE_VARIABLES:
             continue
         if match.start() > position:
-            parts.append(shlex.quote(value[position : match.start()]))
+            parts.append(_literal(value[position : match.start()]))
         parts.append(f'"${{{match.group(1)}}}"')
         position = match.end()
     if position < len(value) or not parts:
-        parts.append(shlex.quote(value[position:]))
+        parts.append(_literal(value[position:]))
     return "".join(parts)

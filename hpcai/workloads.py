@@ -93,8 +93,6 @@ def load_workload(name: str) -> Workload:
     path = directory / "workload.yaml"
     if not path.is_file() or "/" in name:
         known = workload_names()
-        raise NotFoundError(
-            f"unknown workload '{name}'.{closest(name, known)} Known workloads: {', '.join(known)}."
-        )
+        raise NotFoundError(f"unknown workload '{name}'.{closest(name, known)} Known workloads: {', '.join(known)}.")
     spec = load_model(WorkloadSpec, read_yaml_mapping(path), str(path))
     return Workload(name=name, directory=directory, spec=spec)

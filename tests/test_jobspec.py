@@ -143,7 +143,12 @@ def test_container_needs_a_runtime_in_the_profile() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("my run", "my_run"), ("$(rm -rf ~)", "rm_-rf"), ("a\n#SBATCH --x", "a_SBATCH_--x"), ("9lives", "j9lives")],
+    [
+        ("my run", "my_run"),
+        ("$(rm -rf ~)", "rm_-rf"),
+        ("a\n#SBATCH --x", "a_SBATCH_--x"),
+        ("9lives", "j9lives"),
+    ],
 )
 def test_job_names_are_sanitised(raw: str, clean: str) -> None:
     assert sanitize_job_name(raw) == clean

@@ -82,7 +82,9 @@ def test_unknown_field_is_named_with_the_closest_allowed_one(isolated_hpcai: Pat
 
 
 def test_wrong_type_names_the_field(isolated_hpcai: Path) -> None:
-    (_user_clusters(isolated_hpcai) / "juwels-booster.yaml").write_text("partitions:\n  - name: booster\n    max_nodes: many\n    max_walltime: '24:00:00'\n")
+    (_user_clusters(isolated_hpcai) / "juwels-booster.yaml").write_text(
+        "partitions:\n  - name: booster\n    max_nodes: many\n    max_walltime: '24:00:00'\n"
+    )
     with pytest.raises(ConfigError, match=r"partitions\.0\.max_nodes"):
         load_profile("juwels-booster")
 

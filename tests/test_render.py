@@ -29,18 +29,44 @@ CASES = {
     "juwels-booster-4n-container": (
         "juwels-booster",
         "llava",
-        {"nodes": 4, "account": "training2410", "container": "/p/project/training2410/llava.sif", "stage": "finetune"},
+        {
+            "nodes": 4,
+            "account": "training2410",
+            "container": "/p/project/training2410/llava.sif",
+            "stage": "finetune",
+        },
     ),
-    "leonardo-booster-1n": ("leonardo-booster", "llava", {"nodes": 1, "account": "EUHPC_D17_084", "qos": "boost_qos_dbg", "time": "00:30:00"}),
-    "leonardo-booster-4n": ("leonardo-booster", "clip", {"nodes": 4, "account": "EUHPC_D17_084", "time": "12:00:00"}),
-    "lumi-g-1n": ("lumi-g", "clip", {"nodes": 1, "account": "project_465000123", "partition": "dev-g", "time": "02:00:00"}),
+    "leonardo-booster-1n": (
+        "leonardo-booster",
+        "llava",
+        {"nodes": 1, "account": "EUHPC_D17_084", "qos": "boost_qos_dbg", "time": "00:30:00"},
+    ),
+    "leonardo-booster-4n": (
+        "leonardo-booster",
+        "clip",
+        {"nodes": 4, "account": "EUHPC_D17_084", "time": "12:00:00"},
+    ),
+    "lumi-g-1n": (
+        "lumi-g",
+        "clip",
+        {"nodes": 1, "account": "project_465000123", "partition": "dev-g", "time": "02:00:00"},
+    ),
     "lumi-g-4n-container": (
         "lumi-g",
         "llava",
         {"nodes": 4, "account": "project_465000123", "container": "/scratch/project_465000123/llava.sif"},
     ),
     "polaris-1n": ("polaris", "llava", {"nodes": 1, "account": "MyProject"}),
-    "polaris-4n": ("polaris", "clip", {"nodes": 4, "account": "MyProject", "partition": "debug-scaling", "container": "/eagle/MyProject/clip.sif"}),
+    "polaris-4n": (
+        "polaris",
+        "clip",
+        {
+            "nodes": 4,
+            "account": "MyProject",
+            "partition": "debug-scaling",
+            "container": "/eagle/MyProject/clip.sif",
+        },
+    ),
     "local-1n": ("local", "llava", {}),
     "local-slurm-1n": ("local-slurm", "llava", {"nodes": 1}),
     "local-slurm-2n": ("local-slurm", "clip", {"nodes": 2, "env": ("NCCL_DEBUG=INFO",)}),
@@ -88,11 +114,14 @@ def test_slurm_header_carries_signal_requeue_and_run_dir_logs() -> None:
     script = render_case("leonardo-booster-4n")
     assert "#SBATCH --signal=B:USR1@300" in script
     assert "#SBATCH --requeue" in script
-    assert "#SBATCH --output=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n/logs/slurm-%j.out" in script
+    assert (
+        "#SBATCH --output=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n/logs/slurm-%j.out"
+        in script
+    )
     assert "#SBATCH --gres=gpu:4" in script and "#SBATCH --nodes=4" in script
     assert "set -euo pipefail" in script
     assert "export HF_HUB_OFFLINE=1" in script
-    assert "--num_machines 4 --machine_rank \"$SLURM_NODEID\" --num_processes 16" in script
+    assert '--num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 16' in script
 
 
 def test_juwels_rendezvous_uses_the_infiniband_host_name() -> None:

@@ -6,7 +6,13 @@ from hpcai.walltime import parse_walltime, pbs_walltime, slurm_walltime
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("00:30:00", 1800), ("02:00:00", 7200), ("1-12:00:00", 129600), ("100:00:00", 360000), ("0-00:00:05", 5)],
+    [
+        ("00:30:00", 1800),
+        ("02:00:00", 7200),
+        ("1-12:00:00", 129600),
+        ("100:00:00", 360000),
+        ("0-00:00:05", 5),
+    ],
 )
 def test_parses_slurm_forms(text: str, seconds: int) -> None:
     assert parse_walltime(text) == seconds
