@@ -6,6 +6,7 @@ Nothing here imports torch, accelerate or transformers: `hpcai --help` must stay
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -247,6 +248,93 @@ def submit(
         print_json(result)
     else:
         console.print(result["run_id"])
+
+
+RunArg = Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")]
+
+
+@app.command()
+def status(
+    run: Annotated[str | None, typer.Argument(help="Run id (default: all runs).")] = None,
+    json_out: JsonOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until every run has ended.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
+) -> None:
+    """Ask the schedulers (one call per cluster) and show runs: state, attempt, job, elapsed, step, loss."""
+    from hpcai.orchestrator import status as run_status
+    from hpcai.present import runs_table
+    from hpcai.store import Store
+
+    store = Store()
+    if not watch:
+        views, _ = run_status(store, run)
+        if json_out:
+            print_json([v.to_json() for v in views] if run is None else views[0].to_json())
+        else:
+            console.print(runs_table(views))
+        return
+    from rich.live import Live
+
+    from hpcai.schedulers import JobState
+
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            views, _ = run_status(store, run)
+            live.update(runs_table(views), refresh=True)
+            if all(JobState(v.state).terminal for v in views):
+                break
+            time.sleep(interval)
+
+
+@app.command("list")
+def list_runs(
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="Only runs on this cluster.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List recorded runs from the store, without asking any scheduler."""
+    from hpcai.orchestrator import Backends, views
+    from hpcai.present import runs_table
+    from hpcai.store import Store
+
+    store = Store()
+    found = views(store, store.runs(cluster=cluster), Backends(), with_progress=False)
+    if json_out:
+        print_json([v.to_json() for v in found])
+    else:
+        console.print(runs_table(found))
+
+
+@app.command()
+def logs(
+    run: RunArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines until the job ends.")] = False,
+    attempt: Annotated[int | None, typer.Option("--attempt", help="Attempt number (default: latest).")] = None,
+    stderr: Annotated[bool, typer.Option("--stderr", help="Show standard error instead of output.")] = False,
+) -> None:
+    """Print a run's job output (or stderr); -f follows it while the job runs."""
+    from hpcai.orchestrator import follow_logs
+    from hpcai.store import Store
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    follow_logs(Store(), run, attempt_number=attempt, stderr=stderr, follow=follow, write=write)
+
+
+@app.command()
+def cancel(run: RunArg, json_out: JsonOpt = False) -> None:
+    """Cancel a run's current job."""
+    from hpcai.orchestrator import cancel_run
+    from hpcai.store import Store
+
+    result = cancel_run(Store(), run)
+    if json_out:
+        print_json(result)
+    elif result["cancelled"]:
+        console.print(f"cancel requested for run {result['run_id']} (job {result['job_id']})")
+    else:
+        console.print(f"run {result['run_id']} already finished ({result['state']}); nothing to cancel")
 
 
 def _emit_script(script: str, job: dict[str, object], output: Path | None, json_out: bool) -> None:

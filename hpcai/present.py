@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from hpcai.output import console
+
+if TYPE_CHECKING:
+    from hpcai.orchestrator import RunView
 from hpcai.profiles import ClusterProfile
 from hpcai.workloads import Workload
 
@@ -84,3 +88,33 @@ def show_workload(workload: Workload) -> None:
     console.print("accelerate: " + " ".join(f"--{k} {v}" for k, v in spec.accelerate.items()))
     console.print(f"mixed precision: GPU {spec.mixed_precision.gpu}, CPU {spec.mixed_precision.cpu}")
     console.print(f"outputs: metrics {spec.outputs.metrics}, checkpoints {spec.outputs.checkpoints}/")
+
+
+_STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMITTING": "yellow"}
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def runs_table(views: list[RunView]) -> Table:
+    table = Table("run", "workload", "cluster", "state", "attempt", "job", "elapsed", "step", "loss")
+    for v in views:
+        style = _STATE_STYLE.get(v.state, "red")
+        state = f"[{style}]{v.state}[/{style}]" + (f" ({v.exit_code})" if v.exit_code not in (None, 0) else "")
+        table.add_row(
+            v.run_id,
+            v.workload,
+            v.cluster,
+            state,
+            str(v.attempt),
+            v.job_id or "-",
+            _elapsed(v.elapsed_s),
+            str(v.step) if v.step is not None else "-",
+            f"{v.loss:.4g}" if v.loss is not None else "-",
+        )
+    return table

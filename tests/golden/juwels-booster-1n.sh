@@ -10,6 +10,7 @@
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
+#SBATCH --chdir=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-1n
 #SBATCH --output=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-1n/logs/slurm-%j.out
 #SBATCH --error=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-1n/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload llava (stage pretrain) on juwels-booster, run golden-juwels-booster-1n.

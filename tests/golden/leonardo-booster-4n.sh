@@ -11,6 +11,7 @@
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
+#SBATCH --chdir=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n
 #SBATCH --output=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n/logs/slurm-%j.out
 #SBATCH --error=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload clip (stage clip) on leonardo-booster, run golden-leonardo-booster-4n.

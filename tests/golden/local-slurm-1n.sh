@@ -7,6 +7,7 @@
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
+#SBATCH --chdir=/tmp/hpcai-golden-state/runs/golden-local-slurm-1n
 #SBATCH --output=/tmp/hpcai-golden-state/runs/golden-local-slurm-1n/logs/slurm-%j.out
 #SBATCH --error=/tmp/hpcai-golden-state/runs/golden-local-slurm-1n/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload llava (stage pretrain) on local-slurm, run golden-local-slurm-1n.

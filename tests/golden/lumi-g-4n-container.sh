@@ -11,6 +11,7 @@
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
+#SBATCH --chdir=/scratch/project_465000123/hpcai/runs/golden-lumi-g-4n-container
 #SBATCH --output=/scratch/project_465000123/hpcai/runs/golden-lumi-g-4n-container/logs/slurm-%j.out
 #SBATCH --error=/scratch/project_465000123/hpcai/runs/golden-lumi-g-4n-container/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload llava (stage pretrain) on lumi-g, run golden-lumi-g-4n-container.

@@ -1,0 +1,315 @@
+"""Submit, status, logs and cancel flows, built from the store, the schedulers and the transports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hpcai.errors import HpcaiError
+from hpcai.exitcodes import SCRIPT_NAME
+from hpcai.metrics import last_progress
+from hpcai.profiles import ClusterProfile, load_profile
+from hpcai.schedulers import JobState, Scheduler, scheduler_for
+from hpcai.service import RenderedJob
+from hpcai.store import Attempt, Run, Store
+from hpcai.transport import LocalTransport, Transport
+
+# How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.
+LOST_SUBMISSION_S = 300
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_id: str
+    workload: str
+    cluster: str
+    state: str
+    attempt: int
+    job_id: str | None
+    elapsed_s: float | None
+    step: int | None
+    loss: float | None
+    exit_code: int | None
+    reason: str | None
+    run_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Backend:
+    profile: ClusterProfile
+    transport: Transport
+    scheduler: Scheduler
+
+
+def transport_for(profile: ClusterProfile) -> Transport:
+    return LocalTransport()
+
+
+class Backends:
+    """One transport and scheduler per cluster for the whole command (one connection reused)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Backend] = {}
+
+    def get(self, cluster: str) -> Backend:
+        if cluster not in self._cache:
+            profile = load_profile(cluster)
+            transport = transport_for(profile)
+            self._cache[cluster] = Backend(profile, transport, scheduler_for(profile, transport))
+        return self._cache[cluster]
+
+    @property
+    def scheduler_calls(self) -> int:
+        return sum(b.scheduler.calls for b in self._cache.values())
+
+
+def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
+    store = store or Store()
+    job = rendered.job
+    backend = Backends().get(job.cluster)
+    run = Run(
+        id=job.run_id,
+        workload=job.workload,
+        cluster=job.cluster,
+        stage=job.stage,
+        run_dir=job.run_dir,
+        spec=job.model_dump(),
+        created=time.time(),
+        state=JobState.SUBMITTING.value,
+    )
+    # The intent goes into the store before the scheduler hears of it: a CLI killed after sbatch but
+    # before recording the id is reconciled by the next `status` (job_id file, or the job's work dir).
+    store.create_run(run)
+    transport = backend.transport
+    script_path = f"{job.run_dir}/{SCRIPT_NAME}"
+    try:
+        transport.makedirs(f"{job.run_dir}/logs")
+        transport.write_text(script_path, rendered.script, mode=0o755)
+        transport.write_text(f"{job.run_dir}/spec.json", json.dumps(run.spec, indent=2) + "\n")
+        job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s)
+    except HpcaiError as exc:
+        store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
+        store.add_event(run.id, "submit-failed", str(exc))
+        raise
+    store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
+    store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")
+    return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
+
+
+def _attempt_log_exit_code(transport: Transport, run_dir: str) -> int | None:
+    """The exit code the job script itself recorded last (PBS wrappers do not report one)."""
+    text = transport.tail(f"{run_dir}/attempts.jsonl", 8192).decode("utf-8", errors="replace")
+    for line in reversed(text.splitlines()):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "end" and isinstance(event.get("rc"), int):
+            return int(event["rc"])
+    return None
+
+
+def refresh(store: Store, runs: Iterable[Run], backends: Backends | None = None) -> Backends:
+    """Ask each cluster's scheduler, once for all its unfinished attempts, and record what changed."""
+    backends = backends or Backends()
+    runs = list(runs)
+    latest = store.latest_attempts([r.id for r in runs])
+    per_cluster: dict[str, list[tuple[Run, Attempt]]] = defaultdict(list)
+    for run in runs:
+        attempt = latest.get(run.id)
+        if attempt is not None and not JobState(attempt.state).terminal:
+            per_cluster[run.cluster].append((run, attempt))
+    for cluster, items in per_cluster.items():
+        backend = backends.get(cluster)
+        items = _reconcile_lost_submissions(store, backend, items)
+        job_ids = [a.job_id for _, a in items if a.job_id]
+        statuses = backend.scheduler.states(job_ids) if job_ids else {}
+        for run, attempt in items:
+            status = statuses.get(attempt.job_id or "")
+            if status is None or status.state is JobState.UNKNOWN:
+                continue
+            exit_code = status.exit_code
+            if status.state.terminal and exit_code is None:
+                exit_code = _attempt_log_exit_code(backend.transport, run.run_dir)
+                if status.state is JobState.COMPLETED and exit_code not in (None, 0):
+                    status = type(status)(status.job_id, JobState.FAILED, exit_code, status.reason)
+            changes: dict[str, Any] = {}
+            for key, value in (
+                ("state", status.state.value),
+                ("exit_code", exit_code),
+                ("reason", status.reason),
+                ("started", status.started),
+                ("ended", status.ended),
+            ):
+                if value is not None and getattr(attempt, key) != value:
+                    changes[key] = value
+            if changes:
+                store.update_attempt(run.id, attempt.number, **changes)
+                if "state" in changes:
+                    store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
+    return backends
+
+
+def _reconcile_lost_submissions(
+    store: Store, backend: Backend, items: list[tuple[Run, Attempt]]
+) -> list[tuple[Run, Attempt]]:
+    lost = [(r, a) for r, a in items if a.job_id is None]
+    if not lost:
+        return items
+    found: dict[str, str] = {}
+    for run, _ in lost:
+        text = backend.transport.read_text(f"{run.run_dir}/job_id")
+        if text and text.strip():
+            found[run.run_dir] = text.strip()
+    missing = [r.run_dir for r, _ in lost if r.run_dir not in found]
+    if missing:
+        found.update(backend.scheduler.find_jobs(missing))
+    result = []
+    for run, attempt in items:
+        if attempt.job_id is None and run.run_dir in found:
+            job_id = found[run.run_dir]
+            store.update_attempt(run.id, attempt.number, job_id=job_id, state=JobState.PENDING.value)
+            store.add_event(run.id, "reconciled", f"found job {job_id} that the submitting CLI did not record")
+            attempt = store.attempts(run.id)[attempt.number - 1]
+        elif attempt.job_id is None and time.time() - attempt.submitted > LOST_SUBMISSION_S:
+            store.update_attempt(
+                run.id,
+                attempt.number,
+                state=JobState.FAILED.value,
+                reason="no job was ever found for this submission (the CLI stopped before the scheduler took it)",
+            )
+            continue
+        result.append((run, attempt))
+    return result
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start:
+        return None
+    try:
+        begin = dt.datetime.fromisoformat(start)
+        finish = dt.datetime.fromisoformat(end) if end else dt.datetime.now()
+    except ValueError:
+        return None
+    return max(0.0, (finish - begin).total_seconds())
+
+
+def views(store: Store, runs: list[Run], backends: Backends, *, with_progress: bool = True) -> list[RunView]:
+    latest = store.latest_attempts([r.id for r in runs])
+    result = []
+    for run in runs:
+        attempt = latest.get(run.id)
+        progress = None
+        if with_progress:
+            metrics = str(run.spec.get("metrics_path") or f"{run.run_dir}/metrics.jsonl")
+            try:
+                progress = last_progress(backends.get(run.cluster).transport, metrics)
+            except HpcaiError:
+                progress = None
+        result.append(
+            RunView(
+                run_id=run.id,
+                workload=run.workload,
+                cluster=run.cluster,
+                state=attempt.state if attempt else run.state,
+                attempt=attempt.number if attempt else 0,
+                job_id=attempt.job_id if attempt else None,
+                elapsed_s=_seconds_between(attempt.started, attempt.ended) if attempt else None,
+                step=progress.step if progress else None,
+                loss=progress.loss if progress else None,
+                exit_code=attempt.exit_code if attempt else None,
+                reason=attempt.reason if attempt else None,
+                run_dir=run.run_dir,
+            )
+        )
+    return result
+
+
+def status(store: Store, run_id: str | None = None) -> tuple[list[RunView], Backends]:
+    runs = [store.run(run_id)] if run_id else store.runs()
+    backends = refresh(store, runs)
+    return views(store, [store.run(r.id) for r in runs], backends), backends
+
+
+def pick_attempt(store: Store, run: Run, number: int | None) -> Attempt:
+    attempts = store.attempts(run.id)
+    if number is None:
+        return attempts[-1]
+    for attempt in attempts:
+        if attempt.number == number:
+            return attempt
+    raise HpcaiError(f"--attempt: run {run.id} has attempts 1-{len(attempts)}, not {number}.")
+
+
+def cancel_run(store: Store, run_id: str) -> dict[str, Any]:
+    run = store.run(run_id)
+    backends = refresh(store, [run])
+    attempt = store.attempts(run.id)[-1]
+    if JobState(attempt.state).terminal:
+        return {"run_id": run.id, "cancelled": False, "state": attempt.state, "message": "already finished"}
+    if attempt.job_id is None:
+        raise HpcaiError(
+            f"run {run.id}: its job id is not known yet (submission in progress). Try again in a few seconds."
+        )
+    backends.get(run.cluster).scheduler.cancel(attempt.job_id)
+    store.add_event(run.id, "cancel", f"cancel requested for job {attempt.job_id}")
+    return {"run_id": run.id, "cancelled": True, "job_id": attempt.job_id, "state": attempt.state}
+
+
+def follow_logs(
+    store: Store,
+    run_id: str,
+    *,
+    attempt_number: int | None = None,
+    stderr: bool = False,
+    follow: bool = False,
+    write: Callable[[str], None],
+    poll_s: float = 1.0,
+    max_wait_s: float | None = None,
+) -> str:
+    """Write the attempt's log; with `follow`, keep streaming new lines until the job ends. Returns the
+    attempt's final state."""
+    run = store.run(run_id)
+    backends = refresh(store, [run])
+    attempt = pick_attempt(store, run, attempt_number)
+    backend = backends.get(run.cluster)
+    deadline = time.monotonic() + max_wait_s if max_wait_s else None
+    while attempt.job_id is None:
+        if not follow or (deadline and time.monotonic() > deadline):
+            raise HpcaiError(f"run {run.id}: no job id yet, so no log. Try again in a moment, or use -f.")
+        time.sleep(poll_s)
+        refresh(store, [run], backends)
+        attempt = pick_attempt(store, run, attempt.number)
+    path = backend.scheduler.log_paths(run.run_dir, attempt.job_id)[1 if stderr else 0]
+    offset = 0
+    pending = b""
+    while True:
+        chunk = backend.transport.read_from(path, offset)
+        offset += len(chunk)
+        pending += chunk
+        # Only whole lines are written while following, so a line is never split across reads.
+        if b"\n" in pending:
+            complete, _, pending = pending.rpartition(b"\n")
+            write(complete.decode("utf-8", errors="replace") + "\n")
+        if not follow:
+            break
+        if JobState(attempt.state).terminal:
+            final = backend.transport.read_from(path, offset)
+            pending += final
+            break
+        if deadline and time.monotonic() > deadline:
+            break
+        time.sleep(poll_s)
+        refresh(store, [run], backends)
+        attempt = pick_attempt(store, run, attempt.number)
+    if pending:
+        write(pending.decode("utf-8", errors="replace"))
+    return attempt.state

@@ -1,0 +1,126 @@
+"""The scheduler interface every backend implements, and the shared job-state vocabulary."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hpcai.errors import HpcaiError
+from hpcai.transport.base import CommandResult, Transport
+
+
+class JobState(StrEnum):
+    SUBMITTING = "SUBMITTING"  # recorded before the scheduler was asked; the job id may be unknown
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETING = "COMPLETING"
+    REQUEUED = "REQUEUED"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    UNKNOWN = "UNKNOWN"  # the scheduler does not (yet) know the job: ask again, never assume failure
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+        JobState.OUT_OF_MEMORY,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None
+    started: str | None = None
+    ended: str | None = None
+
+
+class SchedulerError(HpcaiError):
+    """A scheduler command failed for a reason that retrying does not fix."""
+
+
+TRANSIENT_MARKERS = (
+    "Socket timed out",
+    "Resource temporarily unavailable",
+    "Unable to contact slurm controller",
+    "Slurm backup controller in standby mode",
+    "Connection refused",
+    "timed out after",
+)
+
+
+class Scheduler(ABC):
+    kind: str
+
+    def __init__(self, transport: Transport, *, retries: int = 4, backoff_s: float = 0.5) -> None:
+        self.transport = transport
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.calls = 0  # scheduler commands issued, for tests and benchmarks
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def command(self, argv: Sequence[str], *, timeout: float = 60, transient_ok: bool = True) -> CommandResult:
+        """Run a scheduler command, retrying with exponential backoff on transient controller errors."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            self.calls += 1
+            result = self.transport.run(argv, timeout=timeout)
+            transient = any(marker in result.stderr for marker in TRANSIENT_MARKERS)
+            if result.ok or not transient or not transient_ok or attempt == self.retries:
+                return result
+            self._sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    @abstractmethod
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+        """Submit the script; return the job id."""
+
+    @abstractmethod
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """States of many jobs with a constant number of scheduler calls."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def requeue(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
+        """(stdout, stderr) of one attempt."""
+
+    def find_jobs(self, run_dirs: Sequence[str]) -> dict[str, str]:
+        """Job ids of jobs running in these run directories (reconciling a submit whose id was lost)."""
+        return {}
+
+
+def failure(what: str, result: CommandResult) -> SchedulerError:
+    detail = (result.stderr or result.stdout).strip().splitlines()
+    shown = " ".join(detail[-3:]) if detail else f"exit code {result.returncode}"
+    return SchedulerError(f"{what} failed: `{' '.join(result.argv)}` said: {shown}")

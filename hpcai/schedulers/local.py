@@ -1,0 +1,138 @@
+"""The local backend: runs the rendered script on this machine as a detached process group, with the same
+run-directory layout, states, exit codes, cancel and logs as a real scheduler.
+
+Each job is a small JSON file under `<state dir>/local-jobs/`; a detached runner process
+(`python -m hpcai.schedulers.local_runner`) starts the script, enforces the walltime and records the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcai.paths import state_dir
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError
+
+
+def jobs_dir() -> Path:
+    return state_dir() / "local-jobs"
+
+
+def job_file(job_id: str) -> Path:
+    return jobs_dir() / f"{job_id}.json"
+
+
+def read_job(job_id: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(job_file(job_id).read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_job(data: dict[str, Any]) -> None:
+    path = job_file(str(data["job_id"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"local_runner" in cmdline
+
+
+class LocalScheduler(Scheduler):
+    kind = "local"
+
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+        job_id = f"L{int(time.time())}{secrets.token_hex(3)}"
+        walltime = walltime_s or 7 * 86400
+        write_job(
+            {
+                "job_id": job_id,
+                "script": script_path,
+                "run_dir": run_dir,
+                "walltime_s": walltime,
+                "state": JobState.PENDING.value,
+                "submitted": time.time(),
+            }
+        )
+        self.calls += 1
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "hpcai.schedulers.local_runner", str(job_file(job_id))],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SchedulerError(f"could not start the local runner: {exc}") from exc
+        return job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        self.calls += 1
+        return {job_id: self._status(job_id) for job_id in dict.fromkeys(job_ids)}
+
+    def _status(self, job_id: str) -> JobStatus:
+        data = read_job(job_id)
+        if data is None:
+            return JobStatus(job_id, JobState.UNKNOWN)
+        state = JobState(data["state"])
+        if not state.terminal:
+            runner = data.get("runner_pid")
+            started_long_ago = time.time() - float(data.get("submitted", 0)) > 30
+            if (runner and not process_alive(int(runner))) or (not runner and started_long_ago):
+                # The runner vanished (machine rebooted, killed): like a node failure on a cluster.
+                return JobStatus(job_id, JobState.NODE_FAIL, None, "local runner process disappeared")
+        return JobStatus(
+            job_id,
+            state,
+            data.get("exit_code"),
+            data.get("reason"),
+            _iso(data.get("started")),
+            _iso(data.get("ended")),
+        )
+
+    def cancel(self, job_id: str) -> None:
+        self.calls += 1
+        data = read_job(job_id)
+        if data is None or JobState(data["state"]).terminal:
+            return
+        runner = data.get("runner_pid")
+        if runner and process_alive(int(runner)):
+            os.kill(int(runner), signal.SIGTERM)
+            return
+        # Not started yet (or runner gone): record the cancellation directly.
+        data.update(state=JobState.CANCELLED.value, reason="cancelled before start", ended=time.time())
+        write_job(data)
+
+    def requeue(self, job_id: str) -> None:
+        data = read_job(job_id)
+        if data is None:
+            raise SchedulerError(f"no local job {job_id}")
+        self.cancel(job_id)
+        self.submit(str(data["script"]), str(data["run_dir"]), walltime_s=int(data["walltime_s"]))
+
+    def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
+        return f"{run_dir}/logs/local-{job_id}.out", f"{run_dir}/logs/local-{job_id}.err"
+
+
+def _iso(stamp: object) -> str | None:
+    if not isinstance(stamp, int | float):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stamp))

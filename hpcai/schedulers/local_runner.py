@@ -1,0 +1,89 @@
+"""Detached runner for one local job: start the script in its own process group, enforce the walltime,
+honour cancellation (SIGTERM), record the final state and exit code in the job file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from hpcai.schedulers.local import read_job, write_job
+
+KILL_WAIT_S = 5.0
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the job's process group, then SIGKILL what is left after KILL_WAIT_S (as Slurm does)."""
+    for sig, wait in ((signal.SIGTERM, KILL_WAIT_S), (signal.SIGKILL, 1.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.1)
+
+
+def main(job_path: str) -> int:
+    job_id = Path(job_path).stem
+    data = read_job(job_id)
+    if data is None:
+        return 1
+    run_dir = str(data["run_dir"])
+    logs = Path(run_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cancelled = False
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    with open(logs / f"local-{job_id}.out", "ab") as out, open(logs / f"local-{job_id}.err", "ab") as err:
+        proc = subprocess.Popen(
+            ["bash", str(data["script"])],
+            cwd=run_dir,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "HPCAI_LOCAL_JOB_ID": job_id},
+        )
+        started = time.time()
+        data.update(state="RUNNING", runner_pid=os.getpid(), job_pid=proc.pid, started=started)
+        write_job(data)
+        deadline = started + float(data["walltime_s"])
+        timed_out = False
+        while proc.poll() is None:
+            if cancelled or time.time() >= deadline:
+                timed_out = not cancelled
+                _stop_group(proc)
+                break
+            time.sleep(0.2)
+        returncode = proc.wait()
+    exit_code = returncode if returncode >= 0 else 128 - returncode
+    if cancelled:
+        state, reason = "CANCELLED", "cancelled by user"
+    elif timed_out:
+        state, reason = "TIMEOUT", "walltime exceeded"
+    elif returncode == 0:
+        state, reason = "COMPLETED", None
+    else:
+        state, reason = "FAILED", f"exit code {exit_code}"
+    data.update(state=state, exit_code=exit_code, reason=reason, ended=time.time())
+    write_job(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

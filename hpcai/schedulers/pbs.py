@@ -1,0 +1,104 @@
+"""PBS Pro through qsub / qstat -f / qdel.
+
+Verified here only against Slurm's PBS wrappers (slurm-wlm-torque): they accept the same commands and
+print `qstat -f` in PBS's format, but do not understand PBS Pro's `select=` directives and show finished
+jobs as `C` without an exit status. The exit code then comes from the job's own attempt log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, failure
+
+# PBS job_state letters. F (finished, qstat -x) and C (completed, Torque) carry Exit_status when known.
+_STATES = {
+    "Q": JobState.PENDING,
+    "W": JobState.PENDING,
+    "T": JobState.PENDING,
+    "H": JobState.PENDING,
+    "B": JobState.RUNNING,
+    "R": JobState.RUNNING,
+    "E": JobState.COMPLETING,
+    "S": JobState.SUSPENDED,
+    "U": JobState.SUSPENDED,
+    "X": JobState.COMPLETED,
+    "F": JobState.COMPLETED,
+    "C": JobState.COMPLETED,
+}
+
+
+def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
+    """`qstat -f` output -> {job id: {attribute: value}}, joining PBS's continuation lines."""
+    jobs: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    last_key = ""
+    for raw in text.splitlines():
+        if raw.startswith("Job Id:"):
+            current = jobs.setdefault(raw.split(":", 1)[1].strip(), {})
+            continue
+        if current is None or not raw.strip():
+            continue
+        if " = " in raw:
+            key, _, value = raw.strip().partition(" = ")
+            current[key] = value
+            last_key = key
+        elif last_key:  # a wrapped long value continues on the next, indented line
+            current[last_key] += raw.strip()
+    return jobs
+
+
+def _status(job_id: str, attrs: dict[str, str]) -> JobStatus:
+    state = _STATES.get(attrs.get("job_state", ""), JobState.UNKNOWN)
+    exit_text = attrs.get("Exit_status") or attrs.get("exit_status")
+    exit_code = int(exit_text) if exit_text and exit_text.lstrip("-").isdigit() else None
+    if state is JobState.COMPLETED and exit_code is not None and exit_code != 0:
+        # PBS Pro: -11 is walltime exceeded (JOB_EXEC_KILL_WALLTIME); others are failures.
+        state = JobState.TIMEOUT if exit_code in (-11, 271) else JobState.FAILED
+    return JobStatus(job_id, state, exit_code, attrs.get("comment"), attrs.get("stime"), attrs.get("mtime"))
+
+
+class PbsScheduler(Scheduler):
+    kind = "pbs"
+
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+        # -o/-e on the command line too: Slurm's qsub wrapper ignores #PBS -o/-e lines.
+        out, err = self.log_paths(run_dir, "")
+        result = self.command(["qsub", "-o", out, "-e", err, script_path], timeout=120)
+        if not result.ok:
+            raise failure("qsub", result)
+        job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""
+        if not job_id:
+            raise failure("qsub (no job id printed)", result)
+        return job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return {}
+        result = self.command(["qstat", "-f", *wanted])
+        # qstat exits non-zero when some job is unknown but still prints the known ones.
+        parsed = parse_qstat_full(result.stdout)
+        if not parsed and not result.ok and "Unknown Job" not in result.stderr and result.stderr.strip():
+            unknown_only = all("nknown" in line or "not exist" in line for line in result.stderr.splitlines())
+            if not unknown_only:
+                raise failure("qstat", result)
+        by_short = {key.split(".")[0]: attrs for key, attrs in parsed.items()}
+        statuses = {}
+        for job_id in wanted:
+            attrs = parsed.get(job_id) or by_short.get(job_id.split(".")[0])
+            statuses[job_id] = _status(job_id, attrs) if attrs else JobStatus(job_id, JobState.UNKNOWN)
+        return statuses
+
+    def cancel(self, job_id: str) -> None:
+        result = self.command(["qdel", job_id])
+        if not result.ok and "nknown" not in result.stderr + result.stdout:
+            raise failure("qdel", result)
+
+    def requeue(self, job_id: str) -> None:
+        result = self.command(["qrerun", job_id])
+        if not result.ok:
+            raise failure("qrerun", result)
+
+    def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
+        return f"{run_dir}/logs/pbs.out", f"{run_dir}/logs/pbs.err"

@@ -1,0 +1,120 @@
+"""Slurm through its command-line tools, designed around 22.05's quirks (see the notes):
+
+- `squeue --json` ignores -j/--states, and `sacct --json` reports exit 3 as 0: use text formats.
+- `squeue -j` errors when every listed job has left the queue: then sacct is asked.
+- A job that neither knows (sacct rows arrive seconds late) is UNKNOWN, never FAILED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, failure
+
+_SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%Z"
+_SACCT_FIELDS = "JobID,State,ExitCode,Reason,Start,End,WorkDir"
+_STATE_ALIASES = {"CA": "CANCELLED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PR": "PREEMPTED"}
+
+
+def parse_state(text: str) -> JobState:
+    word = text.split()[0].rstrip("+") if text.strip() else "UNKNOWN"  # "CANCELLED by 0"
+    word = _STATE_ALIASES.get(word, word)
+    try:
+        return JobState(word)
+    except ValueError:
+        return JobState.UNKNOWN
+
+
+def _time(text: str) -> str | None:
+    return None if text in {"", "Unknown", "None", "N/A"} else text
+
+
+class SlurmScheduler(Scheduler):
+    kind = "slurm"
+
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+        result = self.command(["sbatch", "--parsable", script_path], timeout=120)
+        if not result.ok:
+            raise failure("sbatch", result)
+        job_id = result.stdout.strip().splitlines()[-1].split(";")[0]
+        if not job_id.isdigit():
+            raise failure("sbatch (unexpected output)", result)
+        return job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return {}
+        found: dict[str, JobStatus] = {}
+        result = self.command(["squeue", "-h", "-t", "all", "-o", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
+        if result.ok:
+            for line in result.stdout.splitlines():
+                fields = line.split("|")
+                if len(fields) < 6 or fields[0] not in wanted:
+                    continue
+                state = parse_state(fields[1])
+                reason = None if fields[2] in {"None", ""} else fields[2]
+                found[fields[0]] = JobStatus(fields[0], state, None, reason, _time(fields[3]), _time(fields[4]))
+        elif "Invalid job id" not in result.stderr:
+            raise failure("squeue", result)
+        # Exit codes only come from sacct; ask it once for every job that ended or left the queue.
+        ask = [j for j in wanted if j not in found or found[j].state.terminal]
+        if ask:
+            found.update(self._sacct(ask))
+        return {j: found.get(j, JobStatus(j, JobState.UNKNOWN)) for j in wanted}
+
+    def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        result = self.command(["sacct", "-X", "-P", "-n", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)])
+        if not result.ok:
+            raise failure("sacct", result)
+        statuses: dict[str, JobStatus] = {}
+        for line in result.stdout.splitlines():
+            fields = line.split("|")
+            if len(fields) < 7:
+                continue
+            job_id = fields[0]
+            code, _, signal = fields[2].partition(":")
+            exit_code = int(code) if code.isdigit() else None
+            if exit_code == 0 and signal.isdigit() and int(signal):
+                exit_code = 128 + int(signal)
+            reason = None if fields[3] in {"None", ""} else fields[3]
+            statuses[job_id] = JobStatus(
+                job_id, parse_state(fields[1]), exit_code, reason, _time(fields[4]), _time(fields[5])
+            )
+        return statuses
+
+    def cancel(self, job_id: str) -> None:
+        result = self.command(["scancel", job_id])
+        if not result.ok:
+            raise failure("scancel", result)
+
+    def requeue(self, job_id: str) -> None:
+        result = self.command(["scontrol", "requeue", job_id])
+        if not result.ok:
+            raise failure("scontrol requeue", result)
+        # Without this the requeued job waits about two minutes (Reason=BeginTime).
+        self.command(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+
+    def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
+        return f"{run_dir}/logs/slurm-{job_id}.out", f"{run_dir}/logs/slurm-{job_id}.err"
+
+    def find_jobs(self, run_dirs: Sequence[str]) -> dict[str, str]:
+        """Jobs whose working directory is one of `run_dirs` (hpcai sets --chdir to the run directory)."""
+        wanted = set(run_dirs)
+        if not wanted:
+            return {}
+        found: dict[str, str] = {}
+        result = self.command(["squeue", "-h", "-t", "all", "-o", "%i|%Z"])
+        if result.ok:
+            for line in result.stdout.splitlines():
+                job_id, _, workdir = line.partition("|")
+                if workdir in wanted:
+                    found.setdefault(workdir, job_id)
+        missing = wanted - set(found)
+        if missing:
+            history = self.command(["sacct", "-X", "-P", "-n", "-o", "JobID,WorkDir", "-S", "now-7days"])
+            for line in history.stdout.splitlines() if history.ok else []:
+                job_id, _, workdir = line.partition("|")
+                if workdir in missing:
+                    found[workdir] = job_id  # the newest job of that directory wins
+        return found

@@ -1,0 +1,55 @@
+"""The transport interface: run a command, and read/write files in run directories."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Transport(ABC):
+    """Commands are argv lists (never shell strings built from user input)."""
+
+    @abstractmethod
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CommandResult: ...
+
+    @abstractmethod
+    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+        """Write atomically: readers see the old content or the new, never a part."""
+
+    @abstractmethod
+    def read_text(self, path: str) -> str | None:
+        """The file's text, or None when it does not exist."""
+
+    @abstractmethod
+    def read_from(self, path: str, offset: int) -> bytes:
+        """Bytes from `offset` to the current end (empty when the file does not exist yet)."""
+
+    @abstractmethod
+    def tail(self, path: str, max_bytes: int) -> bytes:
+        """At most the last `max_bytes` of the file (empty when it does not exist)."""
+
+    @abstractmethod
+    def makedirs(self, path: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
