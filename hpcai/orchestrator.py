@@ -7,14 +7,14 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from hpcai.errors import HpcaiError
 from hpcai.exitcodes import SCRIPT_NAME
 from hpcai.metrics import last_progress
 from hpcai.profiles import ClusterProfile, load_profile
-from hpcai.schedulers import JobState, Scheduler, scheduler_for
+from hpcai.schedulers import JobState, JobStatus, Scheduler, scheduler_for
 from hpcai.service import RenderedJob
 from hpcai.store import Attempt, Run, Store
 from hpcai.transport import LocalTransport, Transport
@@ -104,17 +104,32 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
 
 
-def _attempt_log_exit_code(transport: Transport, run_dir: str) -> int | None:
-    """The exit code the job script itself recorded last (PBS wrappers do not report one)."""
-    text = transport.tail(f"{run_dir}/attempts.jsonl", 8192).decode("utf-8", errors="replace")
+def _attempt_log_exit_code(transport: Transport, run_dir: str, job_id: str) -> int | None:
+    """The exit code the job script itself recorded for `job_id` (PBS wrappers do not report one)."""
+    text = transport.tail(f"{run_dir}/attempts.jsonl", 65536).decode("utf-8", errors="replace")
     for line in reversed(text.splitlines()):
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if event.get("event") == "end" and isinstance(event.get("rc"), int):
+        if event.get("event") == "end" and event.get("job_id") == job_id and isinstance(event.get("rc"), int):
             return int(event["rc"])
     return None
+
+
+def _complete_missing_exit(store: Store, transport: Transport, run: Run, status: JobStatus) -> JobStatus:
+    """A scheduler that reports an ended job without an exit code (PBS wrappers, some PBS versions): take
+    the code the job script recorded; a script that never recorded its end was killed."""
+    logged = _attempt_log_exit_code(transport, run.run_dir, status.job_id)
+    if logged is not None:
+        state = JobState.FAILED if status.state is JobState.COMPLETED and logged != 0 else status.state
+        return replace(status, state=state, exit_code=logged)
+    if status.state is not JobState.COMPLETED:
+        return status
+    cancelled = any(e.kind == "cancel" and status.job_id in e.message for e in store.events(run.id))
+    if cancelled:
+        return replace(status, state=JobState.CANCELLED, reason="cancelled by user")
+    return replace(status, state=JobState.FAILED, reason="the job ended without its script recording an end (killed)")
 
 
 def refresh(store: Store, runs: Iterable[Run], backends: Backends | None = None) -> Backends:
@@ -136,15 +151,12 @@ def refresh(store: Store, runs: Iterable[Run], backends: Backends | None = None)
             status = statuses.get(attempt.job_id or "")
             if status is None or status.state is JobState.UNKNOWN:
                 continue
-            exit_code = status.exit_code
-            if status.state.terminal and exit_code is None:
-                exit_code = _attempt_log_exit_code(backend.transport, run.run_dir)
-                if status.state is JobState.COMPLETED and exit_code not in (None, 0):
-                    status = type(status)(status.job_id, JobState.FAILED, exit_code, status.reason)
+            if status.state.terminal and status.exit_code is None:
+                status = _complete_missing_exit(store, backend.transport, run, status)
             changes: dict[str, Any] = {}
             for key, value in (
                 ("state", status.state.value),
-                ("exit_code", exit_code),
+                ("exit_code", status.exit_code),
                 ("reason", status.reason),
                 ("started", status.started),
                 ("ended", status.ended),

@@ -78,7 +78,11 @@ def _rendezvous_lines(profile: ClusterProfile) -> list[str]:
             'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
         ]
     elif kind == "pbs":
-        lines = [f'MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"{suffix}']
+        lines = [
+            "# PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.",
+            f'MASTER_ADDR="$(head -n 1 "${{PBS_NODEFILE:-/dev/null}}")"{suffix}',
+            'MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"',
+        ]
     else:
         lines = ["MASTER_ADDR=127.0.0.1"]
     port = profile.launch.master_port
@@ -107,12 +111,18 @@ def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         if profile.container.binds:
             words += ["--bind", ",".join(profile.container.binds)]
         words.append(job.container)
-    words += [job.python, "-m", "accelerate.commands.launch"]
-    words += ["--num_machines", job.nodes, "--machine_rank", Expr(f'"${profile.launch.machine_rank_var}"')]
-    words += ["--num_processes", job.num_processes]
-    words += ["--main_process_ip", Expr('"$MASTER_ADDR"'), "--main_process_port", Expr('"$MASTER_PORT"')]
-    words += ["--mixed_precision", job.mixed_precision, *_accelerate_flags(job, workload)]
-    words += [f"{job.code_dir}/{job.entrypoint}", "--run-dir", Expr('"$HPCAI_RUN_DIR"')]
+    machine_rank = Expr(f'"${profile.launch.machine_rank_var}"')
+    if workload.spec.launcher == "accelerate":
+        words += [job.python, "-m", "accelerate.commands.launch"]
+        words += ["--num_machines", job.nodes, "--machine_rank", machine_rank]
+        words += ["--num_processes", job.num_processes]
+        words += ["--main_process_ip", Expr('"$MASTER_ADDR"'), "--main_process_port", Expr('"$MASTER_PORT"')]
+        words += ["--mixed_precision", job.mixed_precision, *_accelerate_flags(job, workload)]
+        words += [f"{job.code_dir}/{job.entrypoint}"]
+    else:
+        words += [job.python, f"{job.code_dir}/{job.entrypoint}"]
+        words += ["--machine_rank", machine_rank, "--num_machines", job.nodes]
+    words += ["--run-dir", Expr('"$HPCAI_RUN_DIR"')]
     if job.stage is not None:
         words += ["--stage", job.stage]
     for key, value in job.parameters.items():

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpcai.errors import NotFoundError, closest
-from hpcai.paths import data_dir
+from hpcai.paths import config_dir, data_dir
 from hpcai.walltime import parse_walltime
 from hpcai.yamlfiles import load_model, read_yaml_mapping
 
@@ -49,6 +49,11 @@ class Outputs(Strict):
 class WorkloadSpec(Strict):
     description: str
     entrypoint: str = Field(description="Training script, relative to the workload's folder")
+    launcher: Literal["accelerate", "python"] = Field(
+        default="accelerate",
+        description="accelerate: `accelerate launch` with FSDP, one process per GPU; python: one plain "
+        "process per node (preprocessing, probes), given --machine_rank and --num_machines",
+    )
     parameters: dict[str, Scalar] = Field(description="Defaults, overridable with --set KEY=VALUE")
     stages: dict[str, Stage] = Field(default={}, description="Named stages with their own parameters")
     default_stage: str | None = None
@@ -83,13 +88,18 @@ class Workload(BaseModel):
         return self.directory / self.spec.entrypoint
 
 
+def workload_dirs() -> list[Path]:
+    """Your own workloads (`<config dir>/workloads/<name>/`) first, then the shipped ones."""
+    return [config_dir() / "workloads", data_dir("workloads")]
+
+
 def workload_names() -> list[str]:
-    root = data_dir("workloads")
-    return sorted(p.parent.name for p in root.glob("*/workload.yaml"))
+    return sorted({p.parent.name for root in workload_dirs() for p in root.glob("*/workload.yaml")})
 
 
 def load_workload(name: str) -> Workload:
-    directory = data_dir("workloads") / name
+    candidates = [root / name for root in workload_dirs() if (root / name / "workload.yaml").is_file()]
+    directory = candidates[0] if candidates else data_dir("workloads") / name
     path = directory / "workload.yaml"
     if not path.is_file() or "/" in name:
         known = workload_names()

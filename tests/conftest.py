@@ -44,3 +44,29 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @pytest.fixture
 def cli() -> object:
     return run_cli
+
+
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture
+def probe_workload(isolated_hpcai: Path) -> str:
+    """The probe workload and the test PBS profile, installed as the user's own."""
+    import shutil
+
+    config = isolated_hpcai / "config"
+    shutil.copytree(FIXTURES / "workloads", config / "workloads", dirs_exist_ok=True)
+    shutil.copytree(FIXTURES / "clusters", config / "clusters", dirs_exist_ok=True)
+    return "probe"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The real Slurm (with slurmdbd and the PBS wrappers) that tests/infra/slurm.sh brings up."""
+    if os.environ.get("HPCAI_SKIP_SLURM") == "1":
+        pytest.skip("HPCAI_SKIP_SLURM=1: the Slurm tests were explicitly switched off")
+    script = REPO / "tests" / "infra" / "slurm.sh"
+    if subprocess.run([str(script), "status"], capture_output=True).returncode != 0:
+        result = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"could not start the test Slurm:\n{result.stderr}"
+    return "local-slurm"

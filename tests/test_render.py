@@ -146,7 +146,7 @@ def test_pbs_script_selects_gpus_and_launches_one_process_per_node() -> None:
     assert "#PBS -l select=4:ncpus=32:ngpus=4:system=polaris" in script
     assert "#PBS -l filesystems=home:eagle" in script and "#PBS -A MyProject" in script
     assert "#PBS -q debug-scaling" in script and "#PBS -l walltime=1:00:00" in script
-    assert 'MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"' in script
+    assert 'MASTER_ADDR="$(head -n 1 "${PBS_NODEFILE:-/dev/null}")"' in script
     assert "mpiexec -n 4 --ppn 1" in script and '--machine_rank "$PMI_RANK"' in script
 
 

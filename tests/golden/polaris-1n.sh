@@ -41,7 +41,9 @@ export FI_CXI_DEFAULT_CQ_SIZE=131072
 export http_proxy=http://proxy.alcf.anl.gov:3128
 export https_proxy=http://proxy.alcf.anl.gov:3128
 
-MASTER_ADDR="$(head -n 1 "$PBS_NODEFILE")"
+# PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.
+MASTER_ADDR="$(head -n 1 "${PBS_NODEFILE:-/dev/null}")"
+MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"
 MASTER_PORT=29500
 export MASTER_ADDR MASTER_PORT
 

@@ -1,0 +1,46 @@
+"""Shared test helpers: submit the probe, wait for states."""
+
+from __future__ import annotations
+
+import time
+
+from hpcai.jobspec import Overrides
+from hpcai.orchestrator import RunView, status, submit_run
+from hpcai.schedulers import JobState
+from hpcai.service import prepare_job
+from hpcai.store import Store
+
+
+def submit_probe(
+    store: Store, cluster: str, *, time_limit: str = "00:10:00", nodes: int | None = None, **params: object
+) -> str:
+    settings = tuple(f"{k}={v}" for k, v in params.items())
+    rendered = prepare_job(
+        "probe", cluster, Overrides(set=settings, time=time_limit, nodes=nodes, run_id=_run_id(cluster))
+    )
+    return str(submit_run(rendered, store)["run_id"])
+
+
+_counter = 0
+
+
+def _run_id(cluster: str) -> str:
+    global _counter
+    _counter += 1
+    return f"probe-{cluster}-{int(time.time() * 1000) % 10**9}-{_counter}"
+
+
+def wait_for(store: Store, run_id: str, states: set[str], timeout: float = 120) -> RunView:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        (view,), _ = status(store, run_id)
+        seen.append(view.state)
+        if view.state in states:
+            return view
+        assert time.monotonic() < deadline, f"{run_id} never reached {states}; states seen: {seen[-10:]}"
+        time.sleep(0.5)
+
+
+def wait_terminal(store: Store, run_id: str, timeout: float = 120) -> RunView:
+    return wait_for(store, run_id, {s.value for s in JobState if s.terminal}, timeout)

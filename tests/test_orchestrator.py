@@ -1,0 +1,104 @@
+"""The same behaviour from every backend: the local one and the real Slurm on this machine (and the PBS
+client side through Slurm's PBS wrappers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcai.errors import HpcaiError, NotFoundError
+from hpcai.orchestrator import cancel_run, follow_logs
+from hpcai.store import Store
+from tests.conftest import REPO
+from tests.helpers import submit_probe, wait_for, wait_terminal
+
+BACKENDS = ["local", "local-slurm", "local-pbs"]
+
+
+@pytest.fixture(params=BACKENDS)
+def cluster(request: pytest.FixtureRequest, probe_workload: str) -> str:
+    if request.param != "local":
+        request.getfixturevalue("slurm_cluster")
+    return str(request.param)
+
+
+def test_submit_runs_to_completed_with_logs_and_progress(cluster: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, cluster, lines=4)
+    view = wait_terminal(store, run_id)
+    assert view.state == "COMPLETED" and view.exit_code == 0
+    assert view.step == 4 and view.loss == pytest.approx(0.25)
+    lines: list[str] = []
+    follow_logs(store, run_id, write=lines.append)
+    assert "probe rank 0 line 3" in "".join(lines)
+    errors: list[str] = []
+    follow_logs(store, run_id, stderr=True, write=errors.append)
+    assert "probe rank 0 done" in "".join(errors)
+    events = [json.loads(x) for x in (Path(view.run_dir) / "attempts.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "end"] and events[-1]["rc"] == 0
+    assert (Path(view.run_dir) / "job_id").read_text().strip() == view.job_id
+
+
+def test_failing_job_is_failed_with_its_exit_code(cluster: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, cluster, exit_code=3)
+    view = wait_terminal(store, run_id)
+    assert view.state == "FAILED" and view.exit_code == 3
+
+
+def test_cancel_gives_cancelled(cluster: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, cluster, lines=600, interval=0.1)
+    wait_for(store, run_id, {"RUNNING"})
+    result = cancel_run(store, run_id)
+    assert result["cancelled"]
+    view = wait_terminal(store, run_id, timeout=60)
+    assert view.state == "CANCELLED"
+    again = cancel_run(store, run_id)
+    assert not again["cancelled"] and again["state"] == "CANCELLED"
+
+
+def test_logs_follow_streams_while_the_job_runs_and_stops_at_the_end(cluster: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, cluster, lines=12, interval=0.5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcai", "logs", run_id, "-f"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    first_line_at = None
+    received = []
+    for line in proc.stdout:
+        received.append(line)
+        if first_line_at is None:
+            first_line_at = time.monotonic()
+            state_when_first = store.latest_attempts([run_id])[run_id].state
+    proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert [line for line in received if "line" in line] == [f"probe rank 0 line {i}\n" for i in range(12)]
+    assert state_when_first in {"RUNNING", "PENDING"}, "lines arrived only after the job had ended"
+    assert store.latest_attempts([run_id])[run_id].state == "COMPLETED"
+
+
+def test_unknown_run_is_named_with_a_suggestion(probe_workload: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, "local")
+    with pytest.raises(NotFoundError, match="no run"):
+        cancel_run(store, "nonexistent-run")
+    with pytest.raises(HpcaiError, match="attempts 1-1"):
+        follow_logs(store, run_id[:12], attempt_number=5, write=print)
+    wait_terminal(store, run_id)
+
+
+def test_local_walltime_gives_timeout(probe_workload: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, "local", time_limit="00:00:03", lines=100, interval=0.2)
+    view = wait_terminal(store, run_id, timeout=30)
+    assert view.state == "TIMEOUT"
