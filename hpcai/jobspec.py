@@ -22,6 +22,8 @@ RESERVED_ENV_PREFIXES = ("HPCAI_", "SLURM_", "PBS_")
 RESERVED_ENV = {"MASTER_ADDR", "MASTER_PORT", "PATH"}
 # Characters a run directory may hold: it appears in #SBATCH/#PBS lines, which no shell quotes, and
 # Slurm expands % patterns in --output.
+# Variables that look like credentials: their values would be written into job scripts and run directories.
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY)", re.IGNORECASE)
 RUN_DIR_SAFE = re.compile(r"^/[A-Za-z0-9_./+@=,-]*$")
 
 
@@ -233,6 +235,12 @@ def _resolve_env(items: tuple[str, ...]) -> dict[str, str]:
             raise ValidationError(
                 f"--env: '{key}' is not a valid variable name. Use letters, digits and _, not starting "
                 "with a digit (e.g. --env NCCL_DEBUG=INFO)."
+            )
+        if SECRET_NAME.search(key):
+            raise ValidationError(
+                f"--env: {key} looks like a secret, and --env values are written into the job script and "
+                "run directory. Keep it in a file on the cluster readable only by you (chmod 600, e.g. "
+                "~/.netrc or the tool's own config file) and let your code read it there."
             )
         if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
             raise ValidationError(

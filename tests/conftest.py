@@ -61,12 +61,16 @@ def probe_workload(isolated_hpcai: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """The real Slurm (with slurmdbd and the PBS wrappers) that tests/infra/slurm.sh brings up."""
+def slurm_cluster() -> Iterator[str]:
+    """The real Slurm (with slurmdbd and the PBS wrappers) that tests/infra/slurm.sh brings up, and stops
+    again at the end of the session when this fixture started it."""
     if os.environ.get("HPCAI_SKIP_SLURM") == "1":
         pytest.skip("HPCAI_SKIP_SLURM=1: the Slurm tests were explicitly switched off")
     script = REPO / "tests" / "infra" / "slurm.sh"
-    if subprocess.run([str(script), "status"], capture_output=True).returncode != 0:
-        result = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+    started_here = subprocess.run([str(script), "status"], capture_output=True).returncode != 0
+    if started_here:
+        result = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"could not start the test Slurm:\n{result.stderr}"
-    return "local-slurm"
+    yield "local-slurm"
+    if started_here and os.environ.get("HPCAI_KEEP_SLURM") != "1":
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=120)

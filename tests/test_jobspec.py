@@ -157,3 +157,9 @@ def test_job_names_are_sanitised(raw: str, clean: str) -> None:
 def test_checkpoint_lead_never_exceeds_a_quarter_of_the_walltime() -> None:
     assert resolve("local", time="00:02:00").signal_lead_s == 30
     assert resolve("local", time="10:00:00").signal_lead_s == 300
+
+
+@pytest.mark.parametrize("name", ["WANDB_API_KEY", "HF_TOKEN", "DB_PASSWORD", "my_secret"])
+def test_secrets_never_go_into_job_scripts(name: str) -> None:
+    with pytest.raises(ValidationError, match="looks like a secret"):
+        resolve("local", env=(f"{name}=hunter2",))

@@ -1,0 +1,82 @@
+"""`hpcai status` with 1,000 runs in the store: wall time, and how many scheduler commands it ran.
+
+Needs the test Slurm (`tests/infra/slurm.sh start`). Half the runs are finished (never asked about
+again), half are active with job ids Slurm no longer knows, the worst case: squeue, then sacct for all.
+Scheduler commands are counted by wrappers on PATH that log each call before running the real one.
+
+Run: python benchmarks/status_scale.py [--runs 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMMANDS = ["squeue", "sacct", "sbatch", "scontrol", "scancel"]
+
+
+def fill_store(home: Path, runs: int) -> None:
+    os.environ["HPCAI_HOME"] = str(home)
+    from hpcai.store import Run, Store
+
+    store = Store()
+    now = time.time()
+    for i in range(runs):
+        run_id = f"bench-{i:05d}"
+        store.create_run(
+            Run(run_id, "llava", "local-slurm", "pretrain", f"{home}/runs/{run_id}", {}, now, "SUBMITTING")
+        )
+        finished = i % 2 == 0
+        store.update_attempt(
+            run_id,
+            1,
+            job_id=str(900000 + i),
+            state="COMPLETED" if finished else "RUNNING",
+            exit_code=0 if finished else None,
+        )
+
+
+def make_wrappers(directory: Path, log: Path) -> None:
+    directory.mkdir()
+    for name in COMMANDS:
+        real = subprocess.run(["which", name], capture_output=True, text=True).stdout.strip()
+        wrapper = directory / name
+        wrapper.write_text(f'#!/bin/bash\necho {name} >> "{log}"\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        sys.exit("the test Slurm is not running: tests/infra/slurm.sh start")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        fill_store(root / "home", args.runs)
+        log = root / "calls.log"
+        make_wrappers(root / "bin", log)
+        env = {**os.environ, "HPCAI_HOME": str(root / "home"), "PATH": f"{root / 'bin'}:{os.environ['PATH']}"}
+        times, calls = [], []
+        for _ in range(args.repeats):
+            log.write_text("")
+            start = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "hpcai", "status", "--json"], env=env, check=True, capture_output=True
+            )
+            times.append(time.perf_counter() - start)
+            calls.append(log.read_text().split())
+        print(f"runs in store:            {args.runs} ({args.runs // 2} active, {args.runs - args.runs // 2} finished)")
+        print(f"hpcai status --json:      median {statistics.median(times):.2f} s over {args.repeats} runs")
+        print(f"scheduler calls per run:  {len(calls[-1])} ({', '.join(calls[-1])})")
+
+
+if __name__ == "__main__":
+    main()

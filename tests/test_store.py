@@ -1,0 +1,80 @@
+"""The run store under concurrency and interruption."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcai.errors import NotFoundError
+from hpcai.store import Run, Store
+
+
+def make_run(store: Store, run_id: str) -> None:
+    store.create_run(Run(run_id, "probe", "local", None, f"/tmp/{run_id}", {"k": 1}, time.time(), "SUBMITTING"))
+
+
+def writer(path: str, prefix: str, count: int) -> None:
+    store = Store(Path(path))
+    for i in range(count):
+        make_run(store, f"{prefix}-{i}")
+        store.update_attempt(f"{prefix}-{i}", 1, job_id=str(i), state="RUNNING")
+        store.add_event(f"{prefix}-{i}", "note", "x")
+
+
+def reader(path: str, count: int) -> None:
+    store = Store(Path(path))
+    for _ in range(count):
+        runs = store.runs()
+        store.latest_attempts([r.id for r in runs])
+
+
+def test_concurrent_writers_and_readers_neither_corrupt_nor_lock_up(tmp_path: Path) -> None:
+    path = str(tmp_path / "hpcai.db")
+    Store(Path(path)).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=writer, args=(path, f"w{n}", 150)) for n in range(3)]
+    procs += [ctx.Process(target=reader, args=(path, 150)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    store = Store(Path(path))
+    assert len(store.runs()) == 450
+    assert all(a.state == "RUNNING" for a in store.latest_attempts([r.id for r in store.runs()]).values())
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_run_state_follows_the_latest_attempt(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    make_run(store, "r")
+    store.update_attempt("r", 1, job_id="1", state="FAILED", exit_code=3)
+    n = store.add_attempt("r", resumed_from="checkpoints/step-100", lr_scale=0.5, skipped_batches="100-300")
+    assert n == 2 and store.run("r").state == "SUBMITTING"
+    store.update_attempt("r", 2, job_id="2", state="RUNNING")
+    store.update_attempt("r", 1, state="FAILED")  # an older attempt never moves the run's state
+    assert store.run("r").state == "RUNNING"
+    second = store.attempts("r")[1]
+    assert (second.resumed_from, second.lr_scale, second.skipped_batches) == ("checkpoints/step-100", 0.5, "100-300")
+
+
+def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    make_run(store, "r")
+    with pytest.raises(sqlite3.IntegrityError):
+        make_run(store, "r")  # same id: the whole create (run + attempt + event) rolls back
+    assert len(store.attempts("r")) == 1 and len(store.events("r")) == 1
+
+
+def test_unknown_run_suggests_close_ids_and_prefixes_resolve(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    make_run(store, "llava-20261123-abcd")
+    assert store.run("llava-2026").id == "llava-20261123-abcd"
+    with pytest.raises(NotFoundError, match="Did you mean 'llava-20261123-abcd'"):
+        store.run("llava-20261123-abce")
