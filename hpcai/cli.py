@@ -250,6 +250,33 @@ def submit(
         console.print(result["run_id"])
 
 
+data_app = typer.Typer(help="Data sets for the workloads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    kind: Annotated[str, typer.Argument(help="llava (conversation JSON) or clip (image-text JSONL).")],
+    directory: Annotated[Path, typer.Argument(help="Folder to create.")],
+    samples: Annotated[int, typer.Option("--samples", "-n", help="Number of samples.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate a small data set in the real format, with learnable structure (for tests and trials)."""
+    from hpcai.train.synth import synth_clip, synth_llava
+
+    makers = {"llava": synth_llava, "clip": synth_clip}
+    if kind not in makers:
+        raise HpcaiError(f"data synth: unknown kind '{kind}'. Use llava or clip.")
+    if samples < 1:
+        raise HpcaiError("--samples: give at least 1.")
+    index = makers[kind](directory, samples=samples, seed=seed)
+    if json_out:
+        print_json({"kind": kind, "directory": str(directory), "index": str(index), "samples": samples})
+    else:
+        console.print(f"{samples} {kind} samples in {directory} (index: {index.name}); use --set data={directory}")
+
+
 RunArg = Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")]
 
 

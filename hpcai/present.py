@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.table import Table
+from rich.table import Column, Table
 
 from hpcai.output import console
 
@@ -102,7 +102,8 @@ def _elapsed(seconds: float | None) -> str:
 
 
 def runs_table(views: list[RunView]) -> Table:
-    table = Table("run", "workload", "cluster", "state", "attempt", "job", "elapsed", "step", "loss")
+    table = Table("workload", "cluster", "state", "attempt", "job", "elapsed", "step", "loss")
+    table.columns.insert(0, Column("run", overflow="fold"))
     for v in views:
         style = _STATE_STYLE.get(v.state, "red")
         state = f"[{style}]{v.state}[/{style}]" + (f" ({v.exit_code})" if v.exit_code not in (None, 0) else "")

@@ -61,7 +61,7 @@ hpcai_signalled=0
 trap hpcai_request_checkpoint USR1
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /leonardo_work/EUHPC_D17_084/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
+srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /leonardo_work/EUHPC_D17_084/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0

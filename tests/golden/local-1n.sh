@@ -46,7 +46,7 @@ trap hpcai_request_checkpoint USR1
 hpcai_timer_pid=$!
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-bash -c '<python> -m accelerate.commands.launch --num_machines 1 --machine_rank "$HPCAI_MACHINE_RANK" --num_processes 2 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision no --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false --fsdp_sync_module_states false <repo>/workloads/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
+bash -c '<python> -m accelerate.commands.launch --num_machines 1 --machine_rank "$HPCAI_MACHINE_RANK" --num_processes 2 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision no --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false --fsdp_sync_module_states false <repo>/workloads/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0

@@ -1,0 +1,1 @@
+"""The workloads' model, data and loss code (imported by workloads/*/train.py inside the job)."""

@@ -1,0 +1,75 @@
+"""Command-line arguments shared by the workloads' train.py (the workload.yaml parameters)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hpcai.runtime.trainer import TrainConfig, lr_scale_from_env
+
+
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"true", "1", "yes", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def common_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--stage", default=None)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model_path", default="")
+    parser.add_argument("--data", default="")
+    parser.add_argument("--max_steps", type=int, default=60)
+    parser.add_argument("--per_device_batch_size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup_steps", type=int, default=5)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--grad_clip", type=float, default=1.0)
+    parser.add_argument("--activation_checkpointing", type=boolean, default=False)
+    parser.add_argument("--checkpoint_every", type=int, default=20)
+    parser.add_argument("--keep_checkpoints", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=256, help="synthetic samples when --data is empty")
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        run_dir=args.run_dir,
+        max_steps=args.max_steps,
+        per_device_batch_size=args.per_device_batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        seed=args.seed,
+        lr_scale=lr_scale_from_env(),
+    )
+
+
+def data_dir(args: argparse.Namespace, kind: str) -> Path:
+    """`--data`, or synthetic data made once in the run directory (every rank makes the same files; the
+    first complete copy wins the rename, so no rank reads a half-written set)."""
+    if args.data:
+        return Path(str(args.data))
+    import os
+    import shutil
+
+    from hpcai.train.synth import synth_clip, synth_llava
+
+    target: Path = args.run_dir / "data"
+    if not target.exists():
+        mine = args.run_dir / f".data-{os.getpid()}"
+        (synth_llava if kind == "llava" else synth_clip)(mine, samples=args.samples, seed=args.seed)
+        try:
+            os.rename(mine, target)
+        except OSError:
+            shutil.rmtree(mine, ignore_errors=True)
+    return target
