@@ -7,7 +7,7 @@ from typing import Any
 import jinja2
 
 from hpcai import __version__
-from hpcai.exitcodes import EXIT_REQUEUE, MAX_REQUEUES, SCRIPT_NAME
+from hpcai.exitcodes import EXIT_REQUEUE, MAX_REQUEUES, REQUEUE_MARKER, SCRIPT_NAME
 from hpcai.jobspec import JobSpec
 from hpcai.paths import data_dir
 from hpcai.profiles import ClusterProfile
@@ -173,6 +173,7 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "launch_line": _launch_line(job, profile, workload),
         "requeue_lines": _requeue_lines(profile.scheduler),
         "exit_requeue": EXIT_REQUEUE,
+        "requeue_marker": REQUEUE_MARKER,
         "max_requeues": MAX_REQUEUES,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")

@@ -55,6 +55,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _fault_point(step: int, rank: int) -> None:
+    """Test hook: HPCAI_FAULT_KILL_IN_SAVE=<step> SIGKILLs rank 0 with its shards written but before the
+    marker -- the worst moment for a crash -- to prove that resume ignores the partial checkpoint."""
+    if rank == 0 and os.environ.get("HPCAI_FAULT_KILL_IN_SAVE") == str(step):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def step_of(path: Path) -> int:
     return int(path.name.removeprefix("step-"))
 
@@ -99,6 +108,7 @@ class Checkpoints:
         dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=str(partial / "shards"))
         torch.save(rng_state(), partial / f"rng-rank{self.rank}.pt")
         self.barrier()  # every rank's shards and RNG state are on disk
+        _fault_point(step, self.rank)
         if self.rank == 0:
             torch.save(trainer, partial / "trainer.pt")
             marker = {"step": step, "world_size": self.world_size, "time": time.time()}

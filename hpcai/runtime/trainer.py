@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from hpcai.exitcodes import EXIT_REQUEUE
+from hpcai.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER
 from hpcai.runtime.checkpoint import Checkpoints
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
@@ -146,6 +146,8 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 path = checkpoints.save(done, model, optimizer, trainer_state)
                 accelerator.print(f"hpcai: checkpoint {path.name}")
             if stop_now and done < config.max_steps:
+                if accelerator.is_main_process:
+                    (config.run_dir / REQUEUE_MARKER).write_text(f"{done}\n")
                 accelerator.print(f"hpcai: stop requested; checkpointed at step {done}, exiting {EXIT_REQUEUE}")
                 exit_code = EXIT_REQUEUE
                 break

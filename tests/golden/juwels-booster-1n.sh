@@ -23,7 +23,7 @@ mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"
 # The job records its own id, so a client killed between submitting and recording loses nothing.
 printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
-rm -f "$HPCAI_RUN_DIR/STOP"
+rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE"
 
 hpcai_event() {
   printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
@@ -75,6 +75,10 @@ while :; do
   fi
   break
 done
+# The launcher reports any worker's non-zero exit as 1; the runtime's marker says it stopped cleanly.
+if [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
+  rc=85
+fi
 hpcai_event end "$rc"
 
 if [ "$rc" -eq 85 ]; then

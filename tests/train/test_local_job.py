@@ -1,0 +1,55 @@
+"""The README's main job end to end: `hpcai submit llava` on the local cluster, then the walltime path:
+SIGUSR1 to the job -> STOP -> checkpoint -> requeue -> resume -> COMPLETED."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcai.jobspec import Overrides
+from hpcai.orchestrator import follow_logs, submit_run
+from hpcai.schedulers.local import read_job
+from hpcai.service import prepare_job
+from hpcai.store import Store
+from tests.helpers import wait_for, wait_terminal
+
+pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
+
+
+def test_submit_llava_on_local_trains_and_shows_progress() -> None:
+    store = Store()
+    rendered = prepare_job("llava", "local", Overrides(set=("max_steps=30", "samples=64"), run_id="quick"))
+    submit_run(rendered, store)
+    view = wait_terminal(store, "quick", timeout=300)
+    assert view.state == "COMPLETED", view
+    assert view.step == 30 and view.loss is not None
+    lines: list[str] = []
+    follow_logs(store, "quick", write=lines.append)
+    assert "checkpoint step-00000030" in "".join(lines)
+
+
+def test_walltime_signal_checkpoints_requeues_and_resumes(isolated_hpcai: Path) -> None:
+    store = Store()
+    params = ("max_steps=400", "samples=64", "checkpoint_every=1000", "per_device_batch_size=2")
+    submit_run(prepare_job("clip", "local", Overrides(set=params, run_id="walltime")), store)
+    view = wait_for(store, "walltime", {"RUNNING"})
+    metrics = Path(view.run_dir) / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 5:
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+    job = read_job(str(view.job_id))
+    assert job is not None
+    os.kill(int(job["job_pid"]), signal.SIGUSR1)  # what Slurm's --signal=B:USR1 does before walltime
+    final = wait_terminal(store, "walltime", timeout=600)
+    assert final.state == "COMPLETED" and final.step == 400
+    events = [json.loads(x)["event"] for x in (Path(view.run_dir) / "attempts.jsonl").read_text().splitlines()]
+    assert events == ["start", "end", "requeue", "start", "end"]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert (Path(view.run_dir) / "checkpoints" / "latest").read_text().strip() == "step-00000400"
+    assert steps == sorted(steps) and steps[-1] == 400 and len(steps) == len(set(steps))  # resumed, not restarted
