@@ -1,8 +1,9 @@
 """The metrics file: one JSON object per optimizer step, appended and flushed by rank 0.
 
 Schema (every line): step (int), loss (float), grad_norm (float), lr (float), samples_per_s (float),
-tokens_per_s (float or null), z_loss (float or null), time (unix seconds), elapsed_s (float, since the
-attempt started), attempt_step (int, steps done in this attempt).
+tokens_per_s (float or null), z_loss (float or null), peak_memory_gb (float: CUDA peak allocated on GPU,
+peak RSS of the process on CPU), time (unix seconds), elapsed_s (float, since the attempt started),
+attempt_step (int, steps done in this attempt).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ FIELDS = (
     "samples_per_s",
     "tokens_per_s",
     "z_loss",
+    "peak_memory_gb",
     "time",
     "elapsed_s",
     "attempt_step",

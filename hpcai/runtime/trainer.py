@@ -138,6 +138,7 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 samples_per_s=config.per_device_batch_size * world / elapsed,
                 tokens_per_s=tokens / elapsed if tokens is not None else None,
                 z_loss=z_loss,
+                peak_memory_gb=_peak_memory_gb(),
                 attempt_step=done - start,
             )
             stop_now = _agree(accelerator, stop.requested())
@@ -156,6 +157,14 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return exit_code
+
+
+def _peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
 
 
 def _agree(accelerator: Any, flag: bool) -> bool:

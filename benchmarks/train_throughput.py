@@ -1,0 +1,69 @@
+"""Training throughput and peak memory of the workloads, as the rendered job runs them.
+
+On a GPU machine: bf16, FSDP2, one process per GPU, a realistic preset, e.g.
+    python benchmarks/train_throughput.py --workload llava --preset clip-l336-qwen2-0.5b --gpus 1
+On CPU (what CI has): 2 processes, tiny presets -- figures that show the loop works, not speed.
+Prints median samples/s, tokens/s and peak memory over the steps after warm-up.
+
+Run: python benchmarks/train_throughput.py [--workload llava|clip] [--preset P] [--steps N] [--gpus G]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workload", choices=["llava", "clip"], default="llava")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs to use (0 = 2 CPU processes)")
+    parser.add_argument("--batch", type=int, default=4, help="per-device batch size")
+    parser.add_argument("--stage", default=None)
+    args = parser.parse_args()
+    processes = args.gpus or 2
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--machine_rank", "0",
+            "--num_processes", str(processes), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(random.randint(20000, 59999)),
+            "--mixed_precision", "bf16" if args.gpus else "no", "--use_fsdp", "--fsdp_version", "2",
+            "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_state_dict_type", "SHARDED_STATE_DICT",
+            "--fsdp_reshard_after_forward", "true", "--fsdp_cpu_ram_efficient_loading", "false",
+            *([] if args.gpus else ["--fsdp_sync_module_states", "false"]),
+            str(REPO / "workloads" / args.workload / "train.py"), "--run-dir", str(run), "--preset", args.preset,
+            "--max_steps", str(args.steps), "--per_device_batch_size", str(args.batch),
+            "--checkpoint_every", str(args.steps * 10), "--samples", str(max(64, args.batch * processes * 4)),
+            *(["--stage", args.stage] if args.stage else []),
+        ]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        if not args.gpus:
+            env["ACCELERATE_USE_CPU"] = "true"
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(result.stderr[-4000:])
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steady = rows[min(5, len(rows) - 1) :]
+    device = f"{args.gpus} GPU(s), bf16" if args.gpus else "2 CPU processes, fp32"
+    print(f"workload {args.workload}, preset {args.preset}, {device}, FSDP2, {len(rows)} steps")
+    print(f"samples/s (median after warm-up): {statistics.median(r['samples_per_s'] for r in steady):.1f}")
+    if steady[0]["tokens_per_s"] is not None:
+        print(f"tokens/s  (median after warm-up): {statistics.median(r['tokens_per_s'] for r in steady):.0f}")
+    print(f"peak memory per process:          {max(r['peak_memory_gb'] for r in rows):.2f} GB")
+    print(f"loss: {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Model presets, local model folders, and the synthetic data formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcai.train.llava import encode_conversation
+from hpcai.train.synth import synth_clip, synth_llava
+from hpcai.train.tokenizer import ByteTokenizer
+from tests.conftest import REPO, run_cli
+from tests.train.launch import launch, losses
+
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("preset", ["tiny-siglip", "tiny-qwen3"])
+def test_presets_train_single_process(preset: str, tmp_path: Path) -> None:
+    script = REPO / "workloads" / "llava" / "train.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--run-dir", str(tmp_path), "--preset", preset, "--max_steps", "3",
+         "--samples", "16", "--checkpoint_every", "3"],
+        env=OFFLINE, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_llava_loads_a_local_model_folder(tmp_path: Path) -> None:
+    """Compute nodes are offline: a model staged as a local folder (save_pretrained layout) trains."""
+    from hpcai.train.llava import build_model
+
+    folder = tmp_path / "model"
+    build_model("tiny").save_pretrained(folder)
+    run = tmp_path / "run"
+    result = launch("llava", run, params={"model_path": str(folder), "max_steps": 6, "samples": 32, "stage": "finetune",
+                                          "lr": 2e-3})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(losses(run)) == 6
+
+
+def test_unsharded_run_is_refused(tmp_path: Path) -> None:
+    """Without accelerate's CPU mode FSDP silently degrades to two single-process runs: the workload
+    must notice and fail rather than train unsharded."""
+    env = {"ACCELERATE_USE_CPU": "false"}
+    result = launch("clip", tmp_path / "run", params={"max_steps": 2, "samples": 32}, env=env)
+    assert result.returncode != 0
+    assert "the launcher started 2" in result.stderr or "expected FSDP" in result.stderr
+
+
+def test_llava_labels_cover_only_the_assistant() -> None:
+    tok = ByteTokenizer()
+    record = {"id": "x", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "Red."},
+        {"from": "human", "value": "Shape?"}, {"from": "gpt", "value": "Square."}]}  # fmt: skip
+    ids, labels = encode_conversation(record, tok, image_tokens=4, max_length=512)
+    assert ids.count(tok.image_token_id) == 4
+    learned = [i for i, lab in zip(ids, labels, strict=True) if lab != -100]
+    assert tok.decode(learned) == "Red.Square." and learned.count(tok.eos_token_id) == 2
+
+
+def test_synth_formats(tmp_path: Path) -> None:
+    index = synth_llava(tmp_path / "llava", samples=5)
+    records = json.loads(index.read_text())
+    assert len(records) == 5 and set(records[0]) == {"id", "image", "conversations"}
+    assert records[0]["conversations"][0]["from"] == "human" and "<image>" in records[0]["conversations"][0]["value"]
+    assert all((tmp_path / "llava" / "images" / r["image"]).is_file() for r in records)
+    pairs = [json.loads(x) for x in synth_clip(tmp_path / "clip", samples=3).read_text().splitlines()]
+    assert len(pairs) == 3 and set(pairs[0]) == {"image", "caption"}
+    again = synth_llava(tmp_path / "again", samples=5)
+    assert again.read_text() == index.read_text()  # deterministic
+
+
+def test_data_synth_command(tmp_path: Path) -> None:
+    result = run_cli("data", "synth", "clip", str(tmp_path / "d"), "--samples", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["samples"] == 4
+    assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 4
+    bad = run_cli("data", "synth", "video", str(tmp_path / "v"))
+    assert bad.returncode == 2 and "llava or clip" in bad.stderr
