@@ -277,6 +277,48 @@ def data_synth(
         console.print(f"{samples} {kind} samples in {directory} (index: {index.name}); use --set data={directory}")
 
 
+spikes_app = typer.Typer(help="Loss spikes and divergence.", no_args_is_help=True)
+app.add_typer(spikes_app, name="spikes")
+
+
+@spikes_app.command("scan")
+def spikes_scan(
+    path: Annotated[Path, typer.Argument(help="A CSV (step,loss[,grad_norm]), a metrics .jsonl, or a log.")],
+    regex: Annotated[
+        str | None, typer.Option("--regex", help="For logs: a regex with named groups step and loss (grad_norm).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the spike detector over a finished (or anyone's) run and list what it would have flagged."""
+    from hpcai.monitor.history import read_history
+    from hpcai.monitor.policy import RollbackPolicy, needs_rollback
+    from hpcai.monitor.spikes import SpikeDetector
+
+    points = read_history(path, regex)
+    if not points:
+        raise HpcaiError(f"{path}: no points found" + (" with that --regex." if regex else "."))
+    detector = SpikeDetector()
+    for point in points:
+        detector.update(point.step, point.loss, point.grad_norm)
+    policy = RollbackPolicy()
+    events = [{**e.to_json(), "rollback": needs_rollback(e, policy)} for e in detector.events]
+    if json_out:
+        print_json({"file": str(path), "points": len(points), "events": events})
+        return
+    console.print(f"{path}: {len(points)} points, steps {points[0].step}-{points[-1].step}, {len(events)} events")
+    table = Table("kind", "onset", "detected", "loss before", "peak", "after", "status", "rollback?")
+    for e in events:
+        table.add_row(
+            str(e["kind"]), str(e["onset_step"]), str(e["detected_step"]), _fmt(e["loss_before"]),
+            _fmt(e["loss_peak"]), _fmt(e["loss_after"]), str(e["status"]), "yes" if e["rollback"] else "no",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
 RunArg = Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")]
 
 

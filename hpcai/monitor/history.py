@@ -1,0 +1,92 @@
+"""Reading a run's loss history: a CSV (`step,loss[,grad_norm]`), a metrics JSONL, or any log with a regex."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcai.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Point:
+    step: int
+    loss: float
+    grad_norm: float | None = None
+
+
+def _number(text: object) -> float:
+    if isinstance(text, int | float):
+        return float(text)
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        return math.nan  # "nan", "inf" and garbage all count as non-finite
+
+
+def read_csv(path: Path) -> Iterator[Point]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields = set(reader.fieldnames or [])
+        if not {"step", "loss"} <= fields:
+            raise ValidationError(
+                f"{path}: a CSV needs a header with step and loss (and optionally grad_norm); "
+                f"found {', '.join(sorted(fields)) or 'no header'}."
+            )
+        for row in reader:
+            grad = row.get("grad_norm")
+            yield Point(
+                int(float(row["step"])), _number(row["loss"]), _number(grad) if grad not in (None, "") else None
+            )
+
+
+def read_jsonl(path: Path) -> Iterator[Point]:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written last line
+        if not isinstance(record, dict) or "step" not in record or "loss" not in record:
+            raise ValidationError(f"{path}:{number}: a metrics line needs `step` and `loss`.")
+        grad = record.get("grad_norm")
+        yield Point(int(record["step"]), _number(record["loss"]), _number(grad) if grad is not None else None)
+
+
+def read_log(path: Path, pattern: str) -> Iterator[Point]:
+    """Lines matching `pattern`, which names groups `step` and `loss` (and optionally `grad_norm`)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValidationError(f"--regex: not a valid regular expression ({exc}).") from exc
+    if not {"step", "loss"} <= set(regex.groupindex):
+        raise ValidationError(
+            "--regex: name the groups, e.g. 'iteration (?P<step>\\d+).*lm loss: (?P<loss>[0-9.e+-]+|nan)'."
+        )
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            match = regex.search(line)
+            if match:
+                grad = match.groupdict().get("grad_norm")
+                yield Point(int(match["step"]), _number(match["loss"]), _number(grad) if grad else None)
+
+
+def read_history(path: Path, regex: str | None = None) -> list[Point]:
+    if not path.is_file():
+        raise ValidationError(f"{path}: no such file. Give a CSV, a metrics .jsonl, or a log with --regex.")
+    if regex is not None:
+        return list(read_log(path, regex))
+    if path.suffix == ".csv":
+        return list(read_csv(path))
+    if path.suffix in {".jsonl", ".json"}:
+        return list(read_jsonl(path))
+    raise ValidationError(
+        f"{path}: unknown format. Use a .csv (step,loss[,grad_norm]), a metrics .jsonl, or any log with "
+        "--regex '(?P<step>...)...(?P<loss>...)'."
+    )

@@ -1,0 +1,217 @@
+"""A streaming loss-spike and divergence detector with robust statistics.
+
+For each logged point it compares the loss with the median of the last `window` normal points (the
+trend) in relative terms, scaled by the median absolute deviation of those points (robust to the noise
+level of the run). A point is a **spike** when it is both `rel_threshold` above the trend and
+`z_threshold` robust deviations above it; a grad-norm far above its own trend is a second signal that
+lowers both thresholds. A spike that comes back to the trend within `recovery_points` is **transient**
+(most real spikes are); one that does not is **persistent** and reported as a **divergence**, as is a
+slow rise of the short-term trend above the best trend seen. Non-finite loss or grad norm is
+**nonfinite** at once. Spike points never enter the trend, and after a persistent change the trend
+restarts from the new level. `state_dict()` makes the detector survive a resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from statistics import median
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    window: int = 50
+    warmup: int = 20
+    rel_threshold: float = 0.10
+    z_threshold: float = 6.0
+    min_sigma: float = 0.005
+    recover_tol: float = 0.03
+    recovery_points: int = 10
+    grad_window: int = 50
+    grad_confirm_z: float = 6.0
+    grad_relief: float = 0.6
+    short_window: int = 10
+    divergence_tol: float = 0.15
+    divergence_points: int = 30
+
+
+@dataclass
+class Event:
+    kind: str  # nonfinite | spike | divergence
+    onset_step: int
+    detected_step: int
+    loss_before: float | None
+    loss_peak: float | None
+    status: str = "open"  # open | transient (recovered by itself) | persistent
+    resolved_step: int | None = None
+    loss_after: float | None = None
+    grad_norm_spike: bool = False
+    points: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+@dataclass
+class SpikeDetector:
+    config: DetectorConfig = field(default_factory=DetectorConfig)
+    seen: int = 0
+    trend_points: deque[float] = field(default_factory=deque)
+    grad_points: deque[float] = field(default_factory=deque)
+    short_points: deque[float] = field(default_factory=deque)
+    best_trend: float | None = None
+    rising_since: int | None = None
+    rising_count: int = 0
+    open_spike: Event | None = None
+    events: list[Event] = field(default_factory=list)
+
+    # -- streaming -----------------------------------------------------------------------------------
+
+    def update(self, step: int, loss: float, grad_norm: float | None = None) -> list[Event]:
+        """Feed one logged point; returns the events that were opened or changed by it."""
+        cfg = self.config
+        self.seen += 1
+        changed: list[Event] = []
+        if not _finite(loss) or (grad_norm is not None and not _finite(grad_norm)):
+            trend = median(self.trend_points) if self.trend_points else None
+            event = Event("nonfinite", step, step, trend, loss if _finite(loss) else None, status="persistent")
+            event.loss_after = None
+            self.events.append(event)
+            return [event]
+
+        grad_spike = self._grad_spike(grad_norm)
+        if self.open_spike is not None:
+            changed += self._follow_spike(step, loss)
+            if self.open_spike is not None:
+                return changed
+
+        trend = median(self.trend_points) if self.trend_points else None
+        if trend is not None and trend > 0 and self.seen > cfg.warmup:
+            excess = loss / trend - 1.0
+            sigma = max(cfg.min_sigma, 1.4826 * self._relative_mad(trend))
+            relief = cfg.grad_relief if grad_spike else 1.0
+            if excess > cfg.rel_threshold * relief and excess / sigma > cfg.z_threshold * relief:
+                event = Event("spike", step, step, trend, loss, grad_norm_spike=grad_spike)
+                self.open_spike = event
+                self.events.append(event)
+                return [*changed, event]
+
+        self._admit(loss, grad_norm)
+        divergence = self._slow_divergence(step)
+        if divergence is not None:
+            changed.append(divergence)
+        return changed
+
+    def _follow_spike(self, step: int, loss: float) -> list[Event]:
+        cfg = self.config
+        spike = self.open_spike
+        assert spike is not None and spike.loss_before is not None
+        spike.points += 1
+        spike.loss_peak = max(spike.loss_peak or loss, loss)
+        if loss <= spike.loss_before * (1.0 + cfg.recover_tol):
+            spike.status, spike.resolved_step, spike.loss_after = "transient", step, loss
+            self.open_spike = None
+            self._admit(loss, None)
+            return [spike]
+        if spike.points > cfg.recovery_points:
+            spike.status, spike.resolved_step, spike.loss_after = "persistent", step, loss
+            self.open_spike = None
+            divergence = Event(
+                "divergence", spike.onset_step, step, spike.loss_before, spike.loss_peak, status="persistent",
+                resolved_step=step, loss_after=loss, grad_norm_spike=spike.grad_norm_spike, points=spike.points,
+            )  # fmt: skip
+            self.events.append(divergence)
+            # The run lives at a new level now: the trend restarts from the latest points.
+            self.trend_points.clear()
+            self.short_points.clear()
+            self.best_trend = None
+            self._admit(loss, None)
+            return [spike, divergence]
+        return [spike]
+
+    def _admit(self, loss: float, grad_norm: float | None) -> None:
+        cfg = self.config
+        self.trend_points.append(loss)
+        while len(self.trend_points) > cfg.window:
+            self.trend_points.popleft()
+        self.short_points.append(loss)
+        while len(self.short_points) > cfg.short_window:
+            self.short_points.popleft()
+        if grad_norm is not None:
+            self.grad_points.append(grad_norm)
+            while len(self.grad_points) > cfg.grad_window:
+                self.grad_points.popleft()
+
+    def _relative_mad(self, trend: float) -> float:
+        residuals = [x / trend - 1.0 for x in self.trend_points]
+        centre = median(residuals)
+        return median(abs(r - centre) for r in residuals)
+
+    def _grad_spike(self, grad_norm: float | None) -> bool:
+        if grad_norm is None or len(self.grad_points) < self.config.warmup:
+            return False
+        centre = median(self.grad_points)
+        mad = median(abs(g - centre) for g in self.grad_points)
+        sigma = max(1.4826 * mad, 1e-12, abs(centre) * self.config.min_sigma)
+        return (grad_norm - centre) / sigma > self.config.grad_confirm_z
+
+    def _slow_divergence(self, step: int) -> Event | None:
+        """The short-term trend staying well above the best trend seen: a rise no single point shows."""
+        cfg = self.config
+        if self.seen <= cfg.warmup or len(self.trend_points) < cfg.window // 2:
+            return None
+        current = median(self.trend_points)
+        self.best_trend = current if self.best_trend is None else min(self.best_trend, current)
+        short = median(self.short_points)
+        if short > self.best_trend * (1.0 + cfg.divergence_tol):
+            self.rising_since = self.rising_since if self.rising_since is not None else step
+            self.rising_count += 1
+            if self.rising_count == cfg.divergence_points:
+                event = Event(
+                    "divergence", self.rising_since, step, self.best_trend, short, status="persistent",
+                    resolved_step=step, loss_after=short, points=self.rising_count,
+                )  # fmt: skip
+                self.events.append(event)
+                self.best_trend = None
+                return event
+        else:
+            self.rising_since, self.rising_count = None, 0
+        return None
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "seen": self.seen,
+            "trend_points": list(self.trend_points),
+            "grad_points": list(self.grad_points),
+            "short_points": list(self.short_points),
+            "best_trend": self.best_trend,
+            "rising_since": self.rising_since,
+            "rising_count": self.rising_count,
+            "open_spike": asdict(self.open_spike) if self.open_spike else None,
+            "events": [asdict(e) for e in self.events],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> SpikeDetector:
+        detector = cls(DetectorConfig(**state["config"]))
+        detector.seen = state["seen"]
+        detector.trend_points = deque(state["trend_points"])
+        detector.grad_points = deque(state["grad_points"])
+        detector.short_points = deque(state["short_points"])
+        detector.best_trend = state["best_trend"]
+        detector.rising_since = state["rising_since"]
+        detector.rising_count = state["rising_count"]
+        detector.events = [Event(**e) for e in state["events"]]
+        if state["open_spike"] is not None:
+            # The open spike is the same object as the last event in the list.
+            detector.open_spike = detector.events[-1] if detector.events else Event(**state["open_spike"])
+        return detector
