@@ -335,10 +335,20 @@ def status(
     from hpcai.store import Store
 
     store = Store()
+    if run is not None and not watch:
+        from hpcai.orchestrator import run_detail
+        from hpcai.present import show_run_detail
+
+        detail = run_detail(store, run)
+        if json_out:
+            print_json(detail)
+        else:
+            show_run_detail(detail)
+        return
     if not watch:
         views, _ = run_status(store, run)
         if json_out:
-            print_json([v.to_json() for v in views] if run is None else views[0].to_json())
+            print_json([v.to_json() for v in views])
         else:
             console.print(runs_table(views))
         return

@@ -9,3 +9,14 @@ SCRIPT_NAME = "job.sh"
 # Written by the runtime (rank 0) once its stop-checkpoint is complete. The launcher (torchrun) turns any
 # non-zero worker exit into 1, so the job script trusts this marker, not the exit code, to requeue.
 REQUEUE_MARKER = "REQUEUE"
+# The spike guard decided to roll back: the runtime wrote the decision (JSON) to this file and exits with
+# EXIT_ROLLBACK; the job script submits the next attempt, which applies the decision when it starts.
+EXIT_ROLLBACK = 86
+ROLLBACK_FILE = "ROLLBACK.json"
+# The guard gave up (max_rollbacks reached, or nothing to roll back to): decision in this file, exit 87.
+EXIT_GAVE_UP = 87
+GAVE_UP_FILE = "GAVE_UP.json"
+# Every decision the guard or `hpcai resume` made, one JSON per line (the run's lineage).
+DECISIONS_LOG = "decisions.jsonl"
+# Every detector event (spikes that recovered included), one JSON per line.
+EVENTS_LOG = "events.jsonl"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from hpcai.errors import HpcaiError
-from hpcai.exitcodes import SCRIPT_NAME
+from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG, EXIT_GAVE_UP, EXIT_ROLLBACK, GAVE_UP_FILE, SCRIPT_NAME
 from hpcai.metrics import last_progress
 from hpcai.profiles import ClusterProfile, load_profile
 from hpcai.schedulers import JobState, JobStatus, Scheduler, scheduler_for
@@ -147,9 +147,11 @@ def refresh(store: Store, runs: Iterable[Run], backends: Backends | None = None)
         items = _reconcile_lost_submissions(store, backend, items)
         job_ids = [a.job_id for _, a in items if a.job_id]
         statuses = backend.scheduler.states(job_ids) if job_ids else {}
+        lineage_grew = False
         for run, attempt in items:
             status = statuses.get(attempt.job_id or "")
             if status is None or status.state is JobState.UNKNOWN:
+                lineage_grew |= _follow_lineage(store, backend.transport, run)
                 continue
             if status.state.terminal and status.exit_code is None:
                 status = _complete_missing_exit(store, backend.transport, run, status)
@@ -163,11 +165,82 @@ def refresh(store: Store, runs: Iterable[Run], backends: Backends | None = None)
             ):
                 if value is not None and getattr(attempt, key) != value:
                     changes[key] = value
+            if attempt.reason is not None:
+                changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
             if changes:
                 store.update_attempt(run.id, attempt.number, **changes)
                 if "state" in changes:
                     store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
+            lineage_grew |= _follow_lineage(store, backend.transport, run)
+            if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
+                _note_give_up(store, backend.transport, run, store.attempts(run.id)[-1])
+        if lineage_grew:  # ask about the new attempts right away
+            refresh(store, [store.run(r.id) for r, _ in items], backends)
     return backends
+
+
+def _jsonl(transport: Transport, path: str) -> list[dict[str, Any]]:
+    text = transport.read_text(path) or ""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _follow_lineage(store: Store, transport: Transport, run: Run) -> bool:
+    """Attempts the job submitted by itself (spike-guard rollbacks), learnt from the run directory's
+    attempt log and decisions, recorded in the store. Returns True when a new attempt was added."""
+    submitted = [e for e in _jsonl(transport, f"{run.run_dir}/attempts.jsonl") if e.get("event") == "submitted"]
+    if not submitted:
+        return False
+    decisions = [
+        d
+        for d in _jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}")
+        if d.get("action") == "rollback" and d.get("by") == "spike guard"
+    ]
+    added = False
+    for k, event in enumerate(submitted):
+        attempts = store.attempts(run.id)
+        if any(a.job_id == event["job_id"] for a in attempts):
+            continue
+        decision = decisions[k] if k < len(decisions) else {}
+        previous = next((a for a in attempts if a.job_id == event.get("after")), None)
+        if previous is not None:
+            changes: dict[str, Any] = {"reason": f"rolled back: {decision.get('reason', 'spike guard')}"}
+            if not JobState(previous.state).terminal:
+                changes.update(state=JobState.FAILED.value, exit_code=EXIT_ROLLBACK)
+            store.update_attempt(run.id, previous.number, **changes)
+        skipped = None
+        if decision.get("skip_from") is not None:
+            skipped = f"{decision['skip_from']}-{decision['skip_to']}"
+        number = store.add_attempt(
+            run.id,
+            resumed_from=f"step-{int(decision['checkpoint_step']):08d}" if "checkpoint_step" in decision else None,
+            lr_scale=float(decision.get("lr_scale", 1.0)),
+            skipped_batches=skipped,
+        )
+        store.update_attempt(run.id, number, job_id=str(event["job_id"]), state=JobState.PENDING.value)
+        store.add_event(run.id, "rollback", decision.get("reason", "the job submitted its next attempt"), decision)
+        added = True
+    return added
+
+
+def _note_give_up(store: Store, transport: Transport, run: Run, attempt: Attempt) -> None:
+    text = transport.read_text(f"{run.run_dir}/{GAVE_UP_FILE}")
+    if not text:
+        return
+    try:
+        reason = str(json.loads(text).get("reason", "the spike guard gave up"))
+    except json.JSONDecodeError:
+        return
+    if attempt.reason != f"gave up: {reason}":
+        store.update_attempt(run.id, attempt.number, reason=f"gave up: {reason}")
+        store.add_event(run.id, "gave-up", reason)
 
 
 def _reconcile_lost_submissions(
@@ -325,3 +398,22 @@ def follow_logs(
     if pending:
         write(pending.decode("utf-8", errors="replace"))
     return attempt.state
+
+
+def run_detail(store: Store, run_id: str) -> dict[str, Any]:
+    """One run with its lineage: attempts (why each ended, what it resumed from, LR scale, skipped
+    batches), the detector's events, the decisions and the rollback policy."""
+    run = store.run(run_id)
+    backends = refresh(store, [run])
+    transport = backends.get(run.cluster).transport
+    (view,) = views(store, [store.run(run.id)], backends)
+    params = run.spec.get("parameters", {})
+    policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
+    events = [e for e in _jsonl(transport, f"{run.run_dir}/{EVENTS_LOG}") if e.get("status") != "open"]
+    return {
+        **view.to_json(),
+        "attempts": [asdict(a) for a in store.attempts(run.id)],
+        "events": events,
+        "decisions": _jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}"),
+        "policy": policy,
+    }

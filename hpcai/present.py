@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Column, Table
 
@@ -119,3 +119,38 @@ def runs_table(views: list[RunView]) -> Table:
             f"{v.loss:.4g}" if v.loss is not None else "-",
         )
     return table
+
+
+def show_run_detail(detail: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{detail['run_id']}[/bold]: {detail['workload']} on {detail['cluster']}, {detail['state']}"
+        + (
+            f", step {detail['step']}, loss {detail['loss']:.4g}"
+            if detail["step"] is not None and detail["loss"]
+            else ""
+        )
+    )
+    console.print(f"run directory: {detail['run_dir']}")
+    if detail["policy"]:
+        console.print("rollback policy: " + ", ".join(f"{k}={v}" for k, v in detail["policy"].items()))
+    attempts = Table("attempt", "job", "state", "exit", "resumed from", "LR scale", "skipped", "why it ended",
+                     title="attempts")  # fmt: skip
+    for a in detail["attempts"]:
+        attempts.add_row(
+            str(a["number"]), a["job_id"] or "-", a["state"], "-" if a["exit_code"] is None else str(a["exit_code"]),
+            a["resumed_from"] or "-", f"{a['lr_scale']:g}", a["skipped_batches"] or "-", a["reason"] or "-",
+        )  # fmt: skip
+    console.print(attempts)
+    if detail["events"]:
+        events = Table("kind", "onset", "detected", "loss before", "peak", "after", "status", "decision",
+                       title="loss events")  # fmt: skip
+        for e in detail["events"]:
+            events.add_row(
+                e["kind"], str(e["onset_step"]), str(e["detected_step"]), _num(e.get("loss_before")),
+                _num(e.get("loss_peak")), _num(e.get("loss_after")), e["status"], e.get("decision", "-"),
+            )  # fmt: skip
+        console.print(events)
+
+
+def _num(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"

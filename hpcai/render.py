@@ -7,7 +7,16 @@ from typing import Any
 import jinja2
 
 from hpcai import __version__
-from hpcai.exitcodes import EXIT_REQUEUE, MAX_REQUEUES, REQUEUE_MARKER, SCRIPT_NAME
+from hpcai.exitcodes import (
+    EXIT_GAVE_UP,
+    EXIT_REQUEUE,
+    EXIT_ROLLBACK,
+    GAVE_UP_FILE,
+    MAX_REQUEUES,
+    REQUEUE_MARKER,
+    ROLLBACK_FILE,
+    SCRIPT_NAME,
+)
 from hpcai.jobspec import JobSpec
 from hpcai.paths import data_dir
 from hpcai.profiles import ClusterProfile
@@ -157,6 +166,17 @@ def _requeue_lines(kind: str) -> list[str]:
     return [f'exec bash "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
 
 
+def _submit_next(job: JobSpec, kind: str) -> str:
+    """The command, run by the job itself, that submits the run's next attempt and prints its id."""
+    script = f'"$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
+    if kind == "slurm":
+        # Variables of this job's allocation must not leak into the new submission's resource request.
+        return f"env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable {script}"
+    if kind == "pbs":
+        return f"qsub {script}"
+    return f'{quote(job.python)} -m hpcai.schedulers.local {script} "$HPCAI_RUN_DIR" {job.walltime_s}'
+
+
 def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
     context: dict[str, Any] = {
         "version": __version__,
@@ -174,6 +194,11 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "requeue_lines": _requeue_lines(profile.scheduler),
         "exit_requeue": EXIT_REQUEUE,
         "requeue_marker": REQUEUE_MARKER,
+        "exit_rollback": EXIT_ROLLBACK,
+        "rollback_file": ROLLBACK_FILE,
+        "exit_gave_up": EXIT_GAVE_UP,
+        "gave_up_file": GAVE_UP_FILE,
+        "submit_next": _submit_next(job, profile.scheduler),
         "max_requeues": MAX_REQUEUES,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")

@@ -133,7 +133,7 @@ class SpikeDetector:
             self.best_trend = None
             self._admit(loss, None)
             return [spike, divergence]
-        return [spike]
+        return []  # still open: nothing changed
 
     def _admit(self, loss: float, grad_norm: float | None) -> None:
         cfg = self.config

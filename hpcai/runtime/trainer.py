@@ -4,6 +4,7 @@ the job is asked to checkpoint before walltime."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -14,10 +15,13 @@ from typing import Any, Protocol
 
 import torch
 
-from hpcai.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER
-from hpcai.runtime.checkpoint import Checkpoints
+from hpcai.exitcodes import EXIT_GAVE_UP, EXIT_REQUEUE, EXIT_ROLLBACK, REQUEUE_MARKER, ROLLBACK_FILE
+from hpcai.monitor.policy import RollbackPolicy
+from hpcai.monitor.spikes import SpikeDetector
+from hpcai.runtime.checkpoint import Checkpoints, step_of
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
+from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 from hpcai.runtime.metrics_log import MetricsLog
 from hpcai.runtime.stop import StopRequest
 
@@ -36,8 +40,15 @@ class TrainConfig:
     seed: int
     metrics_file: str = "metrics.jsonl"
     checkpoint_dir: str = "checkpoints"
-    # Set by a rollback (HPCAI_LR_SCALE): the learning rate of this attempt relative to the configured one.
+    # The learning rate relative to the configured one for a fresh start (HPCAI_LR_SCALE); a resume takes
+    # the scale from its checkpoint, a rollback from its decision.
     lr_scale: float = 1.0
+    # The in-job spike guard's policy; None switches the guard off.
+    policy: RollbackPolicy | None = None
+    # Test hook, a workload option: at this step, while the LR is unscaled, multiply the trainable weights
+    # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
+    inject_spike_at: int = 0
+    inject_spike_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,13 +111,34 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         world_size=world,
         barrier=accelerator.wait_for_everyone,
     )
-    start = 0
-    latest = checkpoints.latest()
-    if latest is not None:
-        state = checkpoints.load(latest, model, optimizer)
+    start, lr_scale, skips, detector_state = 0, config.lr_scale, [], None
+    decision = _pending_decision(config.run_dir)
+    accelerator.wait_for_everyone()  # every rank has read the decision before rank 0 retires it
+    source = checkpoints.latest()
+    if decision is not None:
+        source = checkpoints.root / f"step-{int(decision['checkpoint_step']):08d}"
+    if source is not None:
+        state = checkpoints.load(source, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
-        accelerator.print(f"hpcai: resumed from {latest} at step {start}")
+        lr_scale = float(state.get("lr_scale", 1.0))
+        skips = [tuple(s) for s in state.get("skips", [])]
+        detector_state = state.get("spike_detector")
+        accelerator.print(f"hpcai: resumed from {source} at step {start}")
+    if decision is not None:
+        lr_scale = float(decision["lr_scale"])
+        if decision.get("skip_from") is not None:
+            skips.append((int(decision["skip_from"]), int(decision["skip_to"]) - int(decision["skip_from"])))
+        if accelerator.is_main_process:
+            _retire_decision(config.run_dir, checkpoints, start)
+        accelerator.print(f"hpcai: rollback applied: step {start}, LR x{lr_scale:g}, skipping {skips or 'nothing'}")
+        accelerator.wait_for_everyone()
+    _set_lr_scale(optimizer, scheduler, config.lr * lr_scale)
+    guard = None
+    if config.policy is not None:
+        detector = SpikeDetector.from_state_dict(detector_state) if detector_state else SpikeDetector()
+        guard = SpikeGuard(config.run_dir, config.policy, detector, accelerator.is_main_process,
+                           previous_rollbacks=rollbacks_so_far(config.run_dir))  # fmt: skip
     order = BatchOrder(task.num_samples, config.per_device_batch_size * world, world, rank, config.seed)
     stop = StopRequest(config.run_dir)
     metrics = MetricsLog(config.run_dir / config.metrics_file, enabled=accelerator.is_main_process)
@@ -116,11 +148,13 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         for step in range(start, config.max_steps):
             began = time.perf_counter()
             model.train()
-            batch = task.batch(order.indices(step), device)
+            batch = task.batch(order.indices(step + sum(n for first, n in skips if step >= first)), device)
             out = task.step(model, batch, accelerator)
             accelerator.backward(out.loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if config.inject_spike_at == step + 1 and lr_scale == 1.0:
+                _corrupt(model, config.inject_spike_scale)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
@@ -141,9 +175,22 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 peak_memory_gb=_peak_memory_gb(),
                 attempt_step=done - start,
             )
+            if guard is not None:
+                steps_saved = [step_of(p) for p in checkpoints.complete()]
+                verdict = guard.observe(done, loss, float(grad_norm), steps_saved, lr_scale)
+                if verdict is not None:
+                    accelerator.print(f"hpcai: spike guard: {verdict.reason}")
+                    exit_code = EXIT_ROLLBACK if verdict.action == "rollback" else EXIT_GAVE_UP
+                    break
             stop_now = _agree(accelerator, stop.requested())
             if done % config.checkpoint_every == 0 or done == config.max_steps or stop_now:
-                trainer_state = {"step": done, "scheduler": scheduler.state_dict(), "lr_scale": config.lr_scale}
+                trainer_state = {
+                    "step": done,
+                    "scheduler": scheduler.state_dict(),
+                    "lr_scale": lr_scale,
+                    "skips": skips,
+                    "spike_detector": guard.detector.state_dict() if guard is not None else None,
+                }
                 path = checkpoints.save(done, model, optimizer, trainer_state)
                 accelerator.print(f"hpcai: checkpoint {path.name}")
             if stop_now and done < config.max_steps:
@@ -157,6 +204,43 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return exit_code
+
+
+def _pending_decision(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / ROLLBACK_FILE
+    if not path.is_file():
+        return None
+    decision: dict[str, Any] = json.loads(path.read_text())
+    return decision
+
+
+def _retire_decision(run_dir: Path, checkpoints: Checkpoints, target_step: int) -> None:
+    """The rollback is applied: drop the checkpoints of the abandoned trajectory, point `latest` at the
+    target, and keep the decision file under a new name for the record."""
+    import shutil
+
+    for path in checkpoints.complete():
+        if step_of(path) > target_step:
+            shutil.rmtree(path, ignore_errors=True)
+    (checkpoints.root / "latest").write_text(f"step-{target_step:08d}\n")
+    applied = run_dir / f"rollback-applied-{int(time.time() * 1000)}.json"
+    (run_dir / ROLLBACK_FILE).rename(applied)
+
+
+def _set_lr_scale(optimizer: torch.optim.Optimizer, scheduler: Any, base_lr: float) -> None:
+    """Base LR for this attempt; the schedule's position is kept (a loaded scheduler carries the old base)."""
+    scheduler.base_lrs = [base_lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * factor
+
+
+@torch.no_grad()
+def _corrupt(model: torch.nn.Module, scale: float) -> None:
+    for param in model.parameters():
+        if param.requires_grad:
+            param.mul_(scale)
 
 
 def _peak_memory_gb() -> float:

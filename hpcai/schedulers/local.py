@@ -136,3 +136,17 @@ def _iso(stamp: object) -> str | None:
     if not isinstance(stamp, int | float):
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stamp))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m hpcai.schedulers.local SCRIPT RUN_DIR WALLTIME_S`: submit a local job, print its id (the
+    job script uses it to submit its own next attempt)."""
+    from hpcai.transport.local import LocalTransport
+
+    script, run_dir, walltime = argv
+    print(LocalScheduler(LocalTransport()).submit(script, run_dir, walltime_s=int(walltime)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hpcai.monitor.policy import RollbackPolicy
 from hpcai.runtime.trainer import TrainConfig, lr_scale_from_env
 
 
@@ -35,6 +36,15 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--keep_checkpoints", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=256, help="synthetic samples when --data is empty")
+    guard = parser.add_argument_group("spike guard (rollback policy)")
+    guard.add_argument("--spike_guard", type=boolean, default=True)
+    guard.add_argument("--max_rollbacks", type=int, default=3)
+    guard.add_argument("--rollback_lr_factor", type=float, default=0.5)
+    guard.add_argument("--rollback_margin_steps", type=int, default=0)
+    guard.add_argument("--rollback_skip_batches", type=int, default=0)
+    guard.add_argument("--rollback_transient", type=boolean, default=False)
+    guard.add_argument("--inject_spike_at", type=int, default=0, help="test hook: corrupt the update here")
+    guard.add_argument("--inject_spike_scale", type=float, default=8.0)
     return parser
 
 
@@ -51,6 +61,17 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         seed=args.seed,
         lr_scale=lr_scale_from_env(),
+        policy=RollbackPolicy(
+            lr_factor=args.rollback_lr_factor,
+            margin_steps=args.rollback_margin_steps,
+            skip_batches=args.rollback_skip_batches,
+            max_rollbacks=args.max_rollbacks,
+            rollback_transient=args.rollback_transient,
+        )
+        if args.spike_guard
+        else None,
+        inject_spike_at=args.inject_spike_at,
+        inject_spike_scale=args.inject_spike_scale,
     )
 
 

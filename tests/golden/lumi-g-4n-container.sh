@@ -24,7 +24,7 @@ mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"
 # The job records its own id, so a client killed between submitting and recording loses nothing.
 printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
-rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE"
+rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.json"
 
 hpcai_event() {
   printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
@@ -63,7 +63,7 @@ hpcai_signalled=0
 trap hpcai_request_checkpoint USR1
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'singularity exec --rocm --bind /scratch,/project,/flash /scratch/project_465000123/llava.sif python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 32 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /scratch/project_465000123/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0' &
+srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'singularity exec --rocm --bind /scratch,/project,/flash /scratch/project_465000123/llava.sif python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 32 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /scratch/project_465000123/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0
@@ -75,8 +75,12 @@ while :; do
   fi
   break
 done
-# The launcher reports any worker's non-zero exit as 1; the runtime's marker says it stopped cleanly.
-if [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
+# The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
+if [ -f "$HPCAI_RUN_DIR/ROLLBACK.json" ]; then
+  rc=86
+elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
+  rc=87
+elif [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
   rc=85
 fi
 hpcai_event end "$rc"
@@ -92,5 +96,19 @@ if [ "$rc" -eq 85 ]; then
   else
     echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
   fi
+fi
+if [ "$rc" -eq 86 ]; then
+  # The spike guard rolled back: submit the next attempt, which applies the decision when it starts.
+  hpcai_event rollback "$rc"
+  if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable "$HPCAI_RUN_DIR/job.sh"); then
+    hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
+    printf '{"event": "submitted", "job_id": "%s", "after": "%s", "time": "%s"}\n' \
+      "$hpcai_next" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$HPCAI_RUN_DIR/attempts.jsonl"
+  else
+    echo "hpcai: could not submit the next attempt; resume by hand with: hpcai resume $HPCAI_RUN_ID" >&2
+  fi
+elif [ "$rc" -eq 87 ]; then
+  hpcai_event gave_up "$rc"
+  echo "hpcai: the spike guard gave up; see $HPCAI_RUN_DIR/GAVE_UP.json" >&2
 fi
 exit "$rc"

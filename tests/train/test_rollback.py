@@ -1,0 +1,76 @@
+"""The headline: a spike injected at step K is detected in the job, the job itself submits the next
+attempt from a checkpoint before K with the LR halved, training passes K and the run completes; the
+store and `status` show the lineage. On the local backend and on the real Slurm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcai.exitcodes import EXIT_GAVE_UP, EXIT_ROLLBACK
+from hpcai.jobspec import Overrides
+from hpcai.orchestrator import run_detail, submit_run
+from hpcai.service import prepare_job
+from hpcai.store import Store
+from tests.conftest import run_cli
+from tests.helpers import wait_terminal
+
+pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
+
+SPIKE = ("stage=finetune", "lr=2e-3", "samples=64", "max_steps=40", "checkpoint_every=10", "inject_spike_at=25")
+
+
+def submit(cluster: str, run_id: str, *extra: str) -> Store:
+    store = Store()
+    overrides = Overrides(set=(*SPIKE, *extra), run_id=run_id, time="00:30:00")
+    submit_run(prepare_job("llava", cluster, overrides), store)
+    return store
+
+
+def settle(store: Store, run_id: str, timeout: float = 600) -> dict[str, object]:
+    """Wait until the run's latest attempt has ended and no further attempt appears."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        wait_terminal(store, run_id, timeout=max(1, deadline - time.monotonic()))
+        time.sleep(2)
+        detail = run_detail(store, run_id)
+        if detail["state"] not in {"SUBMITTING", "PENDING", "RUNNING", "COMPLETING"}:
+            return detail
+        assert time.monotonic() < deadline
+
+
+@pytest.mark.parametrize("cluster", ["local", "local-slurm"])
+def test_injected_spike_is_rolled_back_by_the_job_and_the_run_completes(
+    cluster: str, request: pytest.FixtureRequest
+) -> None:
+    if cluster == "local-slurm":
+        request.getfixturevalue("slurm_cluster")
+    run_id = f"spike-{cluster}"
+    store = submit(cluster, run_id)
+    detail = settle(store, run_id)
+    attempts = detail["attempts"]
+    assert isinstance(attempts, list) and len(attempts) == 2, attempts
+    first, second = attempts
+    assert first["exit_code"] == EXIT_ROLLBACK and "divergence at step 26" in first["reason"]
+    assert second["resumed_from"] == "step-00000020" and second["lr_scale"] == 0.5
+    assert second["state"] == "COMPLETED" and detail["state"] == "COMPLETED" and detail["step"] == 40
+    assert first["job_id"] != second["job_id"]
+    kinds = {(e["kind"], e["status"]) for e in detail["events"]}  # type: ignore[union-attr]
+    assert ("divergence", "persistent") in kinds
+    run_dir = Path(str(detail["run_dir"]))
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-20:] == list(range(21, 41))  # the second attempt went from step 20 past K to the end
+    human = run_cli("status", run_id)
+    assert "rolled back" in human.stdout and "step-00000020" in human.stdout and "0.5" in human.stdout
+
+
+def test_exceeding_max_rollbacks_stops_with_a_clear_reason() -> None:
+    store = submit("local", "give-up", "max_rollbacks=0")
+    detail = settle(store, "give-up")
+    (attempt,) = detail["attempts"]  # type: ignore[misc]
+    assert attempt["exit_code"] == EXIT_GAVE_UP and attempt["state"] == "FAILED"
+    assert "max_rollbacks=0" in attempt["reason"] and "gave up" in attempt["reason"]
