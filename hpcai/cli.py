@@ -416,6 +416,57 @@ def cancel(run: RunArg, json_out: JsonOpt = False) -> None:
         console.print(f"run {result['run_id']} already finished ({result['state']}); nothing to cancel")
 
 
+@app.command()
+def resume(
+    run: RunArg,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="A complete checkpoint, e.g. step-00000200.")
+    ] = None,
+    from_step: Annotated[
+        int | None, typer.Option("--from-step", help="Newest complete checkpoint at or before S.")
+    ] = None,
+    lr_scale: Annotated[float | None, typer.Option("--lr-scale", help="LR relative to the configured one.")] = None,
+    skip_batches: Annotated[int, typer.Option("--skip-batches", help="Batches to skip after the checkpoint.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a run's next attempt by hand (default: from its latest complete checkpoint)."""
+    from hpcai.orchestrator import resume_run
+    from hpcai.store import Store
+
+    if checkpoint is not None and from_step is not None:
+        raise HpcaiError("--checkpoint and --from-step: give one of them, not both.")
+    if skip_batches < 0:
+        raise HpcaiError("--skip-batches: give 0 or more.")
+    result = resume_run(
+        Store(), run, checkpoint=checkpoint, from_step=from_step, lr_scale=lr_scale, skip_batches=skip_batches
+    )
+    if json_out:
+        print_json(result)
+    else:
+        start = f"step {result['checkpoint_step']}" if result["checkpoint_step"] is not None else "the start"
+        console.print(
+            f"run {result['run_id']}: attempt {result['attempt']} submitted as job {result['job_id']}, "
+            f"from {start}, LR x{result['lr_scale']:g}"
+        )
+
+
+@app.command()
+def plot(
+    run: RunArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a PNG here (needs matplotlib).")] = None,
+) -> None:
+    """Loss (and grad norm) against step across all attempts, spikes and rollbacks marked."""
+    from hpcai.plotting import load_plot_data, terminal_chart, write_png
+    from hpcai.store import Store
+
+    data = load_plot_data(Store(), run)
+    if output is None:
+        console.print(terminal_chart(data))
+    else:
+        write_png(data, output)
+        console.print(f"wrote {output}")
+
+
 def _emit_script(script: str, job: dict[str, object], output: Path | None, json_out: bool) -> None:
     if output is not None:
         try:

@@ -11,7 +11,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from hpcai.errors import HpcaiError
-from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG, EXIT_GAVE_UP, EXIT_ROLLBACK, GAVE_UP_FILE, SCRIPT_NAME
+from hpcai.exitcodes import (
+    DECISIONS_LOG,
+    EVENTS_LOG,
+    EXIT_GAVE_UP,
+    EXIT_ROLLBACK,
+    GAVE_UP_FILE,
+    ROLLBACK_FILE,
+    SCRIPT_NAME,
+)
 from hpcai.metrics import last_progress
 from hpcai.profiles import ClusterProfile, load_profile
 from hpcai.schedulers import JobState, JobStatus, Scheduler, scheduler_for
@@ -417,3 +425,83 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
         "decisions": _jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}"),
         "policy": policy,
     }
+
+
+def complete_checkpoints(transport: Transport, run_dir: str) -> list[int]:
+    """Steps of the run's complete checkpoints (those with their completion marker), oldest first."""
+    root = f"{run_dir}/checkpoints"
+    steps = []
+    for name in transport.list_dir(root):
+        if name.startswith("step-") and transport.exists(f"{root}/{name}/COMPLETE.json"):
+            steps.append(int(name.removeprefix("step-")))
+    return sorted(steps)
+
+
+def resume_run(
+    store: Store,
+    run_id: str,
+    *,
+    checkpoint: str | None = None,
+    from_step: int | None = None,
+    lr_scale: float | None = None,
+    skip_batches: int = 0,
+) -> dict[str, Any]:
+    """Submit a run's next attempt by hand: from a chosen complete checkpoint, with an LR scale and
+    batches to skip. Checkpoints newer than the chosen one are dropped when the attempt starts."""
+    run = store.run(run_id)
+    backends = refresh(store, [run])
+    backend = backends.get(run.cluster)
+    last = store.attempts(run.id)[-1]
+    if not JobState(last.state).terminal:
+        raise HpcaiError(
+            f"run {run.id} is still {last.state} (job {last.job_id}): `hpcai cancel {run.id}` first, then resume."
+        )
+    steps = complete_checkpoints(backend.transport, run.run_dir)
+    if checkpoint is not None:
+        name = checkpoint.rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith("step-") or int(name.removeprefix("step-") or -1) not in steps:
+            raise HpcaiError(
+                f"--checkpoint: '{checkpoint}' is not a complete checkpoint of run {run.id}. Complete ones: "
+                + (", ".join(f"step-{s:08d}" for s in steps) or "none")
+                + "."
+            )
+        target: int | None = int(name.removeprefix("step-"))
+    elif from_step is not None:
+        earlier = [s for s in steps if s <= from_step]
+        if not earlier:
+            raise HpcaiError(f"--from-step: no complete checkpoint at or before step {from_step} (have: {steps}).")
+        target = max(earlier)
+    else:
+        target = steps[-1] if steps else None
+    scale = lr_scale if lr_scale is not None else last.lr_scale
+    if scale <= 0:
+        raise HpcaiError(f"--lr-scale: {scale} must be positive (0.5 halves the learning rate).")
+    decision: dict[str, Any] | None = None
+    if target is not None and (checkpoint or from_step is not None or lr_scale is not None or skip_batches):
+        decision = {
+            "action": "rollback",
+            "reason": f"resumed by hand from step {target}",
+            "checkpoint_step": target,
+            "lr_scale": scale,
+            "skip_from": target if skip_batches else None,
+            "skip_to": target + skip_batches if skip_batches else None,
+            "time": time.time(),
+            "by": "hpcai resume",
+        }
+        text = json.dumps(decision)
+        backend.transport.write_text(f"{run.run_dir}/{ROLLBACK_FILE}", json.dumps(decision, indent=2) + "\n")
+        log = (backend.transport.read_text(f"{run.run_dir}/{DECISIONS_LOG}") or "") + text + "\n"
+        backend.transport.write_text(f"{run.run_dir}/{DECISIONS_LOG}", log)
+    skipped = f"{target}-{target + skip_batches}" if decision and skip_batches and target is not None else None
+    number = store.add_attempt(
+        run.id,
+        resumed_from=f"step-{target:08d}" if target is not None else None,
+        lr_scale=scale,
+        skipped_batches=skipped,
+        reason=None,
+    )
+    walltime = int(run.spec.get("walltime_s", 0)) or None
+    job_id = backend.scheduler.submit(f"{run.run_dir}/{SCRIPT_NAME}", run.run_dir, walltime_s=walltime)
+    store.update_attempt(run.id, number, job_id=job_id, state=JobState.PENDING.value)
+    store.add_event(run.id, "resume", f"attempt {number} submitted by hand as job {job_id}", decision)
+    return {"run_id": run.id, "attempt": number, "job_id": job_id, "checkpoint_step": target, "lr_scale": scale}

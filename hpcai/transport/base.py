@@ -49,6 +49,10 @@ class Transport(ABC):
         """At most the last `max_bytes` of the file (empty when it does not exist)."""
 
     @abstractmethod
+    def list_dir(self, path: str) -> list[str]:
+        """Names in a directory (empty when it does not exist)."""
+
+    @abstractmethod
     def makedirs(self, path: str) -> None: ...
 
     @abstractmethod

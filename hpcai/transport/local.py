@@ -78,6 +78,12 @@ class LocalTransport(Transport):
         except FileNotFoundError:
             return b""
 
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
     def makedirs(self, path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 

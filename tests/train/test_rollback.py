@@ -74,3 +74,26 @@ def test_exceeding_max_rollbacks_stops_with_a_clear_reason() -> None:
     (attempt,) = detail["attempts"]  # type: ignore[misc]
     assert attempt["exit_code"] == EXIT_GAVE_UP and attempt["state"] == "FAILED"
     assert "max_rollbacks=0" in attempt["reason"] and "gave up" in attempt["reason"]
+
+
+def test_resume_by_hand_plot_and_terminal_chart(tmp_path: Path) -> None:
+    store = submit("local", "by-hand")
+    settle(store, "by-hand")
+    result = run_cli("resume", "by-hand", "--from-step", "35", "--lr-scale", "0.25", "--skip-batches", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    resumed = json.loads(result.stdout)
+    assert resumed["attempt"] == 3 and resumed["checkpoint_step"] == 30 and resumed["lr_scale"] == 0.25
+    detail = settle(store, "by-hand")
+    third = detail["attempts"][-1]  # type: ignore[index]
+    assert third["resumed_from"] == "step-00000030" and third["skipped_batches"] == "30-33"
+    assert third["state"] == "COMPLETED"
+    decisions = detail["decisions"]
+    assert decisions[-1]["by"] == "hpcai resume"  # type: ignore[index]
+    png = tmp_path / "loss.png"
+    plotted = run_cli("plot", "by-hand", "-o", str(png))
+    assert plotted.returncode == 0, plotted.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    chart = run_cli("plot", "by-hand")
+    assert "3 attempt(s)" in chart.stdout and "R" in chart.stdout
+    busy = run_cli("resume", "by-hand", "--checkpoint", "step-00000099")
+    assert busy.returncode == 2 and "not a complete checkpoint" in busy.stderr
