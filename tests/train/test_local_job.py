@@ -17,6 +17,7 @@ from hpcai.schedulers.local import read_job
 from hpcai.service import prepare_job
 from hpcai.store import Store
 from tests.helpers import wait_for, wait_terminal
+from tests.train.launch import launch
 
 pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
 
@@ -33,9 +34,9 @@ def test_submit_llava_on_local_trains_and_shows_progress() -> None:
     assert "checkpoint step-00000030" in "".join(lines)
 
 
-def test_walltime_signal_checkpoints_requeues_and_resumes(isolated_hpcai: Path) -> None:
+def test_walltime_signal_checkpoints_requeues_and_resumes_exactly(isolated_hpcai: Path) -> None:
     store = Store()
-    params = ("max_steps=400", "samples=64", "checkpoint_every=1000", "per_device_batch_size=2")
+    params = ("max_steps=200", "samples=64", "checkpoint_every=1000", "per_device_batch_size=2")
     submit_run(prepare_job("clip", "local", Overrides(set=params, run_id="walltime")), store)
     view = wait_for(store, "walltime", {"RUNNING"})
     metrics = Path(view.run_dir) / "metrics.jsonl"
@@ -47,9 +48,15 @@ def test_walltime_signal_checkpoints_requeues_and_resumes(isolated_hpcai: Path) 
     assert job is not None
     os.kill(int(job["job_pid"]), signal.SIGUSR1)  # what Slurm's --signal=B:USR1 does before walltime
     final = wait_terminal(store, "walltime", timeout=600)
-    assert final.state == "COMPLETED" and final.step == 400
+    assert final.state == "COMPLETED" and final.step == 200
     events = [json.loads(x)["event"] for x in (Path(view.run_dir) / "attempts.jsonl").read_text().splitlines()]
     assert events == ["start", "end", "requeue", "start", "end"]
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
-    assert (Path(view.run_dir) / "checkpoints" / "latest").read_text().strip() == "step-00000400"
-    assert steps == sorted(steps) and steps[-1] == 400 and len(steps) == len(set(steps))  # resumed, not restarted
+    assert (Path(view.run_dir) / "checkpoints" / "latest").read_text().strip() == "step-00000200"
+    assert steps == list(range(1, 201))  # resumed where it stopped, not restarted
+    # The losses are exactly those of a run that was never interrupted.
+    reference = isolated_hpcai / "reference"
+    done = launch("clip", reference, params=dict(p.split("=") for p in params))
+    assert done.returncode == 0, done.stderr[-2000:]
+    interrupted = [json.loads(x)["loss"] for x in metrics.read_text().splitlines()]
+    assert interrupted == [json.loads(x)["loss"] for x in (reference / "metrics.jsonl").read_text().splitlines()]
