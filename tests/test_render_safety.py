@@ -87,22 +87,24 @@ def load_with_stub_python(cluster: str) -> ClusterProfile:
     return profile.model_copy(update={"launch": profile.launch.model_copy(update={"python": "python"})})
 
 
-def render_hostile(cluster: str, tmp_path: Path, mark: Path) -> str:
-    value = hostile(mark)
+def render_with(cluster: str, tmp_path: Path, value: str | None) -> str:
+    """The script with `value` in every user-supplied field, or a clean one when `value` is None."""
     profile = load_with_stub_python(cluster)
     workload = load_workload("llava")
+    hostile_fields: dict[str, object] = {}
+    if value is not None:
+        hostile_fields = {"name": value, "env": (f"HOSTILE={value}",), "set": (f"data={value}", f"model_path={value}")}
+    container = (value if value is not None else "/c.sif") if profile.container else None
     job = resolve_jobspec(
         cluster=cluster,
         profile=profile,
         workload=workload,
         overrides=Overrides(
-            name=value,
-            env=(f"HOSTILE={value}",),
-            set=(f"data={value}", f"model_path={value}"),
-            container=value if profile.container else None,
+            container=container,
             account="acct" if profile.account_required else None,
             run_id="hostile",
             run_dir=str(tmp_path / "run"),
+            **hostile_fields,  # type: ignore[arg-type]
         ),
         settings=ClusterSettings(user="jdoe"),
         state_dir=tmp_path / "state",
@@ -119,12 +121,12 @@ def directives(script: str, prefix: str) -> list[str]:
 )
 def test_hostile_values_are_never_executed(cluster: str, prefix: str, tmp_path: Path) -> None:
     mark = tmp_path / "pwned"
-    script = render_hostile(cluster, tmp_path, mark)
+    script = render_with(cluster, tmp_path, hostile(mark))
     path = tmp_path / "job.sh"
     path.write_text(script)
 
     # No injected directive: the header is exactly the template's, nothing after the shebang block.
-    clean = render_script_without_hostility(cluster, tmp_path)
+    clean = render_with(cluster, tmp_path, None)
     assert len(directives(script, prefix)) == len(directives(clean, prefix))
     header_end = next(i for i, line in enumerate(script.splitlines()[1:], 1) if not line.startswith("#"))
     assert not any(line.startswith(("#SBATCH", "#PBS")) for line in script.splitlines()[header_end:])
@@ -161,22 +163,3 @@ def test_hostile_values_are_never_executed(cluster: str, prefix: str, tmp_path: 
         assert (record / "container").read_text() == value
     events = [json.loads(line) for line in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "end"] and events[-1]["rc"] == 0
-
-
-def render_script_without_hostility(cluster: str, tmp_path: Path) -> str:
-    profile = load_with_stub_python(cluster)
-    workload = load_workload("llava")
-    job = resolve_jobspec(
-        cluster=cluster,
-        profile=profile,
-        workload=workload,
-        overrides=Overrides(
-            container="/c.sif" if profile.container else None,
-            account="acct" if profile.account_required else None,
-            run_id="clean",
-            run_dir=str(tmp_path / "run"),
-        ),
-        settings=ClusterSettings(user="jdoe"),
-        state_dir=tmp_path / "state",
-    )
-    return render_script(job, profile, workload)
