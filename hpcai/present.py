@@ -102,14 +102,17 @@ def _elapsed(seconds: float | None) -> str:
 
 
 def runs_table(views: list[RunView]) -> Table:
-    table = Table("workload", "cluster", "state", "attempt", "job", "elapsed", "step", "loss")
-    table.columns.insert(0, Column("run", overflow="fold"))
+    narrow = console.width < 110  # leave out what the run id already says (workload) on narrow terminals
+    columns = ["run", "cluster", "state", "attempt", "job", "elapsed", "step", "loss"]
+    if not narrow:
+        columns.insert(1, "workload")
+    table = Table(*[Column(c, overflow="fold") for c in columns])
     for v in views:
         style = _STATE_STYLE.get(v.state, "red")
         state = f"[{style}]{v.state}[/{style}]" + (f" ({v.exit_code})" if v.exit_code not in (None, 0) else "")
-        table.add_row(
+        cells = [
             v.run_id,
-            v.workload,
+            *([] if narrow else [v.workload]),
             v.cluster,
             state,
             str(v.attempt),
@@ -117,7 +120,8 @@ def runs_table(views: list[RunView]) -> Table:
             _elapsed(v.elapsed_s),
             str(v.step) if v.step is not None else "-",
             f"{v.loss:.4g}" if v.loss is not None else "-",
-        )
+        ]
+        table.add_row(*cells)
     return table
 
 

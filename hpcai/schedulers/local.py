@@ -58,7 +58,9 @@ class LocalScheduler(Scheduler):
     kind = "local"
 
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
-        job_id = f"L{int(time.time())}{secrets.token_hex(3)}"
+        job_id = f"L{secrets.token_hex(4)}"
+        while job_file(job_id).exists():
+            job_id = f"L{secrets.token_hex(4)}"
         walltime = walltime_s or 7 * 86400
         write_job(
             {
