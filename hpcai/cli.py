@@ -451,6 +451,27 @@ def resume(
 
 
 @app.command()
+def watch(
+    run: RunArg,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between reads.")] = 2.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Guard a run from here: detect spikes in its metrics or log, cancel and roll back when needed."""
+    from hpcai.store import Store
+    from hpcai.watch import watch_run
+
+    def say(text: str) -> None:
+        if not json_out:
+            console.print(f"hpcai watch: {text}")
+
+    result = watch_run(Store(), run, say=say, poll_s=interval)
+    if json_out:
+        print_json(result)
+    else:
+        console.print(f"hpcai watch: {result['action']}" + (f" ({result.get('reason')})" if "reason" in result else ""))
+
+
+@app.command()
 def plot(
     run: RunArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a PNG here (needs matplotlib).")] = None,

@@ -61,6 +61,11 @@ class WorkloadSpec(Strict):
     accelerate: dict[str, Scalar] = Field(default={}, description="`accelerate launch` FSDP options")
     mixed_precision: MixedPrecision = MixedPrecision()
     outputs: Outputs = Outputs()
+    log_metrics_regex: str | None = Field(
+        default=None,
+        description="For workloads without the hpcai runtime: a regex with named groups step and loss "
+        "(optionally grad_norm) that `hpcai watch` reads from the job's output",
+    )
     checkpoint_lead_s: int = Field(
         default=300, ge=10, description="Seconds before walltime at which the job is told to checkpoint"
     )

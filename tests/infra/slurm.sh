@@ -32,7 +32,7 @@ install_packages() {
 }
 
 running() {  # pidfile
-  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+  [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null
 }
 
 wait_for() {  # seconds description command...
