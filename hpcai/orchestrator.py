@@ -57,8 +57,22 @@ class Backend:
     scheduler: Scheduler
 
 
-def transport_for(profile: ClusterProfile) -> Transport:
-    return LocalTransport()
+def transport_for(cluster: str, profile: ClusterProfile) -> Transport:
+    """SSH when the user configured `ssh_host` for the cluster; else this machine (the login node)."""
+    from hpcai.userconfig import load_user_config
+
+    host = load_user_config().for_cluster(cluster).ssh_host
+    if host is None:
+        return LocalTransport()
+    if profile.scheduler == "local":
+        raise HpcaiError(
+            f"config.toml [clusters.{cluster}] ssh_host: the `{cluster}` profile runs jobs on this machine "
+            "without a scheduler, so it cannot be reached over SSH. Remove ssh_host there."
+        )
+    from hpcai.transport.ssh import SshTransport
+
+    hint = profile.access.notes or "Renew your certificate as your site describes."
+    return SshTransport(host, renew_hint=hint)
 
 
 class Backends:
@@ -70,9 +84,15 @@ class Backends:
     def get(self, cluster: str) -> Backend:
         if cluster not in self._cache:
             profile = load_profile(cluster)
-            transport = transport_for(profile)
+            transport = transport_for(cluster, profile)
             self._cache[cluster] = Backend(profile, transport, scheduler_for(profile, transport))
         return self._cache[cluster]
+
+    def close(self) -> None:
+        for backend in self._cache.values():
+            closer = getattr(backend.transport, "close", None)
+            if closer is not None:
+                closer()
 
     @property
     def scheduler_calls(self) -> int:

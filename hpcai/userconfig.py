@@ -18,6 +18,11 @@ class ClusterSettings(BaseModel):
     user: str | None = Field(default=None, description="Your login name on the cluster")
     account: str | None = Field(default=None, description="Default account/budget/project for jobs")
     container: str | None = Field(default=None, description="Default container image (.sif) on the cluster")
+    ssh_host: str | None = Field(
+        default=None,
+        description="Reach the cluster over SSH through this ~/.ssh/config Host (unset: hpcai runs on the "
+        "login node itself)",
+    )
 
 
 class UserConfig(BaseModel):

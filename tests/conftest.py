@@ -74,3 +74,23 @@ def slurm_cluster() -> Iterator[str]:
     yield "local-slurm"
     if started_here and os.environ.get("HPCAI_KEEP_SLURM") != "1":
         subprocess.run([str(script), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real sshd on 127.0.0.1 (tests/infra/sshd.sh): throwaway keys, strict known_hosts, a user CA."""
+    import socket
+
+    directory = tmp_path_factory.mktemp("sshd")
+    script = REPO / "tests" / "infra" / "sshd.sh"
+    if "HPCAI_SSHD_PORT" not in os.environ:
+        with socket.socket() as probe:  # a free port, so a developer's own sshd on 2222 does not clash
+            probe.bind(("127.0.0.1", 0))
+            os.environ["HPCAI_SSHD_PORT"] = str(probe.getsockname()[1])
+    env = dict(os.environ)
+    result = subprocess.run(
+        [str(script), "start", str(directory)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, f"could not start the test sshd:\n{result.stderr}"
+    yield directory
+    subprocess.run([str(script), "stop", str(directory)], capture_output=True, env=env, timeout=60)

@@ -84,12 +84,14 @@ class Scheduler(ABC):
         self.calls = 0  # scheduler commands issued, for tests and benchmarks
         self._sleep: Callable[[float], None] = time.sleep
 
-    def command(self, argv: Sequence[str], *, timeout: float = 60, transient_ok: bool = True) -> CommandResult:
+    def command(
+        self, argv: Sequence[str], *, timeout: float = 60, transient_ok: bool = True, idempotent: bool = True
+    ) -> CommandResult:
         """Run a scheduler command, retrying with exponential backoff on transient controller errors."""
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             self.calls += 1
-            result = self.transport.run(argv, timeout=timeout)
+            result = self.transport.run(argv, timeout=timeout, idempotent=idempotent)
             transient = any(marker in result.stderr for marker in TRANSIENT_MARKERS)
             if result.ok or not transient or not transient_ok or attempt == self.retries:
                 return result

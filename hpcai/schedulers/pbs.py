@@ -64,7 +64,7 @@ class PbsScheduler(Scheduler):
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
         # -o/-e on the command line too: Slurm's qsub wrapper ignores #PBS -o/-e lines.
         out, err = self.log_paths(run_dir, "")
-        result = self.command(["qsub", "-o", out, "-e", err, script_path], timeout=120)
+        result = self.command(["qsub", "-o", out, "-e", err, script_path], timeout=120, idempotent=False)
         if not result.ok:
             raise failure("qsub", result)
         job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""

@@ -33,7 +33,7 @@ class SlurmScheduler(Scheduler):
     kind = "slurm"
 
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
-        result = self.command(["sbatch", "--parsable", script_path], timeout=120)
+        result = self.command(["sbatch", "--parsable", script_path], timeout=120, idempotent=False)
         if not result.ok:
             raise failure("sbatch", result)
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0]

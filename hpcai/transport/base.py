@@ -30,7 +30,9 @@ class Transport(ABC):
         timeout: float = 60,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
-    ) -> CommandResult: ...
+        idempotent: bool = True,
+    ) -> CommandResult:
+        """Run argv; `idempotent=False` (sbatch, qsub) forbids repeating it after a dropped connection."""
 
     @abstractmethod
     def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:

@@ -20,6 +20,7 @@ class LocalTransport(Transport):
         timeout: float = 60,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        idempotent: bool = True,
     ) -> CommandResult:
         try:
             proc = subprocess.run(

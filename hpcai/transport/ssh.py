@@ -1,0 +1,379 @@
+"""Transport over SSH (paramiko), as HPC users need it.
+
+- Honours `~/.ssh/config` (or `$HPCAI_SSH_CONFIG`): Host aliases, HostName, User, Port, IdentityFile,
+  CertificateFile, UserKnownHostsFile, ProxyJump (one hop or a chain).
+- Keys from the files named there and from ssh-agent; OpenSSH certificates (Leonardo's 12-hour 2FA
+  certificates) are checked before connecting: an expired one is reported with how to renew it.
+- Strict host key checking against known_hosts: an unknown or changed key stops with its fingerprint and
+  how to verify it; nothing is ever accepted silently, nothing is written to known_hosts.
+- One connection per command (a Backends object), re-established with backoff when it drops; commands
+  that must not run twice (sbatch) are not retried after a drop.
+- No secret ever reaches a log or the store: errors name files and fingerprints, never key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import getpass
+import hashlib
+import os
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+
+from hpcai.errors import HpcaiError
+from hpcai.transport.base import CommandResult, Transport
+from hpcai.transport.certs import CertificateInfo, parse_certificate, parse_certificate_file
+
+T = TypeVar("T")
+
+
+class SshError(HpcaiError):
+    """The connection could not be made safely; the message says what to do."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def ssh_config_path() -> Path:
+    return Path(os.environ.get("HPCAI_SSH_CONFIG", "~/.ssh/config")).expanduser()
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: list[Path] = field(default_factory=list)
+    certificate_files: list[Path] = field(default_factory=list)
+    known_hosts: list[Path] = field(default_factory=list)
+    proxy_jump: str | None = None
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def resolve_target(alias: str, config_path: Path | None = None) -> SshTarget:
+    """What `ssh alias` would use, read from the ssh config file."""
+    path = config_path or ssh_config_path()
+    config = paramiko.SSHConfig.from_path(str(path)) if path.is_file() else paramiko.SSHConfig()
+    entry = config.lookup(alias)
+    identities = [Path(p).expanduser() for p in entry.get("identityfile", [])]
+    certificates = [Path(p).expanduser() for p in entry.get("certificatefile", [])]
+    for identity in identities:  # OpenSSH also tries <identity>-cert.pub
+        cert = identity.with_name(identity.name + "-cert.pub")
+        if cert.is_file() and cert not in certificates:
+            certificates.append(cert)
+    known = entry.get("userknownhostsfile", "~/.ssh/known_hosts ~/.ssh/known_hosts2")
+    proxy = entry.get("proxyjump")
+    return SshTarget(
+        alias=alias,
+        hostname=entry.get("hostname", alias),
+        port=int(entry.get("port", 22)),
+        user=entry.get("user", getpass.getuser()),
+        identity_files=identities,
+        certificate_files=certificates,
+        known_hosts=[Path(p).expanduser() for p in known.split()],
+        proxy_jump=None if proxy in (None, "none") else proxy,
+    )
+
+
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    """Refuse unknown hosts, remembering the offered key so the error can show its fingerprint."""
+
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        files = ", ".join(str(p) for p in self.target.known_hosts)
+        raise SshError(
+            f"{self.target.alias} ({hostname}): this host is not in known_hosts ({files}), so hpcai will not "
+            f"connect. It offered a {key.get_name()} key with fingerprint {fingerprint(key)}. Compare it with "
+            "the fingerprint your site publishes (its documentation lists the login nodes' keys); if it "
+            f"matches, accept it once with `ssh {self.target.alias}` (answer yes) and run hpcai again."
+        )
+
+
+def check_certificates(target: SshTarget, agent_blobs: Sequence[bytes], renew_hint: str) -> list[CertificateInfo]:
+    """Certificates in the configured files and in the agent; raise when all of them have expired."""
+    found: list[CertificateInfo] = []
+    for path in target.certificate_files:
+        if path.is_file():
+            info = parse_certificate_file(path.read_text())
+            if info is not None:
+                found.append(info)
+    for blob in agent_blobs:
+        try:
+            info = parse_certificate(blob)
+        except Exception:  # a key type we do not parse is simply not a certificate to us
+            info = None
+        if info is not None:
+            found.append(info)
+    if found and all(c.expired() for c in found):
+        newest = max(found, key=lambda c: c.valid_before)
+        ago = -newest.hours_left()
+        raise SshError(
+            f"{target.alias}: your SSH certificate '{newest.key_id}' expired at "
+            f"{newest.valid_before:%Y-%m-%d %H:%M} UTC ({ago:.1f} h ago). {renew_hint} Then run hpcai again."
+        )
+    return found
+
+
+class SshTransport(Transport):
+    def __init__(
+        self,
+        alias: str,
+        *,
+        config_path: Path | None = None,
+        renew_hint: str = "Get a new certificate as your site describes (e.g. `step ssh login ...`).",
+        connect_timeout: float = 15,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        via: str | None = None,
+    ) -> None:
+        target = resolve_target(alias, config_path)
+        # A chain `ProxyJump a,b` reaches b through a: the last hop is our jump, the rest is its own path.
+        self.target = target if via is None else replace(target, proxy_jump=via or None)
+        self.config_path = config_path
+        self.renew_hint = renew_hint
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._jump: SshTransport | None = None
+        self.connects = 0  # how many times a connection was made (tests: reuse and reconnect)
+
+    # -- connection -----------------------------------------------------------------------------------
+
+    def _keys(self) -> list[paramiko.PKey]:
+        keys = []
+        for path in self.target.identity_files:
+            if not path.is_file():
+                continue
+            try:
+                key = paramiko.PKey.from_path(str(path))
+            except paramiko.PasswordRequiredException:
+                continue  # encrypted: the agent holds it, or it cannot be used without a prompt
+            except (paramiko.SSHException, ValueError) as exc:
+                raise SshError(f"{self.target.alias}: cannot read the key {path} ({exc}).") from None
+            for cert in self.target.certificate_files:
+                info = parse_certificate_file(cert.read_text()) if cert.is_file() else None
+                if cert.name == path.name + "-cert.pub" and info is not None and not info.expired():
+                    key.load_certificate(str(cert))
+            keys.append(key)
+        return keys
+
+    def connect(self) -> paramiko.SSHClient:
+        if self._client is not None and self._client.get_transport() is not None:
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return self._client
+        self.close()
+        target = self.target
+        agent_keys = paramiko.Agent().get_keys() if os.environ.get("SSH_AUTH_SOCK") else ()
+        check_certificates(target, [k.asbytes() for k in agent_keys], self.renew_hint)
+        client = paramiko.SSHClient()
+        for path in target.known_hosts:
+            if path.is_file():
+                client.load_host_keys(str(path))
+        client.set_missing_host_key_policy(_RejectUnknown(target))
+        sock: Any = None
+        if target.proxy_jump:
+            hop = target.proxy_jump.split(",")
+            self._jump = (
+                SshTransport(",".join(hop[:-1]) or hop[-1], config_path=self.config_path)
+                if len(hop) > 1
+                else SshTransport(hop[0], config_path=self.config_path)
+            )
+            jump_client = self._jump.connect()
+            jump_transport = jump_client.get_transport()
+            assert jump_transport is not None
+            sock = jump_transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0))
+        keys = self._keys()
+        last_error: Exception | None = None
+        for pkey in keys or [None]:
+            try:
+                client.connect(
+                    target.hostname,
+                    port=target.port,
+                    username=target.user,
+                    pkey=pkey,
+                    allow_agent=True,
+                    look_for_keys=not target.identity_files,
+                    timeout=self.connect_timeout,
+                    banner_timeout=self.connect_timeout,
+                    auth_timeout=self.connect_timeout,
+                    sock=sock,
+                )
+                self._client = client
+                self.connects += 1
+                return client
+            except paramiko.BadHostKeyException as exc:
+                raise SshError(
+                    f"{target.alias} ({target.known_hosts_name}): the host key CHANGED. Expected "
+                    f"{fingerprint(exc.expected_key)} (from known_hosts), got {fingerprint(exc.key)}. This can be "
+                    "a re-installed login node or an attack: check the fingerprint your site publishes; if the "
+                    f"site announced new keys, remove the old one with `ssh-keygen -R '{target.known_hosts_name}'` "
+                    f"and accept the new one with `ssh {target.alias}`."
+                ) from None
+            except paramiko.AuthenticationException as exc:
+                last_error = exc
+            except SshError:
+                raise
+            except (OSError, paramiko.SSHException) as exc:
+                raise SshError(
+                    f"{target.alias} ({target.hostname}:{target.port}): cannot connect ({exc}). Check the network "
+                    f"(VPN?), the host name in {self.config_path or ssh_config_path()}, and try `ssh {target.alias}`."
+                ) from None
+        raise SshError(
+            f"{target.alias}: the server refused every key (user {target.user}; keys: "
+            + (", ".join(str(p) for p in target.identity_files) or "the agent's and ~/.ssh/id_*")
+            + f"). Load your key into the agent (`ssh-add`), check `User` in the ssh config, and try "
+            f"`ssh {target.alias}`. ({last_error})"
+        )
+
+    def close(self) -> None:
+        for closer in (self._sftp, self._client):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        self._sftp = None
+        self._client = None
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
+
+    def _retrying(self, operation: Callable[[], T], *, idempotent: bool = True) -> T:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return operation()
+            except SshError:
+                raise
+            except (TimeoutError, paramiko.SSHException, EOFError, OSError) as exc:
+                if not idempotent or attempt == self.retries:
+                    raise SshError(
+                        f"{self.target.alias}: the connection dropped ({exc.__class__.__name__}: {exc})"
+                        + ("" if idempotent else "; the command was not repeated, as it must not run twice")
+                        + ". Run hpcai again; `hpcai status` finds what was submitted."
+                    ) from None
+                self.close()
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.connect().open_sftp()
+        return self._sftp
+
+    # -- Transport -------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        idempotent: bool = True,
+    ) -> CommandResult:
+        command = shlex.join(argv)
+        if env:
+            command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items())]) + " " + command
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+
+        def execute() -> CommandResult:
+            client = self.connect()
+            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+            try:
+                out = stdout.read().decode("utf-8", errors="replace")
+                err = stderr.read().decode("utf-8", errors="replace")
+                code = stdout.channel.recv_exit_status()
+            except TimeoutError:
+                return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
+            return CommandResult(tuple(argv), code, out, err)
+
+        return self._retrying(execute, idempotent=idempotent)
+
+    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+        def write() -> None:
+            sftp = self._sftp_client()
+            tmp = f"{path}.hpcai-tmp-{os.getpid()}"
+            with sftp.open(tmp, "w") as handle:
+                handle.set_pipelined(True)
+                handle.write(text.encode("utf-8"))
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, path)
+
+        self._retrying(write)
+
+    def read_text(self, path: str) -> str | None:
+        def read() -> str | None:
+            try:
+                with self._sftp_client().open(path, "r") as handle:
+                    return bytes(handle.read()).decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                return None
+
+        return self._retrying(read)
+
+    def read_from(self, path: str, offset: int) -> bytes:
+        def read() -> bytes:
+            try:
+                with self._sftp_client().open(path, "r") as handle:
+                    handle.seek(offset)
+                    return bytes(handle.read())
+            except FileNotFoundError:
+                return b""
+
+        return self._retrying(read)
+
+    def tail(self, path: str, max_bytes: int) -> bytes:
+        def read() -> bytes:
+            try:
+                sftp = self._sftp_client()
+                size = sftp.stat(path).st_size or 0
+                with sftp.open(path, "r") as handle:
+                    handle.seek(max(0, size - max_bytes))
+                    return bytes(handle.read())
+            except FileNotFoundError:
+                return b""
+
+        return self._retrying(read)
+
+    def list_dir(self, path: str) -> list[str]:
+        def listing() -> list[str]:
+            try:
+                return sorted(self._sftp_client().listdir(path))
+            except FileNotFoundError:
+                return []
+
+        return self._retrying(listing)
+
+    def makedirs(self, path: str) -> None:
+        result = self.run(["mkdir", "-p", path])
+        if not result.ok:
+            raise SshError(f"{self.target.alias}: cannot create {path}: {result.stderr.strip()}")
+
+    def exists(self, path: str) -> bool:
+        def stat() -> bool:
+            try:
+                self._sftp_client().stat(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+        return self._retrying(stat)

@@ -1,0 +1,175 @@
+"""SSH as HPC users need it, against a real sshd on 127.0.0.1: strict host keys, certificates, config
+aliases, ProxyJump, reconnect after a drop, and the whole remote submit -> status -> logs -f -> cancel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcai.orchestrator import Backends
+from hpcai.store import Store
+from hpcai.transport.ssh import SshError, SshTransport
+from tests.conftest import REPO
+from tests.helpers import submit_probe, wait_for, wait_terminal
+
+
+def ssh_config(tmp_path: Path, sshd: Path, *, known_hosts: Path | None = None, identity: Path | None = None) -> Path:
+    port = os.environ.get("HPCAI_SSHD_PORT", "2222")
+    path = tmp_path / "ssh_config"
+    path.write_text(
+        f"""Host hpcai-test
+  HostName 127.0.0.1
+  Port {port}
+  User {os.environ.get("USER", "root")}
+  IdentityFile {identity or sshd / "id_ed25519"}
+  IdentitiesOnly yes
+  UserKnownHostsFile {known_hosts or sshd / "known_hosts"}
+
+Host hpcai-behind-jump
+  HostName 127.0.0.1
+  Port {port}
+  User {os.environ.get("USER", "root")}
+  IdentityFile {identity or sshd / "id_ed25519"}
+  UserKnownHostsFile {known_hosts or sshd / "known_hosts"}
+  ProxyJump hpcai-test
+"""
+    )
+    return path
+
+
+def fingerprint_of(pub: Path) -> str:
+    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout.split()[1]
+
+
+def test_commands_and_files_over_one_reused_connection(sshd: Path, tmp_path: Path) -> None:
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd))
+    result = transport.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    target = str(tmp_path / "remote" / "dir" / "file.txt")
+    transport.makedirs(str(tmp_path / "remote" / "dir"))
+    transport.write_text(target, "hello\nworld\n", mode=0o600)
+    assert Path(target).read_text() == "hello\nworld\n" and oct(Path(target).stat().st_mode & 0o777) == "0o600"
+    assert transport.read_text(target) == "hello\nworld\n" and transport.read_from(target, 6) == b"world\n"
+    assert transport.tail(target, 3) == b"ld\n" and transport.list_dir(str(tmp_path / "remote" / "dir")) == ["file.txt"]
+    assert transport.read_text(str(tmp_path / "missing")) is None and not transport.exists(str(tmp_path / "missing"))
+    assert transport.connects == 1
+    transport.close()
+
+
+def test_a_changed_host_key_is_refused_with_both_fingerprints(sshd: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    port = os.environ.get("HPCAI_SSHD_PORT", "2222")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(Path(str(other) + '.pub').read_text().split()[:2])}\n")
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=known))
+    with pytest.raises(SshError) as err:
+        transport.run(["true"])
+    message = str(err.value)
+    assert "CHANGED" in message and fingerprint_of(sshd / "host_ed25519.pub") in message
+    assert fingerprint_of(Path(str(other) + ".pub")) in message and "ssh-keygen -R" in message
+
+
+def test_an_unknown_host_is_refused_with_its_fingerprint_and_nothing_is_accepted(sshd: Path, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=known))
+    with pytest.raises(SshError) as err:
+        transport.run(["true"])
+    assert "not in known_hosts" in str(err.value) and fingerprint_of(sshd / "host_ed25519.pub") in str(err.value)
+    assert known.read_text() == ""  # never written
+
+
+def _signed_key(sshd: Path, tmp_path: Path, validity: str) -> Path:
+    key = tmp_path / "certkey"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    user = os.environ.get("USER", "root")
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            str(sshd / "ca"),
+            "-I",
+            "leonardo-2fa",
+            "-n",
+            user,
+            "-V",
+            validity,
+            str(key) + ".pub",
+        ],
+        check=True,
+    )
+    return key
+
+
+def test_an_expired_certificate_is_reported_with_how_to_renew(sshd: Path, tmp_path: Path) -> None:
+    key = _signed_key(sshd, tmp_path, "-2h:-1h")
+    hint = "Each day: `step ssh login '<email>' --provisioner cineca-hpc`."
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, identity=key), renew_hint=hint)
+    with pytest.raises(SshError) as err:
+        transport.run(["true"])
+    assert "certificate 'leonardo-2fa' expired" in str(err.value) and "step ssh login" in str(err.value)
+
+
+def test_a_valid_certificate_logs_in_without_an_authorized_key(sshd: Path, tmp_path: Path) -> None:
+    key = _signed_key(sshd, tmp_path, "-5m:+1h")  # the key itself is in no authorized_keys: only the CA is trusted
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, identity=key))
+    assert transport.run(["echo", "certified"]).stdout == "certified\n"
+
+
+def test_proxyjump_reaches_the_host_through_the_jump(sshd: Path, tmp_path: Path) -> None:
+    transport = SshTransport("hpcai-behind-jump", config_path=ssh_config(tmp_path, sshd))
+    assert transport.run(["echo", "through the jump"]).stdout == "through the jump\n"
+    assert transport._jump is not None and transport._jump.connects == 1
+
+
+def test_a_dropped_connection_is_reestablished_but_sbatch_is_never_repeated(sshd: Path, tmp_path: Path) -> None:
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd), backoff_s=0.05)
+    assert transport.run(["true"]).ok
+    assert transport._client is not None
+    transport._client.get_transport().sock.close()  # type: ignore[union-attr]  # the link drops
+    assert transport.run(["echo", "again"]).stdout == "again\n"
+    assert transport.connects == 2
+    transport._client.get_transport().sock.close()  # type: ignore[union-attr]
+    with pytest.raises(SshError, match="not repeated"):
+        transport.run(["echo", "submit"], idempotent=False)
+
+
+def test_remote_submit_status_logs_follow_and_cancel(
+    sshd: Path,
+    slurm_cluster: str,
+    probe_workload: str,
+    isolated_hpcai: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = ssh_config(tmp_path, sshd)
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(config))
+    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    store = Store()
+    run_id = submit_probe(store, slurm_cluster, lines=600, interval=0.1)
+    backends = Backends()
+    assert isinstance(backends.get(slurm_cluster).transport, SshTransport)
+    wait_for(store, run_id, {"RUNNING"})
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "hpcai", "logs", run_id, "-f"], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert follow.stdout is not None
+    first = [follow.stdout.readline() for _ in range(3)]
+    assert first == [f"probe rank 0 line {i}\n" for i in range(3)]
+    cancelled = subprocess.run(
+        [sys.executable, "-m", "hpcai", "cancel", run_id], capture_output=True, text=True, cwd=REPO
+    )
+    assert cancelled.returncode == 0, cancelled.stderr
+    follow.wait(timeout=60)
+    assert follow.returncode == 0
+    assert wait_terminal(store, run_id, timeout=60).state == "CANCELLED"
+    log = (sshd / "sshd.log").read_text()
+    assert "Accepted publickey" in log
+    shutil.rmtree(tmp_path / "unused", ignore_errors=True)
