@@ -237,6 +237,13 @@ def submit(
         account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
         run_dir=run_dir,
     )  # fmt: skip
+    if not dry_run:
+        from hpcai.service import default_cluster
+        from hpcai.stage_service import stage_inputs_for_submit
+        from hpcai.workloads import load_workload
+
+        params = set(load_workload(workload).spec.parameters)
+        overrides = stage_inputs_for_submit(cluster or default_cluster(), params, overrides)
     rendered = prepare_job(workload, cluster, overrides)
     if dry_run:
         _emit_script(rendered.script, rendered.job.model_dump(), None, json_out)
@@ -414,6 +421,28 @@ def cancel(run: RunArg, json_out: JsonOpt = False) -> None:
         console.print(f"cancel requested for run {result['run_id']} (job {result['job_id']})")
     else:
         console.print(f"run {result['run_id']} already finished ({result['state']}); nothing to cancel")
+
+
+@app.command()
+def stage(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to stage.")],
+    cluster: ClusterOpt = None,
+    to: Annotated[str | None, typer.Option("--to", help="Filesystem of the profile (scratch, work, fast...).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy data, containers or code to the cluster: only what changed moves, resumable, verified."""
+    from hpcai.service import default_cluster
+    from hpcai.stage_service import stage_paths
+
+    reports = stage_paths(cluster or default_cluster(), paths, filesystem=to, show_progress=not json_out)
+    if json_out:
+        print_json([r.to_json() for r in reports])
+        return
+    for r in reports:
+        sent = f"sent {r.objects_sent} file(s), {r.bytes_sent / 1e6:.1f} MB" if r.objects_sent else "nothing to send"
+        console.print(f"{r.source} -> {r.remote_path} ({r.files} files, {r.bytes_total / 1e6:.1f} MB; {sent})")
+        for warning in r.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -53,6 +53,17 @@ class Transport(ABC):
     @abstractmethod
     def list_dir(self, path: str) -> list[str]:
         """Names in a directory (empty when it does not exist)."""
+
+    @abstractmethod
+    def size(self, path: str) -> int | None:
+        """Size in bytes, or None when the file does not exist."""
+
+    @abstractmethod
+    def put_file(
+        self, local: str, remote: str, *, offset: int = 0, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Send `local` from byte `offset` on, appending to `remote` (which must then hold exactly `offset`
+        bytes): an interrupted transfer resumes without re-sending what arrived."""
 
     @abstractmethod
     def makedirs(self, path: str) -> None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from hpcai.errors import HpcaiError
@@ -84,6 +84,23 @@ class LocalTransport(Transport):
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
+
+    def size(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
+    def put_file(
+        self, local: str, remote: str, *, offset: int = 0, progress: Callable[[int], None] | None = None
+    ) -> None:
+        with open(local, "rb") as source, open(remote, "ab") as target:
+            target.truncate(offset)
+            source.seek(offset)
+            while chunk := source.read(1 << 20):
+                target.write(chunk)
+                if progress:
+                    progress(len(chunk))
 
     def makedirs(self, path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)

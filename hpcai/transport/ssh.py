@@ -363,6 +363,31 @@ class SshTransport(Transport):
 
         return self._retrying(listing)
 
+    def size(self, path: str) -> int | None:
+        def stat() -> int | None:
+            try:
+                return int(self._sftp_client().stat(path).st_size or 0)
+            except FileNotFoundError:
+                return None
+
+        return self._retrying(stat)
+
+    def put_file(
+        self, local: str, remote: str, *, offset: int = 0, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Pipelined SFTP writes (without pipelining SFTP crawls at ~1 MB/s), appending from `offset`."""
+        sftp = self._sftp_client()
+        with open(local, "rb") as source, sftp.open(remote, "ab" if offset else "wb") as target:
+            target.set_pipelined(True)
+            if offset:
+                target.truncate(offset)
+                target.seek(offset)
+            source.seek(offset)
+            while chunk := source.read(1 << 20):
+                target.write(chunk)
+                if progress:
+                    progress(len(chunk))
+
     def makedirs(self, path: str) -> None:
         result = self.run(["mkdir", "-p", path])
         if not result.ok:

@@ -1,0 +1,107 @@
+"""`hpcai stage` and staging on submit: which filesystem, progress, purge and quota warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from hpcai.errors import HpcaiError, closest
+from hpcai.jobspec import Overrides
+from hpcai.orchestrator import Backends
+from hpcai.output import error_console
+from hpcai.paths import state_dir
+from hpcai.profiles import ClusterProfile, expand_path, load_profile, resolve_alias
+from hpcai.staging import HashCache, Stager, StageReport, free_bytes, rsync_available
+from hpcai.transport.base import Transport
+from hpcai.userconfig import load_user_config
+
+
+def store_root(cluster: str, profile: ClusterProfile, filesystem: str | None) -> tuple[str, str]:
+    name = filesystem or profile.runs_on
+    if name not in profile.filesystems:
+        known = list(profile.filesystems)
+        raise HpcaiError(
+            f"--to: '{name}' is not a filesystem of {cluster}.{closest(name, known)} Known: {', '.join(known)}."
+        )
+    settings = load_user_config().for_cluster(cluster)
+    values = {"user": settings.user or "user", "state_dir": str(state_dir())}
+    if settings.account:
+        values["account"] = settings.account
+    root = expand_path(profile.filesystems[name].path, values, field=f"filesystems.{name}.path")
+    return name, f"{root.rstrip('/')}/hpcai/store"
+
+
+def _stager(transport: Transport, root: str, progress: Any) -> Stager:
+    from hpcai.transport.ssh import SshTransport, ssh_config_path
+
+    rsync_target = rsync_ssh = None
+    if isinstance(transport, SshTransport) and rsync_available(transport):
+        rsync_target = f"{transport.target.alias}:"
+        rsync_ssh = ["ssh", "-F", str(transport.config_path or ssh_config_path()), "-o", "BatchMode=yes",
+                     "-o", "StrictHostKeyChecking=yes"]  # fmt: skip
+    return Stager(transport, root, progress=progress, rsync_target=rsync_target, rsync_ssh=rsync_ssh)
+
+
+def stage_paths(
+    cluster: str, paths: list[Path], *, filesystem: str | None = None, show_progress: bool = True
+) -> list[StageReport]:
+    cluster = resolve_alias(cluster)
+    profile = load_profile(cluster)
+    fs_name, root = store_root(cluster, profile, filesystem)
+    backends = Backends()
+    transport = backends.get(cluster).transport
+    cache = HashCache()
+    total = sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    warnings = []
+    fs = profile.filesystems[fs_name]
+    if fs.purge_days:
+        warnings.append(
+            f"{fs_name} deletes files unused for {fs.purge_days} days: staged copies there can vanish before a "
+            f"long run ends; re-staging is cheap (only missing files move), or stage with --to to a safer one."
+        )
+    free = free_bytes(transport, root)
+    if free is not None and free < total:
+        raise HpcaiError(
+            f"stage: {total / 1e9:.2f} GB to stage but only {free / 1e9:.2f} GB free on {fs_name} ({root}). "
+            "Free space (quota), or stage to another filesystem with --to."
+        )
+    reports = []
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=error_console, disable=not show_progress, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"staging to {cluster}:{fs_name}", total=total)
+        stager = _stager(transport, root, lambda n: bar.advance(task, n))
+        try:
+            for path in paths:
+                report = stager.stage(path.expanduser(), cache)
+                report.warnings = warnings
+                reports.append(report)
+        finally:
+            cache.save()
+    backends.close()
+    return reports
+
+
+def stage_inputs_for_submit(cluster: str, workload_params: set[str], overrides: Overrides) -> Overrides:
+    """On a cluster reached over SSH, local paths given as data/model_path/container are staged first and
+    the job refers to the staged copies, not the laptop's paths."""
+    cluster = resolve_alias(cluster)
+    if load_user_config().for_cluster(cluster).ssh_host is None:
+        return overrides
+    new_set = []
+    for item in overrides.set:
+        key, _, value = item.partition("=")
+        path = Path(value).expanduser()
+        if key in {"data", "model_path"} and key in workload_params and value and path.exists():
+            (report,) = stage_paths(cluster, [path])
+            new_set.append(f"{key}={report.remote_path}")
+        else:
+            new_set.append(item)
+    container = overrides.container
+    if container and Path(container).expanduser().is_file():
+        (report,) = stage_paths(cluster, [Path(container).expanduser()])
+        container = report.remote_path
+    return overrides.model_copy(update={"set": tuple(new_set), "container": container})

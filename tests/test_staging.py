@@ -1,0 +1,122 @@
+"""Staging over a real sshd: only what changed moves, a broken transfer resumes, checksums are verified,
+two runs share one copy, and a remote submit refers to the staged data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hpcai.errors import HpcaiError
+from hpcai.staging import HashCache, Stager
+from hpcai.transport.ssh import SshTransport
+from tests.transport.test_ssh import ssh_config
+
+
+@pytest.fixture
+def remote(sshd: Path, tmp_path: Path) -> SshTransport:
+    return SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd), backoff_s=0.05)
+
+
+def make_data(root: Path, files: int = 5, size: int = 200_000) -> Path:
+    root.mkdir(parents=True)
+    (root / "sub").mkdir()
+    for i in range(files):
+        (root / ("sub" if i % 2 else ".") / f"f{i}.bin").write_bytes(os.urandom(size))
+    return root
+
+
+def test_restage_sends_nothing_and_a_change_sends_only_that_file(remote: SshTransport, tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data")
+    stager = Stager(remote, str(tmp_path / "cluster" / "store"))
+    cache = HashCache(tmp_path / "hashes.json")
+    first = stager.stage(data, cache)
+    assert first.objects_sent == 5 and first.bytes_sent == 1_000_000
+    staged = Path(first.remote_path)
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*.bin")) == [
+        "f0.bin", "f2.bin", "f4.bin", "sub/f1.bin", "sub/f3.bin"]  # fmt: skip
+    assert (staged / "sub" / "f3.bin").read_bytes() == (data / "sub" / "f3.bin").read_bytes()
+    again = stager.stage(data, cache)
+    assert again.objects_sent == 0 and again.bytes_sent == 0 and again.tree_id == first.tree_id
+    (data / "f2.bin").write_bytes(os.urandom(1000))
+    changed = stager.stage(data, cache)
+    assert changed.objects_sent == 1 and changed.bytes_sent == 1000 and changed.tree_id != first.tree_id
+
+
+def test_two_copies_of_the_same_data_share_one_staged_copy(remote: SshTransport, tmp_path: Path) -> None:
+    one = make_data(tmp_path / "one")
+    two = tmp_path / "two"
+    import shutil
+
+    shutil.copytree(one, two)
+    stager = Stager(remote, str(tmp_path / "cluster" / "store"))
+    cache = HashCache(tmp_path / "hashes.json")
+    first = stager.stage(one, cache)
+    second = stager.stage(two, cache)
+    assert second.tree_id == first.tree_id and second.objects_sent == 0
+
+
+def test_a_transfer_cut_off_midway_resumes_without_resending(remote: SshTransport, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    root = str(tmp_path / "cluster" / "store")
+    sent = [0]
+
+    def cut_after_3mb(n: int) -> None:
+        sent[0] += n
+        if sent[0] >= 3 << 20 and remote._client is not None:
+            remote._client.get_transport().sock.close()  # type: ignore[union-attr]  # the link drops
+
+    with pytest.raises((HpcaiError, OSError, EOFError, Exception)):
+        Stager(remote, root, progress=cut_after_3mb).stage(big, HashCache(tmp_path / "h.json"))
+    remote.close()
+    parts = list((tmp_path / "cluster" / "store" / "objects" / "tmp").glob("*.part"))
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < 8 << 20  # a partial copy is left
+    report = Stager(remote, root).stage(big, HashCache(tmp_path / "h.json"))
+    # What had arrived (the server may still flush buffered writes after the drop) is not sent again.
+    assert 0 < report.resumed_bytes < 8 << 20 and report.bytes_sent == (8 << 20) - report.resumed_bytes
+    assert Path(report.remote_path).read_bytes() == big.read_bytes()
+
+
+def test_a_corrupted_transfer_is_caught_by_the_checksum(remote: SshTransport, tmp_path: Path) -> None:
+    data = tmp_path / "x.bin"
+    data.write_bytes(os.urandom(100_000))
+    cache = HashCache(tmp_path / "h.json")
+    root = tmp_path / "cluster" / "store"
+    (root / "objects" / "tmp").mkdir(parents=True)
+    # A partial copy whose bytes are wrong: resuming after it must not produce a bad object.
+    (root / "objects" / "tmp" / f"{cache.sha256(data)}.part").write_bytes(b"garbage" * 100)
+    with pytest.raises(HpcaiError, match="arrived corrupted"):
+        Stager(remote, str(root)).stage(data, cache)
+    assert not list((root / "objects" / "tmp").glob("*.part"))  # removed, so the next try starts clean
+    report = Stager(remote, str(root)).stage(data, cache)
+    assert Path(report.remote_path).read_bytes() == data.read_bytes()
+
+
+def test_stage_command_and_submit_with_local_data_refers_to_the_staged_copy(
+    sshd: Path, slurm_cluster: str, isolated_hpcai: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("accelerate")
+    import json
+
+    from hpcai.store import Store
+    from tests.conftest import run_cli
+    from tests.helpers import wait_terminal
+
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
+    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
+    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    data = tmp_path / "laptop-data"
+    assert run_cli("data", "synth", "llava", str(data), "--samples", "16").returncode == 0
+    staged = json.loads(run_cli("stage", str(data), "--cluster", slurm_cluster, "--json").stdout)
+    assert staged[0]["files"] == 17 and staged[0]["objects_sent"] == 17
+    again = json.loads(run_cli("stage", str(data), "--cluster", slurm_cluster, "--json").stdout)
+    assert again[0]["objects_sent"] == 0 and again[0]["remote_path"] == staged[0]["remote_path"]
+    submitted = run_cli("submit", "llava", "--cluster", slurm_cluster, "--set", f"data={data}", "--set", "max_steps=4",
+                        "--set", "checkpoint_every=4", "--json")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = json.loads(submitted.stdout)["run_id"]
+    store = Store()
+    assert store.run(run_id).spec["parameters"]["data"] == staged[0]["remote_path"]
+    assert wait_terminal(store, run_id, timeout=300).state == "COMPLETED"
