@@ -147,11 +147,12 @@ class Stager:
             return report  # staged before: one stat, nothing sent
         self.transport.makedirs(f"{self.root}/objects/tmp")
         present = self._present_objects()
+        missing: dict[str, Entry] = {}
         for entry in entries:
-            if entry.sha256 in present:
-                continue
-            self._send(_local_file(source, entry), entry, report)
-            present.add(entry.sha256)
+            if entry.sha256 not in present and entry.sha256 not in missing:
+                missing[entry.sha256] = entry
+        sent = [(self._send(_local_file(source, e), e, report), e) for e in missing.values()]
+        self._verify_and_install([(part, e) for part, e in sent], report)
         self._materialise(source, entries, tree)
         return report
 
@@ -164,9 +165,9 @@ class Stager:
                 present.add(name)
         return present
 
-    def _send(self, local: Path, entry: Entry, report: StageReport) -> None:
+    def _send(self, local: Path, entry: Entry, report: StageReport) -> str:
+        """Upload one object to its `.part` file, resuming after what already arrived; returns the part."""
         part = f"{self.root}/objects/tmp/{entry.sha256}.part"
-        final_dir = f"{self.root}/objects/{entry.sha256[:2]}"
         arrived = self.transport.size(part) or 0
         if arrived > entry.size:
             arrived = 0  # not ours or corrupt: start over
@@ -180,18 +181,44 @@ class Stager:
         report.via[method] = report.via.get(method, 0) + 1
         report.bytes_sent += entry.size - arrived
         report.objects_sent += 1
-        check = self.transport.run(["sha256sum", part])
-        remote_sum = check.stdout.split()[0] if check.ok and check.stdout else ""
-        if remote_sum != entry.sha256:
-            self.transport.run(["rm", "-f", part])
+        return part
+
+    def _verify_and_install(self, parts: list[tuple[str, Entry]], report: StageReport) -> None:
+        """sha256 of every part on the cluster (a few commands for any number of files), then one script
+        moves the good ones into place; a part that does not match is removed and reported."""
+        sums: dict[str, str] = {}
+        for start in range(0, len(parts), 500):
+            chunk = [part for part, _ in parts[start : start + 500]]
+            result = self.transport.run(["sha256sum", *chunk], timeout=600)
+            for line in result.stdout.splitlines():
+                digest, _, name = line.partition("  ")
+                sums[name] = digest
+        bad = [(part, e) for part, e in parts if sums.get(part) != e.sha256]
+        good = [(part, e) for part, e in parts if sums.get(part) == e.sha256]
+        lines = ["set -eu"]
+        for final_dir in sorted({f"{self.root}/objects/{e.sha256[:2]}" for _, e in good}):
+            lines.append(f"mkdir -p {shlex.quote(final_dir)}")
+        for part, entry in good:
+            final = f"{self.root}/objects/{entry.sha256[:2]}/{entry.sha256}"
+            lines.append(f"mv -f {shlex.quote(part)} {shlex.quote(final)}")
+        lines += [f"rm -f {shlex.quote(part)}" for part, _ in bad]
+        if len(lines) > 1:
+            self._run_script(lines, "install")
+        if bad:
+            names = ", ".join(e.path for _, e in bad[:5]) + (" ..." if len(bad) > 5 else "")
             raise HpcaiError(
-                f"stage: {local} arrived corrupted (sha256 {remote_sum or 'unknown'} on the cluster, "
-                f"{entry.sha256} here); the partial copy was removed. Run the same command again."
+                f"stage: {len(bad)} file(s) arrived corrupted ({names}): their sha256 on the cluster differs from "
+                "this machine's. The partial copies were removed; run the same command again."
             )
-        self.transport.makedirs(final_dir)
-        moved = self.transport.run(["mv", "-f", part, f"{final_dir}/{entry.sha256}"])
-        if not moved.ok:
-            raise HpcaiError(f"stage: cannot store {local} on the cluster: {moved.stderr.strip()}")
+
+    def _run_script(self, lines: list[str], what: str) -> None:
+        script = f"{self.root}/tmp-{what}-{os.getpid()}.sh"
+        self.transport.write_text(script, "\n".join(lines) + "\n")
+        result = self.transport.run(["sh", script], timeout=600)
+        self.transport.run(["rm", "-f", script])
+        if not result.ok:
+            detail = result.stderr.strip()[-500:]
+            raise HpcaiError(f"stage: the {what} step failed on the cluster: {detail}")
 
     def _rsync(self, local: Path, part: str) -> None:
         command = ["rsync", "--partial", "--append-verify", "--inplace", "-q"]
@@ -208,11 +235,12 @@ class Stager:
         target = self.tree_path(tree)
         building = f"{target}.building"
         lines = ["set -eu", f"rm -rf {shlex.quote(building)}", f"mkdir -p {shlex.quote(building)}"]
-        for entry in entries:
-            name = source.name if entry.path == "." else entry.path
+        names = [source.name if e.path == "." else e.path for e in entries]
+        for directory in sorted({os.path.dirname(f"{building}/{name}") for name in names}):
+            lines.append(f"mkdir -p {shlex.quote(directory)}")
+        for entry, name in zip(entries, names, strict=True):
             place = f"{building}/{name}"
             obj = f"{self.root}/objects/{entry.sha256[:2]}/{entry.sha256}"
-            lines.append(f"mkdir -p {shlex.quote(os.path.dirname(place))}")
             # Hard links share the object's bytes; a filesystem without them gets a copy.
             source_q, place_q = shlex.quote(obj), shlex.quote(place)
             lines.append(f"ln -f {source_q} {place_q} 2>/dev/null || cp -f {source_q} {place_q}")
@@ -222,15 +250,7 @@ class Stager:
             f"mv {shlex.quote(building)} {shlex.quote(target)}",
             f"touch {shlex.quote(target + '/' + COMPLETE)}",
         ]
-        script = f"{self.root}/tmp-materialise-{tree}.sh"
-        self.transport.makedirs(self.root)
-        self.transport.write_text(script, "\n".join(lines) + "\n")
-        result = self.transport.run(["sh", script], timeout=600)
-        self.transport.run(["rm", "-f", script])
-        if not result.ok:
-            raise HpcaiError(
-                f"stage: could not assemble the staged copy on the cluster: {result.stderr.strip()[-500:]}"
-            )
+        self._run_script(lines, "materialise")
 
 
 def rsync_available(transport: Transport) -> bool:
