@@ -134,6 +134,7 @@ class Stager:
         self.progress = progress
         self.rsync_target = rsync_target  # "host:" prefix for rsync, when both ends have rsync
         self.rsync_ssh = rsync_ssh
+        self._verified: set[str] = set()  # parts whose transfer tool already checked the whole file
 
     def tree_path(self, tree: str) -> str:
         return f"{self.root}/trees/{tree}"
@@ -152,7 +153,7 @@ class Stager:
             if entry.sha256 not in present and entry.sha256 not in missing:
                 missing[entry.sha256] = entry
         sent = [(self._send(_local_file(source, e), e, report), e) for e in missing.values()]
-        self._verify_and_install([(part, e) for part, e in sent], report)
+        self._verify_and_install(sent, report)
         self._materialise(source, entries, tree)
         return report
 
@@ -166,7 +167,8 @@ class Stager:
         return present
 
     def _send(self, local: Path, entry: Entry, report: StageReport) -> str:
-        """Upload one object to its `.part` file, resuming after what already arrived; returns the part."""
+        """Upload one object to its `.part` file, resuming after what already arrived; returns the part.
+        rsync (`--append-verify`) checks the whole file itself, so its parts skip the sha256 pass."""
         part = f"{self.root}/objects/tmp/{entry.sha256}.part"
         arrived = self.transport.size(part) or 0
         if arrived > entry.size:
@@ -175,6 +177,7 @@ class Stager:
         if self.rsync_target and entry.size - arrived >= RSYNC_MIN_BYTES:
             self._rsync(local, part)
             method = "rsync"
+            self._verified.add(part)
         else:
             self.transport.put_file(str(local), part, offset=arrived, progress=self.progress)
             method = "sftp" if self.transport.__class__.__name__ == "SshTransport" else "copy"
@@ -186,9 +189,10 @@ class Stager:
     def _verify_and_install(self, parts: list[tuple[str, Entry]], report: StageReport) -> None:
         """sha256 of every part on the cluster (a few commands for any number of files), then one script
         moves the good ones into place; a part that does not match is removed and reported."""
-        sums: dict[str, str] = {}
-        for start in range(0, len(parts), 500):
-            chunk = [part for part, _ in parts[start : start + 500]]
+        sums: dict[str, str] = {part: e.sha256 for part, e in parts if part in self._verified}
+        unverified = [part for part, _ in parts if part not in self._verified]
+        for start in range(0, len(unverified), 500):
+            chunk = unverified[start : start + 500]
             result = self.transport.run(["sha256sum", *chunk], timeout=600)
             for line in result.stdout.splitlines():
                 digest, _, name = line.partition("  ")

@@ -120,3 +120,20 @@ def test_stage_command_and_submit_with_local_data_refers_to_the_staged_copy(
     store = Store()
     assert store.run(run_id).spec["parameters"]["data"] == staged[0]["remote_path"]
     assert wait_terminal(store, run_id, timeout=300).state == "COMPLETED"
+
+
+def test_large_files_go_by_rsync_over_the_same_ssh_settings(
+    remote: SshTransport, sshd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpcai.staging as staging
+
+    monkeypatch.setattr(staging, "RSYNC_MIN_BYTES", 100_000)
+    data = make_data(tmp_path / "data", files=3, size=150_000)
+    (data / "tiny.txt").write_text("small files still go by SFTP\n")
+    config = ssh_config(tmp_path, sshd)
+    ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    stager = Stager(remote, str(tmp_path / "cluster" / "store"), rsync_target="hpcai-test:", rsync_ssh=ssh)
+    report = stager.stage(data, HashCache(tmp_path / "h.json"))
+    assert report.via == {"rsync": 3, "sftp": 1}
+    staged = Path(report.remote_path)
+    assert all((staged / p.relative_to(data)).read_bytes() == p.read_bytes() for p in data.rglob("*") if p.is_file())
