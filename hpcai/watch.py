@@ -18,7 +18,7 @@ from typing import Any
 
 from hpcai.errors import HpcaiError
 from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG
-from hpcai.monitor.history import Point
+from hpcai.monitor.history import Point, compile_log_regex, parse_log_line, parse_metrics_line
 from hpcai.monitor.policy import RollbackPolicy, decide
 from hpcai.monitor.spikes import SpikeDetector
 from hpcai.orchestrator import Backends, complete_checkpoints, pick_attempt, refresh, resume_run
@@ -52,27 +52,7 @@ class Source:
         return found
 
     def _parse(self, line: str) -> Point | None:
-        if self.regex is None:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return None
-            if not isinstance(record, dict) or "step" not in record:
-                return None
-            grad = record.get("grad_norm")
-            return Point(int(record["step"]), _float(record.get("loss")), _float(grad) if grad is not None else None)
-        match = self.regex.search(line)
-        if not match:
-            return None
-        grad = match.groupdict().get("grad_norm")
-        return Point(int(match["step"]), _float(match["loss"]), _float(grad) if grad else None)
-
-
-def _float(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
+        return parse_metrics_line(line) if self.regex is None else parse_log_line(self.regex, line)
 
 
 def _policy(params: dict[str, Any]) -> RollbackPolicy:
@@ -109,7 +89,7 @@ def watch_run(
             attempt_number = attempt.number
             if pattern:
                 log_path = backends.get(run.cluster).scheduler.log_paths(run.run_dir, attempt.job_id)[0]
-                source = Source(log_path, re.compile(pattern))
+                source = Source(log_path, compile_log_regex(pattern))
             elif source is None:
                 source = Source(f"{run.run_dir}/metrics.jsonl", None)
             say(f"watching attempt {attempt.number} (job {attempt.job_id})")

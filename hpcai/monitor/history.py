@@ -45,22 +45,27 @@ def read_csv(path: Path) -> Iterator[Point]:
             )
 
 
-def read_jsonl(path: Path) -> Iterator[Point]:
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
-        if not isinstance(record, dict) or "step" not in record or "loss" not in record:
-            raise ValidationError(f"{path}:{number}: a metrics line needs `step` and `loss`.")
-        grad = record.get("grad_norm")
-        yield Point(int(record["step"]), _number(record["loss"]), _number(grad) if grad is not None else None)
+def parse_metrics_line(line: str) -> Point | None:
+    """One metrics JSONL line, or None for a blank, half-written or step-less line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or "step" not in record or "loss" not in record:
+        return None
+    grad = record.get("grad_norm")
+    return Point(int(record["step"]), _number(record["loss"]), _number(grad) if grad is not None else None)
 
 
-def read_log(path: Path, pattern: str) -> Iterator[Point]:
-    """Lines matching `pattern`, which names groups `step` and `loss` (and optionally `grad_norm`)."""
+def parse_log_line(regex: re.Pattern[str], line: str) -> Point | None:
+    match = regex.search(line)
+    if not match:
+        return None
+    grad = match.groupdict().get("grad_norm")
+    return Point(int(match["step"]), _number(match["loss"]), _number(grad) if grad else None)
+
+
+def compile_log_regex(pattern: str) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -69,12 +74,31 @@ def read_log(path: Path, pattern: str) -> Iterator[Point]:
         raise ValidationError(
             "--regex: name the groups, e.g. 'iteration (?P<step>\\d+).*lm loss: (?P<loss>[0-9.e+-]+|nan)'."
         )
+    return regex
+
+
+def read_jsonl(path: Path) -> Iterator[Point]:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        point = parse_metrics_line(line)
+        if point is None:
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line
+            raise ValidationError(f"{path}:{number}: a metrics line needs `step` and `loss`.")
+        yield point
+
+
+def read_log(path: Path, pattern: str) -> Iterator[Point]:
+    """Lines matching `pattern`, which names groups `step` and `loss` (and optionally `grad_norm`)."""
+    regex = compile_log_regex(pattern)
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            match = regex.search(line)
-            if match:
-                grad = match.groupdict().get("grad_norm")
-                yield Point(int(match["step"]), _number(match["loss"]), _number(grad) if grad else None)
+            point = parse_log_line(regex, line)
+            if point is not None:
+                yield point
 
 
 def read_history(path: Path, regex: str | None = None) -> list[Point]:
