@@ -240,10 +240,8 @@ def submit(
     if not dry_run:
         from hpcai.service import default_cluster
         from hpcai.stage_service import stage_inputs_for_submit
-        from hpcai.workloads import load_workload
 
-        params = set(load_workload(workload).spec.parameters)
-        overrides = stage_inputs_for_submit(cluster or default_cluster(), params, overrides)
+        overrides = stage_inputs_for_submit(cluster or default_cluster(), workload, overrides)
     rendered = prepare_job(workload, cluster, overrides)
     if dry_run:
         _emit_script(rendered.script, rendered.job.model_dump(), None, json_out)
@@ -504,16 +502,30 @@ def watch(
 def plot(
     run: RunArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a PNG here (needs matplotlib).")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Loss (and grad norm) against step across all attempts, spikes and rollbacks marked."""
     from hpcai.plotting import load_plot_data, terminal_chart, write_png
     from hpcai.store import Store
 
     data = load_plot_data(Store(), run)
-    if output is None:
+    if output is not None:
+        write_png(data, output)
+    if json_out:
+        print_json(
+            {
+                "run_id": data.run_id,
+                "output": str(output) if output else None,
+                "attempts": [
+                    {"steps": seg.steps, "loss": seg.losses, "grad_norm": seg.grad_norms} for seg in data.segments
+                ],
+                "events": [{"kind": kind, "onset_step": onset} for kind, onset in data.spikes],
+                "rollbacks": [{"onset_step": onset, "to_step": to} for onset, to in data.rollbacks],
+            }
+        )
+    elif output is None:
         console.print(terminal_chart(data))
     else:
-        write_png(data, output)
         console.print(f"wrote {output}")
 
 

@@ -45,6 +45,9 @@ class Overrides(BaseModel):
     set: tuple[str, ...] = ()
     run_id: str = "run"
     run_dir: str | None = None
+    # Set by staging, not typed by users: where the workload code and the hpcai package are on the cluster.
+    code_dir: str | None = None
+    python_path: str | None = None
 
 
 class JobSpec(BaseModel):
@@ -69,6 +72,7 @@ class JobSpec(BaseModel):
     env: dict[str, str]
     parameters: dict[str, Scalar]
     code_dir: str
+    python_path: str | None = None
     entrypoint: str
     python: str
     mixed_precision: str
@@ -313,7 +317,9 @@ def resolve_jobspec(
         )
 
     local_code = profile.launch.python == "current"
-    code_dir = str(workload.directory) if local_code else f"{fs_root.rstrip('/')}/hpcai/code/{workload.name}"
+    code_dir = overrides.code_dir or (
+        str(workload.directory) if local_code else f"{fs_root.rstrip('/')}/hpcai/code/{workload.name}"
+    )
     python = sys.executable if local_code else (profile.launch.python or "python")
     processes = gpus if gpus > 0 else profile.launch.cpu_processes_per_node
     precision = spec.mixed_precision.gpu if gpus > 0 else spec.mixed_precision.cpu
@@ -345,6 +351,7 @@ def resolve_jobspec(
         env=env,
         parameters=parameters,
         code_dir=code_dir,
+        python_path=overrides.python_path,
         entrypoint=spec.entrypoint,
         python=python,
         mixed_precision=precision,

@@ -72,6 +72,9 @@ def _env_lines(job: JobSpec, profile: ClusterProfile) -> list[str]:
         lines.append('export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"')
     if profile.launch.launcher == "direct":
         lines.append(f"export {profile.launch.machine_rank_var}=0")
+    if job.python_path:
+        lines.append("# The hpcai runtime as staged to the cluster, ahead of anything installed there.")
+        lines.append(f'export PYTHONPATH={quote(job.python_path)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     lines += [f"export {key}={quote(value)}" for key, value in job.env.items()]
     return lines
 

@@ -45,7 +45,12 @@ def _stager(transport: Transport, root: str, progress: Any) -> Stager:
 
 
 def stage_paths(
-    cluster: str, paths: list[Path], *, filesystem: str | None = None, show_progress: bool = True
+    cluster: str,
+    paths: list[Path],
+    *,
+    filesystem: str | None = None,
+    show_progress: bool = True,
+    keep_name: bool = False,
 ) -> list[StageReport]:
     cluster = resolve_alias(cluster)
     profile = load_profile(cluster)
@@ -76,7 +81,7 @@ def stage_paths(
         stager = _stager(transport, root, lambda n: bar.advance(task, n))
         try:
             for path in paths:
-                report = stager.stage(path.expanduser(), cache)
+                report = stager.stage(path.expanduser(), cache, keep_name=keep_name)
                 report.warnings = warnings
                 reports.append(report)
         finally:
@@ -85,7 +90,7 @@ def stage_paths(
     return reports
 
 
-def stage_inputs_for_submit(cluster: str, workload_params: set[str], overrides: Overrides) -> Overrides:
+def stage_inputs_for_submit(cluster: str, workload: str, overrides: Overrides) -> Overrides:
     """On a cluster reached over SSH, local paths given as data/model_path/container are staged first and
     the job refers to the staged copies, not the laptop's paths."""
     cluster = resolve_alias(cluster)
@@ -95,7 +100,7 @@ def stage_inputs_for_submit(cluster: str, workload_params: set[str], overrides: 
     for item in overrides.set:
         key, _, value = item.partition("=")
         path = Path(value).expanduser()
-        if key in {"data", "model_path"} and key in workload_params and value and path.exists():
+        if key in {"data", "model_path"} and value and path.exists():
             (report,) = stage_paths(cluster, [path])
             new_set.append(f"{key}={report.remote_path}")
         else:
@@ -104,4 +109,14 @@ def stage_inputs_for_submit(cluster: str, workload_params: set[str], overrides: 
     if container and Path(container).expanduser().is_file():
         (report,) = stage_paths(cluster, [Path(container).expanduser()])
         container = report.remote_path
-    return overrides.model_copy(update={"set": tuple(new_set), "container": container})
+    update: dict[str, object] = {"set": tuple(new_set), "container": container}
+    profile = load_profile(cluster)
+    if profile.launch.python != "current":
+        # The job runs the workload code and the hpcai runtime from staged copies, not the laptop's.
+        import hpcai
+        from hpcai.workloads import load_workload
+
+        (code,) = stage_paths(cluster, [load_workload(workload).directory])
+        (package,) = stage_paths(cluster, [Path(hpcai.__file__).resolve().parent], keep_name=True)
+        update.update(code_dir=code.remote_path, python_path=package.remote_path)
+    return overrides.model_copy(update=update)

@@ -100,7 +100,7 @@ def manifest(source: Path, cache: HashCache) -> list[Entry]:
         return [Entry(".", source.stat().st_size, source.stat().st_mode & 0o777, cache.sha256(source))]
     entries = []
     for root, dirs, files in os.walk(source):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")  # compiled caches differ per machine
         for name in sorted(files):
             path = Path(root) / name
             if path.is_symlink() and not path.exists():
@@ -115,8 +115,10 @@ def tree_id(entries: list[Entry]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _local_file(source: Path, entry: Entry) -> Path:
-    return source if entry.path == "." else source / entry.path
+def _local_file(source: Path, entry: Entry, keep_name: bool = False) -> Path:
+    if entry.path == ".":
+        return source
+    return source.parent / entry.path if keep_name else source / entry.path
 
 
 class Stager:
@@ -139,8 +141,12 @@ class Stager:
     def tree_path(self, tree: str) -> str:
         return f"{self.root}/trees/{tree}"
 
-    def stage(self, source: Path, cache: HashCache) -> StageReport:
+    def stage(self, source: Path, cache: HashCache, *, keep_name: bool = False) -> StageReport:
+        """Stage a file or folder. With `keep_name`, a folder lands as `<tree>/<name>/...` and the tree is
+        the path to put on PYTHONPATH (how the hpcai package itself is staged)."""
         entries = manifest(source, cache)
+        if keep_name and source.is_dir():
+            entries = [Entry(f"{source.name}/{e.path}", e.size, e.mode, e.sha256) for e in entries]
         tree = tree_id(entries)
         destination = self.tree_path(tree) + ("" if source.is_dir() else "/" + source.name)
         report = StageReport(str(source), tree, destination, len(entries), sum(e.size for e in entries))
@@ -152,7 +158,7 @@ class Stager:
         for entry in entries:
             if entry.sha256 not in present and entry.sha256 not in missing:
                 missing[entry.sha256] = entry
-        sent = [(self._send(_local_file(source, e), e, report), e) for e in missing.values()]
+        sent = [(self._send(_local_file(source, e, keep_name), e, report), e) for e in missing.values()]
         self._verify_and_install(sent, report)
         self._materialise(source, entries, tree)
         return report

@@ -137,3 +137,39 @@ def test_large_files_go_by_rsync_over_the_same_ssh_settings(
     assert report.via == {"rsync": 3, "sftp": 1}
     staged = Path(report.remote_path)
     assert all((staged / p.relative_to(data)).read_bytes() == p.read_bytes() for p in data.rglob("*") if p.is_file())
+
+
+def test_remote_job_runs_the_staged_workload_code_and_runtime(
+    sshd: Path, slurm_cluster: str, isolated_hpcai: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site profile (python given explicitly, not this interpreter): submit stages the workload folder
+    and the hpcai package, and the job imports them from the staged copies."""
+    pytest.importorskip("accelerate")
+    import json
+    import sys
+
+    import yaml
+
+    from hpcai.store import Store
+    from tests.conftest import REPO, run_cli
+    from tests.helpers import wait_terminal
+
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
+    config = isolated_hpcai / "config"
+    (config / "clusters").mkdir(parents=True, exist_ok=True)
+    site = yaml.safe_load((REPO / "clusters" / "local-slurm.yaml").read_text())
+    site["launch"]["python"] = sys.executable
+    (config / "clusters" / "remote-site.yaml").write_text(yaml.safe_dump(site))
+    (config / "config.toml").write_text('[clusters.remote-site]\nssh_host = "hpcai-test"\n')
+    submitted = run_cli("submit", "llava", "--cluster", "remote-site", "--set", "max_steps=3", "--set", "samples=16",
+                        "--set", "checkpoint_every=3", "--json")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = json.loads(submitted.stdout)["run_id"]
+    store = Store()
+    spec = store.run(run_id).spec
+    assert "/hpcai/store/trees/" in spec["code_dir"] and "/hpcai/store/trees/" in spec["python_path"]
+    assert Path(spec["python_path"], "hpcai", "runtime", "trainer.py").is_file()
+    view = wait_terminal(store, run_id, timeout=300)
+    assert view.state == "COMPLETED"
+    out = next(Path(view.run_dir, "logs").glob("slurm-*.out")).read_text()
+    assert f"hpcai: runtime from {spec['python_path']}/hpcai" in out

@@ -97,6 +97,7 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     task = make_task()
     accelerator = make_accelerator(task.layer_classes)
     world, rank = accelerator.num_processes, accelerator.process_index
+    accelerator.print(f"hpcai: runtime from {Path(__file__).resolve().parents[1]}, {world} process(es)")
     model = task.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr * config.lr_scale, weight_decay=config.weight_decay)

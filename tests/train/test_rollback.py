@@ -95,5 +95,7 @@ def test_resume_by_hand_plot_and_terminal_chart(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     chart = run_cli("plot", "by-hand")
     assert "3 attempt(s)" in chart.stdout and "R" in chart.stdout
+    data = json.loads(run_cli("plot", "by-hand", "--json").stdout)
+    assert len(data["attempts"]) == 3 and data["rollbacks"][0] == {"onset_step": 26, "to_step": 20}
     busy = run_cli("resume", "by-hand", "--checkpoint", "step-00000099")
     assert busy.returncode == 2 and "not a complete checkpoint" in busy.stderr
