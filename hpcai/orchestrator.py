@@ -72,7 +72,7 @@ def transport_for(cluster: str, profile: ClusterProfile) -> Transport:
     from hpcai.transport.ssh import SshTransport
 
     hint = profile.access.notes or "Renew your certificate as your site describes."
-    return SshTransport(host, renew_hint=hint)
+    return SshTransport(host, renew_hint=hint, certificates_required=profile.access.method == "ssh-certificate")
 
 
 class Backends:

@@ -111,7 +111,9 @@ def _signed_key(sshd: Path, tmp_path: Path, validity: str) -> Path:
 def test_an_expired_certificate_is_reported_with_how_to_renew(sshd: Path, tmp_path: Path) -> None:
     key = _signed_key(sshd, tmp_path, "-2h:-1h")
     hint = "Each day: `step ssh login '<email>' --provisioner cineca-hpc`."
-    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, identity=key), renew_hint=hint)
+    transport = SshTransport(
+        "hpcai-test", config_path=ssh_config(tmp_path, sshd, identity=key), renew_hint=hint, certificates_required=True
+    )
     with pytest.raises(SshError) as err:
         transport.run(["true"])
     assert "certificate 'leonardo-2fa' expired" in str(err.value) and "step ssh login" in str(err.value)
