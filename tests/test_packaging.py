@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import site
 import subprocess
 import sys
 import venv
@@ -20,8 +21,18 @@ def test_wheel_ships_and_finds_its_data(tmp_path: Path) -> None:
     )
     (wheel,) = wheels.glob("hpcai-*.whl")
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # The dependencies come from the environment running the tests (a venv in CI, whose packages
+    # system_site_packages would not see): a path-only .pth adds its site-packages *after* the new
+    # venv's own, so `hpcai` is imported from the wheel and its editable finder is never activated.
+    own_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(own_site, "test-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
         check=True,
