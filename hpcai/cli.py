@@ -16,7 +16,7 @@ from rich.table import Table
 from hpcai import __version__
 from hpcai.errors import HpcaiError
 from hpcai.jobspec import Overrides
-from hpcai.output import console, print_error, print_json
+from hpcai.output import console, error_console, print_error, print_json
 
 app = typer.Typer(
     name="hpcai",
@@ -227,6 +227,9 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the script `render` would, submit nothing.")
     ] = False,
+    force_budget: Annotated[
+        bool, typer.Option("--force-budget", help="Submit even when the run can cost more than the budget left.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the script only)."""
@@ -246,12 +249,26 @@ def submit(
     if dry_run:
         _emit_script(rendered.script, rendered.job.model_dump(), None, json_out)
         return
-    from hpcai.orchestrator import submit_run
+    from hpcai.budget.guard import check_submit_budget
+    from hpcai.orchestrator import Backends, submit_run
 
+    backends = Backends()
+    try:
+        budget = check_submit_budget(rendered, backends.get(rendered.job.cluster).transport, force=force_budget)
+    finally:
+        backends.close()
     result = submit_run(rendered)
     if json_out:
-        print_json(result)
+        print_json({**result, "budget": budget})
     else:
+        cost = budget["cost"]
+        if budget["remaining"] is not None:
+            error_console.print(
+                f"cost: at most {cost['amount']:,.0f} {cost['unit']} of {budget['remaining']:,.0f} left on "
+                f"{budget['account']}" + (f" ({budget['note']})" if budget["note"] else "")
+            )
+        elif budget["note"] and budget["note"].startswith("budget not checked"):
+            error_console.print(f"[yellow]{budget['note']}[/yellow]")
         console.print(result["run_id"])
 
 
@@ -539,6 +556,11 @@ def _emit_script(script: str, job: dict[str, object], output: Path | None, json_
         print_json({"script": script, "job": job, "output": str(output) if output else None})
     elif output is None:
         sys.stdout.write(script)
+
+
+from hpcai.cli_onboarding import register as _register_onboarding  # noqa: E402 -- after the app's own commands
+
+_register_onboarding(app)
 
 
 def main() -> None:

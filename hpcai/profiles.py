@@ -40,6 +40,11 @@ class Access(Strict):
     )
     datamover_hosts: list[str] = Field(default=[], description="Hosts for bulk transfers (scp/rsync/sftp)")
     notes: str = Field(default="", description="What a newcomer must do once to get access")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port of the login nodes")
+    steps: list[str] = Field(
+        default=[], description="The site's access procedure, step by step, as `hpcai onboard` explains it"
+    )
+    key_types: list[str] = Field(default=[], description="Key types the site accepts, e.g. ed25519, rsa-4096")
 
 
 class Partition(Strict):
@@ -154,9 +159,37 @@ class PbsSettings(Strict):
     filesystems: str | None = Field(default=None, description="-l filesystems= (ALCF requires it)")
 
 
+BudgetFormat = Literal["saldo", "jutil", "lumi-allocations", "sbank"]
+
+
 class Budget(Strict):
     commands: list[str] = Field(default=[], description="Commands that show the remaining allocation")
     billing: str = Field(default="", description="How usage is charged")
+    query: str | None = Field(
+        default=None,
+        description="The command hpcai runs on the login node and parses; {account} and {user} are filled "
+        "in (each one shell word)",
+    )
+    format: BudgetFormat | None = Field(default=None, description="Which parser reads `query`'s output")
+    unit: str = Field(default="node-hours", description="Unit the site's numbers are in")
+    per_node_hour: float = Field(default=1.0, gt=0, description="Units charged for one node for one hour")
+
+    @model_validator(mode="after")
+    def _query_has_format(self) -> Budget:
+        if (self.query is None) != (self.format is None):
+            raise ValueError("`query` and `format` go together: give both or neither")
+        return self
+
+
+class Quota(Strict):
+    query: str | None = Field(
+        default=None, description="Site quota command whose output names each path with used/max (lumi-quota)"
+    )
+    format: Literal["lumi-quota", "df"] = Field(
+        default="df", description="lumi-quota: parse `query`; df: `df -P` and `df -Pi` on each filesystem"
+    )
+    warn_percent: float = Field(default=85, description="Warn at this much of the space or inodes used")
+    fail_percent: float = Field(default=95, description="Fail at this much of the space or inodes used")
 
 
 class ClusterProfile(Strict):
@@ -179,6 +212,7 @@ class ClusterProfile(Strict):
     launch: Launch
     pbs: PbsSettings | None = None
     budget: Budget = Budget()
+    quota: Quota = Quota()
     sources: list[str] = Field(default=[], description="Where these facts come from")
 
     @field_validator("env")

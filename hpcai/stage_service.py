@@ -19,13 +19,14 @@ from hpcai.userconfig import load_user_config
 
 
 def store_root(cluster: str, profile: ClusterProfile, filesystem: str | None) -> tuple[str, str]:
-    name = filesystem or profile.runs_on
+    settings = load_user_config().for_cluster(cluster)
+    name = filesystem or settings.data_filesystem or profile.runs_on
     if name not in profile.filesystems:
         known = list(profile.filesystems)
+        where = "--to" if filesystem else f"config.toml [clusters.{cluster}] data_filesystem"
         raise HpcaiError(
-            f"--to: '{name}' is not a filesystem of {cluster}.{closest(name, known)} Known: {', '.join(known)}."
+            f"{where}: '{name}' is not a filesystem of {cluster}.{closest(name, known)} Known: {', '.join(known)}."
         )
-    settings = load_user_config().for_cluster(cluster)
     values = {"user": settings.user or "user", "state_dir": str(state_dir())}
     if settings.account:
         values["account"] = settings.account

@@ -23,6 +23,10 @@ class ClusterSettings(BaseModel):
         description="Reach the cluster over SSH through this ~/.ssh/config Host (unset: hpcai runs on the "
         "login node itself)",
     )
+    data_filesystem: str | None = Field(
+        default=None,
+        description="Filesystem (a key of the profile's `filesystems`) where staged data lives; unset: runs_on",
+    )
 
 
 class UserConfig(BaseModel):

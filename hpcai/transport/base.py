@@ -70,3 +70,6 @@ class Transport(ABC):
 
     @abstractmethod
     def exists(self, path: str) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 -- only transports that hold a connection need it
+        """Release the connection, if the transport holds one."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real sshd on 127.0.0.1 for hpcai's tests, with throwaway keys, a strict known_hosts file, a user CA
-# (for OpenSSH certificate tests) and an ssh_config entry `hpcai-test` that uses all of them.
+# (for OpenSSH certificate tests), an ssh_config entry `hpcai-test` that uses all of them, and DIR/sitebin
+# first on the sessions' PATH (fixture site commands).
 #
 #   tests/infra/sshd.sh start DIR    writes DIR/{ssh_config,known_hosts,id_ed25519,ca,...}, starts sshd
 #   tests/infra/sshd.sh stop DIR     stops it by its PID file
@@ -15,7 +16,7 @@ start() {
   if ! command -v sshd >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server rsync >/dev/null
   fi
-  mkdir -p "$dir"
+  mkdir -p "$dir" "$dir/sitebin"
   install -d -m 755 /run/sshd
   [ -f "$dir/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/host_ed25519"
   [ -f "$dir/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C hpcai-test -f "$dir/id_ed25519"
@@ -37,6 +38,9 @@ PermitRootLogin prohibit-password
 Subsystem sftp internal-sftp
 MaxStartups 50
 MaxSessions 50
+# Site commands (saldo, jutil, lumi-allocations, sbank, lumi-quota) are fixture scripts in sitebin,
+# first on the PATH of every session, as a site's own tools are on its login nodes.
+SetEnv PATH=$dir/sitebin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CONF
   cat > "$dir/ssh_config" <<CONF
 Host hpcai-test

@@ -1,0 +1,1 @@
+"""Compute budgets: the sites' own accounting commands, parsed, and what a job would cost."""

@@ -1,0 +1,207 @@
+"""`hpcai onboard`, `hpcai doctor`, `hpcai budget`: the commands a newcomer meets first."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.prompt import Confirm, Prompt
+from rich.table import Table
+
+from hpcai.errors import HpcaiError
+from hpcai.output import console, print_json
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", "-c", help="Cluster profile (default: config's default_cluster, else local)."),
+]
+_MARK = {"pass": "[green]✔ pass[/green]", "warn": "[yellow]! warn[/yellow]", "fail": "[red]✘ fail[/red]",
+         "skip": "[dim]- skip[/dim]"}  # fmt: skip
+
+
+def _print_check(check: Any) -> None:
+    from rich.markup import escape
+
+    console.print(f"{_MARK[check.status]}  [bold]{check.name:<11}[/bold] {escape(check.summary)}")
+    if check.fix:
+        console.print(f"{'':19}[cyan]fix:[/cyan] {escape(check.fix)}")
+
+
+def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+    """Check what a first run needs; each problem comes with its exact fix.
+
+    Config, SSH key and certificate, host key, login, scheduler, account, budget, quota and inodes, purge,
+    container runtime, Python, offline settings. Exits 1 when any check fails."""
+    from hpcai.onboarding.doctor import exit_code, run_doctor
+    from hpcai.service import default_cluster
+
+    name = cluster or default_cluster()
+    if not json_out:
+        console.print(f"[bold]hpcai doctor[/bold] for {name}")
+    checks = run_doctor(name, progress=None if json_out else _print_check)
+    code = exit_code(checks)
+    if json_out:
+        print_json({"cluster": name, "ok": code == 0, "checks": [c.to_json() for c in checks]})
+    else:
+        failed = [c.name for c in checks if c.status == "fail"]
+        console.print(
+            "all checks passed." if not failed else f"[red]{len(failed)} check(s) failed:[/red] " + ", ".join(failed)
+        )
+    raise typer.Exit(code)
+
+
+def budget(
+    cluster: ClusterOpt = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", "-N", help="Price a job of this many nodes...")] = None,
+    time: Annotated[str | None, typer.Option("--time", "-t", help="...running this long (HH:MM:SS).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """What is left of your allocations, and what a job would cost.
+
+    Runs the site's own accounting command (saldo, jutil, lumi-allocations, sbank) on the login node."""
+    from hpcai.budget.query import find_allocation, job_cost, query_allocations
+    from hpcai.orchestrator import Backends
+    from hpcai.profiles import load_profile, resolve_alias
+    from hpcai.service import default_cluster
+    from hpcai.userconfig import load_user_config
+    from hpcai.walltime import parse_walltime
+
+    name = resolve_alias(cluster or default_cluster())
+    profile = load_profile(name)
+    settings = load_user_config().for_cluster(name)
+    if profile.budget.query is None:
+        raise HpcaiError(f"budget: the {name} profile names no budget command (budget.query); nothing to show.")
+    backends = Backends()
+    try:
+        rows = query_allocations(backends.get(name).transport, profile, account=settings.account, user=settings.user)
+    finally:
+        backends.close()
+    mine = find_allocation(rows, settings.account) if settings.account else None
+    cost = None
+    if nodes is not None or time is not None:
+        if nodes is not None and nodes < 1:
+            raise HpcaiError("--nodes: give at least 1.")
+        cost = job_cost(profile, nodes or 1, parse_walltime(time or "01:00:00", source="--time"))
+    if json_out:
+        print_json({
+            "cluster": name, "account": settings.account, "unit": profile.budget.unit,
+            "billing": profile.budget.billing, "allocations": [r.to_json() for r in rows],
+            "cost": cost.to_json() if cost else None,
+            "remaining_after": (mine.remaining - cost.amount) if (mine and cost) else None,
+        })  # fmt: skip
+        return
+    table = Table(title=f"{name}: `{profile.budget.query}`")
+    for column in ("account", "used", "total", "left", "unit", "ends"):
+        table.add_column(column, justify="right" if column in ("used", "total", "left") else "left")
+    for row in rows:
+        style = "bold" if mine is row else ("red" if row.remaining <= 0 else None)
+        table.add_row(row.account + (" *" if mine is row else ""), f"{row.used:,.0f}", f"{row.total:,.0f}",
+                      f"{row.remaining:,.0f}", row.unit, str(row.end or "-"), style=style)  # fmt: skip
+    console.print(table)
+    if profile.budget.billing:
+        console.print(f"billing: {profile.budget.billing}")
+    if cost is not None:
+        line = (f"a job of {cost.nodes} node(s) for {cost.hours:g} h costs at most {cost.amount:,.0f} {cost.unit} "
+                f"({profile.budget.per_node_hour:g} per node-hour)")  # fmt: skip
+        if mine is not None:
+            line += f": {mine.remaining - cost.amount:,.0f} would be left on {mine.account}"
+            line += "" if cost.amount <= mine.remaining else " [red](does not fit)[/red]"
+        console.print(line)
+
+
+def onboard(
+    cluster: ClusterOpt = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Your login name on the cluster.")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-A", help="Account/project for jobs.")] = None,
+    host_alias: Annotated[
+        str | None, typer.Option("--host-alias", help="Name of the ~/.ssh/config Host entry.")
+    ] = None,
+    identity: Annotated[str | None, typer.Option("--identity", "-i", help="SSH private key file.")] = None,
+    data_on: Annotated[
+        str | None, typer.Option("--data-on", help="Filesystem for staged data (a key of the profile's filesystems).")
+    ] = None,
+    make_default: Annotated[
+        bool | None, typer.Option("--make-default/--not-default", help="Make this cluster the default one.")
+    ] = None,
+    here: Annotated[
+        bool, typer.Option("--here", help="hpcai runs on this cluster's login node: no SSH entry.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Ask nothing: flags and defaults only.")] = False,
+    run_doctor: Annotated[bool, typer.Option("--doctor/--no-doctor", help="Run `hpcai doctor` at the end.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set up a cluster for you: access steps, SSH entry, config.toml, then `hpcai doctor`.
+
+    Writes the ~/.ssh/config entry as a marked block (with a backup; your own lines are never touched) and
+    config.toml (comments kept). In a terminal it asks for what the flags do not give; with --yes or --json
+    it asks nothing."""
+    from hpcai.onboarding.onboard import OnboardRequest
+    from hpcai.onboarding.onboard import onboard as do_onboard
+    from hpcai.profiles import load_profile, resolve_alias
+
+    interactive = sys.stdin.isatty() and not yes and not json_out
+    request = OnboardRequest(cluster, user, account, host_alias, identity, data_on, make_default, here)
+
+    def ask(question: str, default: str | None, choices: list[str] | None) -> str:
+        if choices and cluster is None and question == "Cluster":
+            for name in choices:
+                console.print(f"  {name:<18} {load_profile(name).description}")
+        return Prompt.ask(question, default=default, choices=choices, console=console) or ""
+
+    def confirm(question: str, default: bool) -> bool:
+        return Confirm.ask(question, default=default, console=console)
+
+    if interactive and cluster is not None:
+        _print_steps(resolve_alias(cluster))
+    result = do_onboard(request, ask=ask if interactive else None, confirm=confirm if interactive else None)
+    if interactive and cluster is None:
+        _print_steps(result.cluster)
+    checks: list[Any] = []
+    if json_out:
+        if run_doctor:
+            from hpcai.onboarding.doctor import run_doctor as doctor_checks
+
+            checks = doctor_checks(result.cluster)
+        print_json({**result.to_json(), "doctor": [c.to_json() for c in checks] if run_doctor else None})
+    else:
+        if not interactive:
+            _print_steps(result.cluster)
+        for change in (result.ssh,):
+            if change is not None:
+                console.print(change.reason + (f" Backup: {change.backup}" if change.backup else ""))
+        config_state = "updated" if result.config.changed else "already up to date"
+        backup = f" Backup: {result.config.backup}" if result.config.backup else ""
+        console.print(f"{result.config.path}: {config_state}.{backup}")
+        for note in result.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        if run_doctor:
+            from hpcai.onboarding.doctor import run_doctor as doctor_checks
+
+            console.print(f"\n[bold]hpcai doctor[/bold] for {result.cluster}")
+            checks = doctor_checks(result.cluster, progress=_print_check)
+    if run_doctor:
+        from hpcai.onboarding.doctor import exit_code
+
+        raise typer.Exit(exit_code(checks))
+
+
+def _print_steps(cluster: str) -> None:
+    from rich.markup import escape
+
+    from hpcai.profiles import load_profile
+
+    profile = load_profile(cluster)
+    steps = profile.access.steps or ([profile.access.notes] if profile.access.notes else [])
+    if not steps:
+        return
+    console.print(f"[bold]Getting access to {cluster}[/bold]")
+    for number, step in enumerate(steps, 1):
+        console.print(f"  {number}. {escape(step)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(onboard)
+    app.command()(doctor)
+    app.command()(budget)

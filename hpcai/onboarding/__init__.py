@@ -1,0 +1,1 @@
+"""Getting a newcomer from nothing to a first run: `hpcai onboard` and `hpcai doctor`."""

@@ -1,0 +1,696 @@
+"""`hpcai doctor`: every check a support engineer would run for a newcomer, each with the exact fix.
+
+Checks run in order and later ones build on earlier ones: no login, no remote checks (they are reported
+as skipped, with the reason). Nothing here changes anything on either machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcai.budget.parsers import Allocation
+from hpcai.budget.query import BudgetUnavailable, find_allocation, job_cost, query_allocations
+from hpcai.errors import HpcaiError
+from hpcai.onboarding.checks import Check, Status, worst
+from hpcai.paths import state_dir
+from hpcai.profiles import ClusterProfile, expand_path, load_profile, resolve_alias
+from hpcai.quota import Usage, df_usage, parse_lumi_quota, usage_for
+from hpcai.render import OFFLINE_ENV
+from hpcai.transport.base import Transport
+from hpcai.userconfig import ClusterSettings, config_path, load_user_config
+
+SCHEDULER_COMMAND = {"slurm": "sbatch", "pbs": "qsub"}
+
+
+def _onboard_hint(cluster: str, flag: str = "") -> str:
+    return f"`hpcai onboard --cluster {cluster}{flag}`"
+
+
+@dataclass
+class Doctor:
+    cluster: str
+    profile: ClusterProfile
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
+    transport: Transport | None = None
+    remote_user: str | None = None
+    allocations: list[Allocation] | None = None
+    budget_error: str | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, check: Check) -> Check:
+        self.checks.append(check)
+        return check
+
+    def skip_rest(self, names: list[str], reason: str) -> None:
+        for name in names:
+            self.add(Check(name, "skip", reason))
+
+
+REMOTE_CHECKS = ["scheduler", "account", "budget", "quota", "purge", "container", "python"]
+
+
+def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = None) -> list[Check]:
+    cluster = resolve_alias(cluster_name)
+    profile = load_profile(cluster)
+    doctor = Doctor(cluster, profile)
+
+    def report(check: Check) -> None:
+        if progress is not None:
+            progress(check)
+
+    original_add = doctor.add
+
+    def add(check: Check) -> Check:
+        original_add(check)
+        report(check)
+        return check
+
+    doctor.add = add  # type: ignore[method-assign]
+    try:
+        if not _check_config(doctor):
+            doctor.skip_rest(["login", *REMOTE_CHECKS], "needs a valid config.toml")
+            return doctor.checks
+        if doctor.settings.ssh_host is not None:
+            if not _check_ssh(doctor):
+                doctor.skip_rest(REMOTE_CHECKS, "needs a working SSH login")
+                return doctor.checks
+        else:
+            from hpcai.transport.local import LocalTransport
+
+            doctor.transport = LocalTransport()
+        who = doctor.transport.run(["id", "-un"]) if doctor.transport else None
+        doctor.remote_user = who.stdout.strip() if who is not None and who.ok else doctor.settings.user
+        for check in (
+            _check_scheduler,
+            _check_account,
+            _check_budget,
+            _check_quota,
+            _check_purge,
+            _check_container,
+            _check_python,
+        ):
+            check(doctor)
+        _check_offline(doctor)
+        return doctor.checks
+    finally:
+        if doctor.transport is not None:
+            doctor.transport.close()
+
+
+# -- configuration ------------------------------------------------------------------------------------------
+
+
+def _check_config(doctor: Doctor) -> bool:
+    cluster, profile = doctor.cluster, doctor.profile
+    try:
+        config = load_user_config()
+    except HpcaiError as exc:
+        doctor.add(
+            Check("config", "fail", str(exc), f"Fix the file, or move it aside and run {_onboard_hint(cluster)}.")
+        )
+        return False
+    doctor.settings = settings = config.for_cluster(cluster)
+    path = config_path()
+    problems, fixes = [], []
+    if profile.account_required and not settings.account:
+        problems.append(f"no account for {cluster}: jobs there must name one")
+        fixes.append(f"{_onboard_hint(cluster, ' --account <project>')} (the project from your allocation mail)")
+    if settings.ssh_host is None and profile.scheduler in SCHEDULER_COMMAND:
+        command = SCHEDULER_COMMAND[profile.scheduler]
+        if shutil.which(command) is None:
+            problems.append(f"no ssh_host for {cluster} and no `{command}` here, so this is not its login node")
+            fixes.append(f"{_onboard_hint(cluster)} writes the SSH entry and ssh_host")
+    if not settings.user and any("{user}" in fs.path for fs in profile.filesystems.values()):
+        problems.append(f"no user for {cluster}: its paths need your login name")
+        fixes.append(_onboard_hint(cluster, " --user <login name>"))
+    if problems:
+        doctor.add(Check("config", "fail", f"{path}: " + "; ".join(problems) + ".", " ".join(fixes)))
+        return False
+    where = f"over SSH via `{settings.ssh_host}`" if settings.ssh_host else "on this machine"
+    account = f", account {settings.account}" if settings.account else ""
+    doctor.add(Check("config", "pass", f"{path}: {cluster} reached {where}{account}."))
+    return True
+
+
+# -- SSH ------------------------------------------------------------------------------------------------------
+
+
+def _check_ssh(doctor: Doctor) -> bool:
+    import paramiko
+
+    from hpcai.orchestrator import transport_for
+    from hpcai.transport.ssh import SshError, fingerprint, resolve_target, ssh_config_path
+
+    cluster, profile, alias = doctor.cluster, doctor.profile, doctor.settings.ssh_host
+    assert alias is not None
+    target = resolve_target(alias)
+    config_file = ssh_config_path()
+    if target.hostname == alias and alias not in profile.access.login_hosts:
+        doctor.add(
+            Check(
+                "ssh-config",
+                "fail",
+                f"{config_file} has no `Host {alias}` entry, so `{alias}` names no machine.",
+                f"{_onboard_hint(cluster)} writes one (HostName {profile.access.login_hosts[0]}).",
+            )
+        )
+        return False
+    doctor.add(Check("ssh-config", "pass", f"`{alias}` is {target.user}@{target.hostname}:{target.port}."))
+
+    # Keys: the files the entry names, else the agent's keys.
+    agent_keys = paramiko.Agent().get_keys() if os.environ.get("SSH_AUTH_SOCK") else ()
+    missing = [p for p in target.identity_files if not p.is_file()]
+    present = [p for p in target.identity_files if p.is_file()]
+    upload = next((s for s in profile.access.steps if "upload" in s.lower() or "add the public key" in s.lower()), "")
+    if missing and not agent_keys:
+        key = missing[0]
+        kind = (profile.access.key_types or ["ed25519"])[0].replace("rsa-4096", "rsa -b 4096")
+        doctor.add(
+            Check(
+                "ssh-key",
+                "fail",
+                f"the key {key} named in {config_file} (Host {alias}) does not exist, and no agent holds a key.",
+                f"Create it with `ssh-keygen -t {kind} -f {key}` (with a passphrase), then register {key}.pub with "
+                f"the site. {upload}".strip(),
+            )
+        )
+        return False
+    if not present and not agent_keys and not target.identity_files:
+        defaults = [Path("~/.ssh", n).expanduser() for n in ("id_ed25519", "id_ecdsa", "id_rsa")]
+        if not any(p.is_file() for p in defaults):
+            doctor.add(
+                Check(
+                    "ssh-key",
+                    "fail",
+                    "no SSH key: none named in the ssh config, none in ~/.ssh, none in an agent.",
+                    f"Create one with `ssh-keygen -t ed25519` and register the .pub file with the site. {upload}",
+                )
+            )
+            return False
+    encrypted = [p for p in present if _encrypted(p)]
+    summary = ", ".join(str(p) for p in present) or "default keys"
+    if agent_keys:
+        summary += f"; {len(agent_keys)} key(s) in the agent"
+    if encrypted and not agent_keys:
+        doctor.add(
+            Check(
+                "ssh-key",
+                "warn",
+                f"{encrypted[0]} has a passphrase and no agent is running, so hpcai cannot use it.",
+                f"Start an agent and load the key: `eval $(ssh-agent)` and `ssh-add {encrypted[0]}`.",
+            )
+        )
+    else:
+        doctor.add(Check("ssh-key", "pass", summary + "."))
+
+    if profile.access.method == "ssh-certificate" and not _check_certificate(doctor, target, agent_keys):
+        return False
+
+    # Host key, before any login: the user must have accepted it knowingly.
+    hostkeys = paramiko.HostKeys()
+    for path in target.known_hosts:
+        if path.is_file():
+            hostkeys.load(str(path))
+    known = hostkeys.lookup(target.known_hosts_name)
+    if not known:
+        offered = _offered_key(target.hostname, target.port) if not target.proxy_jump else None
+        seen = f" It offers {offered}." if offered else ""
+        doctor.add(
+            Check(
+                "host-key",
+                "fail",
+                f"{target.known_hosts_name} is not in known_hosts "
+                f"({', '.join(str(p) for p in target.known_hosts)}).{seen}",
+                "Compare the fingerprint with the one your site publishes for its login nodes; if it matches, "
+                f"accept it once with `ssh {alias}` (answer yes). hpcai never accepts host keys itself.",
+            )
+        )
+        return False
+    key = next(iter(known.values()))
+    doctor.add(Check("host-key", "pass", f"{target.known_hosts_name} is known ({key.get_name()} {fingerprint(key)})."))
+
+    transport = transport_for(doctor.cluster, profile)
+    try:
+        result = transport.run(["true"], timeout=30)
+    except SshError as exc:
+        doctor.add(Check("login", "fail", f"`{alias}`: the login failed.", str(exc)))
+        transport.close()
+        return False
+    if not result.ok:
+        doctor.add(
+            Check(
+                "login",
+                "fail",
+                f"`{alias}`: `true` failed ({result.stderr.strip()}).",
+                f"Try `ssh {alias} true` and read what the site says.",
+            )
+        )
+        return False
+    doctor.transport = transport
+    doctor.add(Check("login", "pass", f"logged in to {target.hostname} as {target.user}."))
+    return True
+
+
+def _encrypted(path: Path) -> bool:
+    import paramiko
+
+    try:
+        paramiko.PKey.from_path(str(path))
+    except paramiko.PasswordRequiredException:
+        return True
+    except Exception:  # unreadable keys are the login check's to report
+        return False
+    return False
+
+
+def _offered_key(host: str, port: int) -> str | None:
+    """The host key a server offers, read from the key exchange alone (no login, nothing stored)."""
+    import socket
+
+    import paramiko
+
+    from hpcai.transport.ssh import fingerprint
+
+    try:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            transport = paramiko.Transport(sock)
+            try:
+                transport.start_client(timeout=10)
+                key = transport.get_remote_server_key()
+                return f"a {key.get_name()} key with fingerprint {fingerprint(key)}"
+            finally:
+                transport.close()
+    except (OSError, paramiko.SSHException):
+        return None
+
+
+def _check_certificate(doctor: Doctor, target: object, agent_keys: object) -> bool:
+    from hpcai.transport.certs import CertificateInfo, parse_certificate, parse_certificate_file
+    from hpcai.transport.ssh import SshTarget
+
+    assert isinstance(target, SshTarget)
+    found: list[CertificateInfo] = []
+    for path in target.certificate_files:
+        info = parse_certificate_file(path.read_text()) if path.is_file() else None
+        if info is not None:
+            found.append(info)
+    for key in agent_keys or ():  # type: ignore[attr-defined]
+        try:
+            info = parse_certificate(key.asbytes())
+        except Exception:
+            info = None
+        if info is not None:
+            found.append(info)
+    renew = next((s for s in doctor.profile.access.steps if "every day" in s.lower()), doctor.profile.access.notes)
+    if not found:
+        doctor.add(
+            Check(
+                "certificate",
+                "fail",
+                "this site logs in with short-lived SSH certificates and none was "
+                "found (neither beside the key nor in the agent).",
+                renew,
+            )
+        )
+        return False
+    newest = max(found, key=lambda c: c.valid_before)
+    hours = newest.hours_left()
+    when = f"{newest.valid_before:%Y-%m-%d %H:%M} UTC"
+    if hours <= 0:
+        doctor.add(
+            Check(
+                "certificate",
+                "fail",
+                f"your certificate '{newest.key_id}' expired at {when} ({-hours:.1f} h ago).",
+                renew,
+                {"hours_left": round(hours, 2)},
+            )
+        )
+        return False
+    status: Status = "warn" if hours < 1 else "pass"
+    doctor.add(
+        Check(
+            "certificate",
+            status,
+            f"certificate '{newest.key_id}' valid for {hours:.1f} h more (until {when}).",
+            renew if status == "warn" else None,
+            {"hours_left": round(hours, 2)},
+        )
+    )
+    return True
+
+
+# -- on the cluster ------------------------------------------------------------------------------------------
+
+
+def _run(doctor: Doctor, argv: list[str], timeout: float = 60) -> tuple[bool, str]:
+    assert doctor.transport is not None
+    result = doctor.transport.run(argv, timeout=timeout)
+    return result.ok, (result.stdout if result.ok else (result.stderr or result.stdout).strip())
+
+
+def _check_scheduler(doctor: Doctor) -> None:
+    kind = doctor.profile.scheduler
+    if kind == "local":
+        doctor.add(Check("scheduler", "skip", "the local profile runs jobs without a scheduler."))
+        return
+    if kind == "slurm":
+        ok, out = _run(doctor, ["sinfo", "-h", "-o", "%P"])
+        if not ok:
+            doctor.add(
+                Check(
+                    "scheduler",
+                    "fail",
+                    f"`sinfo` failed: {out or 'no output'}.",
+                    "Check that you are on a login node of the cluster and that Slurm answers "
+                    "(`sinfo`); during maintenance it does not.",
+                )
+            )
+            return
+        offered = {p.strip().rstrip("*") for p in out.split()}
+        missing = [p.name for p in doctor.profile.partitions if p.name not in offered]
+        if missing:
+            doctor.add(
+                Check(
+                    "scheduler",
+                    "warn",
+                    f"Slurm answers, but does not offer the partition(s) "
+                    f"{', '.join(missing)} the profile names (offered: {', '.join(sorted(offered))}).",
+                    "The site may have renamed them: override `partitions` in your copy of the "
+                    "profile (hpcai clusters show --help).",
+                )
+            )
+            return
+        doctor.add(Check("scheduler", "pass", f"Slurm answers; partitions {', '.join(sorted(offered))}."))
+        return
+    ok, out = _run(doctor, ["qstat", "-Q"])
+    status: Status = "pass" if ok else "fail"
+    doctor.add(
+        Check(
+            "scheduler",
+            status,
+            "PBS answers (`qstat -Q`)." if ok else f"`qstat -Q` failed: {out}.",
+            None if ok else "Check that you are on a login node and that PBS answers.",
+        )
+    )
+
+
+def _load_allocations(doctor: Doctor) -> None:
+    if doctor.allocations is not None or doctor.budget_error is not None or doctor.profile.budget.query is None:
+        return
+    assert doctor.transport is not None
+    try:
+        doctor.allocations = query_allocations(
+            doctor.transport, doctor.profile, account=doctor.settings.account, user=doctor.remote_user
+        )
+    except BudgetUnavailable as exc:
+        doctor.budget_error = str(exc)
+
+
+def _switch_hint(cluster: str, account: str) -> str:
+    return f"{_onboard_hint(cluster, f' --account {account}')} (or set account in config.toml [clusters.{cluster}])"
+
+
+def _check_account(doctor: Doctor) -> None:
+    account = doctor.settings.account
+    if account is None:
+        doctor.add(Check("account", "skip", "no account configured (none needed here)."))
+        return
+    _load_allocations(doctor)
+    yours: list[str] = []
+    source = ""
+    if doctor.allocations:
+        yours, source = sorted({a.account for a in doctor.allocations}), f"`{doctor.profile.budget.query}`"
+    elif doctor.profile.scheduler == "slurm":
+        ok, out = _run(
+            doctor, ["sacctmgr", "-n", "-P", "show", "assoc", f"user={doctor.remote_user}", "format=account"]
+        )
+        if ok and out.strip():
+            yours, source = sorted(set(out.split())), "Slurm's associations (sacctmgr)"
+    if not yours:
+        doctor.add(Check("account", "skip", f"could not list your accounts to compare '{account}' with."))
+        return
+    if account.lower() not in {a.lower() for a in yours}:
+        doctor.add(
+            Check(
+                "account",
+                "fail",
+                f"account '{account}' is not one of yours; {source} lists {', '.join(yours)}.",
+                _switch_hint(doctor.cluster, yours[0]),
+                {"accounts": yours},
+            )
+        )
+        return
+    doctor.add(Check("account", "pass", f"'{account}' is one of your accounts ({source}).", None, {"accounts": yours}))
+
+
+def _check_budget(doctor: Doctor) -> None:
+    budget, account = doctor.profile.budget, doctor.settings.account
+    if budget.query is None:
+        doctor.add(Check("budget", "skip", "the profile names no budget command."))
+        return
+    _load_allocations(doctor)
+    if doctor.budget_error is not None:
+        doctor.add(
+            Check(
+                "budget",
+                "warn",
+                doctor.budget_error,
+                "See the site's accounting page; "
+                f"`{budget.commands[0] if budget.commands else budget.query}` by hand shows what it says.",
+            )
+        )
+        return
+    allocation = find_allocation(doctor.allocations or [], account) if account else None
+    if allocation is None:
+        doctor.add(Check("budget", "skip", "no allocation row for the configured account (see `account`)."))
+        return
+    details = {"allocation": allocation.to_json()}
+    left = f"{allocation.remaining:,.0f} of {allocation.total:,.0f} {allocation.unit} left"
+    others = [
+        a for a in doctor.allocations or [] if a.account != allocation.account and a.remaining > 0 and not a.expired()
+    ]
+    switch = (
+        f" Or use {others[0].account} ({others[0].remaining:,.0f} left): "
+        + _switch_hint(doctor.cluster, others[0].account)
+        if others
+        else ""
+    )
+    if allocation.expired():
+        doctor.add(
+            Check(
+                "budget",
+                "fail",
+                f"the allocation of '{allocation.account}' ended on {allocation.end}.",
+                "Ask your PI to renew it or apply for a new one." + switch,
+                details,
+            )
+        )
+        return
+    if allocation.remaining <= 0:
+        doctor.add(
+            Check(
+                "budget",
+                "fail",
+                f"the budget of '{allocation.account}' is exhausted: {allocation.used:,.0f} "
+                f"of {allocation.total:,.0f} {allocation.unit} used.",
+                "Jobs will not start (or run at the lowest priority). Ask your PI for more hours or apply "
+                "for a new allocation." + switch,
+                details,
+            )
+        )
+        return
+    one_node_hour = job_cost(doctor.profile, 1, 3600).amount
+    if allocation.used_fraction >= 0.9 or allocation.remaining < one_node_hour:
+        doctor.add(
+            Check(
+                "budget",
+                "warn",
+                f"'{allocation.account}': only {left} ({allocation.used_fraction:.0%} used).",
+                "Plan the remaining runs with `hpcai budget`; ask your PI for more in time.",
+                details,
+            )
+        )
+        return
+    until = f", until {allocation.end}" if allocation.end else ""
+    doctor.add(Check("budget", "pass", f"'{allocation.account}': {left}{until}.", None, details))
+
+
+def _filesystem_paths(doctor: Doctor) -> dict[str, str]:
+    values = {"state_dir": str(state_dir())}
+    if doctor.settings.user or doctor.remote_user:
+        values["user"] = doctor.settings.user or doctor.remote_user or ""
+    if doctor.settings.account:
+        values["account"] = doctor.settings.account
+    paths = {}
+    for name, fs in doctor.profile.filesystems.items():
+        try:
+            paths[name] = expand_path(fs.path, values, field=f"filesystems.{name}.path")
+        except HpcaiError:
+            continue
+    return paths
+
+
+def _check_quota(doctor: Doctor) -> None:
+    quota = doctor.profile.quota
+    paths = _filesystem_paths(doctor)
+    rows: list[Usage] | None = None
+    if quota.format == "lumi-quota" and quota.query:
+        ok, out = _run(doctor, shlex.split(quota.query))
+        rows = parse_lumi_quota(out) if ok else None
+        if rows is None:
+            doctor.add(Check("quota", "warn", f"`{quota.query}` failed: {out}.", "Run it by hand to see your quota."))
+            return
+    results: list[tuple[str, Status, str]] = []
+    measured: dict[str, object] = {}
+    for name, path in paths.items():
+        usage = usage_for(rows, path) if rows is not None else df_usage(doctor.transport, path)  # type: ignore[arg-type]
+        if usage is None:
+            continue
+        measured[name] = usage.to_json()
+        worst_pct = max(p for p in (usage.space_percent, usage.files_percent, 0.0) if p is not None)
+        status: Status = (
+            "fail" if worst_pct >= quota.fail_percent else "warn" if worst_pct >= quota.warn_percent else "pass"
+        )
+        space = f"{usage.space_percent:.0f}% of space" if usage.space_percent is not None else "space n/a"
+        files = f"{usage.files_percent:.0f}% of files" if usage.files_percent is not None else "files n/a"
+        results.append((name, status, f"{name} ({path}): {space}, {files}"))
+    if not results:
+        doctor.add(Check("quota", "skip", "none of the profile's filesystems could be measured."))
+        return
+    status = worst([s for _, s, _ in results])
+    bad = [text for _, s, text in results if s == status] if status != "pass" else [t for _, _, t in results]
+    fix = None
+    if status != "pass":
+        fix = (
+            "Free space or files there: delete old runs and checkpoints (`hpcai list`, then remove their run "
+            "directories), pack many small files into archives (inodes), or ask the site for more quota."
+        )
+    doctor.add(Check("quota", status, "; ".join(bad) + ".", fix, {"filesystems": measured}))
+
+
+def _check_purge(doctor: Doctor) -> None:
+    paths = _filesystem_paths(doctor)
+    purging = {n: fs.purge_days for n, fs in doctor.profile.filesystems.items() if fs.purge_days and n in paths}
+    if not purging:
+        doctor.add(Check("purge", "skip", "no filesystem of this profile is purged."))
+        return
+    at_risk: list[str] = []
+    for name, days in purging.items():
+        root = f"{paths[name].rstrip('/')}/hpcai"
+        margin = max(days - 7, 1)
+        ok, out = _run(doctor, ["find", root, "-type", "f", "-mtime", f"+{margin}"], timeout=120)
+        old = [line for line in out.splitlines() if line.strip()] if ok else []
+        if old:
+            at_risk.append(
+                f"{len(old)} file(s) under {root} are older than {margin} days; {name} deletes files after {days} days"
+            )
+    if at_risk:
+        doctor.add(
+            Check(
+                "purge",
+                "warn",
+                "; ".join(at_risk) + ".",
+                "Re-stage them (`hpcai stage PATH` sends only what is gone) or move what you keep to a "
+                "filesystem that is not purged (data_filesystem in config.toml).",
+            )
+        )
+        return
+    doctor.add(
+        Check(
+            "purge",
+            "pass",
+            "nothing hpcai staged is close to the purge limit "
+            f"({', '.join(f'{n}: {d} days' for n, d in purging.items())}).",
+        )
+    )
+
+
+def _check_container(doctor: Doctor) -> None:
+    container = doctor.profile.container
+    if container is None:
+        doctor.add(Check("container", "skip", "the profile uses no container runtime."))
+        return
+    prefix = f"module load {' '.join(container.modules)} >/dev/null 2>&1; " if container.modules else ""
+    ok, out = _run(doctor, ["bash", "-lc", f"{prefix}command -v {shlex.quote(container.runtime)}"])
+    if not ok or not out.strip():
+        doctor.add(
+            Check(
+                "container",
+                "fail",
+                f"`{container.runtime}` is not available on the login node.",
+                "Ask the site which module provides it and set container.modules in your profile override.",
+            )
+        )
+        return
+    image = doctor.settings.container
+    if image and doctor.transport is not None and not doctor.transport.exists(image):
+        doctor.add(
+            Check(
+                "container",
+                "fail",
+                f"the container {image} (config.toml) is not on the cluster.",
+                f"Stage it: `hpcai stage {Path(image).name} --cluster {doctor.cluster}`, or fix the path.",
+            )
+        )
+        return
+    doctor.add(
+        Check(
+            "container", "pass", f"{container.runtime} at {out.strip()}" + (f"; image {image}" if image else "") + "."
+        )
+    )
+
+
+def _check_python(doctor: Doctor) -> None:
+    python = doctor.profile.launch.python or "python3"
+    if python == "current":
+        doctor.add(Check("python", "skip", "jobs use the Python running hpcai."))
+        return
+    ok, out = _run(doctor, [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    if not ok:
+        doctor.add(
+            Check(
+                "python",
+                "fail",
+                f"`{python}` does not run on the cluster: {out}.",
+                "Load the site's Python module (modules.software in the profile) or use a container.",
+            )
+        )
+        return
+    version = out.strip()
+    major_minor = tuple(int(x) for x in version.split(".")[:2])
+    if major_minor < (3, 11):
+        doctor.add(
+            Check(
+                "python",
+                "warn",
+                f"{python} on the login node is {version}; the hpcai runtime needs 3.11+.",
+                "Jobs must get a newer Python from the container or the site's modules.",
+            )
+        )
+        return
+    doctor.add(Check("python", "pass", f"{python} {version}; `submit` stages the hpcai runtime with each run."))
+
+
+def _check_offline(doctor: Doctor) -> None:
+    if doctor.profile.compute_internet:
+        doctor.add(Check("offline", "pass", "compute nodes reach the internet; nothing to set."))
+        return
+    names = " ".join(f"{k}={v}" for k, v in OFFLINE_ENV.items())
+    doctor.add(
+        Check(
+            "offline",
+            "pass",
+            f"compute nodes have no internet: job scripts export {names}; models and "
+            "data must be on the cluster first (`submit` stages local paths, `hpcai stage` any other).",
+        )
+    )
+
+
+def exit_code(checks: list[Check]) -> int:
+    return 1 if any(c.status == "fail" for c in checks) else 0
