@@ -29,6 +29,13 @@ def _print_check(check: Any) -> None:
         console.print(f"{'':19}[cyan]fix:[/cyan] {escape(check.fix)}")
 
 
+def _print_summary(checks: list[Any]) -> None:
+    failed = [c.name for c in checks if c.status == "fail"]
+    console.print(
+        "all checks passed." if not failed else f"[red]{len(failed)} check(s) failed:[/red] " + ", ".join(failed)
+    )
+
+
 def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Check what a first run needs; each problem comes with its exact fix.
 
@@ -45,10 +52,7 @@ def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json({"cluster": name, "ok": code == 0, "checks": [c.to_json() for c in checks]})
     else:
-        failed = [c.name for c in checks if c.status == "fail"]
-        console.print(
-            "all checks passed." if not failed else f"[red]{len(failed)} check(s) failed:[/red] " + ", ".join(failed)
-        )
+        _print_summary(checks)
     raise typer.Exit(code)
 
 
@@ -139,7 +143,7 @@ def onboard(
     it asks nothing."""
     from hpcai.onboarding.onboard import OnboardRequest
     from hpcai.onboarding.onboard import onboard as do_onboard
-    from hpcai.profiles import load_profile, resolve_alias
+    from hpcai.profiles import load_profile
 
     interactive = sys.stdin.isatty() and not yes and not json_out
     request = OnboardRequest(cluster, user, account, host_alias, identity, data_on, make_default, here)
@@ -153,11 +157,12 @@ def onboard(
     def confirm(question: str, default: bool) -> bool:
         return Confirm.ask(question, default=default, console=console)
 
-    if interactive and cluster is not None:
-        _print_steps(resolve_alias(cluster))
-    result = do_onboard(request, ask=ask if interactive else None, confirm=confirm if interactive else None)
-    if interactive and cluster is None:
-        _print_steps(result.cluster)
+    result = do_onboard(
+        request,
+        ask=ask if interactive else None,
+        confirm=confirm if interactive else None,
+        explain=_print_steps if interactive else None,
+    )
     checks: list[Any] = []
     if json_out:
         if run_doctor:
@@ -181,6 +186,7 @@ def onboard(
 
             console.print(f"\n[bold]hpcai doctor[/bold] for {result.cluster}")
             checks = doctor_checks(result.cluster, progress=_print_check)
+            _print_summary(checks)
     if run_doctor:
         from hpcai.onboarding.doctor import exit_code
 

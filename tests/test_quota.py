@@ -11,9 +11,7 @@ from tests.conftest import FIXTURES
 
 def test_lumi_quota_lines_give_space_and_files_per_path() -> None:
     text = (FIXTURES / "site-commands" / "lumi-quota.txt").read_text()
-    rows = parse_lumi_quota(
-        text.format(root="/r", user="u", account="project_1", work_used="1.0T", work_files="2.6k")
-    )
+    rows = parse_lumi_quota(text.format(root="/r", user="u", account="project_1", work_used="1.0T", work_files="2.6k"))
     assert [r.path for r in rows] == ["/r/home/u", "/r/work/project_1", "/r/scratch/u"]
     work = usage_for(rows, "/r/work/project_1/hpcai/store")
     assert work is not None and work.space_percent == 100 and work.files_percent == 100

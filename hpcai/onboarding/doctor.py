@@ -77,6 +77,11 @@ def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = 
             return doctor.checks
         if doctor.settings.ssh_host is not None:
             if not _check_ssh(doctor):
+                ssh_steps = ["ssh-key", "certificate", "host-key", "login"]
+                if profile.access.method != "ssh-certificate":
+                    ssh_steps.remove("certificate")
+                done = {c.name for c in doctor.checks}
+                doctor.skip_rest([n for n in ssh_steps if n not in done], "needs the SSH checks above to pass")
                 doctor.skip_rest(REMOTE_CHECKS, "needs a working SSH login")
                 return doctor.checks
         else:

@@ -83,8 +83,15 @@ def _default_identity(profile: ClusterProfile) -> str | None:
     return None if profile.access.method == "ssh-certificate" else "~/.ssh/id_ed25519"
 
 
-def onboard(request: OnboardRequest, *, ask: Ask | None = None, confirm: Confirm | None = None) -> OnboardResult:
-    """Resolve every answer (asking when `ask` is given and a flag is missing), then write the files."""
+def onboard(
+    request: OnboardRequest,
+    *,
+    ask: Ask | None = None,
+    confirm: Confirm | None = None,
+    explain: Callable[[str], None] | None = None,
+) -> OnboardResult:
+    """Resolve every answer (asking when `ask` is given and a flag is missing), then write the files.
+    `explain(cluster)` is called once the cluster is known, before any other question."""
     config = load_user_config()
     if request.cluster is None:
         if ask is None:
@@ -94,6 +101,8 @@ def onboard(request: OnboardRequest, *, ask: Ask | None = None, confirm: Confirm
     cluster = resolve_alias(request.cluster)
     profile = load_profile(cluster)
     current = config.for_cluster(cluster)
+    if explain is not None:
+        explain(cluster)
 
     def value(
         given: str | None,
