@@ -57,6 +57,9 @@ def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
 
 
 def budget(
+    workload: Annotated[
+        str | None, typer.Argument(help="Price this workload's job (its default nodes and time, or -N/-t).")
+    ] = None,
     cluster: ClusterOpt = None,
     nodes: Annotated[int | None, typer.Option("--nodes", "-N", help="Price a job of this many nodes...")] = None,
     time: Annotated[str | None, typer.Option("--time", "-t", help="...running this long (HH:MM:SS).")] = None,
@@ -84,9 +87,15 @@ def budget(
         backends.close()
     mine = find_allocation(rows, settings.account) if settings.account else None
     cost = None
-    if nodes is not None or time is not None:
-        if nodes is not None and nodes < 1:
-            raise HpcaiError("--nodes: give at least 1.")
+    if nodes is not None and nodes < 1:
+        raise HpcaiError("--nodes: give at least 1.")
+    if workload is not None:
+        from hpcai.jobspec import Overrides
+        from hpcai.service import prepare_job
+
+        job = prepare_job(workload, name, Overrides(nodes=nodes, time=time)).job
+        cost = job_cost(profile, job.nodes, job.walltime_s)
+    elif nodes is not None or time is not None:
         cost = job_cost(profile, nodes or 1, parse_walltime(time or "01:00:00", source="--time"))
     if json_out:
         print_json({

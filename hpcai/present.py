@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Column, Table
 
 from hpcai.output import console
@@ -63,6 +64,15 @@ def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
         console.print(f"budget: {'; '.join(profile.budget.commands)}")
     if profile.budget.billing:
         console.print(f"billing: {profile.budget.billing}")
+    if profile.budget.query:
+        console.print(
+            f"hpcai budget runs: {profile.budget.query} ({profile.budget.format}); a node-hour costs "
+            f"{profile.budget.per_node_hour:g} {profile.budget.unit}"
+        )
+    if profile.access.steps:
+        console.print("access, step by step (hpcai onboard explains them too):")
+        for number, step in enumerate(profile.access.steps, 1):
+            console.print(f"  {number}. {escape(step)}")
     if profile.sources:
         console.print("sources:")
         for url in profile.sources:

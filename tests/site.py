@@ -41,7 +41,13 @@ def install_command(sshd: Path, name: str, output: str) -> None:
 
 
 def write_site_profile(
-    config_dir: Path, root: Path, *, budget: str = "saldo", method: str = "ssh-key", quota: str = "lumi-quota"
+    config_dir: Path,
+    root: Path,
+    *,
+    budget: str = "saldo",
+    method: str = "ssh-key",
+    quota: str = "lumi-quota",
+    extra: dict[str, object] | None = None,
 ) -> None:
     spec = BUDGETS[budget]
     profile = {
@@ -86,6 +92,7 @@ def write_site_profile(
         },
         "quota": {"query": "lumi-quota", "format": "lumi-quota"} if quota == "lumi-quota" else {"format": "df"},
     }
+    profile.update(extra or {})
     (config_dir / "clusters").mkdir(parents=True, exist_ok=True)
     (config_dir / "clusters" / f"{SITE}.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
 

@@ -621,8 +621,13 @@ def _check_container(doctor: Doctor) -> None:
     if container is None:
         doctor.add(Check("container", "skip", "the profile uses no container runtime."))
         return
-    prefix = f"module load {' '.join(container.modules)} >/dev/null 2>&1; " if container.modules else ""
-    ok, out = _run(doctor, ["bash", "-lc", f"{prefix}command -v {shlex.quote(container.runtime)}"])
+    lookup = f"command -v {shlex.quote(container.runtime)}"
+    if container.modules:  # `module` is a shell function that only a login shell defines
+        modules = " ".join(shlex.quote(m) for m in container.modules)
+        argv = ["bash", "-lc", f"module load {modules} >/dev/null 2>&1; {lookup}"]
+    else:
+        argv = ["sh", "-c", lookup]
+    ok, out = _run(doctor, argv)
     if not ok or not out.strip():
         doctor.add(
             Check(

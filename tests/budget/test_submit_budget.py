@@ -23,7 +23,7 @@ def setup_site(sshd: Path, config: Path, tmp_path: Path, account: str) -> dict[s
 
 
 def test_budget_shows_what_is_left_and_prices_a_job(
-    sshd: Path, slurm_cluster: str, isolated_hpcai: Path, tmp_path: Path
+    sshd: Path, slurm_cluster: str, probe_workload: str, isolated_hpcai: Path, tmp_path: Path
 ) -> None:
     env = setup_site(sshd, isolated_hpcai / "config", tmp_path, "EUHPC_D17_084")
     result = run_cli("budget", "--nodes", "4", "--time", "02:00:00", "--json", env=env)
@@ -32,6 +32,8 @@ def test_budget_shows_what_is_left_and_prices_a_job(
     assert data["cost"] == {"nodes": 4, "hours": 2.0, "amount": 256.0, "unit": "local core-hours"}
     assert data["remaining_after"] == 25000 - 256
     assert {a["account"] for a in data["allocations"]} == {"EUHPC_D17_084", "EUHPC_D17_001"}
+    workload = json.loads(run_cli("budget", "probe", "--json", env=env).stdout)["cost"]  # probe: 1 node, 10 min
+    assert workload == {"nodes": 1, "hours": round(10 / 60, 4), "amount": round(32 / 6, 2), "unit": "local core-hours"}
     shown = run_cli("budget", "-N", "1", env=env)
     assert "EUHPC_D17_084 *" in shown.stdout and "24,968 would be left on EUHPC_D17_084" in shown.stdout
 

@@ -7,13 +7,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.site import BUDGETS, SITE, install_site_commands, user, user_ssh_config, write_site_profile
+from tests.site import BUDGETS, SITE, install_command, install_site_commands, user, user_ssh_config, write_site_profile
 
 
 @pytest.fixture
@@ -170,3 +171,38 @@ def test_doctor_alone_reports_in_words_and_exit_code(site: dict[str, Any]) -> No
     assert result.returncode == 1
     assert "✘ fail  budget" in result.stdout and "fix:" in result.stdout and "✔ pass  login" in result.stdout
     assert "1 check(s) failed: budget" in result.stdout
+
+
+def test_onboard_here_writes_no_ssh_entry_and_missing_answers_are_named(site: dict[str, Any]) -> None:
+    write_site_profile(site["config"], site["root"])
+    before = site["ssh_config"].read_text()
+    missing = run_cli("onboard", "--cluster", SITE, "--yes", env=site["env"])
+    assert missing.returncode == 2 and "pass --user" in missing.stderr and "Traceback" not in missing.stderr
+    here = run_cli("onboard", "--cluster", SITE, "--user", user(), "--account", "EUHPC_D17_084", "--here", "--yes",
+                   "--json", "--no-doctor", env=site["env"])  # fmt: skip
+    assert here.returncode == 0, here.stderr
+    data = json.loads(here.stdout)
+    assert data["ssh_config"] is None and data["settings"]["ssh_host"] is None and data["doctor"] is None
+    assert site["ssh_config"].read_text() == before
+    assert "ssh_host" not in (site["config"] / "config.toml").read_text()
+
+
+def test_purge_risk_warns_and_the_container_runtime_is_looked_for(site: dict[str, Any]) -> None:
+    write_site_profile(site["config"], site["root"], extra={"container": {"runtime": "apptainer", "flags": []}})
+    install_site_commands(site["sshd"], site["root"], "EUHPC_D17_084")
+    staged = site["root"] / "scratch" / user() / "hpcai" / "store" / "objects" / "ab" / "abcdef"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("old data")
+    sixty_days_ago = time.time() - 60 * 86400
+    os.utime(staged, (sixty_days_ago, sixty_days_ago))
+    (site["sshd"] / "sitebin" / "apptainer").unlink(missing_ok=True)
+    report = onboard(site, "EUHPC_D17_084")
+    checks = by_name(report)
+    assert checks["purge"]["status"] == "warn" and "1 file(s) under" in checks["purge"]["summary"]
+    assert "deletes files after 40 days" in checks["purge"]["summary"] and "hpcai stage" in checks["purge"]["fix"]
+    assert checks["container"]["status"] == "fail" and "`apptainer` is not available" in checks["container"]["summary"]
+    assert report["returncode"] == 1
+    install_command(site["sshd"], "apptainer", "apptainer version 1.3.4\n")
+    report = onboard(site, "EUHPC_D17_084")
+    assert by_name(report)["container"]["status"] == "pass" and report["returncode"] == 0  # a warning is no failure
+    assert str(site["sshd"] / "sitebin" / "apptainer") in by_name(report)["container"]["summary"]
