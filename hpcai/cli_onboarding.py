@@ -171,6 +171,7 @@ def onboard(
         ask=ask if interactive else None,
         confirm=confirm if interactive else None,
         explain=_print_steps if interactive else None,
+        create_key=_run_keygen if interactive else None,
     )
     checks: list[Any] = []
     if json_out:
@@ -200,6 +201,16 @@ def onboard(
         from hpcai.onboarding.doctor import exit_code
 
         raise typer.Exit(exit_code(checks))
+
+
+def _run_keygen(argv: list[str]) -> None:
+    """ssh-keygen in the user's own terminal: the passphrase never passes through hpcai."""
+    import subprocess
+    from pathlib import Path
+
+    Path(argv[argv.index("-f") + 1]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if subprocess.run(argv).returncode != 0:
+        console.print("[yellow]ssh-keygen did not create the key; create it by hand as the note says.[/yellow]")
 
 
 def _print_steps(cluster: str) -> None:

@@ -121,20 +121,28 @@ def _check_config(doctor: Doctor) -> bool:
         return False
     doctor.settings = settings = config.for_cluster(cluster)
     path = config_path()
-    problems, fixes = [], []
+    problems: list[str] = []
+    flags: list[str] = []
+    if not settings.user and any("{user}" in fs.path for fs in profile.filesystems.values()):
+        problems.append("no user: its paths need your login name")
+        flags.append(" --user <login name>")
     if profile.account_required and not settings.account:
-        problems.append(f"no account for {cluster}: jobs there must name one")
-        fixes.append(f"{_onboard_hint(cluster, ' --account <project>')} (the project from your allocation mail)")
+        problems.append("no account: jobs there must name one (the project from your allocation mail)")
+        flags.append(" --account <project>")
     if settings.ssh_host is None and profile.scheduler in SCHEDULER_COMMAND:
         command = SCHEDULER_COMMAND[profile.scheduler]
         if shutil.which(command) is None:
-            problems.append(f"no ssh_host for {cluster} and no `{command}` here, so this is not its login node")
-            fixes.append(f"{_onboard_hint(cluster)} writes the SSH entry and ssh_host")
-    if not settings.user and any("{user}" in fs.path for fs in profile.filesystems.values()):
-        problems.append(f"no user for {cluster}: its paths need your login name")
-        fixes.append(_onboard_hint(cluster, " --user <login name>"))
+            problems.append(f"no ssh_host, and no `{command}` here, so this is not its login node")
     if problems:
-        doctor.add(Check("config", "fail", f"{path}: " + "; ".join(problems) + ".", " ".join(fixes)))
+        doctor.add(
+            Check(
+                "config",
+                "fail",
+                f"{path}, cluster {cluster}: " + "; ".join(problems) + ".",
+                f"Run {_onboard_hint(cluster, ''.join(flags))}: it asks for what is missing and writes the "
+                "SSH entry too.",
+            )
+        )
         return False
     where = f"over SSH via `{settings.ssh_host}`" if settings.ssh_host else "on this machine"
     account = f", account {settings.account}" if settings.account else ""
@@ -262,15 +270,12 @@ def _check_ssh(doctor: Doctor) -> bool:
 
 
 def _encrypted(path: Path) -> bool:
-    import paramiko
+    from hpcai.transport.ssh import load_private_key
 
     try:
-        paramiko.PKey.from_path(str(path))
-    except paramiko.PasswordRequiredException:
-        return True
+        return load_private_key(path) is None
     except Exception:  # unreadable keys are the login check's to report
         return False
-    return False
 
 
 def _offered_key(host: str, port: int) -> str | None:
@@ -566,7 +571,7 @@ def _check_quota(doctor: Doctor) -> None:
         files = f"{usage.files_percent:.0f}% of files" if usage.files_percent is not None else "files n/a"
         results.append((name, status, f"{name} ({path}): {space}, {files}"))
     if not results:
-        doctor.add(Check("quota", "skip", "none of the profile's filesystems could be measured."))
+        doctor.add(Check("quota", "skip", "none of the profile's filesystems exists yet (or none could be measured)."))
         return
     status = worst([s for _, s, _ in results])
     bad = [text for _, s, text in results if s == status] if status != "pass" else [t for _, _, t in results]

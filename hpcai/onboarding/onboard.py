@@ -89,9 +89,11 @@ def onboard(
     ask: Ask | None = None,
     confirm: Confirm | None = None,
     explain: Callable[[str], None] | None = None,
+    create_key: Callable[[list[str]], None] | None = None,
 ) -> OnboardResult:
     """Resolve every answer (asking when `ask` is given and a flag is missing), then write the files.
-    `explain(cluster)` is called once the cluster is known, before any other question."""
+    `explain(cluster)` is called once the cluster is known, before any other question; `create_key(argv)`
+    runs ssh-keygen in the user's terminal when they agree to create a missing key."""
     config = load_user_config()
     if request.cluster is None:
         if ask is None:
@@ -175,10 +177,23 @@ def onboard(
         ssh_host = alias
         if identity and not Path(identity).expanduser().is_file():
             kind = (profile.access.key_types or ["ed25519"])[0].replace("rsa-4096", "rsa -b 4096")
-            notes.append(
-                f"{identity} does not exist yet: create it with `ssh-keygen -t {kind} -f {identity}` and "
-                "register the .pub file as the steps above say."
-            )
+            keygen = ["ssh-keygen", "-t", *kind.split(" -b ")[:1], *(["-b", "4096"] if "4096" in kind else []),
+                      "-f", str(Path(identity).expanduser()), "-C", f"{user}@{cluster}"]  # fmt: skip
+            if (
+                create_key is not None
+                and confirm is not None
+                and confirm(
+                    f"{identity} does not exist. Create it now with ssh-keygen (it asks for a passphrase)?", True
+                )
+            ):
+                create_key(keygen)
+            if Path(identity).expanduser().is_file():
+                notes.append(f"Created {identity}; register {identity}.pub with the site as the steps above say.")
+            else:
+                notes.append(
+                    f"{identity} does not exist yet: create it with `ssh-keygen -t {kind} -f {identity}` and "
+                    "register the .pub file as the steps above say."
+                )
     make_default = request.make_default
     if make_default is None:
         make_default = confirm(f"Make {cluster} your default cluster?", True) if confirm else False

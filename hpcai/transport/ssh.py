@@ -43,6 +43,20 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def load_private_key(path: Path) -> paramiko.PKey | None:
+    """The key in `path`, or None when it is protected by a passphrase. (For OpenSSH-format keys the
+    cryptography loader behind paramiko raises TypeError, not PasswordRequiredException: both mean
+    'encrypted'.)"""
+    try:
+        return paramiko.PKey.from_path(str(path))
+    except paramiko.PasswordRequiredException:
+        return None
+    except TypeError as exc:
+        if "password" in str(exc).lower():
+            return None
+        raise
+
+
 def ssh_config_path() -> Path:
     return Path(os.environ.get("HPCAI_SSH_CONFIG", "~/.ssh/config")).expanduser()
 
@@ -165,11 +179,11 @@ class SshTransport(Transport):
             if not path.is_file():
                 continue
             try:
-                key = paramiko.PKey.from_path(str(path))
-            except paramiko.PasswordRequiredException:
-                continue  # encrypted: the agent holds it, or it cannot be used without a prompt
+                key = load_private_key(path)
             except (paramiko.SSHException, ValueError) as exc:
                 raise SshError(f"{self.target.alias}: cannot read the key {path} ({exc}).") from None
+            if key is None:
+                continue  # encrypted: the agent holds it, or it cannot be used without a prompt
             for cert in self.target.certificate_files:
                 info = parse_certificate_file(cert.read_text()) if cert.is_file() else None
                 if cert.name == path.name + "-cert.pub" and info is not None and not info.expired():

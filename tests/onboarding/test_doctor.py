@@ -206,3 +206,33 @@ def test_purge_risk_warns_and_the_container_runtime_is_looked_for(site: dict[str
     report = onboard(site, "EUHPC_D17_084")
     assert by_name(report)["container"]["status"] == "pass" and report["returncode"] == 0  # a warning is no failure
     assert str(site["sshd"] / "sitebin" / "apptainer") in by_name(report)["container"]["summary"]
+
+
+def test_a_passphrase_key_needs_the_agent_and_works_through_it(site: dict[str, Any], tmp_path: Path) -> None:
+    write_site_profile(site["config"], site["root"])
+    install_site_commands(site["sshd"], site["root"], "EUHPC_D17_084")
+    key = tmp_path / "keys" / "id_jsc"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret pass", "-C", "jsc", "-f", str(key)], check=True)
+    with (site["sshd"] / "authorized_keys").open("a") as keys:  # the site has the public key (JuDoor upload)
+        keys.write(Path(f"{key}.pub").read_text())
+    report = onboard(site, "EUHPC_D17_084", identity=key)
+    check = by_name(report)["ssh-key"]
+    assert check["status"] == "warn" and "has a passphrase and no agent" in check["summary"]
+    assert f"ssh-add {key}" in check["fix"] and by_name(report)["login"]["status"] == "fail"
+
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    agent_env = dict(line.split(";")[0].split("=", 1) for line in agent.splitlines() if line.startswith("SSH_"))
+    try:
+        askpass = tmp_path / "askpass"
+        askpass.write_text("#!/bin/sh\necho 's3cret pass'\n")
+        askpass.chmod(0o700)
+        subprocess.run(["ssh-add", str(key)], env={**os.environ, **agent_env, "SSH_ASKPASS": str(askpass),
+                       "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}, check=True, capture_output=True)  # fmt: skip
+        site["env"]["SSH_AUTH_SOCK"] = agent_env["SSH_AUTH_SOCK"]
+        report = onboard(site, "EUHPC_D17_084", identity=key)
+        checks = by_name(report)
+        assert checks["ssh-key"]["status"] == "pass" and "1 key(s) in the agent" in checks["ssh-key"]["summary"]
+        assert checks["login"]["status"] == "pass" and report["returncode"] == 0
+    finally:
+        subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)

@@ -56,3 +56,38 @@ def test_interactive_onboarding_asks_explains_writes_and_checks(
     config = (isolated_hpcai / "config" / "config.toml").read_text()
     assert 'default_cluster = "testsite"' in config and 'account = "EUHPC_D17_084"' in config
     assert "Host testsite" in ssh_config.read_text() and ssh_config.read_text().startswith("# my own settings")
+
+
+def test_a_missing_key_can_be_created_in_the_terminal_with_a_passphrase(
+    sshd: Path, isolated_hpcai: Path, tmp_path: Path
+) -> None:
+    from hpcai.transport.ssh import load_private_key
+
+    root = tmp_path / "site"
+    write_site_profile(isolated_hpcai / "config", root)
+    ssh_config = user_ssh_config(tmp_path, sshd / "known_hosts")
+    key = tmp_path / "keys" / "id_site"
+    env = {**os.environ, "HPCAI_SSH_CONFIG": str(ssh_config), "SSH_AUTH_SOCK": "", "COLUMNS": "200", "NO_COLOR": "1"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "hpcai", "onboard", "--cluster", SITE, "--user", user(), "--account", "EUHPC_D17_084",
+         "--data-on", "work", "--host-alias", "site", "--not-default", "--no-doctor", "--identity", str(key)],
+        cwd=str(REPO), env=env, encoding="utf-8", timeout=60, dimensions=(50, 200),
+    )  # fmt: skip
+    try:
+        child.expect(r"Write the `Host site` entry to .*\[y/n\]")
+        child.sendline("y")
+        child.expect(r"does not exist\. Create it now with ssh-keygen .*\[y/n\]")
+        child.sendline("y")
+        child.expect("Enter passphrase")
+        child.sendline("correct horse battery")
+        child.expect("Enter same passphrase again")
+        child.sendline("correct horse battery")
+        child.expect(f"Created {key}; register {key}.pub")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert load_private_key(key) is None  # protected by the passphrase, as JSC demands
+    written = ssh_config.read_text() + (isolated_hpcai / "config" / "config.toml").read_text()
+    assert f"IdentityFile {key}" in written and "correct horse" not in written
