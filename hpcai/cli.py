@@ -8,15 +8,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from hpcai import __version__
 from hpcai.errors import HpcaiError
-from hpcai.jobspec import Overrides
 from hpcai.output import console, error_console, print_error, print_json
+
+if TYPE_CHECKING:  # pydantic models load only for the commands that need them: `--version` stays fast
+    from hpcai.jobspec import Overrides
 
 app = typer.Typer(
     name="hpcai",
@@ -67,6 +69,7 @@ def _overrides(
     run_id: str | None,
     run_dir: str | None,
 ) -> Overrides:
+    from hpcai.jobspec import Overrides
     from hpcai.runids import new_run_id
 
     if run_id is not None:
