@@ -399,15 +399,33 @@ def _check_scheduler(doctor: Doctor) -> None:
         doctor.add(Check("scheduler", "pass", f"Slurm answers; partitions {', '.join(sorted(offered))}."))
         return
     ok, out = _run(doctor, ["qstat", "-Q"])
-    status: Status = "pass" if ok else "fail"
-    doctor.add(
-        Check(
-            "scheduler",
-            status,
-            "PBS answers (`qstat -Q`)." if ok else f"`qstat -Q` failed: {out}.",
-            None if ok else "Check that you are on a login node and that PBS answers.",
+    if not ok:
+        doctor.add(
+            Check(
+                "scheduler",
+                "fail",
+                f"`qstat -Q` failed: {out or 'no output'}.",
+                "Check that you are on a login node of the cluster and that PBS answers (`qstat -Q`).",
+            )
         )
-    )
+        return
+    # Queue table: a header, a dashes line, then one row per queue (name first).
+    lines = out.splitlines()
+    rows = lines[next((i + 1 for i, line in enumerate(lines) if line.startswith("---")), 0) :]
+    offered = {line.split()[0] for line in rows if line.split()}
+    missing = [p.name for p in doctor.profile.partitions if p.name not in offered]
+    if missing:
+        doctor.add(
+            Check(
+                "scheduler",
+                "warn",
+                f"PBS answers, but has no queue {', '.join(missing)} as the profile says "
+                f"(queues: {', '.join(sorted(offered)) or 'none listed'}).",
+                "The site may have renamed them: override `partitions` in your copy of the profile.",
+            )
+        )
+        return
+    doctor.add(Check("scheduler", "pass", f"PBS answers; queues {', '.join(sorted(offered))}."))
 
 
 def _load_allocations(doctor: Doctor) -> None:

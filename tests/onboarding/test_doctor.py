@@ -236,3 +236,28 @@ def test_a_passphrase_key_needs_the_agent_and_works_through_it(site: dict[str, A
         assert checks["login"]["status"] == "pass" and report["returncode"] == 0
     finally:
         subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)
+
+
+def test_a_pbs_site_is_checked_through_qstat(site: dict[str, Any]) -> None:
+    pbs = {
+        "scheduler": "pbs",
+        "pbs": {"select_extra": [], "place": None},
+        "launch": {
+            "launcher": "direct",
+            "machine_rank_var": "HPCAI_MACHINE_RANK",
+            "master_port": "from-job-id",
+            "gpu_request": "none",
+            "python": "python3",
+        },
+    }
+    write_site_profile(site["config"], site["root"], budget="sbank", extra=pbs)
+    install_site_commands(site["sshd"], site["root"], "MyProj", budget="sbank")
+    report = onboard(site, "MyProj")
+    checks = by_name(report)
+    assert report["returncode"] == 0, json.dumps(report["doctor"], indent=1)
+    assert checks["scheduler"]["summary"] == "PBS answers; queues debug."
+    assert checks["python"]["status"] == "pass" and checks["budget"]["allocation"]["unit"] == "node-hours"
+    pbs["partitions"] = [{"name": "prod", "max_nodes": 10, "max_walltime": "24:00:00", "default": True}]
+    write_site_profile(site["config"], site["root"], budget="sbank", extra=pbs)
+    renamed = by_name(onboard(site, "MyProj"))["scheduler"]
+    assert renamed["status"] == "warn" and "no queue prod" in renamed["summary"]
