@@ -261,3 +261,30 @@ def test_a_pbs_site_is_checked_through_qstat(site: dict[str, Any]) -> None:
     write_site_profile(site["config"], site["root"], budget="sbank", extra=pbs)
     renamed = by_name(onboard(site, "MyProj"))["scheduler"]
     assert renamed["status"] == "warn" and "no queue prod" in renamed["summary"]
+
+
+def test_leonardo_style_certificate_held_only_by_the_agent(site: dict[str, Any], tmp_path: Path) -> None:
+    """`step ssh login` leaves a 12-hour certificate in the agent and nothing on disk that the site
+    trusts by itself: the key alone is not authorized, only the CA-signed certificate is."""
+    write_site_profile(site["config"], site["root"], method="ssh-certificate")
+    install_site_commands(site["sshd"], site["root"], "EUHPC_D17_084")
+    key = tmp_path / "agent-only" / "id_step"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(site["sshd"] / "ca"), "-I", "step-cert", "-n", user(),
+                    "-V", "-5m:+12h", f"{key}.pub"], check=True)  # fmt: skip
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    agent_env = dict(line.split(";")[0].split("=", 1) for line in agent.splitlines() if line.startswith("SSH_"))
+    try:
+        subprocess.run(["ssh-add", str(key)], env={**os.environ, **agent_env}, check=True, capture_output=True)
+        for path in (key, Path(f"{key}-cert.pub")):
+            path.unlink()  # only the agent holds them now, as after `step ssh login`
+        site["env"]["SSH_AUTH_SOCK"] = agent_env["SSH_AUTH_SOCK"]
+        report = onboard(site, "EUHPC_D17_084", "--identity", "")
+        checks = by_name(report)
+        assert "IdentityFile" not in site["ssh_config"].read_text().split(">>> hpcai")[1]
+        assert checks["certificate"]["status"] == "pass" and "step-cert" in checks["certificate"]["summary"]
+        assert 11.8 < checks["certificate"]["hours_left"] <= 12 and checks["login"]["status"] == "pass"
+        assert report["returncode"] == 0, json.dumps(report["doctor"], indent=1)
+    finally:
+        subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)
