@@ -191,6 +191,11 @@ def onboard(
         console.print(f"{result.config.path}: {config_state}.{backup}")
         for note in result.notes:
             console.print(f"[yellow]note:[/yellow] {note}")
+        if result.public_key:
+            from rich.markup import escape
+
+            console.print("Your public key, to register with the site as its access steps say (copy the whole line):")
+            console.print(escape(result.public_key), soft_wrap=True)
         if run_doctor:
             from hpcai.onboarding.doctor import run_doctor as doctor_checks
 

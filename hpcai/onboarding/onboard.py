@@ -40,6 +40,7 @@ class OnboardResult:
     ssh: SshConfigChange | None
     config: ConfigChange
     notes: list[str] = field(default_factory=list)
+    public_key: str | None = None  # what to register with the site (the .pub of the key in the entry)
 
     def to_json(self) -> dict[str, Any]:
         ssh = None
@@ -61,6 +62,7 @@ class OnboardResult:
                 "backup": _str(self.config.backup),
             },
             "notes": self.notes,
+            "public_key": self.public_key,
         }
 
 
@@ -199,7 +201,12 @@ def onboard(
         make_default = confirm(f"Make {cluster} your default cluster?", True) if confirm else False
     settings = {"user": user, "account": account, "ssh_host": ssh_host, "data_filesystem": data_fs}
     change = update_cluster_settings(cluster, settings, make_default=make_default)
-    return OnboardResult(cluster, settings, profile.access.steps or _fallback_steps(profile), ssh_change, change, notes)
+    public_key = None
+    if remote and identity:
+        pub = Path(f"{Path(identity).expanduser()}.pub")
+        public_key = pub.read_text(encoding="utf-8").strip() if pub.is_file() else None
+    steps = profile.access.steps or _fallback_steps(profile)
+    return OnboardResult(cluster, settings, steps, ssh_change, change, notes, public_key)
 
 
 def _describe_fs(profile: ClusterProfile, name: str) -> str:

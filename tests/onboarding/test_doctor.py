@@ -67,6 +67,7 @@ def test_onboard_writes_config_and_ssh_entry_and_is_idempotent(site: dict[str, A
     assert text.startswith(before) and text.count("Host testsite") == 1
     assert f"HostName 127.0.0.1\n  User {user()}\n  Port {os.environ['HPCAI_SSHD_PORT']}" in text
     assert Path(first["ssh_config"]["backup"]).read_text() == before
+    assert first["public_key"] == (site["sshd"] / "id_ed25519.pub").read_text().strip()  # to paste in the portal
     config = (site["config"] / "config.toml").read_text()
     assert 'default_cluster = "testsite"' in config and 'account = "EUHPC_D17_084"' in config
     assert 'ssh_host = "testsite"' in config and 'data_filesystem = "work"' in config

@@ -84,6 +84,8 @@ def test_a_missing_key_can_be_created_in_the_terminal_with_a_passphrase(
         child.expect("Enter same passphrase again")
         child.sendline("correct horse battery")
         child.expect(f"Created {key}; register {key}.pub")
+        child.expect("Your public key, to register with the site")
+        child.expect(r"ssh-ed25519 \S+ " + f"{user()}@{SITE}")
         child.expect(pexpect.EOF)
     finally:
         child.close()
