@@ -177,7 +177,13 @@ def onboard(
         else:
             notes.append(f"{path} was left as it is; add a `Host {alias}` entry for {entry.hostname} yourself.")
         ssh_host = alias
-        if identity and not Path(identity).expanduser().is_file():
+        certificate_site = profile.access.method == "ssh-certificate"
+        if identity and not Path(identity).expanduser().is_file() and certificate_site:
+            notes.append(
+                f"{identity} does not exist. On {cluster} the site's login step puts a key and its certificate "
+                "in your ssh-agent, so no key file is needed: run `hpcai onboard --identity ''` to leave it out."
+            )
+        elif identity and not Path(identity).expanduser().is_file():
             kind = (profile.access.key_types or ["ed25519"])[0].replace("rsa-4096", "rsa -b 4096")
             keygen = ["ssh-keygen", "-t", *kind.split(" -b ")[:1], *(["-b", "4096"] if "4096" in kind else []),
                       "-f", str(Path(identity).expanduser()), "-C", f"{user}@{cluster}"]  # fmt: skip

@@ -289,3 +289,10 @@ def test_leonardo_style_certificate_held_only_by_the_agent(site: dict[str, Any],
         assert report["returncode"] == 0, json.dumps(report["doctor"], indent=1)
     finally:
         subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)
+
+
+def test_certificate_sites_need_no_key_file_and_say_so(site: dict[str, Any], tmp_path: Path) -> None:
+    write_site_profile(site["config"], site["root"], method="ssh-certificate")
+    result = onboard(site, "EUHPC_D17_084", "--no-doctor", identity=tmp_path / "absent")
+    assert any("no key file is needed" in note and "--identity ''" in note for note in result["notes"])
+    assert "IdentitiesOnly" not in site["ssh_config"].read_text()  # the agent's certificate must stay usable
