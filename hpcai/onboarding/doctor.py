@@ -382,21 +382,7 @@ def _check_scheduler(doctor: Doctor) -> None:
                 )
             )
             return
-        offered = {p.strip().rstrip("*") for p in out.split()}
-        missing = [p.name for p in doctor.profile.partitions if p.name not in offered]
-        if missing:
-            doctor.add(
-                Check(
-                    "scheduler",
-                    "warn",
-                    f"Slurm answers, but does not offer the partition(s) "
-                    f"{', '.join(missing)} the profile names (offered: {', '.join(sorted(offered))}).",
-                    "The site may have renamed them: override `partitions` in your copy of the "
-                    "profile (hpcai clusters show --help).",
-                )
-            )
-            return
-        doctor.add(Check("scheduler", "pass", f"Slurm answers; partitions {', '.join(sorted(offered))}."))
+        _report_queues(doctor, "Slurm", "partition", {p.strip().rstrip("*") for p in out.split()})
         return
     ok, out = _run(doctor, ["qstat", "-Q"])
     if not ok:
@@ -412,20 +398,25 @@ def _check_scheduler(doctor: Doctor) -> None:
     # Queue table: a header, a dashes line, then one row per queue (name first).
     lines = out.splitlines()
     rows = lines[next((i + 1 for i, line in enumerate(lines) if line.startswith("---")), 0) :]
-    offered = {line.split()[0] for line in rows if line.split()}
+    _report_queues(doctor, "PBS", "queue", {line.split()[0] for line in rows if line.split()})
+
+
+def _report_queues(doctor: Doctor, scheduler: str, noun: str, offered: set[str]) -> None:
+    """The scheduler answered: do the partitions (queues) the profile names exist?"""
+    listed = ", ".join(sorted(offered)) or "none listed"
     missing = [p.name for p in doctor.profile.partitions if p.name not in offered]
     if missing:
         doctor.add(
             Check(
                 "scheduler",
                 "warn",
-                f"PBS answers, but has no queue {', '.join(missing)} as the profile says "
-                f"(queues: {', '.join(sorted(offered)) or 'none listed'}).",
-                "The site may have renamed them: override `partitions` in your copy of the profile.",
+                f"{scheduler} answers, but has no {noun} {', '.join(missing)} as the profile says ({noun}s: {listed}).",
+                f"The site may have renamed it: override `partitions` in your copy of the profile "
+                f"(~/.config/hpcai/clusters/{doctor.cluster}.yaml).",
             )
         )
         return
-    doctor.add(Check("scheduler", "pass", f"PBS answers; queues {', '.join(sorted(offered))}."))
+    doctor.add(Check("scheduler", "pass", f"{scheduler} answers; {noun}s {listed}."))
 
 
 def _load_allocations(doctor: Doctor) -> None:
