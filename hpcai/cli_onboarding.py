@@ -45,15 +45,21 @@ def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     from hpcai.service import default_cluster
 
     name = cluster or default_cluster()
-    if not json_out:
-        console.print(f"[bold]hpcai doctor[/bold] for {name}")
-    checks = run_doctor(name, progress=None if json_out else _print_check)
+    checks = run_doctor(name) if json_out else _doctor_in_words(name)
     code = exit_code(checks)
     if json_out:
         print_json({"cluster": name, "ok": code == 0, "checks": [c.to_json() for c in checks]})
-    else:
-        _print_summary(checks)
     raise typer.Exit(code)
+
+
+def _doctor_in_words(cluster: str) -> list[Any]:
+    """Run the doctor, printing each check as it finishes, then the summary line."""
+    from hpcai.onboarding.doctor import run_doctor
+
+    console.print(f"[bold]hpcai doctor[/bold] for {cluster}")
+    checks = run_doctor(cluster, progress=_print_check)
+    _print_summary(checks)
+    return checks
 
 
 def budget(
@@ -173,19 +179,18 @@ def onboard(
         explain=_print_steps if interactive else None,
         create_key=_run_keygen if interactive else None,
     )
-    checks: list[Any] = []
+    checks: list[Any] | None = None
     if json_out:
         if run_doctor:
             from hpcai.onboarding.doctor import run_doctor as doctor_checks
 
             checks = doctor_checks(result.cluster)
-        print_json({**result.to_json(), "doctor": [c.to_json() for c in checks] if run_doctor else None})
+        print_json({**result.to_json(), "doctor": None if checks is None else [c.to_json() for c in checks]})
     else:
         if not interactive:
             _print_steps(result.cluster)
-        for change in (result.ssh,):
-            if change is not None:
-                console.print(change.reason + (f" Backup: {change.backup}" if change.backup else ""))
+        if result.ssh is not None:
+            console.print(result.ssh.reason + (f" Backup: {result.ssh.backup}" if result.ssh.backup else ""))
         config_state = "updated" if result.config.changed else "already up to date"
         backup = f" Backup: {result.config.backup}" if result.config.backup else ""
         console.print(f"{result.config.path}: {config_state}.{backup}")
@@ -197,12 +202,9 @@ def onboard(
             console.print("Your public key, to register with the site as its access steps say (copy the whole line):")
             console.print(escape(result.public_key), soft_wrap=True)
         if run_doctor:
-            from hpcai.onboarding.doctor import run_doctor as doctor_checks
-
-            console.print(f"\n[bold]hpcai doctor[/bold] for {result.cluster}")
-            checks = doctor_checks(result.cluster, progress=_print_check)
-            _print_summary(checks)
-    if run_doctor:
+            console.print()
+            checks = _doctor_in_words(result.cluster)
+    if checks is not None:
         from hpcai.onboarding.doctor import exit_code
 
         raise typer.Exit(exit_code(checks))
@@ -221,10 +223,10 @@ def _run_keygen(argv: list[str]) -> None:
 def _print_steps(cluster: str) -> None:
     from rich.markup import escape
 
+    from hpcai.onboarding.onboard import access_steps
     from hpcai.profiles import load_profile
 
-    profile = load_profile(cluster)
-    steps = profile.access.steps or ([profile.access.notes] if profile.access.notes else [])
+    steps = access_steps(load_profile(cluster))
     if not steps:
         return
     console.print(f"[bold]Getting access to {cluster}[/bold]")

@@ -9,20 +9,27 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcai.budget.parsers import Allocation
 from hpcai.budget.query import BudgetUnavailable, find_allocation, job_cost, query_allocations
 from hpcai.errors import HpcaiError
 from hpcai.onboarding.checks import Check, Status, worst
+from hpcai.onboarding.keys import keygen_argv
 from hpcai.paths import state_dir
 from hpcai.profiles import ClusterProfile, expand_path, load_profile, resolve_alias
 from hpcai.quota import Usage, df_usage, parse_lumi_quota, usage_for
 from hpcai.render import OFFLINE_ENV
 from hpcai.transport.base import Transport
 from hpcai.userconfig import ClusterSettings, config_path, load_user_config
+
+if TYPE_CHECKING:  # paramiko loads only when a check needs SSH
+    import paramiko
+
+    from hpcai.transport.ssh import SshTarget
 
 SCHEDULER_COMMAND = {"slurm": "sbatch", "pbs": "qsub"}
 
@@ -41,9 +48,12 @@ class Doctor:
     allocations: list[Allocation] | None = None
     budget_error: str | None = None
     checks: list[Check] = field(default_factory=list)
+    progress: Callable[[Check], None] | None = None  # told of each check as it finishes
 
     def add(self, check: Check) -> Check:
         self.checks.append(check)
+        if self.progress is not None:
+            self.progress(check)
         return check
 
     def skip_rest(self, names: list[str], reason: str) -> None:
@@ -57,20 +67,7 @@ REMOTE_CHECKS = ["scheduler", "account", "budget", "quota", "purge", "container"
 def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = None) -> list[Check]:
     cluster = resolve_alias(cluster_name)
     profile = load_profile(cluster)
-    doctor = Doctor(cluster, profile)
-
-    def report(check: Check) -> None:
-        if progress is not None:
-            progress(check)
-
-    original_add = doctor.add
-
-    def add(check: Check) -> Check:
-        original_add(check)
-        report(check)
-        return check
-
-    doctor.add = add  # type: ignore[method-assign]
+    doctor = Doctor(cluster, profile, progress=progress)
     try:
         if not _check_config(doctor):
             doctor.skip_rest(["login", *REMOTE_CHECKS], "needs a valid config.toml")
@@ -88,8 +85,9 @@ def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = 
             from hpcai.transport.local import LocalTransport
 
             doctor.transport = LocalTransport()
-        who = doctor.transport.run(["id", "-un"]) if doctor.transport else None
-        doctor.remote_user = who.stdout.strip() if who is not None and who.ok else doctor.settings.user
+        assert doctor.transport is not None  # the login check or the local branch set it
+        who = doctor.transport.run(["id", "-un"])
+        doctor.remote_user = who.stdout.strip() if who.ok else doctor.settings.user
         for check in (
             _check_scheduler,
             _check_account,
@@ -182,14 +180,13 @@ def _check_ssh(doctor: Doctor) -> bool:
     upload = next((s for s in profile.access.steps if "upload" in s.lower() or "add the public key" in s.lower()), "")
     if missing and not agent_keys:
         key = missing[0]
-        kind = (profile.access.key_types or ["ed25519"])[0].replace("rsa-4096", "rsa -b 4096")
         doctor.add(
             Check(
                 "ssh-key",
                 "fail",
                 f"the key {key} named in {config_file} (Host {alias}) does not exist, and no agent holds a key.",
-                f"Create it with `ssh-keygen -t {kind} -f {key}` (with a passphrase), then register {key}.pub with "
-                f"the site. {upload}".strip(),
+                f"Create it with `{shlex.join(keygen_argv(profile, key))}` (with a passphrase), then register "
+                f"{key}.pub with the site. {upload}".strip(),
             )
         )
         return False
@@ -299,23 +296,10 @@ def _offered_key(host: str, port: int) -> str | None:
         return None
 
 
-def _check_certificate(doctor: Doctor, target: object, agent_keys: object) -> bool:
-    from hpcai.transport.certs import CertificateInfo, parse_certificate, parse_certificate_file
-    from hpcai.transport.ssh import SshTarget
+def _check_certificate(doctor: Doctor, target: SshTarget, agent_keys: Sequence[paramiko.PKey]) -> bool:
+    from hpcai.transport.ssh import collect_certificates
 
-    assert isinstance(target, SshTarget)
-    found: list[CertificateInfo] = []
-    for path in target.certificate_files:
-        info = parse_certificate_file(path.read_text()) if path.is_file() else None
-        if info is not None:
-            found.append(info)
-    for key in agent_keys or ():  # type: ignore[attr-defined]
-        try:
-            info = parse_certificate(key.asbytes())
-        except Exception:
-            info = None
-        if info is not None:
-            found.append(info)
+    found = collect_certificates(target, [key.asbytes() for key in agent_keys])
     renew = next((s for s in doctor.profile.access.steps if "every day" in s.lower()), doctor.profile.access.notes)
     if not found:
         doctor.add(

@@ -4,6 +4,7 @@ config.toml, explain the site's access procedure. `doctor` then says what is sti
 from __future__ import annotations
 
 import getpass
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from hpcai.errors import HpcaiError
 from hpcai.onboarding.configfile import ConfigChange, update_cluster_settings
+from hpcai.onboarding.keys import keygen_argv
 from hpcai.onboarding.sshconfig import HostEntry, SshConfigChange, write_host_entry
 from hpcai.profiles import ClusterProfile, load_profile, profile_names, resolve_alias
 from hpcai.userconfig import load_user_config
@@ -184,9 +186,7 @@ def onboard(
                 "in your ssh-agent, so no key file is needed: run `hpcai onboard --identity ''` to leave it out."
             )
         elif identity and not Path(identity).expanduser().is_file():
-            kind = (profile.access.key_types or ["ed25519"])[0].replace("rsa-4096", "rsa -b 4096")
-            keygen = ["ssh-keygen", "-t", *kind.split(" -b ")[:1], *(["-b", "4096"] if "4096" in kind else []),
-                      "-f", str(Path(identity).expanduser()), "-C", f"{user}@{cluster}"]  # fmt: skip
+            keygen = keygen_argv(profile, Path(identity).expanduser(), f"{user}@{cluster}")
             if (
                 create_key is not None
                 and confirm is not None
@@ -199,7 +199,7 @@ def onboard(
                 notes.append(f"Created {identity}; register {identity}.pub with the site as the steps above say.")
             else:
                 notes.append(
-                    f"{identity} does not exist yet: create it with `ssh-keygen -t {kind} -f {identity}` and "
+                    f"{identity} does not exist yet: create it with `{shlex.join(keygen)}` and "
                     "register the .pub file as the steps above say."
                 )
     make_default = request.make_default
@@ -211,8 +211,7 @@ def onboard(
     if remote and identity:
         pub = Path(f"{Path(identity).expanduser()}.pub")
         public_key = pub.read_text(encoding="utf-8").strip() if pub.is_file() else None
-    steps = profile.access.steps or _fallback_steps(profile)
-    return OnboardResult(cluster, settings, steps, ssh_change, change, notes, public_key)
+    return OnboardResult(cluster, settings, access_steps(profile), ssh_change, change, notes, public_key)
 
 
 def _describe_fs(profile: ClusterProfile, name: str) -> str:
@@ -221,5 +220,6 @@ def _describe_fs(profile: ClusterProfile, name: str) -> str:
     return " ".join(facts) if facts else fs.path
 
 
-def _fallback_steps(profile: ClusterProfile) -> list[str]:
-    return [profile.access.notes] if profile.access.notes else []
+def access_steps(profile: ClusterProfile) -> list[str]:
+    """The site's access procedure: its steps, else its one-paragraph notes."""
+    return profile.access.steps or ([profile.access.notes] if profile.access.notes else [])

@@ -118,8 +118,8 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         )
 
 
-def check_certificates(target: SshTarget, agent_blobs: Sequence[bytes], renew_hint: str) -> list[CertificateInfo]:
-    """Certificates in the configured files and in the agent; raise when all of them have expired."""
+def collect_certificates(target: SshTarget, agent_blobs: Sequence[bytes]) -> list[CertificateInfo]:
+    """Certificates in the configured files (and `<identity>-cert.pub`) and in the agent."""
     found: list[CertificateInfo] = []
     for path in target.certificate_files:
         if path.is_file():
@@ -133,6 +133,12 @@ def check_certificates(target: SshTarget, agent_blobs: Sequence[bytes], renew_hi
             info = None
         if info is not None:
             found.append(info)
+    return found
+
+
+def check_certificates(target: SshTarget, agent_blobs: Sequence[bytes], renew_hint: str) -> list[CertificateInfo]:
+    """Certificates in the configured files and in the agent; raise when all of them have expired."""
+    found = collect_certificates(target, agent_blobs)
     if found and all(c.expired() for c in found):
         newest = max(found, key=lambda c: c.valid_before)
         ago = -newest.hours_left()
