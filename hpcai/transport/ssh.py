@@ -320,14 +320,24 @@ class SshTransport(Transport):
             command = f"cd {shlex.quote(cwd)} && {command}"
 
         def execute() -> CommandResult:
-            client = self.connect()
-            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+            # SSHClient.exec_command, minus its stdin file: a ChannelStdinFile left to the garbage collector
+            # can be finalised on paramiko's transport thread while that thread holds the channel lock,
+            # and its close() takes the same lock -- a deadlock (seen: doctor hanging on its next command).
+            # Commands here take no input, so stdin is shut at once instead.
+            transport = self.connect().get_transport()
+            assert transport is not None
+            channel = transport.open_session(timeout=timeout)
             try:
-                out = stdout.read().decode("utf-8", errors="replace")
-                err = stderr.read().decode("utf-8", errors="replace")
-                code = stdout.channel.recv_exit_status()
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                channel.shutdown_write()
+                out = channel.makefile("rb").read().decode("utf-8", errors="replace")
+                err = channel.makefile_stderr("rb").read().decode("utf-8", errors="replace")
+                code = channel.recv_exit_status()
             except TimeoutError:
                 return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
+            finally:
+                channel.close()
             return CommandResult(tuple(argv), code, out, err)
 
         return self._retrying(execute, idempotent=idempotent)
