@@ -446,19 +446,31 @@ def stage(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to stage.")],
     cluster: ClusterOpt = None,
     to: Annotated[str | None, typer.Option("--to", help="Filesystem of the profile (scratch, work, fast...).")] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every staged byte by sha256 on the cluster; repair damage.")
+    ] = False,
+    follow_links: Annotated[
+        bool, typer.Option("--follow-links", help="Stage what links pointing outside the folder point to.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Copy data, containers or code to the cluster: only what changed moves, resumable, verified."""
     from hpcai.service import default_cluster
     from hpcai.stage_service import stage_paths
 
-    reports = stage_paths(cluster or default_cluster(), paths, filesystem=to, show_progress=not json_out)
+    reports = stage_paths(
+        cluster or default_cluster(), paths, filesystem=to, show_progress=not json_out, verify=verify,
+        follow_links=follow_links,
+    )  # fmt: skip
     if json_out:
         print_json([r.to_json() for r in reports])
         return
     for r in reports:
         sent = f"sent {r.objects_sent} file(s), {r.bytes_sent / 1e6:.1f} MB" if r.objects_sent else "nothing to send"
-        console.print(f"{r.source} -> {r.remote_path} ({r.files} files, {r.bytes_total / 1e6:.1f} MB; {sent})")
+        links = f", {r.links} link(s)" if r.links else ""
+        repaired = "; damaged or missing files repaired" if r.repaired else ""
+        size = f"{r.bytes_total / 1e6:.1f} MB"
+        console.print(f"{r.source} -> {r.remote_path} ({r.files} files{links}, {size}; {sent}{repaired})")
         for warning in r.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}")
 

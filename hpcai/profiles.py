@@ -109,6 +109,10 @@ class Filesystem(Strict):
     quota: str | None = Field(default=None, description="Capacity quota, e.g. 50 TB")
     files_quota: str | None = Field(default=None, description="Inode quota, e.g. 2M files")
     purge_days: int | None = Field(default=None, description="Files unused this long are deleted")
+    share_with_group: bool = Field(
+        default=False,
+        description="Staged data here is readable by the project's group (store folders 0750); else private (0700)",
+    )
     description: str = ""
 
 

@@ -13,7 +13,7 @@ from hpcai.orchestrator import Backends
 from hpcai.output import error_console
 from hpcai.paths import state_dir
 from hpcai.profiles import ClusterProfile, expand_path, load_profile, resolve_alias
-from hpcai.staging import HashCache, Stager, StageReport, free_bytes, rsync_available
+from hpcai.staging import HashCache, Stager, StageReport, rsync_available
 from hpcai.transport.base import Transport
 from hpcai.userconfig import load_user_config
 
@@ -34,7 +34,7 @@ def store_root(cluster: str, profile: ClusterProfile, filesystem: str | None) ->
     return name, f"{root.rstrip('/')}/hpcai/store"
 
 
-def _stager(transport: Transport, root: str, progress: Any) -> Stager:
+def _stager(transport: Transport, root: str, progress: Any, group_shared: bool) -> Stager:
     from hpcai.transport.ssh import SshTransport, ssh_config_path
 
     rsync_target = rsync_ssh = None
@@ -42,7 +42,8 @@ def _stager(transport: Transport, root: str, progress: Any) -> Stager:
         rsync_target = f"{transport.target.alias}:"
         rsync_ssh = ["ssh", "-F", str(transport.config_path or ssh_config_path()), "-o", "BatchMode=yes",
                      "-o", "StrictHostKeyChecking=yes"]  # fmt: skip
-    return Stager(transport, root, progress=progress, rsync_target=rsync_target, rsync_ssh=rsync_ssh)
+    return Stager(transport, root, progress=progress, rsync_target=rsync_target, rsync_ssh=rsync_ssh,
+                  group_shared=group_shared)  # fmt: skip
 
 
 def stage_paths(
@@ -52,14 +53,36 @@ def stage_paths(
     filesystem: str | None = None,
     show_progress: bool = True,
     keep_name: bool = False,
+    verify: bool = False,
+    follow_links: bool = False,
 ) -> list[StageReport]:
     cluster = resolve_alias(cluster)
     profile = load_profile(cluster)
     fs_name, root = store_root(cluster, profile, filesystem)
     backends = Backends()
+    try:
+        return _stage_with(backends, cluster, profile, fs_name, root, paths, show_progress=show_progress,
+                           keep_name=keep_name, verify=verify, follow_links=follow_links)  # fmt: skip
+    finally:
+        backends.close()
+
+
+def _stage_with(
+    backends: Backends,
+    cluster: str,
+    profile: ClusterProfile,
+    fs_name: str,
+    root: str,
+    paths: list[Path],
+    *,
+    show_progress: bool,
+    keep_name: bool,
+    verify: bool,
+    follow_links: bool,
+) -> list[StageReport]:
     transport = backends.get(cluster).transport
     cache = HashCache()
-    total = sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    total = sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if _is_file(f))
     warnings = []
     fs = profile.filesystems[fs_name]
     if fs.purge_days:
@@ -67,28 +90,30 @@ def stage_paths(
             f"{fs_name} deletes files unused for {fs.purge_days} days: staged copies there can vanish before a "
             f"long run ends; re-staging is cheap (only missing files move), or stage with --to to a safer one."
         )
-    free = free_bytes(transport, root)
-    if free is not None and free < total:
-        raise HpcaiError(
-            f"stage: {total / 1e9:.2f} GB to stage but only {free / 1e9:.2f} GB free on {fs_name} ({root}). "
-            "Free space (quota), or stage to another filesystem with --to."
-        )
     reports = []
     with Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(), console=error_console, disable=not show_progress, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task(f"staging to {cluster}:{fs_name}", total=total)
-        stager = _stager(transport, root, lambda n: bar.advance(task, n))
+        stager = _stager(transport, root, lambda n: bar.advance(task, n), fs.share_with_group)
         try:
             for path in paths:
-                report = stager.stage(path.expanduser(), cache, keep_name=keep_name)
+                report = stager.stage(
+                    path.expanduser(), cache, keep_name=keep_name, verify=verify, follow_links=follow_links
+                )
                 report.warnings = warnings
                 reports.append(report)
         finally:
             cache.save()
-    backends.close()
     return reports
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def stage_inputs_for_submit(cluster: str, workload: str, overrides: Overrides) -> Overrides:

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from hpcai.errors import HpcaiError
+
+# What a command reads on its standard input: bytes, or chunks produced while it runs (a tar stream).
+Input = bytes | Iterable[bytes] | None
+
+
+class TransportError(HpcaiError):
+    """The link to the cluster failed (dropped, refused, full disk, session limit): nothing the user
+    typed is wrong, and running the same command again resumes. Exit code 3."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -31,11 +43,17 @@ class Transport(ABC):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         idempotent: bool = True,
+        input: Input = None,
     ) -> CommandResult:
-        """Run argv; `idempotent=False` (sbatch, qsub) forbids repeating it after a dropped connection."""
+        """Run argv; `idempotent=False` (sbatch, qsub) forbids repeating it after a dropped connection.
+        `input` is fed to its standard input (a command given an iterable is never repeated)."""
+
+    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+        """Write atomically: readers see the old content or the new, never a part."""
+        self.write_bytes(path, text.encode("utf-8"), mode=mode)
 
     @abstractmethod
-    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write atomically: readers see the old content or the new, never a part."""
 
     @abstractmethod
@@ -60,10 +78,17 @@ class Transport(ABC):
 
     @abstractmethod
     def put_file(
-        self, local: str, remote: str, *, offset: int = 0, progress: Callable[[int], None] | None = None
+        self,
+        local: str,
+        remote: str,
+        *,
+        offset: int = 0,
+        progress: Callable[[int], None] | None = None,
+        sparse: bool = False,
     ) -> None:
         """Send `local` from byte `offset` on, appending to `remote` (which must then hold exactly `offset`
-        bytes): an interrupted transfer resumes without re-sending what arrived."""
+        bytes): an interrupted transfer resumes without re-sending what arrived. With `sparse`, blocks of
+        zeros are skipped (left as holes where the target filesystem allows) instead of written."""
 
     @abstractmethod
     def makedirs(self, path: str) -> None: ...

@@ -9,7 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from hpcai.errors import HpcaiError
-from hpcai.transport.base import CommandResult, Transport
+from hpcai.transport.base import CommandResult, Input, Transport, TransportError
+
+ZERO_BLOCK = bytes(1 << 20)
 
 
 class LocalTransport(Transport):
@@ -21,16 +23,19 @@ class LocalTransport(Transport):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         idempotent: bool = True,
+        input: Input = None,
     ) -> CommandResult:
+        if input is not None and not isinstance(input, bytes):
+            return self._run_streaming(argv, input, timeout=timeout, env=env, cwd=cwd)
         try:
             proc = subprocess.run(
                 list(argv),
                 capture_output=True,
-                text=True,
                 timeout=timeout,
                 env={**os.environ, **env} if env else None,
                 cwd=cwd,
-                stdin=subprocess.DEVNULL,
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
             )
         except FileNotFoundError:
             raise HpcaiError(
@@ -39,15 +44,45 @@ class LocalTransport(Transport):
             ) from None
         except subprocess.TimeoutExpired:
             return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
-        return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        return CommandResult(tuple(argv), proc.returncode, _text(proc.stdout), _text(proc.stderr))
 
-    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+    def _run_streaming(
+        self, argv: Sequence[str], chunks: Input, *, timeout: float, env: Mapping[str, str] | None, cwd: str | None
+    ) -> CommandResult:
+        """Feed chunks to the command's stdin as they are produced; its output goes to temporary files, so
+        a command that writes while it reads cannot block us."""
+        assert chunks is not None and not isinstance(chunks, bytes)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=cwd,
+                                    env={**os.environ, **env} if env else None)  # fmt: skip
+            assert proc.stdin is not None
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the command ended early: its exit status says why
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
+            out.seek(0)
+            err.seek(0)
+            return CommandResult(tuple(argv), code, _text(out.read()), _text(err.read()))
+
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, mode)
@@ -92,18 +127,39 @@ class LocalTransport(Transport):
             return None
 
     def put_file(
-        self, local: str, remote: str, *, offset: int = 0, progress: Callable[[int], None] | None = None
+        self,
+        local: str,
+        remote: str,
+        *,
+        offset: int = 0,
+        progress: Callable[[int], None] | None = None,
+        sparse: bool = False,
     ) -> None:
-        with open(local, "rb") as source, open(remote, "ab") as target:
-            target.truncate(offset)
-            source.seek(offset)
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
-                if progress:
-                    progress(len(chunk))
+        try:
+            with open(local, "rb") as source, open(remote, "r+b" if os.path.exists(remote) else "wb") as target:
+                target.truncate(offset)
+                target.seek(offset)
+                source.seek(offset)
+                while chunk := source.read(1 << 20):
+                    if sparse and chunk == ZERO_BLOCK[: len(chunk)]:
+                        target.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        target.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+                target.truncate()  # a file ending in a hole gets its full length
+        except OSError as exc:
+            raise TransportError(
+                f"copying {local} to {remote} stopped: {exc.strerror or exc} (disk or quota full?). What arrived "
+                "is kept; free space and run the same command again."
+            ) from None
 
     def makedirs(self, path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
     def exists(self, path: str) -> bool:
         return Path(path).exists()
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", errors="replace")

@@ -27,15 +27,21 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from hpcai.errors import HpcaiError
-from hpcai.transport.base import CommandResult, Transport
+from hpcai.transport.base import CommandResult, Input, Transport, TransportError
 from hpcai.transport.certs import CertificateInfo, parse_certificate, parse_certificate_file
 
 T = TypeVar("T")
 
 
-class SshError(HpcaiError):
-    """The connection could not be made safely; the message says what to do."""
+class SshError(TransportError):
+    """The connection could not be made safely, or it failed; the message says what to do (exit 3)."""
+
+
+class SshRefused(SshError):
+    """The link is up but the server refused an operation (SFTP failure: full disk, permissions)."""
+
+
+ZERO_BLOCK = bytes(1 << 20)
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -286,6 +292,10 @@ class SshTransport(Transport):
             except SshError:
                 raise
             except (TimeoutError, paramiko.SSHException, EOFError, OSError) as exc:
+                if self._refused(exc):
+                    raise SshRefused(
+                        f"{self.target.alias}: the server refused the operation ({exc.__class__.__name__}: {exc})."
+                    ) from None
                 if not idempotent or attempt == self.retries:
                     raise SshError(
                         f"{self.target.alias}: the connection dropped ({exc.__class__.__name__}: {exc})"
@@ -296,6 +306,16 @@ class SshTransport(Transport):
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _refused(self, exc: BaseException) -> bool:
+        """An SFTP status error (a plain OSError or PermissionError) while the link is still up, as opposed
+        to a dropped link (socket errors, EOF, timeouts)."""
+        if not isinstance(exc, OSError) or isinstance(exc, TimeoutError | ConnectionError | EOFError):
+            return False
+        if str(exc) == "Socket is closed":
+            return False
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         if self._sftp is None:
@@ -312,6 +332,7 @@ class SshTransport(Transport):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         idempotent: bool = True,
+        input: Input = None,
     ) -> CommandResult:
         command = shlex.join(argv)
         if env:
@@ -323,13 +344,16 @@ class SshTransport(Transport):
             # SSHClient.exec_command, minus its stdin file: a ChannelStdinFile left to the garbage collector
             # can be finalised on paramiko's transport thread while that thread holds the channel lock,
             # and its close() takes the same lock -- a deadlock (seen: doctor hanging on its next command).
-            # Commands here take no input, so stdin is shut at once instead.
-            transport = self.connect().get_transport()
-            assert transport is not None
-            channel = transport.open_session(timeout=timeout)
+            # Input is sent on the channel itself, then stdin is shut.
+            channel = self._open_session(timeout)
             try:
                 channel.settimeout(timeout)
                 channel.exec_command(command)
+                if isinstance(input, bytes):
+                    channel.sendall(input)
+                elif input is not None:
+                    for chunk in input:
+                        channel.sendall(chunk)
                 channel.shutdown_write()
                 out = channel.makefile("rb").read().decode("utf-8", errors="replace")
                 err = channel.makefile_stderr("rb").read().decode("utf-8", errors="replace")
@@ -340,15 +364,40 @@ class SshTransport(Transport):
                 channel.close()
             return CommandResult(tuple(argv), code, out, err)
 
-        return self._retrying(execute, idempotent=idempotent)
+        streamed = input is not None and not isinstance(input, bytes)  # an iterator cannot be replayed
+        return self._retrying(execute, idempotent=idempotent and not streamed)
 
-    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+    def _open_session(self, timeout: float) -> paramiko.Channel:
+        """A new channel for a command. A server that allows few sessions per connection (`MaxSessions 1`)
+        refuses it while our SFTP channel is open: that channel is closed and the open tried once more.
+        A refused channel never ran anything, so this is safe for sbatch too."""
+        transport = self.connect().get_transport()
+        assert transport is not None
+        try:
+            return transport.open_session(timeout=timeout)
+        except paramiko.ChannelException as exc:
+            if self._sftp is None:
+                raise SshError(
+                    f"{self.target.alias}: the server refused a new session ({exc}); nothing was run. Its "
+                    "MaxSessions setting may be too low, or too many hpcai commands run at once; try again."
+                ) from None
+            with contextlib.suppress(Exception):
+                self._sftp.close()
+            self._sftp = None
+            return transport.open_session(timeout=timeout)
+
+    def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         def write() -> None:
             sftp = self._sftp_client()
             tmp = f"{path}.hpcai-tmp-{os.getpid()}"
             with sftp.open(tmp, "w") as handle:
                 handle.set_pipelined(True)
-                handle.write(text.encode("utf-8"))
+                handle.write(data)
+            if int(sftp.stat(tmp).st_size or 0) != len(data):  # pipelined writes report no errors
+                with contextlib.suppress(OSError):
+                    sftp.remove(tmp)
+                raise SshRefused(f"{self.target.alias}: cannot write {path}: the server stored a short file "
+                                 "(disk or quota full?).")  # fmt: skip
             sftp.chmod(tmp, mode)
             sftp.posix_rename(tmp, path)
 
@@ -407,20 +456,65 @@ class SshTransport(Transport):
         return self._retrying(stat)
 
     def put_file(
-        self, local: str, remote: str, *, offset: int = 0, progress: Callable[[int], None] | None = None
+        self,
+        local: str,
+        remote: str,
+        *,
+        offset: int = 0,
+        progress: Callable[[int], None] | None = None,
+        sparse: bool = False,
     ) -> None:
-        """Pipelined SFTP writes (without pipelining SFTP crawls at ~1 MB/s), appending from `offset`."""
-        sftp = self._sftp_client()
-        with open(local, "rb") as source, sftp.open(remote, "ab" if offset else "wb") as target:
-            target.set_pipelined(True)
-            if offset:
-                target.truncate(offset)
-                target.seek(offset)
-            source.seek(offset)
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
-                if progress:
-                    progress(len(chunk))
+        """Pipelined SFTP writes (without pipelining SFTP crawls at ~1 MB/s), appending from `offset`. A
+        dropped link is re-opened and the upload goes on from what arrived; a refused write (full disk or
+        quota) stops with what to do, keeping what arrived."""
+        position = [offset]
+
+        def upload() -> None:
+            sftp = self._sftp_client()
+            start = position[0]
+            if start != offset:  # after a drop: go on from what really arrived
+                try:
+                    start = min(start, int(sftp.stat(remote).st_size or 0))
+                except FileNotFoundError:
+                    start = 0
+            with open(local, "rb") as source, sftp.open(remote, "r+b" if start else "wb") as target:
+                target.set_pipelined(True)
+                target.truncate(start)
+                target.seek(start)
+                source.seek(start)
+                while chunk := source.read(1 << 20):
+                    if sparse and chunk == ZERO_BLOCK[: len(chunk)]:
+                        target.seek(target.tell() + len(chunk))  # a hole: nothing written
+                    else:
+                        target.write(chunk)
+                    position[0] += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                end = source.tell()
+            arrived = int(sftp.stat(remote).st_size or 0)
+            if sparse and arrived < end:
+                sftp.truncate(remote, end)  # a file ending in a hole gets its full length
+            elif arrived != end:
+                # Pipelined writes report no errors (paramiko drops their status replies): a short file
+                # is how a refused write (full disk, quota) shows.
+                raise SshRefused(f"{self.target.alias}: the server stored {arrived} of {end} bytes.")
+
+        try:
+            self._retrying(upload)
+        except SshRefused as exc:  # paramiko's SFTP errors ("Failure") while the link is up
+            free = self._free_hint(remote)
+            raise SshError(
+                f"{self.target.alias}: the upload to {remote} stopped: {exc} "
+                f"Its disk or your quota is probably full{free}. What arrived is kept: free space (or stage "
+                "elsewhere with --to) and run the same command again; it goes on from there."
+            ) from None
+
+    def _free_hint(self, remote: str) -> str:
+        with contextlib.suppress(Exception):
+            result = self.run(["df", "-Pk", os.path.dirname(remote)], timeout=15)
+            fields = result.stdout.strip().splitlines()[-1].split()
+            return f" ({int(fields[3]) / 1e6:.2f} GB free there)"
+        return ""
 
     def makedirs(self, path: str) -> None:
         result = self.run(["mkdir", "-p", path])

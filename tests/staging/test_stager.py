@@ -57,7 +57,12 @@ def test_two_copies_of_the_same_data_share_one_staged_copy(remote: SshTransport,
     assert second.tree_id == first.tree_id and second.objects_sent == 0
 
 
-def test_a_transfer_cut_off_midway_resumes_without_resending(remote: SshTransport, tmp_path: Path) -> None:
+def test_a_transfer_cut_off_midway_resumes_without_resending(
+    remote: SshTransport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpcai.staging.stager as staging
+
+    monkeypatch.setattr(staging, "LARGE_FILE_BYTES", 1 << 20)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(8 << 20))
     root = str(tmp_path / "cluster" / "store")
@@ -79,14 +84,19 @@ def test_a_transfer_cut_off_midway_resumes_without_resending(remote: SshTranspor
     assert Path(report.remote_path).read_bytes() == big.read_bytes()
 
 
-def test_a_corrupted_transfer_is_caught_by_the_checksum(remote: SshTransport, tmp_path: Path) -> None:
+def test_a_corrupted_transfer_is_caught_by_the_checksum(
+    remote: SshTransport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpcai.staging.stager as staging
+
+    monkeypatch.setattr(staging, "LARGE_FILE_BYTES", 1000)
     data = tmp_path / "x.bin"
     data.write_bytes(os.urandom(100_000))
     cache = HashCache(tmp_path / "h.json")
     root = tmp_path / "cluster" / "store"
     (root / "objects" / "tmp").mkdir(parents=True)
     # A partial copy whose bytes are wrong: resuming after it must not produce a bad object.
-    (root / "objects" / "tmp" / f"{cache.sha256(data)}.part").write_bytes(b"garbage" * 100)
+    (root / "objects" / "tmp" / f"{cache.sha256(data)}.other-writer.part").write_bytes(b"garbage" * 100)
     with pytest.raises(HpcaiError, match="arrived corrupted"):
         Stager(remote, str(root)).stage(data, cache)
     assert not list((root / "objects" / "tmp").glob("*.part"))  # removed, so the next try starts clean
@@ -125,16 +135,16 @@ def test_stage_command_and_submit_with_local_data_refers_to_the_staged_copy(
 def test_large_files_go_by_rsync_over_the_same_ssh_settings(
     remote: SshTransport, sshd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpcai.staging as staging
+    import hpcai.staging.stager as staging
 
-    monkeypatch.setattr(staging, "RSYNC_MIN_BYTES", 100_000)
+    monkeypatch.setattr(staging, "LARGE_FILE_BYTES", 100_000)
     data = make_data(tmp_path / "data", files=3, size=150_000)
     (data / "tiny.txt").write_text("small files still go by SFTP\n")
     config = ssh_config(tmp_path, sshd)
     ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
     stager = Stager(remote, str(tmp_path / "cluster" / "store"), rsync_target="hpcai-test:", rsync_ssh=ssh)
     report = stager.stage(data, HashCache(tmp_path / "h.json"))
-    assert report.via == {"rsync": 3, "sftp": 1}
+    assert report.via == {"rsync": 3, "tar": 1}
     staged = Path(report.remote_path)
     assert all((staged / p.relative_to(data)).read_bytes() == p.read_bytes() for p in data.rglob("*") if p.is_file())
 
