@@ -155,6 +155,7 @@ def _check_ssh(doctor: Doctor) -> bool:
     import paramiko
 
     from hpcai.orchestrator import transport_for
+    from hpcai.transport.known_hosts import KnownHosts
     from hpcai.transport.ssh import SshError, fingerprint, resolve_target, ssh_config_path
 
     cluster, profile, alias = doctor.cluster, doctor.profile, doctor.settings.ssh_host
@@ -222,12 +223,13 @@ def _check_ssh(doctor: Doctor) -> bool:
         return False
 
     # Host key, before any login: the user must have accepted it knowingly.
-    hostkeys = paramiko.HostKeys()
-    for path in target.known_hosts:
-        if path.is_file():
-            hostkeys.load(str(path))
-    known = hostkeys.lookup(target.known_hosts_name)
-    if not known:
+    known_hosts = KnownHosts.load(target.known_hosts)
+    known = known_hosts.host_keys.lookup(target.known_hosts_name)
+    authorities = known_hosts.authorities_for(target.known_hosts_name)
+    if not known and authorities:
+        doctor.add(Check("host-key", "pass", f"{target.known_hosts_name} is trusted through a @cert-authority line "
+                         "of known_hosts (its host certificate is checked at login)."))  # fmt: skip
+    elif not known:
         offered = _offered_key(target.hostname, target.port) if not target.proxy_jump else None
         seen = f" It offers {offered}." if offered else ""
         doctor.add(
@@ -241,8 +243,11 @@ def _check_ssh(doctor: Doctor) -> bool:
             )
         )
         return False
-    key = next(iter(known.values()))
-    doctor.add(Check("host-key", "pass", f"{target.known_hosts_name} is known ({key.get_name()} {fingerprint(key)})."))
+    else:
+        key = next(iter(known.values()))
+        doctor.add(
+            Check("host-key", "pass", f"{target.known_hosts_name} is known ({key.get_name()} {fingerprint(key)}).")
+        )
 
     transport = transport_for(doctor.cluster, profile)
     try:

@@ -37,6 +37,7 @@ else
   echo "tree none"
 fi
 find objects -mindepth 2 -maxdepth 2 -type f -printf 'obj %P %s\\n'
+command -v python3 >/dev/null 2>&1 && echo "python3 yes"
 df -Pk . | tail -n 1 | awk '{{print "free " $4}}'
 """
 
@@ -59,6 +60,100 @@ for p in *; do
 done
 cd .. && rm -rf "$w.tar" "$w.sums" "$w.bad"
 exit $rc
+"""
+
+# Materialise with one process instead of a process per file (2,000 links: 1.4 s by `ln` through a shell,
+# a few ms here), where the login node has python3 (every site hpcai knows). argv: store root, building,
+# target, umask (octal), repair (0/1); stdin: NUL-separated records, `F place variant base mode` or
+# `L place link-target`, paths as raw bytes.
+MATERIALISE_PY = r"""
+import os, shutil, sys
+root, building, target = (os.fsencode(a) for a in sys.argv[1:4])
+os.umask(int(sys.argv[4], 8))
+repair = sys.argv[5] == "1"
+objects = os.path.join(root, b"objects")
+fields = sys.stdin.buffer.read().split(b"\0")
+os.mkdir(building)
+made = set()
+i = 0
+while i < len(fields) - 1:
+    kind = fields[i]
+    if kind == b"F":
+        place, variant, base, mode = fields[i + 1 : i + 5]
+        i += 5
+    else:
+        place, link = fields[i + 1 : i + 3]
+        i += 3
+    dest = os.path.join(building, place)
+    parent = os.path.dirname(dest)
+    if parent not in made:
+        os.makedirs(parent, exist_ok=True)
+        made.add(parent)
+    if kind == b"L":
+        os.symlink(link, dest)
+        continue
+    mode = int(mode, 8)
+    obj = os.path.join(objects, variant)
+    if variant != base and not os.path.isfile(obj):  # a copy with its own mode, made once for the store
+        tmp = obj + b".%d" % os.getpid()
+        shutil.copyfile(os.path.join(objects, base), tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, obj)
+    try:
+        os.link(obj, dest)  # hard links share the object's bytes
+    except OSError:  # a filesystem without them gets a copy
+        shutil.copyfile(obj, dest)
+        os.chmod(dest, mode)
+try:
+    os.rename(building, target)  # first writer wins
+except OSError:
+    if not repair:
+        shutil.rmtree(building)  # a later one drops its identical copy
+    else:  # a damaged tree is replaced whole: readers see the old one or the new one
+        old = target + b".old.%d" % os.getpid()
+        os.rename(target, old)
+        os.rename(building, target)
+        shutil.rmtree(old)
+"""
+
+# The same as TAR_INSTALL in one process where python3 exists: each member is hashed as it is written,
+# installed by rename when its sha256 is its name (no second read, no process per prefix folder).
+# argv: store root, writer id, umask (octal). Prints `ok <sha>` / `bad <sha>`.
+TAR_INSTALL_PY = r"""
+import hashlib, os, sys, tarfile
+root, writer = sys.argv[1], sys.argv[2]
+os.umask(int(sys.argv[3], 8))
+objects = os.path.join(root, "objects")
+tmp = os.path.join(objects, "tmp", writer + ".tar")
+os.makedirs(tmp, exist_ok=True)
+made = set()
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+    for member in tar:
+        name = os.path.basename(member.name)
+        if not member.isfile() or len(name) != 64:
+            continue
+        source = tar.extractfile(member)
+        digest = hashlib.sha256()
+        part = os.path.join(tmp, name)
+        with open(part, "wb") as out:
+            while True:
+                chunk = source.read(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != name:
+            os.unlink(part)
+            print("bad", name, flush=True)
+            continue
+        os.chmod(part, 0o444)
+        folder = os.path.join(objects, name[:2])
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        os.replace(part, os.path.join(folder, name))
+        print("ok", name)
+os.rmdir(tmp)
 """
 
 # $1 the folder, then file names in it (hex digests and writer ids only): their sha256.

@@ -29,6 +29,7 @@ import paramiko
 
 from hpcai.transport.base import CommandResult, Input, Transport, TransportError
 from hpcai.transport.certs import CertificateInfo, parse_certificate, parse_certificate_file
+from hpcai.transport.known_hosts import CertificateFirstTransport, KnownHosts
 
 T = TypeVar("T")
 
@@ -111,11 +112,22 @@ def resolve_target(alias: str, config_path: Path | None = None) -> SshTarget:
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     """Refuse unknown hosts, remembering the offered key so the error can show its fingerprint."""
 
-    def __init__(self, target: SshTarget) -> None:
+    def __init__(self, target: SshTarget, known: KnownHosts | None = None) -> None:
         self.target = target
+        self.known = known or KnownHosts()
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         files = ", ".join(str(p) for p in self.target.known_hosts)
+        name = self.target.known_hosts_name
+        if self.known.authorities_for(name):
+            why = self.known.check_certificate(key, name, [self.target.hostname, self.target.alias])
+            if why is None:
+                return  # a host certificate from a CA that known_hosts trusts for this host
+            raise SshError(
+                f"{self.target.alias} ({hostname}): known_hosts ({files}) trusts a certificate authority for this "
+                f"host, but {why}. hpcai will not connect. Check the CA line (@cert-authority) against your site's "
+                f"documentation, and try `ssh {self.target.alias}`."
+            )
         raise SshError(
             f"{self.target.alias} ({hostname}): this host is not in known_hosts ({files}), so hpcai will not "
             f"connect. It offered a {key.get_name()} key with fingerprint {fingerprint(key)}. Compare it with "
@@ -214,10 +226,11 @@ class SshTransport(Transport):
         if self.certificates_required:
             check_certificates(target, [k.asbytes() for k in agent_keys], self.renew_hint)
         client = paramiko.SSHClient()
-        for path in target.known_hosts:
-            if path.is_file():
-                client.load_host_keys(str(path))
-        client.set_missing_host_key_policy(_RejectUnknown(target))
+        known = KnownHosts.load(target.known_hosts)
+        client.get_host_keys()._entries.extend(known.host_keys._entries)
+        client.set_missing_host_key_policy(_RejectUnknown(target, known))
+        # A host trusted through a @cert-authority line: ask it for its certificate first.
+        factory = CertificateFirstTransport if known.authorities_for(target.known_hosts_name) else None
         sock: Any = None
         if target.proxy_jump:
             hop = target.proxy_jump.split(",")
@@ -245,7 +258,9 @@ class SshTransport(Transport):
                     banner_timeout=self.connect_timeout,
                     auth_timeout=self.connect_timeout,
                     sock=sock,
+                    transport_factory=factory,
                 )
+                self._refuse_revoked(client, known)
                 self._client = client
                 self.connects += 1
                 return client
@@ -272,6 +287,17 @@ class SshTransport(Transport):
             + f"). Load your key into the agent (`ssh-add`), check `User` in the ssh config, and try "
             f"`ssh {target.alias}`. ({last_error})"
         )
+
+    def _refuse_revoked(self, client: paramiko.SSHClient, known: KnownHosts) -> None:
+        transport = client.get_transport()
+        key = transport.get_remote_server_key() if transport is not None else None
+        if key is not None and key.asbytes() in known.revoked:
+            client.close()
+            raise SshError(
+                f"{self.target.alias} ({self.target.known_hosts_name}): its host key {fingerprint(key)} is marked "
+                "@revoked in known_hosts, so hpcai will not use this connection. Ask your site which login node "
+                "keys are current."
+            )
 
     def close(self) -> None:
         for closer in (self._sftp, self._client):
@@ -384,7 +410,14 @@ class SshTransport(Transport):
             with contextlib.suppress(Exception):
                 self._sftp.close()
             self._sftp = None
-            return transport.open_session(timeout=timeout)
+            for attempt in range(20):  # the server frees the session once it has seen our close
+                time.sleep(0.02 * (attempt + 1))
+                with contextlib.suppress(paramiko.ChannelException):
+                    return transport.open_session(timeout=timeout)
+            raise SshError(
+                f"{self.target.alias}: the server refused a new session even with no other open ({exc}); "
+                "nothing was run. Try again; if it persists, ask your site about its MaxSessions limit."
+            ) from None
 
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         def write() -> None:

@@ -22,11 +22,16 @@ start() {
   [ -f "$dir/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C hpcai-test -f "$dir/id_ed25519"
   [ -f "$dir/ca" ] || ssh-keygen -q -t ed25519 -N '' -C hpcai-test-ca -f "$dir/ca"
   cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+  # A host certificate signed by the same CA (known_hosts @cert-authority tests); plain-key clients still
+  # get the plain host key, as at sites that publish both.
+  [ -f "$dir/host_ed25519-cert.pub" ] || ssh-keygen -q -s "$dir/ca" -h -I hpcai-test-host -n 127.0.0.1 -V -5m:+52w \
+    "$dir/host_ed25519.pub"
   echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$dir/host_ed25519.pub")" > "$dir/known_hosts"
   cat > "$dir/sshd_config" <<CONF
 Port $port
 ListenAddress 127.0.0.1
 HostKey $dir/host_ed25519
+HostCertificate $dir/host_ed25519-cert.pub
 PidFile $dir/sshd.pid
 AuthorizedKeysFile $dir/authorized_keys
 TrustedUserCAKeys $dir/ca.pub

@@ -175,3 +175,80 @@ def test_remote_submit_status_logs_follow_and_cancel(
     log = (sshd / "sshd.log").read_text()
     assert "Accepted publickey" in log
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+
+
+def _known_hosts(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "known_hosts_variant"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_known_hosts_with_markers_and_bad_lines_still_reaches_other_hosts(sshd: Path, tmp_path: Path) -> None:
+    plain = (sshd / "known_hosts").read_text().strip()
+    other_ca = (sshd / "id_ed25519.pub").read_text().split()[:2]
+    known = _known_hosts(
+        tmp_path,
+        "# a comment",
+        f"@cert-authority *.example.org {' '.join(other_ca)}",
+        f"@revoked other.example.org {' '.join(other_ca)}",
+        "garbage line that is not a key",
+        "host.example.org ssh-ed25519 !!notbase64!!",
+        plain,
+    )
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=known))
+    assert transport.run(["echo", "ok"]).stdout == "ok\n"
+
+
+def test_a_host_certificate_signed_by_a_trusted_ca_is_accepted(sshd: Path, tmp_path: Path) -> None:
+    port = os.environ.get("HPCAI_SSHD_PORT", "2222")
+    ca = " ".join((sshd / "ca.pub").read_text().split()[:2])
+    known = _known_hosts(tmp_path, f"@cert-authority [127.0.0.1]:{port},*.example.org {ca}")
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=known))
+    assert transport.run(["echo", "ok"]).stdout == "ok\n"
+    # The same line naming other hosts only, or another CA for this host: refused with the reason.
+    elsewhere = _known_hosts(tmp_path, f"@cert-authority *.example.org {ca}")
+    with pytest.raises(SshError, match="not in known_hosts"):
+        SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=elsewhere)).run(["true"])
+    wrong_ca = " ".join((sshd / "id_ed25519.pub").read_text().split()[:2])
+    wrong = _known_hosts(tmp_path, f"@cert-authority [127.0.0.1]:{port} {wrong_ca}")
+    with pytest.raises(SshError, match="signed by a CA that known_hosts does not trust"):
+        SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=wrong)).run(["true"])
+
+
+def test_a_revoked_host_key_is_refused(sshd: Path, tmp_path: Path) -> None:
+    plain = (sshd / "known_hosts").read_text().strip()
+    host_key = " ".join((sshd / "host_ed25519.pub").read_text().split()[:2])
+    known = _known_hosts(tmp_path, plain, f"@revoked * {host_key}")
+    with pytest.raises(SshError, match="@revoked"):
+        SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd, known_hosts=known)).run(["true"])
+
+
+def test_a_server_allowing_one_session_still_runs_commands_after_sftp(sshd: Path, tmp_path: Path) -> None:
+    """MaxSessions 1: the SFTP channel is given up for a command channel (sbatch was never refused)."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = (sshd / "sshd_config").read_text()
+    config = config.replace("MaxSessions 50", "MaxSessions 1").replace(
+        f"PidFile {sshd}/sshd.pid", f"PidFile {tmp_path}/one.pid"
+    )
+    config = "\n".join(f"Port {port}" if line.startswith("Port ") else line for line in config.splitlines())
+    (tmp_path / "sshd_one").write_text(config + "\n")
+    subprocess.run(["/usr/sbin/sshd", "-f", str(tmp_path / "sshd_one"), "-E", str(tmp_path / "one.log")], check=True)
+    try:
+        time.sleep(0.3)
+        known = _known_hosts(
+            tmp_path, f"[127.0.0.1]:{port} " + " ".join((sshd / "host_ed25519.pub").read_text().split()[:2])
+        )
+        ssh = ssh_config(tmp_path, sshd, known_hosts=known)
+        ssh.write_text(ssh.read_text().replace(f"Port {os.environ.get('HPCAI_SSHD_PORT', '2222')}", f"Port {port}"))
+        transport = SshTransport("hpcai-test", config_path=ssh)
+        transport.write_text(str(tmp_path / "remote.txt"), "hello\n")  # opens the SFTP channel
+        assert transport.run(["cat", str(tmp_path / "remote.txt")], idempotent=False).stdout == "hello\n"
+        assert transport.read_text(str(tmp_path / "remote.txt")) == "hello\n"  # and SFTP comes back
+        transport.close()
+    finally:
+        subprocess.run(["kill", (tmp_path / "one.pid").read_text().strip()], check=False)
