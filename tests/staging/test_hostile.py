@@ -311,3 +311,26 @@ def test_many_small_files_cost_a_constant_number_of_round_trips(
     assert report.objects_sent == 800 and not sftp_ops
     assert len(calls) <= 4, calls  # probe, tar stream, materialise
     assert tree_bytes(Path(report.remote_path)) == tree_bytes(data)
+
+
+def test_stage_command_refuses_a_fifo_with_exit_2_and_verifies_on_request(
+    sshd: Path, slurm_cluster: str, isolated_hpcai: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
+    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
+    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    os.mkfifo(data / "pipe")
+    refused = run_cli("stage", str(data), "--cluster", slurm_cluster, timeout=30)
+    assert refused.returncode == 2 and "pipe is a FIFO" in refused.stderr and "Traceback" not in refused.stderr
+    (data / "pipe").unlink()
+    staged = json.loads(run_cli("stage", str(data), "--cluster", slurm_cluster, "--json").stdout)[0]
+    Path(staged["remote_path"], "a.txt").unlink()
+    repaired = json.loads(run_cli("stage", str(data), "--cluster", slurm_cluster, "--verify", "--json").stdout)[0]
+    assert repaired["repaired"] and Path(repaired["remote_path"], "a.txt").read_text() == "a\n"
