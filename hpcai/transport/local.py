@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from hpcai.errors import HpcaiError
@@ -26,7 +26,7 @@ class LocalTransport(Transport):
         input: Input = None,
     ) -> CommandResult:
         if input is not None and not isinstance(input, bytes):
-            return self._run_streaming(argv, input, timeout=timeout, env=env, cwd=cwd)
+            return run_streaming(argv, input, timeout=timeout, env=env, cwd=cwd)
         try:
             proc = subprocess.run(
                 list(argv),
@@ -45,36 +45,6 @@ class LocalTransport(Transport):
         except subprocess.TimeoutExpired:
             return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
         return CommandResult(tuple(argv), proc.returncode, _text(proc.stdout), _text(proc.stderr))
-
-    def _run_streaming(
-        self, argv: Sequence[str], chunks: Input, *, timeout: float, env: Mapping[str, str] | None, cwd: str | None
-    ) -> CommandResult:
-        """Feed chunks to the command's stdin as they are produced; its output goes to temporary files, so
-        a command that writes while it reads cannot block us."""
-        assert chunks is not None and not isinstance(chunks, bytes)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=cwd,
-                                    env={**os.environ, **env} if env else None)  # fmt: skip
-            assert proc.stdin is not None
-            try:
-                for chunk in chunks:
-                    proc.stdin.write(chunk)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the command ended early: its exit status says why
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
-            out.seek(0)
-            err.seek(0)
-            return CommandResult(tuple(argv), code, _text(out.read()), _text(err.read()))
 
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         target = Path(path)
@@ -159,6 +129,41 @@ class LocalTransport(Transport):
 
     def exists(self, path: str) -> bool:
         return Path(path).exists()
+
+
+def run_streaming(
+    argv: Sequence[str],
+    chunks: Iterable[bytes],
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> CommandResult:
+    """Run a local command, feeding chunks to its stdin as they are produced; its output goes to temporary
+    files, so a command that writes while it reads cannot block us."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=cwd,
+                                env={**os.environ, **env} if env else None)  # fmt: skip
+        assert proc.stdin is not None
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the command ended early: its exit status says why
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
+        out.seek(0)
+        err.seek(0)
+        return CommandResult(tuple(argv), code, _text(out.read()), _text(err.read()))
 
 
 def _text(data: bytes | None) -> str:
