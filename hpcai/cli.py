@@ -5,6 +5,8 @@ Nothing here imports torch, accelerate or transformers: `hpcai --help` must stay
 
 from __future__ import annotations
 
+import shlex
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -198,16 +200,17 @@ def render(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the script here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print (or write with -o) the complete batch script for WORKLOAD on a cluster."""
-    from hpcai.service import prepare_job
+    """Print (or write with -o) the complete batch script for WORKLOAD on a cluster: the one `submit` would
+    submit, staged paths included."""
+    from hpcai.plan import plan_submit
 
     overrides = _overrides(
         workload, nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition, qos=qos,
         account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
         run_dir=run_dir,
     )  # fmt: skip
-    rendered = prepare_job(workload, cluster, overrides)
-    _emit_script(rendered.script, rendered.job.model_dump(), output, json_out)
+    plan = plan_submit(workload, cluster, overrides)
+    _emit_script(plan.rendered.script, plan.to_json(), output, json_out)
 
 
 @app.command()
@@ -235,32 +238,24 @@ def submit(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the script only)."""
-    from hpcai.service import prepare_job
+    """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the plan, submit nothing)."""
+    from hpcai.plan import execute, plan_submit
 
     overrides = _overrides(
         workload, nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition, qos=qos,
         account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
         run_dir=run_dir,
     )  # fmt: skip
-    if not dry_run:
-        from hpcai.service import default_cluster
-        from hpcai.stage_service import stage_inputs_for_submit
-
-        overrides = stage_inputs_for_submit(cluster or default_cluster(), workload, overrides)
-    rendered = prepare_job(workload, cluster, overrides)
+    plan = plan_submit(workload, cluster, overrides)
     if dry_run:
-        _emit_script(rendered.script, rendered.job.model_dump(), None, json_out)
+        _emit_script(plan.rendered.script, plan.to_json(), None, json_out)
+        if not json_out:
+            for action in plan.staging:
+                error_console.print(f"would stage {action.what}: {action.local} -> {action.remote_path}")
+            error_console.print(f"would run: {shlex.join(plan.submit_command)}")
         return
-    from hpcai.budget.guard import check_submit_budget
-    from hpcai.orchestrator import Backends, submit_run
-
-    backends = Backends()
-    try:
-        budget = check_submit_budget(rendered, backends.get(rendered.job.cluster).transport, force=force_budget)
-    finally:
-        backends.close()
-    result = submit_run(rendered)
+    result = execute(plan, force_budget=force_budget, show_progress=not json_out)
+    budget = result.pop("budget")
     if json_out:
         print_json({**result, "budget": budget})
     else:
@@ -396,12 +391,13 @@ def list_runs(
     json_out: JsonOpt = False,
 ) -> None:
     """List recorded runs from the store, without asking any scheduler."""
-    from hpcai.orchestrator import Backends, views
+    from hpcai.orchestrator import views
     from hpcai.present import runs_table
+    from hpcai.session import Session
     from hpcai.store import Store
 
     store = Store()
-    found = views(store, store.runs(cluster=cluster), Backends(), with_progress=False)
+    found = views(store, store.runs(cluster=cluster), Session.current(), with_progress=False)
     if json_out:
         print_json([v.to_json() for v in found])
     else:
@@ -561,14 +557,14 @@ def plot(
         console.print(f"wrote {output}")
 
 
-def _emit_script(script: str, job: dict[str, object], output: Path | None, json_out: bool) -> None:
+def _emit_script(script: str, plan: dict[str, object], output: Path | None, json_out: bool) -> None:
     if output is not None:
         try:
             output.write_text(script, encoding="utf-8")
         except OSError as exc:
             raise HpcaiError(f"-o {output}: cannot write ({exc.strerror}). Choose a writable path.") from exc
     if json_out:
-        print_json({"script": script, "job": job, "output": str(output) if output else None})
+        print_json({**plan, "output": str(output) if output else None})
     elif output is None:
         sys.stdout.write(script)
 
@@ -579,11 +575,20 @@ _register_onboarding(app)
 
 
 def main() -> None:
+    from hpcai.session import Session
+
     try:
-        app()
+        with Session():  # one connection per cluster for the whole command, closed at its end
+            app()
     except HpcaiError as exc:
         print_error(str(exc))
         raise SystemExit(exc.exit_code) from None
+    except sqlite3.Error as exc:  # the store broke after it opened (disk full, file damaged meanwhile)
+        from hpcai.store import store_failure, store_path
+
+        failure = store_failure(store_path(), exc)
+        print_error(str(failure))
+        raise SystemExit(failure.exit_code) from None
     except KeyboardInterrupt:
         print_error("interrupted.")
         raise SystemExit(130) from None

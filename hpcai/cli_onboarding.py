@@ -75,7 +75,6 @@ def budget(
 
     Runs the site's own accounting command (saldo, jutil, lumi-allocations, sbank) on the login node."""
     from hpcai.budget.query import find_allocation, job_cost, query_allocations
-    from hpcai.orchestrator import Backends
     from hpcai.profiles import load_profile, resolve_alias
     from hpcai.service import default_cluster
     from hpcai.userconfig import load_user_config
@@ -86,11 +85,10 @@ def budget(
     settings = load_user_config().for_cluster(name)
     if profile.budget.query is None:
         raise HpcaiError(f"budget: the {name} profile names no budget command (budget.query); nothing to show.")
-    backends = Backends()
-    try:
-        rows = query_allocations(backends.get(name).transport, profile, account=settings.account, user=settings.user)
-    finally:
-        backends.close()
+    from hpcai.session import Session
+
+    transport = Session.current().get(name).transport
+    rows = query_allocations(transport, profile, account=settings.account, user=settings.user)
     mine = find_allocation(rows, settings.account) if settings.account else None
     cost = None
     if nodes is not None and nodes < 1:

@@ -1,4 +1,6 @@
-"""Domain errors: each carries a one-paragraph message for people; the CLI turns it into exit code 2."""
+"""Domain errors: each carries a one-paragraph message for people, and the CLI's exit code:
+2 the input is wrong (an option, a file, a value), 3 the environment failed (the link to the cluster,
+the scheduler, a full disk there), 4 the local run store cannot be used."""
 
 from __future__ import annotations
 
@@ -10,6 +12,18 @@ class HpcaiError(Exception):
     """An error the user can fix; `str(err)` is the whole message (what, where, how to fix)."""
 
     exit_code = 2
+
+
+class EnvironmentFailure(HpcaiError):
+    """Nothing the user typed is wrong: the cluster, its scheduler or the link to it failed (exit 3)."""
+
+    exit_code = 3
+
+
+class StoreError(HpcaiError):
+    """The local run store (SQLite under the state directory) cannot be read or written (exit 4)."""
+
+    exit_code = 4
 
 
 class ConfigError(HpcaiError):

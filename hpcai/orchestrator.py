@@ -21,11 +21,11 @@ from hpcai.exitcodes import (
     SCRIPT_NAME,
 )
 from hpcai.metrics import last_progress
-from hpcai.profiles import ClusterProfile, load_profile
-from hpcai.schedulers import JobState, JobStatus, Scheduler, scheduler_for
+from hpcai.schedulers import JobState, JobStatus
 from hpcai.service import RenderedJob
+from hpcai.session import Backend, Session
 from hpcai.store import Attempt, Run, Store
-from hpcai.transport import LocalTransport, Transport
+from hpcai.transport import Transport
 
 # How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.
 LOST_SUBMISSION_S = 300
@@ -50,59 +50,10 @@ class RunView:
         return asdict(self)
 
 
-@dataclass
-class Backend:
-    profile: ClusterProfile
-    transport: Transport
-    scheduler: Scheduler
-
-
-def transport_for(cluster: str, profile: ClusterProfile) -> Transport:
-    """SSH when the user configured `ssh_host` for the cluster; else this machine (the login node)."""
-    from hpcai.userconfig import load_user_config
-
-    host = load_user_config().for_cluster(cluster).ssh_host
-    if host is None:
-        return LocalTransport()
-    if profile.scheduler == "local":
-        raise HpcaiError(
-            f"config.toml [clusters.{cluster}] ssh_host: the `{cluster}` profile runs jobs on this machine "
-            "without a scheduler, so it cannot be reached over SSH. Remove ssh_host there."
-        )
-    from hpcai.transport.ssh import SshTransport
-
-    hint = profile.access.notes or "Renew your certificate as your site describes."
-    return SshTransport(host, renew_hint=hint, certificates_required=profile.access.method == "ssh-certificate")
-
-
-class Backends:
-    """One transport and scheduler per cluster for the whole command (one connection reused)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Backend] = {}
-
-    def get(self, cluster: str) -> Backend:
-        if cluster not in self._cache:
-            profile = load_profile(cluster)
-            transport = transport_for(cluster, profile)
-            self._cache[cluster] = Backend(profile, transport, scheduler_for(profile, transport))
-        return self._cache[cluster]
-
-    def close(self) -> None:
-        for backend in self._cache.values():
-            closer = getattr(backend.transport, "close", None)
-            if closer is not None:
-                closer()
-
-    @property
-    def scheduler_calls(self) -> int:
-        return sum(b.scheduler.calls for b in self._cache.values())
-
-
 def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
     store = store or Store()
     job = rendered.job
-    backend = Backends().get(job.cluster)
+    backend = Session.current().get(job.cluster)
     run = Run(
         id=job.run_id,
         workload=job.workload,
@@ -115,7 +66,7 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     )
     # The intent goes into the store before the scheduler hears of it: a CLI killed after sbatch but
     # before recording the id is reconciled by the next `status` (job_id file, or the job's work dir).
-    store.create_run(run)
+    store.create_run_checked(run)
     transport = backend.transport
     script_path = f"{job.run_dir}/{SCRIPT_NAME}"
     try:
@@ -160,9 +111,9 @@ def _complete_missing_exit(store: Store, transport: Transport, run: Run, status:
     return replace(status, state=JobState.FAILED, reason="the job ended without its script recording an end (killed)")
 
 
-def refresh(store: Store, runs: Iterable[Run], backends: Backends | None = None) -> Backends:
+def refresh(store: Store, runs: Iterable[Run], backends: Session | None = None) -> Session:
     """Ask each cluster's scheduler, once for all its unfinished attempts, and record what changed."""
-    backends = backends or Backends()
+    backends = backends or Session.current()
     runs = list(runs)
     latest = store.latest_attempts([r.id for r in runs])
     per_cluster: dict[str, list[tuple[Run, Attempt]]] = defaultdict(list)
@@ -315,7 +266,7 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return max(0.0, (finish - begin).total_seconds())
 
 
-def views(store: Store, runs: list[Run], backends: Backends, *, with_progress: bool = True) -> list[RunView]:
+def views(store: Store, runs: list[Run], backends: Session, *, with_progress: bool = True) -> list[RunView]:
     latest = store.latest_attempts([r.id for r in runs])
     result = []
     for run in runs:
@@ -346,7 +297,7 @@ def views(store: Store, runs: list[Run], backends: Backends, *, with_progress: b
     return result
 
 
-def status(store: Store, run_id: str | None = None) -> tuple[list[RunView], Backends]:
+def status(store: Store, run_id: str | None = None) -> tuple[list[RunView], Session]:
     runs = [store.run(run_id)] if run_id else store.runs()
     backends = refresh(store, runs)
     return views(store, [store.run(r.id) for r in runs], backends), backends

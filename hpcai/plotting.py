@@ -8,7 +8,8 @@ from pathlib import Path
 
 from hpcai.errors import HpcaiError
 from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG
-from hpcai.orchestrator import Backends, _jsonl
+from hpcai.orchestrator import _jsonl
+from hpcai.session import Session
 from hpcai.store import Store
 
 
@@ -38,7 +39,7 @@ def _float(value: object) -> float:
 
 def load_plot_data(store: Store, run_id: str) -> PlotData:
     run = store.run(run_id)
-    transport = Backends().get(run.cluster).transport
+    transport = Session.current().get(run.cluster).transport
     rows = _jsonl(transport, f"{run.run_dir}/metrics.jsonl")
     if not rows:
         raise HpcaiError(f"run {run.id}: no metrics yet ({run.run_dir}/metrics.jsonl is empty or missing).")

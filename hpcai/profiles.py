@@ -295,7 +295,18 @@ def resolve_alias(name: str) -> str:
 
 
 def load_profile(name: str) -> ClusterProfile:
+    """The validated profile (shipped file with the user's overrides merged over it); validated once per
+    command when a session is active."""
+    from hpcai.session import Session
+
     name = resolve_alias(name)
+    session = Session.active()
+    if session is not None:
+        return session.profile_cached(name, lambda: _read_profile(name))
+    return _read_profile(name)
+
+
+def _read_profile(name: str) -> ClusterProfile:
     files = profile_source(name)
     if not files:
         known = profile_names()

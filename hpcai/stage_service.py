@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from hpcai.errors import HpcaiError, closest
-from hpcai.jobspec import Overrides
-from hpcai.orchestrator import Backends
 from hpcai.output import error_console
 from hpcai.paths import state_dir
 from hpcai.profiles import ClusterProfile, expand_path, load_profile, resolve_alias
+from hpcai.session import Session
 from hpcai.staging import HashCache, Stager, StageReport, rsync_available
 from hpcai.transport.base import Transport
 from hpcai.userconfig import load_user_config
@@ -46,9 +46,17 @@ def _stager(transport: Transport, root: str, progress: Any, group_shared: bool) 
                   group_shared=group_shared)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StageItem:
+    """A local file or folder to stage; `keep_name` lands a folder as `<tree>/<name>/` (a package)."""
+
+    path: Path
+    keep_name: bool = False
+
+
 def stage_paths(
     cluster: str,
-    paths: list[Path],
+    paths: list[Path] | list[StageItem],
     *,
     filesystem: str | None = None,
     show_progress: bool = True,
@@ -56,33 +64,14 @@ def stage_paths(
     verify: bool = False,
     follow_links: bool = False,
 ) -> list[StageReport]:
+    """Stage files or folders over the session's connection to the cluster, with one progress bar."""
     cluster = resolve_alias(cluster)
     profile = load_profile(cluster)
     fs_name, root = store_root(cluster, profile, filesystem)
-    backends = Backends()
-    try:
-        return _stage_with(backends, cluster, profile, fs_name, root, paths, show_progress=show_progress,
-                           keep_name=keep_name, verify=verify, follow_links=follow_links)  # fmt: skip
-    finally:
-        backends.close()
-
-
-def _stage_with(
-    backends: Backends,
-    cluster: str,
-    profile: ClusterProfile,
-    fs_name: str,
-    root: str,
-    paths: list[Path],
-    *,
-    show_progress: bool,
-    keep_name: bool,
-    verify: bool,
-    follow_links: bool,
-) -> list[StageReport]:
-    transport = backends.get(cluster).transport
+    items = [p if isinstance(p, StageItem) else StageItem(p.expanduser(), keep_name) for p in paths]
+    transport = Session.current().get(cluster).transport
     cache = HashCache()
-    total = sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if _is_file(f))
+    total = sum(_size(item.path) for item in items)
     warnings = []
     fs = profile.filesystems[fs_name]
     if fs.purge_days:
@@ -98,10 +87,9 @@ def _stage_with(
         task = bar.add_task(f"staging to {cluster}:{fs_name}", total=total)
         stager = _stager(transport, root, lambda n: bar.advance(task, n), fs.share_with_group)
         try:
-            for path in paths:
-                report = stager.stage(
-                    path.expanduser(), cache, keep_name=keep_name, verify=verify, follow_links=follow_links
-                )
+            for item in items:
+                report = stager.stage(item.path, cache, keep_name=item.keep_name, verify=verify,
+                                      follow_links=follow_links)  # fmt: skip
                 report.warnings = warnings
                 reports.append(report)
         finally:
@@ -109,40 +97,11 @@ def _stage_with(
     return reports
 
 
-def _is_file(path: Path) -> bool:
+def _size(path: Path) -> int:
+    """Bytes under a path, for the progress bar (links and special files count as nothing)."""
     try:
-        return path.is_file()
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     except OSError:
-        return False
-
-
-def stage_inputs_for_submit(cluster: str, workload: str, overrides: Overrides) -> Overrides:
-    """On a cluster reached over SSH, local paths given as data/model_path/container are staged first and
-    the job refers to the staged copies, not the laptop's paths."""
-    cluster = resolve_alias(cluster)
-    if load_user_config().for_cluster(cluster).ssh_host is None:
-        return overrides
-    new_set = []
-    for item in overrides.set:
-        key, _, value = item.partition("=")
-        path = Path(value).expanduser()
-        if key in {"data", "model_path"} and value and path.exists():
-            (report,) = stage_paths(cluster, [path])
-            new_set.append(f"{key}={report.remote_path}")
-        else:
-            new_set.append(item)
-    container = overrides.container
-    if container and Path(container).expanduser().is_file():
-        (report,) = stage_paths(cluster, [Path(container).expanduser()])
-        container = report.remote_path
-    update: dict[str, object] = {"set": tuple(new_set), "container": container}
-    profile = load_profile(cluster)
-    if profile.launch.python != "current":
-        # The job runs the workload code and the hpcai runtime from staged copies, not the laptop's.
-        import hpcai
-        from hpcai.workloads import load_workload
-
-        (code,) = stage_paths(cluster, [load_workload(workload).directory])
-        (package,) = stage_paths(cluster, [Path(hpcai.__file__).resolve().parent], keep_name=True)
-        update.update(code_dir=code.remote_path, python_path=package.remote_path)
-    return overrides.model_copy(update=update)
+        return 0

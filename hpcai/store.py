@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcai.errors import NotFoundError, closest
+from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
 
 SCHEMA_VERSION = 1
@@ -101,21 +101,34 @@ def store_path() -> Path:
     return state_dir() / "hpcai.db"
 
 
+def store_failure(path: Path, exc: BaseException) -> StoreError:
+    """The one-paragraph account of a store that cannot be used (exit 4)."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return StoreError(
+        f"the run store {path} cannot be used ({reason}). If the disk is full or the folder read-only, free "
+        "space or set HPCAI_HOME to a writable folder; if the file is damaged, move it aside (your runs' "
+        "files on the clusters are untouched) and run hpcai again."
+    )
+
+
 class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            with self.transaction() as db:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                with self.transaction() as db:
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise store_failure(self.path, exc) from None
 
     def close(self) -> None:
         self._db.close()
@@ -154,6 +167,16 @@ class Store:
                 (run.id, run.state, run.created, first_attempt_lr_scale),
             )
             self._event(db, run.id, "submit", "submission recorded before calling the scheduler")
+
+    def create_run_checked(self, run: Run, first_attempt_lr_scale: float = 1.0) -> None:
+        """`create_run`, with a run id that exists already reported as the user's input (exit 2)."""
+        try:
+            self.create_run(run, first_attempt_lr_scale)
+        except sqlite3.IntegrityError:
+            raise ValidationError(
+                f"--run-id: a run named '{run.id}' exists already (`hpcai status {run.id}`). Choose another "
+                "id, or leave --run-id out for a fresh one."
+            ) from None
 
     def run(self, run_id: str) -> Run:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

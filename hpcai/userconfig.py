@@ -44,6 +44,14 @@ def config_path() -> Path:
 
 
 def load_user_config() -> UserConfig:
+    """The user config; read once per command when a session is active (see hpcai.session)."""
+    from hpcai.session import Session
+
+    session = Session.active()
+    return session.config(_read_user_config) if session is not None else _read_user_config()
+
+
+def _read_user_config() -> UserConfig:
     path = config_path()
     if not path.is_file():
         return UserConfig()

@@ -21,8 +21,9 @@ from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG
 from hpcai.monitor.history import Point, compile_log_regex, parse_log_line, parse_metrics_line
 from hpcai.monitor.policy import RollbackPolicy, decide
 from hpcai.monitor.spikes import SpikeDetector
-from hpcai.orchestrator import Backends, complete_checkpoints, pick_attempt, refresh, resume_run
+from hpcai.orchestrator import complete_checkpoints, pick_attempt, refresh, resume_run
 from hpcai.schedulers import JobState
+from hpcai.session import Session
 from hpcai.store import Store
 from hpcai.transport import Transport
 
@@ -71,7 +72,7 @@ def watch_run(
     from hpcai.workloads import load_workload
 
     run = store.run(run_id)
-    backends = Backends()
+    backends = Session.current()
     transport = backends.get(run.cluster).transport
     workload = load_workload(run.workload)
     pattern = workload.spec.log_metrics_regex
@@ -143,7 +144,7 @@ def watch_run(
         time.sleep(poll_s)
 
 
-def _wait_ended(store: Store, run_id: str, backends: Backends, timeout: float = 120) -> None:
+def _wait_ended(store: Store, run_id: str, backends: Session, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:
         refresh(store, [store.run(run_id)], backends)

@@ -56,5 +56,8 @@ def update_cluster_settings(cluster: str, values: dict[str, str | None], *, make
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(new_text, encoding="utf-8")
     tmp.replace(path)
+    from hpcai.session import Session
+
+    Session.settings_changed()
     load_user_config()  # what was written must read back as valid
     return ConfigChange(path, True, backup)

@@ -154,7 +154,7 @@ def _check_config(doctor: Doctor) -> bool:
 def _check_ssh(doctor: Doctor) -> bool:
     import paramiko
 
-    from hpcai.orchestrator import transport_for
+    from hpcai.session import transport_for
     from hpcai.transport.known_hosts import KnownHosts
     from hpcai.transport.ssh import SshError, fingerprint, resolve_target, ssh_config_path
 

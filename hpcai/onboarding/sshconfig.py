@@ -106,5 +106,8 @@ def write_host_entry(path: Path, entry: HostEntry) -> SshConfigChange:
     tmp.write_text(new_text, encoding="utf-8")
     tmp.chmod(0o600)  # ssh refuses a config others can write
     tmp.replace(path)
+    from hpcai.session import Session
+
+    Session.settings_changed()  # connections opened before read the old entry
     verb = "updated" if match else "added"
     return SshConfigChange(path, True, backup, f"{path}: {verb} the entry for {entry.alias}.")

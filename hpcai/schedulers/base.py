@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hpcai.errors import HpcaiError
+from hpcai.errors import EnvironmentFailure, HpcaiError
 from hpcai.transport.base import CommandResult, Transport
 
 
@@ -61,7 +61,11 @@ class JobStatus:
 
 
 class SchedulerError(HpcaiError):
-    """A scheduler command failed for a reason that retrying does not fix."""
+    """A scheduler command failed for a reason that retrying does not fix (it refused the request)."""
+
+
+class SchedulerUnavailable(SchedulerError, EnvironmentFailure):
+    """The scheduler did not answer (controller down, timeouts) even after retries: exit 3."""
 
 
 TRANSIENT_MARKERS = (
@@ -103,6 +107,10 @@ class Scheduler(ABC):
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
         """Submit the script; return the job id."""
 
+    def submit_command(self, script_path: str, run_dir: str) -> list[str]:
+        """The command `submit` runs (shown by `submit --dry-run`)."""
+        return [script_path]
+
     @abstractmethod
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """States of many jobs with a constant number of scheduler calls."""
@@ -125,4 +133,9 @@ class Scheduler(ABC):
 def failure(what: str, result: CommandResult) -> SchedulerError:
     detail = (result.stderr or result.stdout).strip().splitlines()
     shown = " ".join(detail[-3:]) if detail else f"exit code {result.returncode}"
+    if any(marker in result.stderr for marker in TRANSIENT_MARKERS) or result.returncode == 124:
+        return SchedulerUnavailable(
+            f"{what} failed: the scheduler did not answer (`{' '.join(result.argv)}` said: {shown}). Nothing is "
+            "wrong with your request; try again later (`hpcai status` shows what was submitted)."
+        )
     return SchedulerError(f"{what} failed: `{' '.join(result.argv)}` said: {shown}")

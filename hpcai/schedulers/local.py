@@ -57,6 +57,9 @@ def process_alive(pid: int) -> bool:
 class LocalScheduler(Scheduler):
     kind = "local"
 
+    def submit_command(self, script_path: str, run_dir: str) -> list[str]:
+        return ["hpcai-local-runner (detached)", script_path]
+
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
         job_id = f"L{secrets.token_hex(4)}"
         while job_file(job_id).exists():

@@ -61,10 +61,13 @@ def _status(job_id: str, attrs: dict[str, str]) -> JobStatus:
 class PbsScheduler(Scheduler):
     kind = "pbs"
 
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+    def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         # -o/-e on the command line too: Slurm's qsub wrapper ignores #PBS -o/-e lines.
         out, err = self.log_paths(run_dir, "")
-        result = self.command(["qsub", "-o", out, "-e", err, script_path], timeout=120, idempotent=False)
+        return ["qsub", "-o", out, "-e", err, script_path]
+
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+        result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
         if not result.ok:
             raise failure("qsub", result)
         job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""

@@ -32,8 +32,11 @@ def _time(text: str) -> str | None:
 class SlurmScheduler(Scheduler):
     kind = "slurm"
 
+    def submit_command(self, script_path: str, run_dir: str) -> list[str]:
+        return ["sbatch", "--parsable", script_path]
+
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
-        result = self.command(["sbatch", "--parsable", script_path], timeout=120, idempotent=False)
+        result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
         if not result.ok:
             raise failure("sbatch", result)
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0]

@@ -6,17 +6,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hpcai.errors import HpcaiError
+from hpcai.errors import EnvironmentFailure
 
 # What a command reads on its standard input: bytes, or chunks produced while it runs (a tar stream).
 Input = bytes | Iterable[bytes] | None
 
 
-class TransportError(HpcaiError):
+class TransportError(EnvironmentFailure):
     """The link to the cluster failed (dropped, refused, full disk, session limit): nothing the user
     typed is wrong, and running the same command again resumes. Exit code 3."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)

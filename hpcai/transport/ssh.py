@@ -6,7 +6,7 @@
   certificates) are checked before connecting: an expired one is reported with how to renew it.
 - Strict host key checking against known_hosts: an unknown or changed key stops with its fingerprint and
   how to verify it; nothing is ever accepted silently, nothing is written to known_hosts.
-- One connection per command (a Backends object), re-established with backoff when it drops; commands
+- One connection per command (hpcai.session.Session), re-established with backoff when it drops; commands
   that must not run twice (sbatch) are not retried after a drop.
 - No secret ever reaches a log or the store: errors name files and fingerprints, never key material.
 """

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.orchestrator import Backends, refresh
+from hpcai.orchestrator import refresh
 from hpcai.schedulers import JobState
 from hpcai.schedulers.slurm import SlurmScheduler, parse_state
+from hpcai.session import Session
 from hpcai.store import Store
 from hpcai.transport import LocalTransport
 from tests.conftest import REPO
@@ -132,7 +133,7 @@ def test_requeue_puts_the_job_back_in_the_queue(slurm_cluster: str, probe_worklo
     store = Store()
     run_id = submit_probe(store, slurm_cluster, lines=600, interval=0.1)
     view = wait_for(store, run_id, {"RUNNING"})
-    scheduler = Backends().get(slurm_cluster).scheduler
+    scheduler = Session().get(slurm_cluster).scheduler
     assert view.job_id
     scheduler.requeue(view.job_id)
     time.sleep(1)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.orchestrator import Backends
+from hpcai.session import Session
 from hpcai.store import Store
 from hpcai.transport.ssh import SshError, SshTransport
 from tests.conftest import REPO
@@ -156,7 +156,7 @@ def test_remote_submit_status_logs_follow_and_cancel(
     (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
     store = Store()
     run_id = submit_probe(store, slurm_cluster, lines=600, interval=0.1)
-    backends = Backends()
+    backends = Session()
     assert isinstance(backends.get(slurm_cluster).transport, SshTransport)
     wait_for(store, run_id, {"RUNNING"})
     follow = subprocess.Popen(

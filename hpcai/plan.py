@@ -1,0 +1,150 @@
+"""Submit as a value: `plan_submit` works out everything a submission will do -- which local paths are
+staged and where they will be on the cluster, the resolved job, the exact script, the submit command and
+what the run can cost -- from local files alone; `execute` performs exactly that plan. `render`,
+`submit --dry-run` and `submit` all go through `plan_submit`, so what is printed is what is submitted.
+
+Staged paths can be known before anything moves because the store is content-addressed: a tree's path
+on the cluster is the hash of its manifest (`staging.stager.plan_stage`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcai.errors import HpcaiError
+from hpcai.jobspec import Overrides
+from hpcai.service import RenderedJob, prepare_job
+from hpcai.session import Session
+
+STAGED_PARAMETERS = ("data", "model_path")  # --set values that name local paths to stage
+
+
+@dataclass(frozen=True)
+class StageAction:
+    """One local path the submission stages, and where the job will find it."""
+
+    what: str  # data, model_path, container, workload code, hpcai package
+    local: Path
+    remote_path: str
+    keep_name: bool
+    files: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "local": str(self.local), "remote_path": self.remote_path,
+                "files": self.files, "bytes": self.bytes}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    rendered: RenderedJob
+    requested: Overrides  # what the user typed
+    staging: tuple[StageAction, ...]
+    filesystem: str | None  # where staged files go
+    cost: dict[str, Any]
+    submit_command: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job": self.rendered.job.model_dump(),
+            "script": self.rendered.script,
+            "staging": [a.to_json() for a in self.staging],
+            "staging_filesystem": self.filesystem,
+            "cost": self.cost,
+            "submit_command": self.submit_command,
+        }
+
+
+def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> SubmitPlan:
+    """Everything the submission will do, worked out on this machine; nothing is sent or submitted."""
+    from hpcai.budget.query import job_cost
+    from hpcai.profiles import load_profile, resolve_alias
+    from hpcai.schedulers import scheduler_for
+    from hpcai.service import default_cluster
+    from hpcai.transport import LocalTransport
+    from hpcai.userconfig import load_user_config
+
+    name = resolve_alias(cluster or default_cluster())
+    profile = load_profile(name)
+    actions: list[StageAction] = []
+    filesystem = None
+    resolved = overrides
+    if load_user_config().for_cluster(name).ssh_host is not None:
+        resolved, actions, filesystem = _plan_staging(name, workload, overrides)
+    rendered = prepare_job(workload, name, resolved)
+    job = rendered.job
+    scheduler = scheduler_for(profile, LocalTransport())  # only asked for its command line
+    return SubmitPlan(
+        rendered=rendered,
+        requested=overrides,
+        staging=tuple(actions),
+        filesystem=filesystem,
+        cost=job_cost(profile, job.nodes, job.walltime_s).to_json(),
+        submit_command=scheduler.submit_command(f"{job.run_dir}/job.sh", job.run_dir),
+    )
+
+
+def _plan_staging(cluster: str, workload: str, overrides: Overrides) -> tuple[Overrides, list[StageAction], str]:
+    """On a cluster reached over SSH: local data/model_path/container, and for site profiles the workload
+    code and the hpcai package, are staged; the job refers to the staged copies."""
+    from hpcai.profiles import load_profile
+    from hpcai.stage_service import store_root
+    from hpcai.staging import HashCache
+    from hpcai.staging.stager import plan_stage
+
+    profile = load_profile(cluster)
+    fs_name, root = store_root(cluster, profile, None)
+    cache = HashCache()
+    actions: list[StageAction] = []
+
+    def stage(what: str, path: Path, keep_name: bool = False) -> str:
+        scan, _, remote = plan_stage(root, path, cache, keep_name=keep_name)
+        files = [e for e in scan.entries if e.link is None]
+        actions.append(StageAction(what, path, remote, keep_name, len(files), sum(e.size for e in files)))
+        return remote
+
+    new_set = []
+    for item in overrides.set:
+        key, _, value = item.partition("=")
+        path = Path(value).expanduser()
+        if key in STAGED_PARAMETERS and value and path.exists():
+            new_set.append(f"{key}={stage(key, path)}")
+        else:
+            new_set.append(item)
+    container = overrides.container
+    if container and Path(container).expanduser().is_file():
+        container = stage("container", Path(container).expanduser())
+    update: dict[str, object] = {"set": tuple(new_set), "container": container}
+    if profile.launch.python != "current":
+        # The job runs the workload code and the hpcai runtime from staged copies, not the laptop's.
+        import hpcai
+        from hpcai.workloads import load_workload
+
+        update["code_dir"] = stage("workload code", load_workload(workload).directory)
+        update["python_path"] = stage("hpcai package", Path(hpcai.__file__).resolve().parent, keep_name=True)
+    cache.save()
+    return overrides.model_copy(update=update), actions, fs_name
+
+
+def execute(plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Perform the plan over the session's one connection: budget check, staging, submit."""
+    from hpcai.budget.guard import check_submit_budget
+    from hpcai.orchestrator import submit_run
+    from hpcai.stage_service import StageItem, stage_paths
+
+    job = plan.rendered.job
+    backend = Session.current().get(job.cluster)
+    budget = check_submit_budget(plan.rendered, backend.transport, force=force_budget)  # before bytes move
+    if plan.staging:
+        items = [StageItem(a.local, a.keep_name) for a in plan.staging]
+        reports = stage_paths(job.cluster, items, filesystem=plan.filesystem, show_progress=show_progress)
+        for action, report in zip(plan.staging, reports, strict=True):
+            if report.remote_path != action.remote_path:
+                raise HpcaiError(
+                    f"submit: {action.local} changed while it was being staged (planned as {action.remote_path}, "
+                    f"staged as {report.remote_path}); nothing was submitted. Submit again once it no longer changes."
+                )
+    result = submit_run(plan.rendered)
+    return {**result, "budget": budget, "staged": [a.to_json() for a in plan.staging]}

@@ -1,0 +1,67 @@
+"""Submit as a value, over the test sshd and the real Slurm: the dry run shows the staged paths the real
+submission uses, and a submission that stages data, a model and a container logs in exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcai.store import Store
+from tests.conftest import REPO, run_cli
+from tests.transport.test_ssh import ssh_config
+
+
+def logins(sshd: Path) -> int:
+    return (sshd / "sshd.log").read_text(errors="replace").count("Accepted publickey")
+
+
+@pytest.fixture
+def remote_site(sshd: Path, slurm_cluster: str, isolated_hpcai: Path, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> str:  # fmt: skip
+    """A site profile (its own python, so code is staged too) reached over the test sshd."""
+    import sys
+
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
+    config = isolated_hpcai / "config"
+    (config / "clusters").mkdir(parents=True, exist_ok=True)
+    site = yaml.safe_load((REPO / "clusters" / "local-slurm.yaml").read_text())
+    site["launch"]["python"] = sys.executable
+    site["container"] = {"runtime": "apptainer", "flags": [], "binds": []}  # no apptainer here: the job fails
+    (config / "clusters" / "remote-site.yaml").write_text(yaml.safe_dump(site))
+    (config / "config.toml").write_text('[clusters.remote-site]\nssh_host = "hpcai-test"\n')
+    return "remote-site"
+
+
+def test_a_submit_that_stages_everything_logs_in_once_and_matches_its_dry_run(
+    remote_site: str, sshd: Path, tmp_path: Path
+) -> None:
+    data, model = tmp_path / "data", tmp_path / "model"
+    assert run_cli("data", "synth", "llava", str(data), "--samples", "8").returncode == 0
+    model.mkdir()
+    (model / "config.json").write_text("{}\n")
+    container = tmp_path / "image.sif"
+    container.write_bytes(os.urandom(50_000))
+    args = ["llava", "--cluster", remote_site, "--set", f"data={data}", "--set", f"model_path={model}",
+            "--container", str(container), "--run-id", "planned", "--json"]  # fmt: skip
+    before = logins(sshd)
+    dry = run_cli("submit", *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert logins(sshd) == before  # a plan is made on this machine alone
+    plan = json.loads(dry.stdout)
+    assert {a["what"] for a in plan["staging"]} == {"data", "model_path", "container", "workload code",
+                                                     "hpcai package"}  # fmt: skip
+    rendered = run_cli("render", *args)
+    assert json.loads(rendered.stdout)["script"] == plan["script"]
+    submitted = run_cli("submit", *args)
+    assert submitted.returncode == 0, submitted.stderr
+    assert logins(sshd) == before + 1  # staging 5 trees, budget, script, sbatch: one connection
+    spec = Store().run("planned").spec
+    assert spec == plan["job"]  # the submitted job is the planned one, staged paths included
+    staged = {a["what"]: a["remote_path"] for a in json.loads(submitted.stdout)["staged"]}
+    assert Path(staged["container"]).read_bytes() == container.read_bytes()
+    assert spec["container"] == staged["container"] and spec["code_dir"] == staged["workload code"]
+    assert run_cli("cancel", "planned").returncode == 0
