@@ -4,7 +4,10 @@ Needs the test Slurm (`tests/infra/slurm.sh start`). Half the runs are finished 
 again), half are active with job ids Slurm no longer knows, the worst case: squeue, then sacct for all.
 Scheduler commands are counted by wrappers on PATH that log each call before running the real one.
 
-Run: python benchmarks/status_scale.py [--runs 1000] [--repeats 3]
+With --ssh, the same status is asked from "a laptop": through the test sshd (tests/infra/sshd.sh, started
+here), and it prints the remote round trips (commands and file reads) the status took.
+
+Run: python benchmarks/status_scale.py [--runs 1000] [--repeats 3] [--ssh]
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ssh", action="store_true", help="ask through the test sshd and count round trips")
     args = parser.parse_args()
+    if args.ssh:
+        return over_ssh(args.runs)
     if subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
         sys.exit("the test Slurm is not running: tests/infra/slurm.sh start")
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +82,44 @@ def main() -> None:
         print(f"runs in store:            {args.runs} ({args.runs // 2} active, {args.runs - args.runs // 2} finished)")
         print(f"hpcai status --json:      median {statistics.median(times):.2f} s over {args.repeats} runs")
         print(f"scheduler calls per run:  {len(calls[-1])} ({', '.join(calls[-1])})")
+
+
+def over_ssh(runs: int) -> None:
+    import json
+    import socket
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        env = {**os.environ, "HPCAI_SSHD_PORT": port}
+        subprocess.run([str(repo / "tests/infra/sshd.sh"), "start", str(root / "sshd")], check=True, env=env)
+        try:
+            fill_store(root / "home", runs)
+            for i in range(runs):
+                run_dir = root / "home" / "runs" / f"bench-{i:05d}"
+                run_dir.mkdir(parents=True)
+                (run_dir / "metrics.jsonl").write_text(json.dumps({"step": i, "loss": 1.0}) + "\n")
+            (root / "config").mkdir()
+            (root / "config" / "config.toml").write_text('[clusters.local-slurm]\nssh_host = "hpcai-test"\n')
+            os.environ.update(HPCAI_CONFIG_DIR=str(root / "config"), HPCAI_SSH_CONFIG=str(root / "sshd" / "ssh_config"))
+            sys.path.insert(0, str(repo))
+            from hpcai.orchestrator import status
+            from hpcai.session import Session
+            from hpcai.store import Store
+
+            with Session() as session:
+                start = time.perf_counter()
+                views, _ = status(Store())
+                elapsed = time.perf_counter() - start
+                operations = session.get("local-slurm").transport.operations  # type: ignore[attr-defined]
+            print(f"runs in store:            {runs} ({runs // 2} active, {runs - runs // 2} finished), over SSH")
+            print(f"hpcai status:             {elapsed:.2f} s, {len(views)} runs shown")
+            print(f"remote round trips:       {operations} (squeue, sacct, one read of all run directories)")
+        finally:
+            subprocess.run([str(repo / "tests/infra/sshd.sh"), "stop", str(root / "sshd")], env=env)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from hpcai.transport.base import Transport
+from hpcai.runfiles import FileReader
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,7 @@ class Progress:
     loss: float | None
 
 
-def last_progress(transport: Transport, path: str, max_bytes: int = 16384) -> Progress | None:
+def last_progress(transport: FileReader, path: str, max_bytes: int = 16384) -> Progress | None:
     """The last complete metrics line with a step; a half-written last line is skipped."""
     data = transport.tail(path, max_bytes)
     for line in reversed(data.decode("utf-8", errors="replace").splitlines()):

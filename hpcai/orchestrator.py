@@ -21,6 +21,7 @@ from hpcai.exitcodes import (
     SCRIPT_NAME,
 )
 from hpcai.metrics import last_progress
+from hpcai.runfiles import FileReader, Prefetched
 from hpcai.schedulers import JobState, JobStatus
 from hpcai.service import RenderedJob
 from hpcai.session import Backend, Session
@@ -83,7 +84,7 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
 
 
-def _attempt_log_exit_code(transport: Transport, run_dir: str, job_id: str) -> int | None:
+def _attempt_log_exit_code(transport: FileReader, run_dir: str, job_id: str) -> int | None:
     """The exit code the job script itself recorded for `job_id` (PBS wrappers do not report one)."""
     text = transport.tail(f"{run_dir}/attempts.jsonl", 65536).decode("utf-8", errors="replace")
     for line in reversed(text.splitlines()):
@@ -96,10 +97,12 @@ def _attempt_log_exit_code(transport: Transport, run_dir: str, job_id: str) -> i
     return None
 
 
-def _complete_missing_exit(store: Store, transport: Transport, run: Run, status: JobStatus) -> JobStatus:
+def _complete_missing_exit(store: Store, transport: FileReader, run: Run, status: JobStatus) -> JobStatus:
     """A scheduler that reports an ended job without an exit code (PBS wrappers, some PBS versions): take
     the code the job script recorded; a script that never recorded its end was killed."""
     logged = _attempt_log_exit_code(transport, run.run_dir, status.job_id)
+    if logged is None and isinstance(transport, Prefetched):  # read before the job ended: look again
+        logged = _attempt_log_exit_code(transport.transport, run.run_dir, status.job_id)
     if logged is not None:
         state = JobState.FAILED if status.state is JobState.COMPLETED and logged != 0 else status.state
         return replace(status, state=state, exit_code=logged)
@@ -111,8 +114,20 @@ def _complete_missing_exit(store: Store, transport: Transport, run: Run, status:
     return replace(status, state=JobState.FAILED, reason="the job ended without its script recording an end (killed)")
 
 
-def refresh(store: Store, runs: Iterable[Run], backends: Session | None = None) -> Session:
-    """Ask each cluster's scheduler, once for all its unfinished attempts, and record what changed."""
+def lineage_files(run: Run) -> list[str]:
+    """What `refresh` reads of an unfinished run's directory."""
+    return [f"{run.run_dir}/{name}" for name in ("attempts.jsonl", DECISIONS_LOG, GAVE_UP_FILE, "job_id")]
+
+
+def metrics_file(run: Run) -> str:
+    return str(run.spec.get("metrics_path") or f"{run.run_dir}/metrics.jsonl")
+
+
+def refresh(
+    store: Store, runs: Iterable[Run], backends: Session | None = None, files: dict[str, FileReader] | None = None
+) -> Session:
+    """Ask each cluster's scheduler, once for all its unfinished attempts, and record what changed. The
+    run directories' files are read in one call per cluster (`files`, prefetched by `status`, or here)."""
     backends = backends or Session.current()
     runs = list(runs)
     latest = store.latest_attempts([r.id for r in runs])
@@ -123,17 +138,20 @@ def refresh(store: Store, runs: Iterable[Run], backends: Session | None = None) 
             per_cluster[run.cluster].append((run, attempt))
     for cluster, items in per_cluster.items():
         backend = backends.get(cluster)
-        items = _reconcile_lost_submissions(store, backend, items)
+        reader = (files or {}).get(cluster) or Prefetched(
+            backend.transport, [p for run, _ in items for p in lineage_files(run)]
+        )
+        items = _reconcile_lost_submissions(store, backend, items, reader)
         job_ids = [a.job_id for _, a in items if a.job_id]
         statuses = backend.scheduler.states(job_ids) if job_ids else {}
         lineage_grew = False
         for run, attempt in items:
             status = statuses.get(attempt.job_id or "")
             if status is None or status.state is JobState.UNKNOWN:
-                lineage_grew |= _follow_lineage(store, backend.transport, run)
+                lineage_grew |= _follow_lineage(store, reader, run)
                 continue
             if status.state.terminal and status.exit_code is None:
-                status = _complete_missing_exit(store, backend.transport, run, status)
+                status = _complete_missing_exit(store, reader, run, status)
             changes: dict[str, Any] = {}
             for key, value in (
                 ("state", status.state.value),
@@ -150,15 +168,15 @@ def refresh(store: Store, runs: Iterable[Run], backends: Session | None = None) 
                 store.update_attempt(run.id, attempt.number, **changes)
                 if "state" in changes:
                     store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
-            lineage_grew |= _follow_lineage(store, backend.transport, run)
+            lineage_grew |= _follow_lineage(store, reader, run)
             if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
-                _note_give_up(store, backend.transport, run, store.attempts(run.id)[-1])
+                _note_give_up(store, reader, run, store.attempts(run.id)[-1])
         if lineage_grew:  # ask about the new attempts right away
-            refresh(store, [store.run(r.id) for r, _ in items], backends)
+            refresh(store, [store.run(r.id) for r, _ in items], backends, {cluster: reader})
     return backends
 
 
-def _jsonl(transport: Transport, path: str) -> list[dict[str, Any]]:
+def _jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:
     text = transport.read_text(path) or ""
     records = []
     for line in text.splitlines():
@@ -171,7 +189,7 @@ def _jsonl(transport: Transport, path: str) -> list[dict[str, Any]]:
     return records
 
 
-def _follow_lineage(store: Store, transport: Transport, run: Run) -> bool:
+def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
     """Attempts the job submitted by itself (spike-guard rollbacks), learnt from the run directory's
     attempt log and decisions, recorded in the store. Returns True when a new attempt was added."""
     submitted = [e for e in _jsonl(transport, f"{run.run_dir}/attempts.jsonl") if e.get("event") == "submitted"]
@@ -209,7 +227,7 @@ def _follow_lineage(store: Store, transport: Transport, run: Run) -> bool:
     return added
 
 
-def _note_give_up(store: Store, transport: Transport, run: Run, attempt: Attempt) -> None:
+def _note_give_up(store: Store, transport: FileReader, run: Run, attempt: Attempt) -> None:
     text = transport.read_text(f"{run.run_dir}/{GAVE_UP_FILE}")
     if not text:
         return
@@ -223,14 +241,14 @@ def _note_give_up(store: Store, transport: Transport, run: Run, attempt: Attempt
 
 
 def _reconcile_lost_submissions(
-    store: Store, backend: Backend, items: list[tuple[Run, Attempt]]
+    store: Store, backend: Backend, items: list[tuple[Run, Attempt]], files: FileReader
 ) -> list[tuple[Run, Attempt]]:
     lost = [(r, a) for r, a in items if a.job_id is None]
     if not lost:
         return items
     found: dict[str, str] = {}
     for run, _ in lost:
-        text = backend.transport.read_text(f"{run.run_dir}/job_id")
+        text = files.read_text(f"{run.run_dir}/job_id")
         if text and text.strip():
             found[run.run_dir] = text.strip()
     missing = [r.run_dir for r, _ in lost if r.run_dir not in found]
@@ -266,16 +284,26 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return max(0.0, (finish - begin).total_seconds())
 
 
-def views(store: Store, runs: list[Run], backends: Session, *, with_progress: bool = True) -> list[RunView]:
+def views(
+    store: Store,
+    runs: list[Run],
+    backends: Session,
+    *,
+    with_progress: bool = True,
+    files: dict[str, FileReader] | None = None,
+) -> list[RunView]:
     latest = store.latest_attempts([r.id for r in runs])
+    readers = dict(files or {})
     result = []
     for run in runs:
         attempt = latest.get(run.id)
         progress = None
         if with_progress:
-            metrics = str(run.spec.get("metrics_path") or f"{run.run_dir}/metrics.jsonl")
             try:
-                progress = last_progress(backends.get(run.cluster).transport, metrics)
+                if run.cluster not in readers:
+                    paths = [metrics_file(r) for r in runs if r.cluster == run.cluster]
+                    readers[run.cluster] = Prefetched(backends.get(run.cluster).transport, paths)
+                progress = last_progress(readers[run.cluster], metrics_file(run))
             except HpcaiError:
                 progress = None
         result.append(
@@ -298,9 +326,25 @@ def views(store: Store, runs: list[Run], backends: Session, *, with_progress: bo
 
 
 def status(store: Store, run_id: str | None = None) -> tuple[list[RunView], Session]:
+    """Every run's state and progress: per cluster one squeue + one sacct (or qstat) and one read of all
+    the run directories' files it needs, whatever the number of runs."""
     runs = [store.run(run_id)] if run_id else store.runs()
-    backends = refresh(store, runs)
-    return views(store, [store.run(r.id) for r in runs], backends), backends
+    backends = Session.current()
+    latest = store.latest_attempts([r.id for r in runs])
+    files: dict[str, FileReader] = {}
+    for cluster in sorted({r.cluster for r in runs}):
+        mine = [r for r in runs if r.cluster == cluster]
+        paths = [metrics_file(r) for r in mine]
+        for run in mine:
+            attempt = latest.get(run.id)
+            if attempt is not None and not JobState(attempt.state).terminal:
+                paths += lineage_files(run)
+        try:
+            files[cluster] = Prefetched(backends.get(cluster).transport, paths)
+        except HpcaiError:
+            continue  # refresh reports this cluster's failure in its own words
+    refresh(store, runs, backends, files)
+    return views(store, [store.run(r.id) for r in runs], backends, files=files), backends
 
 
 def pick_attempt(store: Store, run: Run, number: int | None) -> Attempt:

@@ -102,3 +102,37 @@ def test_local_walltime_gives_timeout(probe_workload: str) -> None:
     run_id = submit_probe(store, "local", time_limit="00:00:03", lines=100, interval=0.2)
     view = wait_terminal(store, run_id, timeout=30)
     assert view.state == "TIMEOUT"
+
+
+def test_status_over_ssh_reads_every_run_directory_in_one_round_trip(
+    sshd: Path, slurm_cluster: str, isolated_hpcai: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 runs (20 finished, 20 whose jobs Slurm no longer knows): squeue, sacct and one bulk read."""
+    import json
+    import time
+
+    from hpcai.orchestrator import status
+    from hpcai.session import Session
+    from hpcai.store import Run, Store
+    from tests.transport.test_ssh import ssh_config
+
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
+    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
+    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    store = Store()
+    for i in range(40):
+        run_dir = tmp_path / "runs" / f"r{i}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": 10 - s}) + "\n" for s in range(i + 1))
+        )
+        (run_dir / "attempts.jsonl").write_text(json.dumps({"event": "start", "job_id": str(990000 + i)}) + "\n")
+        store.create_run(Run(f"r{i}", "probe", slurm_cluster, None, str(run_dir), {}, time.time(), "SUBMITTING"))
+        finished = i % 2 == 0
+        store.update_attempt(f"r{i}", 1, job_id=str(990000 + i), state="COMPLETED" if finished else "RUNNING")
+    with Session() as session:
+        found, _ = status(store)
+        transport = session.get(slurm_cluster).transport
+        assert transport.operations <= 3, transport.operations  # type: ignore[attr-defined]
+    by_id = {v.run_id: v for v in found}
+    assert by_id["r7"].step == 7 and by_id["r7"].loss == 3 and by_id["r0"].step == 0

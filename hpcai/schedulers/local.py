@@ -58,7 +58,7 @@ class LocalScheduler(Scheduler):
     kind = "local"
 
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
-        return ["hpcai-local-runner (detached)", script_path]
+        return ["hpcai-local-runner", script_path]  # a detached process on this machine
 
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
         job_id = f"L{secrets.token_hex(4)}"

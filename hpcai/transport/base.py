@@ -66,6 +66,15 @@ class Transport(ABC):
     def tail(self, path: str, max_bytes: int) -> bytes:
         """At most the last `max_bytes` of the file (empty when it does not exist)."""
 
+    def read_many(self, paths: Sequence[str], max_bytes: int) -> dict[str, tuple[bytes, int] | None]:
+        """For each path: (at most its last `max_bytes`, its full size), or None when it does not exist.
+        Transports with a round trip per call (SSH) answer in one."""
+        found: dict[str, tuple[bytes, int] | None] = {}
+        for path in paths:
+            size = self.size(path)
+            found[path] = None if size is None else (self.tail(path, max_bytes), size)
+        return found
+
     @abstractmethod
     def list_dir(self, path: str) -> list[str]:
         """Names in a directory (empty when it does not exist)."""

@@ -194,6 +194,7 @@ class SshTransport(Transport):
         self._sftp: paramiko.SFTPClient | None = None
         self._jump: SshTransport | None = None
         self.connects = 0  # how many times a connection was made (tests: reuse and reconnect)
+        self.operations = 0  # remote operations (commands, file reads and writes): tests and benchmarks
 
     # -- connection -----------------------------------------------------------------------------------
 
@@ -311,6 +312,7 @@ class SshTransport(Transport):
             self._jump = None
 
     def _retrying(self, operation: Callable[[], T], *, idempotent: bool = True) -> T:
+        self.operations += 1
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -469,6 +471,29 @@ class SshTransport(Transport):
                 return b""
 
         return self._retrying(read)
+
+    def read_many(self, paths: Sequence[str], max_bytes: int) -> dict[str, tuple[bytes, int] | None]:
+        """One remote command for any number of files: the paths go in on stdin (NUL-separated, so no
+        command-line limit), each tail comes back framed by a marker line no file holds."""
+        if not paths:
+            return {}
+        marker = "@@hpcai-" + os.urandom(8).hex()
+        each = (
+            'm=$1; n=$2; shift 2; for f; do if [ -f "$f" ]; then s=$(wc -c < "$f"); printf "\\n%s 1 %s\\n" "$m" "$s"; '
+            'tail -c "$n" -- "$f"; else printf "\\n%s 0 0\\n" "$m"; fi; done'
+        )
+        script = 'xargs -0 sh -c "$0" sh "$1" "$2"'
+        argv = ["sh", "-c", script, each, marker, str(max_bytes)]
+        result = self.run(argv, timeout=300, input=b"".join(os.fsencode(p) + b"\0" for p in paths))
+        parts = result.stdout.split(f"\n{marker} ")[1:]
+        if not result.ok or len(parts) != len(paths):
+            return super().read_many(paths, max_bytes)  # something odd (unreadable file): one by one
+        found: dict[str, tuple[bytes, int] | None] = {}
+        for path, part in zip(paths, parts, strict=True):
+            header, _, body = part.partition("\n")
+            exists, _, size = header.partition(" ")
+            found[path] = (body.encode("utf-8"), int(size.strip() or 0)) if exists == "1" else None
+        return found
 
     def list_dir(self, path: str) -> list[str]:
         def listing() -> list[str]:
