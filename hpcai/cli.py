@@ -366,11 +366,15 @@ def status(
             show_run_detail(detail)
         return
     if not watch:
-        views, _ = run_status(store, run)
+        views, session = run_status(store, run)
         if json_out:
             print_json([v.to_json() for v in views])
         else:
             console.print(runs_table(views))
+        for warning in session.warnings:  # what could not be learnt: said on stderr, --json stays a list
+            from rich.markup import escape
+
+            error_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         return
     from rich.live import Live
 

@@ -137,43 +137,59 @@ def refresh(
         if attempt is not None and not JobState(attempt.state).terminal:
             per_cluster[run.cluster].append((run, attempt))
     for cluster, items in per_cluster.items():
-        backend = backends.get(cluster)
-        reader = (files or {}).get(cluster) or Prefetched(
-            backend.transport, [p for run, _ in items for p in lineage_files(run)]
-        )
-        items = _reconcile_lost_submissions(store, backend, items, reader)
-        job_ids = [a.job_id for _, a in items if a.job_id]
-        statuses = backend.scheduler.states(job_ids) if job_ids else {}
-        lineage_grew = False
-        for run, attempt in items:
-            status = statuses.get(attempt.job_id or "")
-            if status is None or status.state is JobState.UNKNOWN:
-                lineage_grew |= _follow_lineage(store, reader, run)
-                continue
-            if status.state.terminal and status.exit_code is None:
-                status = _complete_missing_exit(store, reader, run, status)
-            changes: dict[str, Any] = {}
-            for key, value in (
-                ("state", status.state.value),
-                ("exit_code", status.exit_code),
-                ("reason", status.reason),
-                ("started", status.started),
-                ("ended", status.ended),
-            ):
-                if value is not None and getattr(attempt, key) != value:
-                    changes[key] = value
-            if attempt.reason is not None:
-                changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
-            if changes:
-                store.update_attempt(run.id, attempt.number, **changes)
-                if "state" in changes:
-                    store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
-            lineage_grew |= _follow_lineage(store, reader, run)
-            if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
-                _note_give_up(store, reader, run, store.attempts(run.id)[-1])
-        if lineage_grew:  # ask about the new attempts right away
-            refresh(store, [store.run(r.id) for r, _ in items], backends, {cluster: reader})
+        try:
+            _refresh_cluster(store, backends, cluster, items, files)
+        except HpcaiError as exc:  # one cluster out of reach must not blank the others
+            backends.warn(f"{cluster}: {exc} Its runs are shown as last known.")
     return backends
+
+
+def _refresh_cluster(
+    store: Store,
+    backends: Session,
+    cluster: str,
+    items: list[tuple[Run, Attempt]],
+    files: dict[str, FileReader] | None,
+) -> None:
+    backend = backends.get(cluster)
+    reader = (files or {}).get(cluster) or Prefetched(
+        backend.transport, [p for run, _ in items for p in lineage_files(run)]
+    )
+    items = _reconcile_lost_submissions(store, backend, items, reader)
+    job_ids = [a.job_id for _, a in items if a.job_id]
+    statuses = backend.scheduler.states(job_ids) if job_ids else {}
+    for warning in backend.scheduler.warnings:
+        backends.warn(f"{cluster}: {warning}")
+    backend.scheduler.warnings.clear()
+    lineage_grew = False
+    for run, attempt in items:
+        status = statuses.get(attempt.job_id or "")
+        if status is None or status.state is JobState.UNKNOWN:
+            lineage_grew |= _follow_lineage(store, reader, run)
+            continue
+        if status.state.terminal and status.exit_code is None:
+            status = _complete_missing_exit(store, reader, run, status)
+        changes: dict[str, Any] = {}
+        for key, value in (
+            ("state", status.state.value),
+            ("exit_code", status.exit_code),
+            ("reason", status.reason),
+            ("started", status.started),
+            ("ended", status.ended),
+        ):
+            if value is not None and getattr(attempt, key) != value:
+                changes[key] = value
+        if attempt.reason is not None:
+            changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
+        if changes:
+            store.update_attempt(run.id, attempt.number, **changes)
+            if "state" in changes:
+                store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
+        lineage_grew |= _follow_lineage(store, reader, run)
+        if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
+            _note_give_up(store, reader, run, store.attempts(run.id)[-1])
+    if lineage_grew:  # ask about the new attempts right away
+        refresh(store, [store.run(r.id) for r, _ in items], backends, {cluster: reader})
 
 
 def _jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:

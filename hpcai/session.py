@@ -65,6 +65,11 @@ class Session:
         self._profiles: dict[str, ClusterProfile] = {}
         self._backends: dict[str, Backend] = {}
         self._token: Token[Session | None] | None = None
+        self.warnings: list[str] = []  # what the command could not learn, said once at its end
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 

@@ -136,3 +136,41 @@ def test_status_over_ssh_reads_every_run_directory_in_one_round_trip(
         assert transport.operations <= 3, transport.operations  # type: ignore[attr-defined]
     by_id = {v.run_id: v for v in found}
     assert by_id["r7"].step == 7 and by_id["r7"].loss == 3 and by_id["r0"].step == 0
+
+
+def test_status_degrades_when_accounting_or_a_cluster_is_down(
+    slurm_cluster: str, probe_workload: str, isolated_hpcai: Path, tmp_path: Path
+) -> None:
+    """sacct failing (accounting disabled, slurmdbd down) and another cluster out of reach: status still
+    shows what squeue and the store know, exits 0, and says once what it could not learn."""
+    import json
+    import os
+
+    from tests.conftest import run_cli
+
+    submitted = run_cli("submit", probe_workload, "--cluster", slurm_cluster, "--set", "lines=120",
+                        "--set", "interval=1", "--run-id", "long", "--json")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    store = Store()
+    wait_for(store, "long", {"RUNNING"})
+    # A second cluster whose login node cannot be reached, with a run of its own.
+    config = isolated_hpcai / "config"
+    (config / "clusters").mkdir(parents=True, exist_ok=True)
+    (config / "clusters" / "far-away.yaml").write_text((REPO / "clusters" / "local-slurm.yaml").read_text())
+    (config / "config.toml").write_text('[clusters.far-away]\nssh_host = "nowhere"\n')
+    (tmp_path / "ssh_config").write_text("Host nowhere\n  HostName 127.0.0.1\n  Port 9\n")
+    from hpcai.store import Run
+
+    store.create_run(Run("far", "probe", "far-away", None, "/nonexistent", {}, time.time(), "SUBMITTING"))
+    store.update_attempt("far", 1, job_id="123", state="RUNNING")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (bin_dir / "sacct").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HPCAI_SSH_CONFIG": str(tmp_path / "ssh_config")}
+    shown = run_cli("status", "--json", env=env)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    states = {v["run_id"]: v["state"] for v in json.loads(shown.stdout)}
+    assert states["long"] == "RUNNING" and states["far"] == "RUNNING"  # last known, nothing invented
+    assert "far-away:" in shown.stderr and "shown as last known" in shown.stderr
+    run_cli("cancel", "long")

@@ -86,6 +86,7 @@ class Scheduler(ABC):
         self.retries = retries
         self.backoff_s = backoff_s
         self.calls = 0  # scheduler commands issued, for tests and benchmarks
+        self.warnings: list[str] = []  # what a query could not learn (accounting down), for status to say
         self._sleep: Callable[[float], None] = time.sleep
 
     def command(

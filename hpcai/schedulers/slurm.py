@@ -69,7 +69,14 @@ class SlurmScheduler(Scheduler):
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         result = self.command(["sacct", "-X", "-P", "-n", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)])
         if not result.ok:
-            raise failure("sacct", result)
+            # Accounting disabled, or slurmdbd down for maintenance: what squeue said still stands; jobs
+            # that left the queue stay as last known, their exit codes come once sacct answers again.
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            self.warnings.append(
+                f"sacct failed ({detail[-1] if detail else f'exit code {result.returncode}'}): jobs that left the "
+                "queue are shown as last known, without exit codes, until Slurm accounting answers again."
+            )
+            return {}
         statuses: dict[str, JobStatus] = {}
         for line in result.stdout.splitlines():
             fields = line.split("|")
