@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -487,10 +488,16 @@ def resume_run(
         raise HpcaiError(
             f"run {run.id} is still {last.state} (job {last.job_id}): `hpcai cancel {run.id}` first, then resume."
         )
+    if last.state == JobState.COMPLETED.value:
+        raise HpcaiError(
+            f"run {run.id} completed (attempt {last.number}): there is nothing left to resume. To train further, "
+            "submit a new run (e.g. with a larger --set max_steps)."
+        )
     steps = complete_checkpoints(backend.transport, run.run_dir)
     if checkpoint is not None:
         name = checkpoint.rstrip("/").rsplit("/", 1)[-1]
-        if not name.startswith("step-") or int(name.removeprefix("step-") or -1) not in steps:
+        digits = name.removeprefix("step-")
+        if not name.startswith("step-") or not digits.isdigit() or int(digits) not in steps:
             raise HpcaiError(
                 f"--checkpoint: '{checkpoint}' is not a complete checkpoint of run {run.id}. Complete ones: "
                 + (", ".join(f"step-{s:08d}" for s in steps) or "none")
@@ -505,8 +512,17 @@ def resume_run(
     else:
         target = steps[-1] if steps else None
     scale = lr_scale if lr_scale is not None else last.lr_scale
-    if scale <= 0:
-        raise HpcaiError(f"--lr-scale: {scale} must be positive (0.5 halves the learning rate).")
+    if not math.isfinite(scale) or scale <= 0:
+        raise HpcaiError(f"--lr-scale: {scale} must be a positive number (0.5 halves the learning rate).")
+    skipped = f"{target}-{target + skip_batches}" if skip_batches and target is not None else None
+    number = store.add_attempt(  # claims the next attempt first: a second resume stops here
+        run.id,
+        resumed_from=f"step-{target:08d}" if target is not None else None,
+        lr_scale=scale,
+        skipped_batches=skipped,
+        reason=None,
+        after=last.number,
+    )
     decision: dict[str, Any] | None = None
     if target is not None and (checkpoint or from_step is not None or lr_scale is not None or skip_batches):
         decision = {
@@ -519,20 +535,15 @@ def resume_run(
             "time": time.time(),
             "by": "hpcai resume",
         }
-        text = json.dumps(decision)
-        backend.transport.write_text(f"{run.run_dir}/{ROLLBACK_FILE}", json.dumps(decision, indent=2) + "\n")
-        log = (backend.transport.read_text(f"{run.run_dir}/{DECISIONS_LOG}") or "") + text + "\n"
-        backend.transport.write_text(f"{run.run_dir}/{DECISIONS_LOG}", log)
-    skipped = f"{target}-{target + skip_batches}" if decision and skip_batches and target is not None else None
-    number = store.add_attempt(
-        run.id,
-        resumed_from=f"step-{target:08d}" if target is not None else None,
-        lr_scale=scale,
-        skipped_batches=skipped,
-        reason=None,
-    )
     walltime = int(run.spec.get("walltime_s", 0)) or None
-    job_id = backend.scheduler.submit(f"{run.run_dir}/{SCRIPT_NAME}", run.run_dir, walltime_s=walltime)
+    try:
+        if decision is not None:
+            backend.transport.write_text(f"{run.run_dir}/{ROLLBACK_FILE}", json.dumps(decision, indent=2) + "\n")
+            backend.transport.append_text(f"{run.run_dir}/{DECISIONS_LOG}", json.dumps(decision) + "\n")
+        job_id = backend.scheduler.submit(f"{run.run_dir}/{SCRIPT_NAME}", run.run_dir, walltime_s=walltime)
+    except HpcaiError as exc:
+        store.update_attempt(run.id, number, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
+        raise
     store.update_attempt(run.id, number, job_id=job_id, state=JobState.PENDING.value)
     store.add_event(run.id, "resume", f"attempt {number} submitted by hand as job {job_id}", decision)
     return {"run_id": run.id, "attempt": number, "job_id": job_id, "checkpoint_step": target, "lr_scale": scale}

@@ -233,10 +233,18 @@ class Store:
         lr_scale: float = 1.0,
         skipped_batches: str | None = None,
         reason: str | None = None,
+        after: int | None = None,
     ) -> int:
+        """Record the next attempt (SUBMITTING). With `after`, only if attempt `after` is still the latest:
+        two `hpcai resume` at once cannot both start one (the check and the insert are one transaction)."""
         with self.transaction() as db:
             number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE run_id = ?", (run_id,))
             n = int(number.fetchone()[0])
+            if after is not None and n != after + 1:
+                raise ValidationError(
+                    f"run {run_id}: attempt {n - 1} was started meanwhile (another hpcai resume?); nothing was "
+                    f"submitted. See `hpcai status {run_id}`."
+                )
             db.execute(
                 "INSERT INTO attempts (run_id, number, state, submitted, resumed_from, lr_scale, skipped_batches, "
                 "reason) VALUES (?, ?, 'SUBMITTING', ?, ?, ?, ?, ?)",

@@ -154,5 +154,4 @@ def _wait_ended(store: Store, run_id: str, backends: Session, timeout: float = 1
 
 
 def _log(transport: Transport, path: str, record: dict[str, Any]) -> None:
-    text = (transport.read_text(path) or "") + json.dumps(record) + "\n"
-    transport.write_text(path, text)
+    transport.append_text(path, json.dumps(record) + "\n")

@@ -78,3 +78,18 @@ def test_unknown_run_suggests_close_ids_and_prefixes_resolve(tmp_path: Path) -> 
     assert store.run("llava-2026").id == "llava-20261123-abcd"
     with pytest.raises(NotFoundError, match="Did you mean 'llava-20261123-abcd'"):
         store.run("llava-20261123-abce")
+
+
+def test_two_resumes_at_once_cannot_both_start_an_attempt(tmp_path: Path) -> None:
+    """The check (latest attempt) and the insert happen in one transaction: of two processes resuming
+    after attempt 1, exactly one gets attempt 2."""
+    from hpcai.errors import ValidationError
+
+    store = Store(tmp_path / "db")
+    make_run(store, "r")
+    store.update_attempt("r", 1, job_id="1", state="FAILED")
+    other = Store(tmp_path / "db")
+    assert store.add_attempt("r", after=1) == 2
+    with pytest.raises(ValidationError, match="attempt 2 was started meanwhile"):
+        other.add_attempt("r", after=1)
+    assert [a.number for a in store.attempts("r")] == [1, 2]

@@ -54,6 +54,13 @@ class Transport(ABC):
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write atomically: readers see the old content or the new, never a part."""
 
+    def append_text(self, path: str, text: str) -> None:
+        """Append to a log: an append on the target (O_APPEND), never read-modify-write, so lines the job
+        writes meanwhile are kept."""
+        result = self.run(["sh", "-c", 'cat >> "$1"', "sh", path], input=text.encode("utf-8"))
+        if not result.ok:
+            raise TransportError(f"cannot append to {path}: {result.stderr.strip()[-300:]}")
+
     @abstractmethod
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it does not exist."""

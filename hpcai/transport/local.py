@@ -61,6 +61,13 @@ class LocalTransport(Transport):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def append_text(self, path: str, text: str) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise TransportError(f"cannot append to {path}: {exc.strerror or exc}") from None
+
     def read_text(self, path: str) -> str | None:
         try:
             return Path(path).read_text(encoding="utf-8", errors="replace")

@@ -252,3 +252,14 @@ def test_a_server_allowing_one_session_still_runs_commands_after_sftp(sshd: Path
         transport.close()
     finally:
         subprocess.run(["kill", (tmp_path / "one.pid").read_text().strip()], check=False)
+
+
+def test_append_is_an_append_on_the_cluster(sshd: Path, tmp_path: Path) -> None:
+    transport = SshTransport("hpcai-test", config_path=ssh_config(tmp_path, sshd))
+    log = tmp_path / "log.jsonl"
+    log.write_text("first\n")
+    transport.append_text(str(log), "second\n")
+    with open(log, "a") as handle:  # the job writes meanwhile
+        handle.write("third\n")
+    transport.append_text(str(log), "fourth\n")
+    assert log.read_text() == "first\nsecond\nthird\nfourth\n"
