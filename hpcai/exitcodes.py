@@ -4,6 +4,10 @@
 EXIT_REQUEUE = 85
 # Times a run may checkpoint-and-requeue on its own before it stops and asks for a human.
 MAX_REQUEUES = 20
+# Jobs one run may start in all (walltime requeues, rollbacks, resubmissions), counted by the job script
+# itself: whatever went wrong in Python, a chain of self-submitted jobs stops here.
+MAX_ATTEMPTS = 30
+ATTEMPT_COUNT_FILE = "attempt_count"
 # Name of the rendered script inside the run directory (PBS/local resubmit it from there).
 SCRIPT_NAME = "job.sh"
 # Written by the runtime (rank 0) once its stop-checkpoint is complete. The launcher (torchrun) turns any

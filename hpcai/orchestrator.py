@@ -13,6 +13,7 @@ from typing import Any
 
 from hpcai.errors import HpcaiError
 from hpcai.exitcodes import (
+    ATTEMPT_COUNT_FILE,
     DECISIONS_LOG,
     EVENTS_LOG,
     EXIT_GAVE_UP,
@@ -488,10 +489,11 @@ def resume_run(
         raise HpcaiError(
             f"run {run.id} is still {last.state} (job {last.job_id}): `hpcai cancel {run.id}` first, then resume."
         )
-    if last.state == JobState.COMPLETED.value:
+    if last.state == JobState.COMPLETED.value and checkpoint is None and from_step is None:
         raise HpcaiError(
-            f"run {run.id} completed (attempt {last.number}): there is nothing left to resume. To train further, "
-            "submit a new run (e.g. with a larger --set max_steps)."
+            f"run {run.id} completed (attempt {last.number}): resuming from its last checkpoint would do nothing. "
+            "To redo a stretch, pass --from-step or --checkpoint; to train further, submit a new run (e.g. with "
+            "a larger --set max_steps)."
         )
     steps = complete_checkpoints(backend.transport, run.run_dir)
     if checkpoint is not None:
@@ -537,6 +539,8 @@ def resume_run(
         }
     walltime = int(run.spec.get("walltime_s", 0)) or None
     try:
+        # A person decided to go on: the job script's cap on self-started jobs counts afresh from here.
+        backend.transport.write_text(f"{run.run_dir}/{ATTEMPT_COUNT_FILE}", "0\n")
         if decision is not None:
             backend.transport.write_text(f"{run.run_dir}/{ROLLBACK_FILE}", json.dumps(decision, indent=2) + "\n")
             backend.transport.append_text(f"{run.run_dir}/{DECISIONS_LOG}", json.dumps(decision) + "\n")

@@ -8,10 +8,12 @@ import jinja2
 
 from hpcai import __version__
 from hpcai.exitcodes import (
+    ATTEMPT_COUNT_FILE,
     EXIT_GAVE_UP,
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
     GAVE_UP_FILE,
+    MAX_ATTEMPTS,
     MAX_REQUEUES,
     REQUEUE_MARKER,
     ROLLBACK_FILE,
@@ -203,6 +205,8 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "gave_up_file": GAVE_UP_FILE,
         "submit_next": _submit_next(job, profile.scheduler),
         "max_requeues": MAX_REQUEUES,
+        "max_attempts": MAX_ATTEMPTS,
+        "attempt_count_file": ATTEMPT_COUNT_FILE,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")
     return template.render(context)

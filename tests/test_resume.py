@@ -42,7 +42,7 @@ def test_a_completed_run_is_not_resumed(probe_workload: str) -> None:
     )
     assert wait_terminal(Store(), "done", timeout=120).state == "COMPLETED"
     result = run_cli("resume", "done")
-    assert result.returncode == 2 and "nothing left to resume" in result.stderr
+    assert result.returncode == 2 and "would do nothing" in result.stderr and "--from-step" in result.stderr
     assert len(Store().attempts("done")) == 1
 
 

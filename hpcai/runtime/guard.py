@@ -7,6 +7,7 @@ decision without talking to the others; rank 0 writes it down.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ class SpikeGuard:
         if final is not None and self.writer:
             record = {**final.to_json(), "step": step, "time": time.time(), "by": "spike guard"}
             _append(self.run_dir / DECISIONS_LOG, record)
-            target = ROLLBACK_FILE if final.action == "rollback" else GAVE_UP_FILE
-            (self.run_dir / target).write_text(json.dumps(record, indent=2) + "\n")
+            target = self.run_dir / (ROLLBACK_FILE if final.action == "rollback" else GAVE_UP_FILE)
+            tmp = target.with_name(f".{target.name}.tmp")  # the job script reads it: whole or not at all
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, target)
         return final

@@ -17,7 +17,20 @@ hpcai_event() {
     "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
     >> "$HPCAI_RUN_DIR/attempts.jsonl"
 }
+# Markers count only when written by this attempt: a ROLLBACK.json left by an attempt that crashed
+# while applying it must not submit yet another attempt.
+: > "$HPCAI_RUN_DIR/.attempt-start"
 hpcai_event start
+hpcai_attempts=$(( $(cat "$HPCAI_RUN_DIR/attempt_count" 2>/dev/null || echo 0) + 1 ))
+printf '%s\n' "$hpcai_attempts" > "$HPCAI_RUN_DIR/attempt_count"
+if [ "$hpcai_attempts" -gt 30 ]; then
+  echo "hpcai: run $HPCAI_RUN_ID has started 30 jobs already (requeues, rollbacks); not starting another. See: hpcai status $HPCAI_RUN_ID" >&2
+  printf '{"action": "give_up", "by": "job script", "reason": "%s jobs started: the cap of 30 is reached"}\n' \
+    "$hpcai_attempts" > "$HPCAI_RUN_DIR/GAVE_UP.json"
+  hpcai_event end 87
+  hpcai_event gave_up 87
+  exit 87
+fi
 
 # Compute nodes have no internet: never reach for a model hub.
 export HF_HUB_OFFLINE=1
@@ -59,7 +72,8 @@ while :; do
   break
 done
 # The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
-if [ -f "$HPCAI_RUN_DIR/ROLLBACK.json" ]; then
+if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
+  && grep -q '"action": "rollback"' "$HPCAI_RUN_DIR/ROLLBACK.json"; then
   rc=86
 elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
   rc=87
