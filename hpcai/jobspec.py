@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from hpcai.errors import ValidationError, closest
-from hpcai.profiles import DIRECTIVE_VALUE, ENV_NAME, ClusterProfile, Partition, Qos, expand_path
+from hpcai.profiles import DIRECTIVE_VALUE, ENV_NAME, SECRET_NAME, ClusterProfile, Partition, Qos, expand_path
 from hpcai.userconfig import ClusterSettings
 from hpcai.walltime import parse_walltime, slurm_walltime
 from hpcai.workloads import Scalar, Workload
@@ -22,9 +22,7 @@ RESERVED_ENV_PREFIXES = ("HPCAI_", "SLURM_", "PBS_")
 RESERVED_ENV = {"MASTER_ADDR", "MASTER_PORT", "PATH"}
 # Characters a run directory may hold: it appears in #SBATCH/#PBS lines, which no shell quotes, and
 # Slurm expands % patterns in --output.
-# Variables that look like credentials: their values would be written into job scripts and run directories.
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY)", re.IGNORECASE)
-RUN_DIR_SAFE = re.compile(r"^/[A-Za-z0-9_./+@=,-]*$")
+RUN_DIR_SAFE = re.compile(r"/[A-Za-z0-9_./+@=,-]*")
 
 
 class Overrides(BaseModel):
@@ -161,7 +159,7 @@ def _resolve_stage(workload: Workload, requested: str | None) -> str | None:
 
 
 def _check_directive_value(option: str, value: str) -> None:
-    if not DIRECTIVE_VALUE.match(value):
+    if not DIRECTIVE_VALUE.fullmatch(value):
         raise ValidationError(
             f"{option}: '{value}' has characters a scheduler directive cannot carry safely. "
             "Use only letters, digits and . _ : + @ - (as the site spells the name)."
@@ -235,7 +233,7 @@ def _check_limits(
 def _resolve_env(items: tuple[str, ...]) -> dict[str, str]:
     env = parse_assignments(items, "--env")
     for key in env:
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise ValidationError(
                 f"--env: '{key}' is not a valid variable name. Use letters, digits and _, not starting "
                 "with a digit (e.g. --env NCCL_DEBUG=INFO)."
@@ -309,7 +307,7 @@ def resolve_jobspec(
         placeholders["account"] = account
     fs_root = expand_path(fs.path, placeholders, field=f"filesystems.{profile.runs_on}.path")
     run_dir = overrides.run_dir or f"{fs_root.rstrip('/')}/{profile.runs_subdir}/{overrides.run_id}"
-    if not RUN_DIR_SAFE.match(run_dir):
+    if not RUN_DIR_SAFE.fullmatch(run_dir):
         raise ValidationError(
             f"run directory: '{run_dir}' must be an absolute path of letters, digits and / . _ + @ = , - "
             "only (it appears in #SBATCH/#PBS lines, which no shell quotes, and Slurm expands %). "

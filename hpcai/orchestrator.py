@@ -465,7 +465,13 @@ def complete_checkpoints(transport: Transport, run_dir: str) -> list[int]:
     root = f"{run_dir}/checkpoints"
     steps = []
     for name in transport.list_dir(root):
-        if name.startswith("step-") and transport.exists(f"{root}/{name}/COMPLETE.json"):
+        digits = name.removeprefix("step-")
+        if (
+            name.startswith("step-")
+            and digits.isascii()
+            and digits.isdigit()
+            and transport.exists(f"{root}/{name}/COMPLETE.json")
+        ):
             steps.append(int(name.removeprefix("step-")))
     return sorted(steps)
 

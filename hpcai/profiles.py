@@ -17,10 +17,27 @@ from hpcai.paths import config_dir, data_dir
 from hpcai.walltime import parse_walltime
 from hpcai.yamlfiles import deep_merge, load_model, read_yaml_mapping
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Patterns are matched with fullmatch: `$` would accept a trailing newline, which splits a directive.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Names that reach scheduler directives (#SBATCH/#PBS lines are parsed by the scheduler, not a shell,
 # so they are restricted rather than quoted).
-DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:+@-]+$")
+DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.:+@-]+")
+# PBS resource values also carry `=` and `,` (e.g. `system=polaris`, `home:grand,eagle`).
+PBS_RESOURCE = re.compile(r"[A-Za-z0-9_.:+@=,-]+")
+# Variables that look like credentials: their values would be written into job scripts and run directories.
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY)", re.IGNORECASE)
+
+
+def _directive_safe(value: str | None) -> str | None:
+    if value is not None and not DIRECTIVE_VALUE.fullmatch(value):
+        raise ValueError("must contain only letters, digits and . _ : + @ - (it is written into a directive)")
+    return value
+
+
+def _pbs_resource_safe(value: str | None) -> str | None:
+    if value is not None and not PBS_RESOURCE.fullmatch(value):
+        raise ValueError("must contain only letters, digits and . _ : + @ = , - (it is written into a #PBS line)")
+    return value
 
 
 class Strict(BaseModel):
@@ -58,13 +75,7 @@ class Partition(Strict):
     description: str = ""
 
     _walltime = field_validator("max_walltime")(_check_walltime)
-
-    @field_validator("name")
-    @classmethod
-    def _directive_safe(cls, value: str) -> str:
-        if not DIRECTIVE_VALUE.match(value):
-            raise ValueError("must contain only letters, digits and . _ : + @ -")
-        return value
+    _name = field_validator("name", "default_qos")(_directive_safe)
 
 
 class Qos(Strict):
@@ -75,6 +86,7 @@ class Qos(Strict):
     description: str = ""
 
     _walltime = field_validator("max_walltime")(_check_walltime)
+    _name = field_validator("name")(_directive_safe)
 
 
 class NodeShape(Strict):
@@ -149,10 +161,12 @@ class Launch(Strict):
         description="Python on the compute nodes; 'current' = the interpreter running hpcai (local only)",
     )
 
+    _mem = field_validator("mem")(_directive_safe)
+
     @field_validator("machine_rank_var")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if not ENV_NAME.match(value):
+        if not ENV_NAME.fullmatch(value):
             raise ValueError("must be a shell variable name")
         return value
 
@@ -161,6 +175,15 @@ class PbsSettings(Strict):
     select_extra: list[str] = Field(default=[], description="Extra select resources, e.g. system=polaris")
     place: str | None = Field(default="scatter", description="-l place=")
     filesystems: str | None = Field(default=None, description="-l filesystems= (ALCF requires it)")
+
+    _values = field_validator("place", "filesystems")(_pbs_resource_safe)
+
+    @field_validator("select_extra")
+    @classmethod
+    def _select_safe(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _pbs_resource_safe(item)
+        return value
 
 
 BudgetFormat = Literal["saldo", "jutil", "lumi-allocations", "sbank"]
@@ -222,9 +245,16 @@ class ClusterProfile(Strict):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in value if not ENV_NAME.match(k)]
+        bad = [k for k in value if not ENV_NAME.fullmatch(k)]
         if bad:
             raise ValueError(f"not valid variable names: {', '.join(bad)}")
+        secret = [k for k in value if SECRET_NAME.search(k)]
+        if secret:
+            raise ValueError(
+                f"{', '.join(secret)} look(s) like a secret, and profile variables are written into every job "
+                "script: keep it in a file on the cluster readable only by you (chmod 600) and let your code "
+                "read it there"
+            )
         return value
 
     @model_validator(mode="after")
@@ -329,6 +359,11 @@ def expand_path(pattern: str, values: dict[str, str], *, field: str) -> str:
     """Fill `{user}`, `{account}`, `{state_dir}` into a filesystem path pattern."""
     try:
         return pattern.format_map(values)
+    except (IndexError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"{field}: the path '{pattern}' is not a valid pattern ({exc}); only {{user}}, {{account}} and "
+            "{state_dir} may appear in braces (write a literal brace as {{ or }})."
+        ) from None
     except KeyError as exc:
         missing = exc.args[0]
         hint = (

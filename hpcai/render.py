@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jinja2
 
 from hpcai import __version__
+from hpcai.errors import ValidationError
 from hpcai.exitcodes import (
     ATTEMPT_COUNT_FILE,
     EXIT_GAVE_UP,
@@ -28,9 +30,25 @@ from hpcai.workloads import Workload
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
+# What a value in a #SBATCH/#PBS line may hold (paths included): no blanks, quotes, `%` or line breaks.
+_DIRECTIVE_TEXT = re.compile(r"[A-Za-z0-9_./:+@=,-]+")
+
 _JOB_ID = {"slurm": "$SLURM_JOB_ID", "pbs": "$PBS_JOBID", "local": "${HPCAI_LOCAL_JOB_ID:-local-$$}"}
 # A number derived from the job id, for the rendezvous port.
 _JOB_NUMBER = {"slurm": "$SLURM_JOB_ID", "pbs": "${PBS_JOBID%%.*}", "local": "$$"}
+
+
+def directive_value(value: object) -> str:
+    """The last guard for values written into #SBATCH/#PBS lines, which no shell quotes: the scheduler
+    reads them up to the line's end, so a newline would add a directive of its own. Every value that
+    reaches such a line passes here, whatever checked it before."""
+    text = str(value)
+    if not _DIRECTIVE_TEXT.fullmatch(text):
+        raise ValidationError(
+            f"'{text}' cannot be written into a scheduler directive: only letters, digits and / . _ : + @ = , - "
+            "are allowed there. Check the option or profile field that gave this value."
+        )
+    return text
 
 
 def _environment() -> jinja2.Environment:
@@ -43,6 +61,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["q"] = quote
+    env.filters["directive"] = directive_value
     return env
 
 

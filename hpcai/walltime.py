@@ -6,12 +6,12 @@ import re
 
 from hpcai.errors import ValidationError
 
-_FORMS = re.compile(r"^(?:(?P<days>\d+)-)?(?P<h>\d{1,3}):(?P<m>\d{2}):(?P<s>\d{2})$")
+_FORMS = re.compile(r"(?:(?P<days>\d+)-)?(?P<h>\d{1,3}):(?P<m>\d{2}):(?P<s>\d{2})")
 
 
 def parse_walltime(text: str, *, source: str = "--time") -> int:
     """Seconds in `HH:MM:SS` or `D-HH:MM:SS` (Slurm's forms); ValidationError otherwise."""
-    match = _FORMS.match(text.strip())
+    match = _FORMS.fullmatch(text.strip())
     if match is None:
         raise ValidationError(
             f"{source}: '{text}' is not a walltime. Use HH:MM:SS (e.g. 02:00:00) or D-HH:MM:SS "

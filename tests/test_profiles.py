@@ -93,3 +93,42 @@ def test_unknown_cluster_suggests_the_closest_name() -> None:
     with pytest.raises(NotFoundError) as err:
         load_profile("juwels-boster")
     assert "'juwels-booster'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "override", "field"),
+    [
+        ("leonardo-booster", 'qos:\n  - name: "normal\\n#SBATCH --wrap=touch /tmp/x"\n', "qos.0.name"),
+        ("leonardo-booster", 'launch:\n  mem: "480G\\n#SBATCH --wrap=id"\n', "launch.mem"),
+        ("polaris", 'pbs:\n  place: "scatter\\n#PBS -l select=99"\n', "pbs.place"),
+        ("polaris", 'pbs:\n  filesystems: "home fs"\n', "pbs.filesystems"),
+        ("polaris", 'pbs:\n  select_extra: ["system=polaris\\n#PBS -q x"]\n', "pbs.select_extra"),
+        (
+            "juwels-booster",
+            "partitions:\n  - name: \"booster\\n\"\n    max_nodes: 2\n    max_walltime: '1:00:00'\n",
+            "partitions.0.name",
+        ),
+    ],
+)
+def test_profile_fields_written_into_directives_are_plain_values(
+    isolated_hpcai: Path, cluster: str, override: str, field: str
+) -> None:
+    (_user_clusters(isolated_hpcai) / f"{cluster}.yaml").write_text(override)
+    with pytest.raises(ConfigError) as err:
+        load_profile(cluster)
+    message = str(err.value)
+    assert field in message and ("directive" in message or "#PBS" in message)
+
+
+def test_profile_env_refuses_secret_looking_names(isolated_hpcai: Path) -> None:
+    (_user_clusters(isolated_hpcai) / "leonardo-booster.yaml").write_text("env:\n  HF_TOKEN: hf_abc\n")
+    with pytest.raises(ConfigError, match=r"HF_TOKEN.*secret"):
+        load_profile("leonardo-booster")
+
+
+@pytest.mark.parametrize("pattern", ["/scratch/{0}", "/scratch/{", "/scratch/{user.name}"])
+def test_broken_path_pattern_is_a_config_error(pattern: str) -> None:
+    from hpcai.profiles import expand_path
+
+    with pytest.raises(ConfigError, match=r"filesystems\.scratch\.path"):
+        expand_path(pattern, {"user": "jdoe"}, field="filesystems.scratch.path")

@@ -163,3 +163,44 @@ def test_hostile_values_are_never_executed(cluster: str, prefix: str, tmp_path: 
         assert (record / "container").read_text() == value
     events = [json.loads(line) for line in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "end"] and events[-1]["rc"] == 0
+
+
+def test_trailing_newline_cannot_split_a_directive(tmp_path: Path) -> None:
+    """`$` in a regex accepts a trailing newline; every pattern that guards a directive uses fullmatch."""
+    from hpcai.errors import ValidationError
+
+    profile = load_profile("local-slurm")
+    workload = load_workload("llava")
+    for fields in ({"run_dir": str(tmp_path / "run") + "\n"}, {"qos": "normal\n"}, {"account": "acct\n"}):
+        overrides = {"run_id": "nl", "run_dir": str(tmp_path / "run"), **fields}
+        with pytest.raises(ValidationError):
+            resolve_jobspec(
+                cluster="local-slurm",
+                profile=profile,
+                workload=workload,
+                overrides=Overrides(**overrides),  # type: ignore[arg-type]
+                settings=ClusterSettings(user="jdoe"),
+                state_dir=tmp_path / "state",
+            )
+
+
+def test_render_refuses_any_directive_value_with_a_line_break(tmp_path: Path) -> None:
+    """The last guard: a value that slipped past every check still cannot add a directive."""
+    from hpcai.errors import ValidationError
+
+    profile = load_profile("local-slurm")
+    workload = load_workload("llava")
+    job = resolve_jobspec(
+        cluster="local-slurm",
+        profile=profile,
+        workload=workload,
+        overrides=Overrides(run_id="ok", run_dir=str(tmp_path / "run")),
+        settings=ClusterSettings(user="jdoe"),
+        state_dir=tmp_path / "state",
+    )
+    forged = job.model_copy(update={"partition": "debug\n#SBATCH --wrap=id"})
+    with pytest.raises(ValidationError, match="directive"):
+        render_script(forged, profile, workload)
+    mem = profile.model_copy(update={"launch": profile.launch.model_copy(update={"mem": "1G\n#SBATCH --wrap=id"})})
+    with pytest.raises(ValidationError, match="directive"):
+        render_script(job, mem, workload)

@@ -32,6 +32,9 @@ def test_a_poisoned_lr_scale_is_refused_before_anything_is_written(failed_run: s
 
 
 def test_a_malformed_checkpoint_name_is_refused(failed_run: str) -> None:
+    garbage = Path(Store().run(failed_run).run_dir) / "checkpoints" / "step-abc"
+    garbage.mkdir(parents=True)
+    (garbage / "COMPLETE.json").write_text("{}")
     result = run_cli("resume", failed_run, "--checkpoint", "step-abc")
     assert result.returncode == 2 and "not a complete checkpoint" in result.stderr and "Traceback" not in result.stderr
 

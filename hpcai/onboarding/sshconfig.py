@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hpcai.errors import HpcaiError
 
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _begin(alias: str) -> str:
@@ -72,7 +72,7 @@ def _own_host_lines(text: str, alias: str) -> list[int]:
 
 
 def write_host_entry(path: Path, entry: HostEntry) -> SshConfigChange:
-    if not _ALIAS.match(entry.alias):
+    if not _ALIAS.fullmatch(entry.alias):
         raise HpcaiError(
             f"--host-alias: '{entry.alias}' is not a usable ssh Host name (letters, digits, . _ -, no spaces or "
             "wildcards). Pick a short name such as the cluster's."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 MARKER = "COMPLETE.json"
 LATEST = "latest"
+# What `latest` may name: a checkpoint folder directly inside checkpoints/, never a path that leaves it.
+_STEP_NAME = re.compile(r"step-[0-9]+")
 
 
 def _fsync_write(path: Path, text: str) -> None:
@@ -83,14 +86,19 @@ class Checkpoints:
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        found = [p for p in self.root.glob("step-*") if p.is_dir() and (p / MARKER).is_file()]
+        found = [
+            p
+            for p in self.root.glob("step-*")
+            if _STEP_NAME.fullmatch(p.name) and not p.is_symlink() and p.is_dir() and (p / MARKER).is_file()
+        ]
         return sorted(found, key=step_of)
 
     def latest(self) -> Path | None:
         pointer = self.root / LATEST
         if pointer.is_file():
-            candidate = self.root / pointer.read_text().strip()
-            if (candidate / MARKER).is_file():
+            name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+            candidate = self.root / name
+            if _STEP_NAME.fullmatch(name) and not candidate.is_symlink() and (candidate / MARKER).is_file():
                 return candidate
         complete = self.complete()
         return complete[-1] if complete else None
