@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from hpcai.errors import HpcaiError
+from hpcai.errors import EnvironmentFailure, HpcaiError, ValidationError
 from hpcai.exitcodes import (
     ATTEMPT_COUNT_FILE,
     DECISIONS_LOG,
@@ -53,10 +53,36 @@ class RunView:
         return asdict(self)
 
 
+_PROBE_RUN_DIR = (
+    'if [ -e "$1" ] && [ ! -d "$1" ]; then echo "not-a-folder"; elif [ -d "$1" ]; then ls -A "$1" | head -n 5; fi'
+)
+
+
+def check_run_dir_free(transport: Transport, run_dir: str) -> None:
+    """A new run gets a folder of its own: an existing run's folder (job script, checkpoints, logs) is
+    never taken over, nor a file. One command on the target."""
+    result = transport.run(["sh", "-c", _PROBE_RUN_DIR, "sh", run_dir], timeout=30)
+    if not result.ok:
+        raise EnvironmentFailure(f"cannot look at the run directory {run_dir}: {result.stderr.strip()}")
+    found = result.stdout.split()
+    if found == ["not-a-folder"]:
+        raise ValidationError(
+            f"--run-dir: {run_dir} is a file, not a folder. Give a new folder (hpcai creates it), or leave "
+            "--run-dir out."
+        )
+    if found:
+        raise ValidationError(
+            f"--run-dir: {run_dir} already holds files ({', '.join(found[:5])}): a run directory is never "
+            "shared, so another run's job script, checkpoints and logs are not overwritten. Give a new or "
+            "empty folder, or leave --run-dir out; to go on with the run that lives there, use `hpcai resume`."
+        )
+
+
 def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
     store = store or Store()
     job = rendered.job
     backend = Session.current().get(job.cluster)
+    check_run_dir_free(backend.transport, job.run_dir)
     run = Run(
         id=job.run_id,
         workload=job.workload,
@@ -77,9 +103,15 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
         transport.write_text(script_path, rendered.script, mode=0o755)
         transport.write_text(f"{job.run_dir}/spec.json", json.dumps(run.spec, indent=2) + "\n")
         job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s)
-    except HpcaiError as exc:
-        store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
-        store.add_event(run.id, "submit-failed", str(exc))
+    except (HpcaiError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, HpcaiError) else f"{exc.strerror or exc} ({exc.filename or job.run_dir})"
+        store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {reason}")
+        store.add_event(run.id, "submit-failed", reason)
+        if isinstance(exc, OSError):
+            raise EnvironmentFailure(
+                f"submit: writing the run directory failed: {reason}. Nothing was queued; the run is recorded "
+                "as FAILED. Free space or fix permissions, then submit again."
+            ) from None
         raise
     store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
     store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")

@@ -148,6 +148,14 @@ class Store:
     def create_run(self, run: Run, first_attempt_lr_scale: float = 1.0) -> None:
         """Record the intent to submit: the run and attempt 1 in state SUBMITTING, in one transaction."""
         with self.transaction() as db:
+            other = db.execute(
+                "SELECT id FROM runs WHERE run_dir = ? AND cluster = ? AND id != ?", (run.run_dir, run.cluster, run.id)
+            ).fetchone()
+            if other is not None:
+                raise ValidationError(
+                    f"--run-dir: {run.run_dir} is the run directory of run {other[0]} on {run.cluster}: a run "
+                    f"directory is never shared. Give another folder, or `hpcai resume {other[0]}` to go on with it."
+                )
             db.execute(
                 "INSERT INTO runs (id, workload, cluster, stage, run_dir, spec, created, state) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

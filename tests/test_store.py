@@ -93,3 +93,14 @@ def test_two_resumes_at_once_cannot_both_start_an_attempt(tmp_path: Path) -> Non
     with pytest.raises(ValidationError, match="attempt 2 was started meanwhile"):
         other.add_attempt("r", after=1)
     assert [a.number for a in store.attempts("r")] == [1, 2]
+
+
+def test_two_runs_cannot_share_a_run_directory(tmp_path: Path) -> None:
+    from hpcai.errors import ValidationError
+
+    store = Store(tmp_path / "hpcai.db")
+    store.create_run(Run("a", "probe", "local", None, "/tmp/shared", {}, time.time(), "SUBMITTING"))
+    with pytest.raises(ValidationError, match="run directory of run a"):
+        store.create_run(Run("b", "probe", "local", None, "/tmp/shared", {}, time.time(), "SUBMITTING"))
+    store.create_run(Run("c", "probe", "other", None, "/tmp/shared", {}, time.time(), "SUBMITTING"))  # another host
+    assert {r.id for r in store.runs()} == {"a", "c"}
