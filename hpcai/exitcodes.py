@@ -24,3 +24,11 @@ GAVE_UP_FILE = "GAVE_UP.json"
 DECISIONS_LOG = "decisions.jsonl"
 # Every detector event (spikes that recovered included), one JSON per line.
 EVENTS_LOG = "events.jsonl"
+# One live attempt per run: the job script holds this lease (job id and host on one line) while it
+# trains and refreshes its time every LEASE_REFRESH_S; a lease older than LEASE_STALE_S is abandoned
+# (its job died with its node). Another attempt that finds a fresh lease waits for it to go stale, and
+# gives up with EXIT_LEASE_HELD if it does not; `hpcai resume` refuses while it is fresh.
+LEASE_FILE = ".lease"
+LEASE_REFRESH_S = 30
+LEASE_STALE_S = 120
+EXIT_LEASE_HELD = 88

@@ -17,6 +17,7 @@ from hpcai.exitcodes import (
     DECISIONS_LOG,
     EVENTS_LOG,
     EXIT_GAVE_UP,
+    EXIT_LEASE_HELD,
     EXIT_ROLLBACK,
     GAVE_UP_FILE,
     ROLLBACK_FILE,
@@ -53,26 +54,39 @@ class RunView:
         return asdict(self)
 
 
-_PROBE_RUN_DIR = (
-    'if [ -e "$1" ] && [ ! -d "$1" ]; then echo "not-a-folder"; elif [ -d "$1" ]; then ls -A "$1" | head -n 5; fi'
-)
+# One command on the target: input paths that are missing, then what the run directory already holds.
+_PROBE_TARGET = r"""
+run_dir=$1; shift
+for path in "$@"; do [ -e "$path" ] || printf 'missing %s\n' "$path"; done
+if [ -e "$run_dir" ] && [ ! -d "$run_dir" ]; then echo "not-a-folder"
+elif [ -d "$run_dir" ]; then ls -A "$run_dir" | head -n 5 | sed 's/^/holds /'; fi
+"""
 
 
-def check_run_dir_free(transport: Transport, run_dir: str) -> None:
-    """A new run gets a folder of its own: an existing run's folder (job script, checkpoints, logs) is
-    never taken over, nor a file. One command on the target."""
-    result = transport.run(["sh", "-c", _PROBE_RUN_DIR, "sh", run_dir], timeout=30)
+def check_target(transport: Transport, run_dir: str, inputs: dict[str, str]) -> None:
+    """Before anything is recorded or queued, in one command on the target: every input path the job will
+    read exists there, and the run directory is new (an existing run's job script, checkpoints and logs are
+    never taken over, nor a file)."""
+    result = transport.run(["sh", "-c", _PROBE_TARGET, "sh", run_dir, *inputs.values()], timeout=30)
     if not result.ok:
         raise EnvironmentFailure(f"cannot look at the run directory {run_dir}: {result.stderr.strip()}")
-    found = result.stdout.split()
-    if found == ["not-a-folder"]:
+    lines = result.stdout.splitlines()
+    missing = [line.removeprefix("missing ") for line in lines if line.startswith("missing ")]
+    if missing:
+        names = [f"{key}={path}" for key, path in inputs.items() if path in missing]
+        raise ValidationError(
+            f"--set {', '.join(names)}: not found where the job runs. Give a path that exists on the cluster "
+            "(absolute), or a local one to have it staged; nothing was queued."
+        )
+    if "not-a-folder" in lines:
         raise ValidationError(
             f"--run-dir: {run_dir} is a file, not a folder. Give a new folder (hpcai creates it), or leave "
             "--run-dir out."
         )
-    if found:
+    held = [line.removeprefix("holds ") for line in lines if line.startswith("holds ")]
+    if held:
         raise ValidationError(
-            f"--run-dir: {run_dir} already holds files ({', '.join(found[:5])}): a run directory is never "
+            f"--run-dir: {run_dir} already holds files ({', '.join(held)}): a run directory is never "
             "shared, so another run's job script, checkpoints and logs are not overwritten. Give a new or "
             "empty folder, or leave --run-dir out; to go on with the run that lives there, use `hpcai resume`."
         )
@@ -82,7 +96,12 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     store = store or Store()
     job = rendered.job
     backend = Session.current().get(job.cluster)
-    check_run_dir_free(backend.transport, job.run_dir)
+    inputs = {
+        key: str(job.parameters[key])
+        for key in rendered.workload.spec.path_parameters()
+        if str(job.parameters.get(key, "")).startswith("/")
+    }
+    check_target(backend.transport, job.run_dir, inputs)
     run = Run(
         id=job.run_id,
         workload=job.workload,
@@ -126,7 +145,8 @@ def _attempt_log_exit_code(transport: FileReader, run_dir: str, job_id: str) -> 
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if event.get("event") == "end" and event.get("job_id") == job_id and isinstance(event.get("rc"), int):
+        ended = event.get("event") in ("end", "refused")
+        if ended and event.get("job_id") == job_id and isinstance(event.get("rc"), int):
             return int(event["rc"])
     return None
 
@@ -213,6 +233,8 @@ def _refresh_cluster(
         ):
             if value is not None and getattr(attempt, key) != value:
                 changes[key] = value
+        if status.state.terminal and status.exit_code == EXIT_LEASE_HELD and attempt.reason is None:
+            changes["reason"] = "not started: another attempt of this run was live (its lease stayed fresh)"
         if attempt.reason is not None:
             changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
         if changes:

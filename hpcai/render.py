@@ -12,9 +12,13 @@ from hpcai.errors import ValidationError
 from hpcai.exitcodes import (
     ATTEMPT_COUNT_FILE,
     EXIT_GAVE_UP,
+    EXIT_LEASE_HELD,
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
     GAVE_UP_FILE,
+    LEASE_FILE,
+    LEASE_REFRESH_S,
+    LEASE_STALE_S,
     MAX_ATTEMPTS,
     MAX_REQUEUES,
     REQUEUE_MARKER,
@@ -187,7 +191,11 @@ def _requeue_lines(kind: str) -> list[str]:
         ]
     if kind == "pbs":
         return [f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
-    return [f'exec bash "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
+    return [
+        "# The local runner restarts its walltime clock, as Slurm gives a requeued job a fresh time limit.",
+        'if [ -n "${HPCAI_LOCAL_RUNNER_PID:-}" ]; then kill -USR2 "$HPCAI_LOCAL_RUNNER_PID" 2>/dev/null || true; fi',
+        f'exec bash "$HPCAI_RUN_DIR/{SCRIPT_NAME}"',
+    ]
 
 
 def _submit_next(job: JobSpec, kind: str) -> str:
@@ -226,6 +234,10 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "max_requeues": MAX_REQUEUES,
         "max_attempts": MAX_ATTEMPTS,
         "attempt_count_file": ATTEMPT_COUNT_FILE,
+        "lease_file": LEASE_FILE,
+        "lease_refresh_s": LEASE_REFRESH_S,
+        "lease_stale_s": LEASE_STALE_S,
+        "exit_lease_held": EXIT_LEASE_HELD,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")
     return template.render(context)

@@ -7,6 +7,8 @@ Each job is a small JSON file under `<state dir>/local-jobs/`; a detached runner
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -14,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,59 @@ def write_job(data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def job_lock(job_id: str) -> Iterator[None]:
+    """Serialises the job file's state changes between the runner, cancel and status (a cancel that
+    lands while the runner starts is never overwritten by RUNNING)."""
+    path = jobs_dir() / f"{job_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def process_alive(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     return b"local_runner" in cmdline
+
+
+def job_processes(job_id: str, group: int) -> list[int]:
+    """Processes still alive in the job's process group. A process counts only when it carries the job's
+    id in its environment, so a recycled process-group number is never mistaken for the job."""
+    found = []
+    marker = f"HPCAI_LOCAL_JOB_ID={job_id}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[2]) != group or fields[0] == b"Z":
+                continue
+            if marker in Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def kill_job_processes(job_id: str, group: int, *, wait_s: float = 3.0) -> bool:
+    """SIGKILL what is left of a job whose runner is gone (as a failed node takes its processes with it);
+    True once nothing is left."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = job_processes(job_id, group)
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 class LocalScheduler(Scheduler):
@@ -102,8 +151,7 @@ class LocalScheduler(Scheduler):
             runner = data.get("runner_pid")
             started_long_ago = time.time() - float(data.get("submitted", 0)) > 30
             if (runner and not process_alive(int(runner))) or (not runner and started_long_ago):
-                # The runner vanished (machine rebooted, killed): like a node failure on a cluster.
-                return JobStatus(job_id, JobState.NODE_FAIL, None, "local runner process disappeared")
+                return self._runner_lost(job_id)
         return JobStatus(
             job_id,
             state,
@@ -113,18 +161,40 @@ class LocalScheduler(Scheduler):
             _iso(data.get("ended")),
         )
 
+    def _runner_lost(self, job_id: str) -> JobStatus:
+        """The runner vanished (killed, machine rebooted): like a node failure on a cluster, the job's
+        processes go with it -- and only once they are gone is the job called failed, so a resume never
+        trains next to a survivor."""
+        with job_lock(job_id):
+            data = read_job(job_id)
+            if data is None:
+                return JobStatus(job_id, JobState.UNKNOWN)
+            if JobState(data["state"]).terminal:
+                return JobStatus(job_id, JobState(data["state"]), data.get("exit_code"), data.get("reason"))
+            group = data.get("job_pid")
+            if group and not kill_job_processes(job_id, int(group)):
+                return JobStatus(job_id, JobState.RUNNING, None, "local runner lost; stopping its processes")
+            reason = "local runner process disappeared" + ("; its processes were stopped" if group else "")
+            data.update(state=JobState.NODE_FAIL.value, reason=reason, ended=time.time())
+            write_job(data)
+        return JobStatus(job_id, JobState.NODE_FAIL, None, reason, _iso(data.get("started")), _iso(data["ended"]))
+
     def cancel(self, job_id: str) -> None:
         self.calls += 1
-        data = read_job(job_id)
-        if data is None or JobState(data["state"]).terminal:
-            return
-        runner = data.get("runner_pid")
-        if runner and process_alive(int(runner)):
-            os.kill(int(runner), signal.SIGTERM)
-            return
-        # Not started yet (or runner gone): record the cancellation directly.
-        data.update(state=JobState.CANCELLED.value, reason="cancelled before start", ended=time.time())
-        write_job(data)
+        with job_lock(job_id):
+            data = read_job(job_id)
+            if data is None or JobState(data["state"]).terminal:
+                return
+            runner = data.get("runner_pid")
+            if runner and process_alive(int(runner)):
+                os.kill(int(runner), signal.SIGTERM)
+                return
+            group = data.get("job_pid")
+            if group:  # the runner is gone but its processes may not be
+                kill_job_processes(job_id, int(group))
+            # Not started yet (the runner sees this and never starts the script), or runner gone.
+            data.update(state=JobState.CANCELLED.value, reason="cancelled by user", ended=time.time())
+            write_job(data)
 
     def requeue(self, job_id: str) -> None:
         data = read_job(job_id)

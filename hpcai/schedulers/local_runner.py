@@ -1,5 +1,9 @@
 """Detached runner for one local job: start the script in its own process group, enforce the walltime,
-honour cancellation (SIGTERM), record the final state and exit code in the job file."""
+honour cancellation (SIGTERM), record the final state and exit code in the job file.
+
+A script that requeues itself (walltime checkpoint) sends SIGUSR2 first: the walltime clock restarts, as
+Slurm gives a requeued job a fresh time limit. When the script's leader exits, whatever it left in its
+process group is stopped before the end is recorded: no training outlives its job."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from hpcai.schedulers.local import read_job, write_job
+from hpcai.schedulers.local import job_lock, read_job, write_job
 
 KILL_WAIT_S = 5.0
 
@@ -35,21 +39,29 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 def main(job_path: str) -> int:
     job_id = Path(job_path).stem
-    data = read_job(job_id)
-    if data is None:
-        return 1
-    run_dir = str(data["run_dir"])
-    logs = Path(run_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     cancelled = False
+    restarted = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         nonlocal cancelled
         cancelled = True
 
+    def on_requeue(signum: int, frame: FrameType | None) -> None:
+        nonlocal restarted
+        restarted = True
+
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    with open(logs / f"local-{job_id}.out", "ab") as out, open(logs / f"local-{job_id}.err", "ab") as err:
+    signal.signal(signal.SIGUSR2, on_requeue)
+    with job_lock(job_id):
+        data = read_job(job_id)
+        if data is None or data["state"] != "PENDING":  # cancelled before it started
+            return 0
+        run_dir = str(data["run_dir"])
+        logs = Path(run_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"local-{job_id}.out", "ab")  # noqa: SIM115 -- closed below, after the job
+        err = open(logs / f"local-{job_id}.err", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             ["bash", str(data["script"])],
             cwd=run_dir,
@@ -57,20 +69,25 @@ def main(job_path: str) -> int:
             stderr=err,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "HPCAI_LOCAL_JOB_ID": job_id},
+            env={**os.environ, "HPCAI_LOCAL_JOB_ID": job_id, "HPCAI_LOCAL_RUNNER_PID": str(os.getpid())},
         )
         started = time.time()
         data.update(state="RUNNING", runner_pid=os.getpid(), job_pid=proc.pid, started=started)
         write_job(data)
-        deadline = started + float(data["walltime_s"])
-        timed_out = False
-        while proc.poll() is None:
-            if cancelled or time.time() >= deadline:
-                timed_out = not cancelled
-                _stop_group(proc)
-                break
-            time.sleep(0.2)
-        returncode = proc.wait()
+    deadline = started + float(data["walltime_s"])
+    timed_out = False
+    while proc.poll() is None:
+        if restarted:  # the script requeued itself: a fresh time limit, as Slurm gives
+            restarted = False
+            deadline = time.time() + float(data["walltime_s"])
+        if cancelled or time.time() >= deadline:
+            timed_out = not cancelled
+            break
+        time.sleep(0.2)
+    _stop_group(proc)  # on cancel and timeout, and whatever a dead leader left behind
+    returncode = proc.wait()
+    out.close()
+    err.close()
     exit_code = returncode if returncode >= 0 else 128 - returncode
     if cancelled:
         state, reason = "CANCELLED", "cancelled by user"
@@ -80,8 +97,9 @@ def main(job_path: str) -> int:
         state, reason = "COMPLETED", None
     else:
         state, reason = "FAILED", f"exit code {exit_code}"
-    data.update(state=state, exit_code=exit_code, reason=reason, ended=time.time())
-    write_job(data)
+    with job_lock(job_id):
+        data.update(state=state, exit_code=exit_code, reason=reason, ended=time.time())
+        write_job(data)
     return 0
 
 

@@ -21,15 +21,44 @@ export HPCAI_RUN_DIR=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-1n
 export HPCAI_JOB_ID="$SLURM_JOB_ID"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"
-# The job records its own id, so a client killed between submitting and recording loses nothing.
-printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
-rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.json"
-
 hpcai_event() {
   printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
     "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
     >> "$HPCAI_RUN_DIR/attempts.jsonl"
 }
+
+# One live attempt per run: take the lease, or wait for another live attempt's lease to go stale.
+hpcai_lease="$HPCAI_RUN_DIR/.lease"
+hpcai_lease_age() { echo $(( $(date +%s) - $(stat -c %Y "$hpcai_lease" 2>/dev/null || echo 0) )); }
+hpcai_waited=0
+while ! ( set -C; printf '%s %s\n' "$HPCAI_JOB_ID" "$(hostname)" > "$hpcai_lease" ) 2>/dev/null; do
+  hpcai_holder=$(head -c 200 "$hpcai_lease" 2>/dev/null | head -n 1 || true)
+  if [ "${hpcai_holder%% *}" = "$HPCAI_JOB_ID" ] || [ "$(hpcai_lease_age)" -ge 120 ]; then
+    rm -f "$hpcai_lease"  # our own (a requeue), or abandoned: take it over
+    continue
+  fi
+  if [ "$hpcai_waited" -ge 240 ]; then
+    echo "hpcai: another attempt of run $HPCAI_RUN_ID is live ($hpcai_holder); not training next to it. See: hpcai status $HPCAI_RUN_ID" >&2
+    hpcai_event refused 88
+    exit 88
+  fi
+  sleep 5
+  hpcai_waited=$(( hpcai_waited + 5 ))
+done
+( while sleep 30; do touch "$hpcai_lease" || true; done ) &
+hpcai_lease_pid=$!
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+hpcai_release_lease() {
+  pkill -P "$hpcai_lease_pid" 2>/dev/null || true
+  kill "$hpcai_lease_pid" 2>/dev/null || true
+  if [ "$(head -n 1 "$hpcai_lease" 2>/dev/null | cut -d' ' -f1)" = "$HPCAI_JOB_ID" ]; then rm -f "$hpcai_lease"; fi
+}
+trap hpcai_release_lease EXIT
+
+# The job records its own id, so a client killed between submitting and recording loses nothing.
+printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
+rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.json"
+
 # Markers count only when written by this attempt: a ROLLBACK.json left by an attempt that crashed
 # while applying it must not submit yet another attempt.
 : > "$HPCAI_RUN_DIR/.attempt-start"
@@ -88,6 +117,7 @@ while :; do
   fi
   break
 done
+hpcai_release_lease  # training is over: the next attempt (requeue, rollback) may take the lease
 # The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
 if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
   && grep -q '"action": "rollback"' "$HPCAI_RUN_DIR/ROLLBACK.json"; then

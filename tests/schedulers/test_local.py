@@ -1,22 +1,119 @@
-"""The local backend's own edge: a runner that vanishes reads as a node failure, never as running."""
+"""The local backend's own edges: a runner that vanishes reads as a node failure, never as running, and
+only once nothing of its job is left; a cancel before start sticks; a requeue gets a fresh walltime."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from hpcai.schedulers import JobState
-from hpcai.schedulers.local import read_job
+from hpcai.schedulers.local import LocalScheduler, job_file, job_processes, read_job, write_job
 from hpcai.store import Store
+from hpcai.transport import LocalTransport
 from tests.helpers import submit_probe, wait_for, wait_terminal
 
 
-def test_killed_runner_is_reported_as_node_fail(probe_workload: str) -> None:
-    store = Store()
-    run_id = submit_probe(store, "local", lines=600, interval=0.1)
+def _running_job(run_id: str, store: Store) -> tuple[dict[str, object], Path]:
     view = wait_for(store, run_id, {"RUNNING"})
+    metrics = Path(view.run_dir) / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not metrics.exists():
+        assert time.monotonic() < deadline, "the probe never started"
+        time.sleep(0.1)
     job = read_job(str(view.job_id))
     assert job is not None
-    os.kill(int(job["runner_pid"]), signal.SIGKILL)
-    os.killpg(int(job["job_pid"]), signal.SIGKILL)
+    return job, metrics
+
+
+def _still_growing(metrics: Path) -> bool:
+    before = metrics.stat().st_size
+    time.sleep(1.0)
+    return metrics.stat().st_size != before
+
+
+def test_killed_runner_takes_its_job_with_it_before_node_fail(probe_workload: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, "local", lines=600, interval=0.1)
+    job, metrics = _running_job(run_id, store)
+    os.kill(int(job["runner_pid"]), signal.SIGKILL)  # the job's processes live on, orphaned
     assert wait_terminal(store, run_id, timeout=30).state == JobState.NODE_FAIL.value
+    assert job_processes(str(job["job_id"]), int(job["job_pid"])) == []
+    assert not _still_growing(metrics), "a second training could now run next to the survivor"
+
+
+def test_killed_job_script_leaves_no_training_behind(probe_workload: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, "local", lines=600, interval=0.1)
+    job, metrics = _running_job(run_id, store)
+    os.kill(int(job["job_pid"]), signal.SIGKILL)  # the script's shell; launcher and workers remain
+    final = wait_terminal(store, run_id, timeout=30)
+    assert final.state == JobState.FAILED.value and final.exit_code == 137
+    assert job_processes(str(job["job_id"]), int(job["job_pid"])) == []
+    assert not _still_growing(metrics)
+
+
+def test_cancel_before_the_runner_starts_is_not_lost(isolated_hpcai: Path, tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\ntouch {mark}\n")
+    write_job({"job_id": "Lrace", "script": str(script), "run_dir": str(tmp_path), "walltime_s": 60,
+               "state": "PENDING", "submitted": time.time()})  # fmt: skip
+    LocalScheduler(LocalTransport()).cancel("Lrace")  # lands before the runner has read the job
+    subprocess.run([sys.executable, "-m", "hpcai.schedulers.local_runner", str(job_file("Lrace"))], timeout=30)
+    assert not mark.exists()
+    assert LocalScheduler(LocalTransport()).states(["Lrace"])["Lrace"].state is JobState.CANCELLED
+
+
+def test_a_requeued_local_job_gets_a_fresh_walltime(probe_workload: str) -> None:
+    """30 s walltime, asked to checkpoint 10 s before it: 35 s of work needs a second attempt that runs
+    past the first attempt's deadline, as a requeued Slurm job may."""
+    store = Store()
+    run_id = submit_probe(store, "local", time_limit="00:00:30", lines=350, interval=0.1, honour_stop="true")
+    final = wait_terminal(store, run_id, timeout=180)
+    events = [json.loads(x)["event"] for x in (Path(final.run_dir) / "attempts.jsonl").read_text().splitlines()]
+    assert final.state == JobState.COMPLETED.value, (final, events)
+    assert events.count("requeue") >= 1 and events[-1] == "end"
+    steps = [json.loads(x)["step"] for x in (Path(final.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 351))
+
+
+def test_a_second_attempt_never_trains_next_to_a_live_one(probe_workload: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run lease: a second copy of the job script (a duplicate submission, a resume while the old job
+    still runs somewhere) waits for the live attempt's lease to go stale, and gives up while it is fresh."""
+    monkeypatch.setattr("hpcai.render.LEASE_REFRESH_S", 1)
+    monkeypatch.setattr("hpcai.render.LEASE_STALE_S", 4)
+    store = Store()
+    run_id = submit_probe(store, "local", lines=250, interval=0.1)
+    job, metrics = _running_job(run_id, store)
+    run_dir = metrics.parent
+    assert (run_dir / ".lease").read_text().split()[0] == job["job_id"]
+    env = {**os.environ, "HPCAI_LOCAL_JOB_ID": "Lsecond"}
+    second = subprocess.run(["bash", str(run_dir / "job.sh")], env=env, capture_output=True, text=True, timeout=90)
+    assert second.returncode == 88 and "another attempt" in second.stderr
+    assert (run_dir / "job_id").read_text().strip() == job["job_id"]  # the live attempt's files untouched
+    final = wait_terminal(store, run_id, timeout=120)
+    assert final.state == JobState.COMPLETED.value
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 251)), "two trainings wrote into one run"
+    assert not (run_dir / ".lease").exists()  # released at the end
+
+
+def test_an_abandoned_lease_is_taken_over(probe_workload: str, tmp_path: Path) -> None:
+    """A lease whose holder died with its node stops being refreshed: the next attempt takes it over."""
+    store = Store()
+    run_id = submit_probe(store, "local", lines=1)
+    run_dir = Path(wait_terminal(store, run_id, timeout=60).run_dir)
+    lease = run_dir / ".lease"
+    lease.write_text("Ldead node17\n")
+    os.utime(lease, (time.time() - 600, time.time() - 600))
+    env = {**os.environ, "HPCAI_LOCAL_JOB_ID": "Lnext"}
+    again = subprocess.run(["bash", str(run_dir / "job.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert not lease.exists()
