@@ -6,6 +6,7 @@ whose message names the option, what the cluster allows and what to pass instead
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -142,7 +143,48 @@ def _resolve_parameters(workload: Workload, stage: str | None, assignments: dict
                 f"Parameters: {', '.join(sorted(spec.parameters))} (see `hpcai workloads show {workload.name}`)."
             )
         params[key] = coerce_parameter(key, raw, spec.parameters[key])
+    for key, value in params.items():
+        _check_parameter(workload, key, value, given=key in assignments)
     return params
+
+
+def _check_parameter(workload: Workload, key: str, value: Scalar, *, given: bool) -> None:
+    """Ranges, choices and finiteness; paths are made absolute (relative ones name this machine's files)."""
+    where = f"--set {key}={value}" if given else f"{key}={value!r} (the workload's default)"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(f"{where}: {key} must be a finite number, not {value}.")
+    rule = workload.spec.parameter_rules.get(key)
+    if rule is None:
+        return
+    if rule.choices is not None and value not in rule.choices:
+        names = [str(c) for c in rule.choices]
+        raise ValidationError(f"{where}: {key} must be one of {', '.join(names)}.{closest(str(value), names)}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low = f">= {rule.min:g}" if rule.min is not None else ""
+        high = f"<= {rule.max:g}" if rule.max is not None else ""
+        if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
+            raise ValidationError(
+                f"{where}: {key} must be {' and '.join(x for x in (low, high) if x)} "
+                f"(see `hpcai workloads show {workload.name}`)."
+            )
+
+
+def _absolute_paths(workload: Workload, params: dict[str, Scalar]) -> dict[str, Scalar]:
+    """Relative path parameters name files on this machine: made absolute here, since the job would
+    resolve them against its run directory. One that does not exist is refused."""
+    fixed = dict(params)
+    for key in workload.spec.path_parameters():
+        value = params.get(key)
+        if not isinstance(value, str) or not value or value.startswith("/"):
+            continue
+        local = Path(value).expanduser()
+        if not local.exists():
+            raise ValidationError(
+                f"--set {key}={value}: no such file or folder here. A relative path names this machine's files "
+                "(staged to the cluster when it is remote); a path on the cluster must be absolute."
+            )
+        fixed[key] = str(local.resolve())
+    return fixed
 
 
 def _resolve_stage(workload: Workload, requested: str | None) -> str | None:
@@ -297,7 +339,7 @@ def resolve_jobspec(
     assignments = parse_assignments(overrides.set, "--set")
     if "stage" in assignments:
         stage = _resolve_stage(workload, assignments.pop("stage"))
-    parameters = _resolve_parameters(workload, stage, assignments)
+    parameters = _absolute_paths(workload, _resolve_parameters(workload, stage, assignments))
     env = _resolve_env(overrides.env)
 
     user = settings.user or _local_user()

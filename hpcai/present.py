@@ -13,7 +13,7 @@ from hpcai.output import console
 if TYPE_CHECKING:
     from hpcai.orchestrator import RunView
 from hpcai.profiles import ClusterProfile
-from hpcai.workloads import Workload
+from hpcai.workloads import ParameterRule, Workload
 
 
 def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
@@ -79,6 +79,20 @@ def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
             console.print(f"  {url}")
 
 
+def _accepts(rule: ParameterRule | None, default: object) -> str:
+    parts = [type(default).__name__]
+    if rule is not None:
+        if rule.choices is not None:
+            parts = ["one of " + ", ".join(map(str, rule.choices))]
+        if rule.min is not None:
+            parts.append(f">= {rule.min:g}")
+        if rule.max is not None:
+            parts.append(f"<= {rule.max:g}")
+        if rule.path:
+            parts = ["path (local: staged; cluster: absolute)"]
+    return " ".join(parts)
+
+
 def show_workload(workload: Workload) -> None:
     spec = workload.spec
     console.print(f"[bold]{workload.name}[/bold]: {spec.description}")
@@ -91,9 +105,9 @@ def show_workload(workload: Workload) -> None:
             params = ", ".join(f"{k}={v}" for k, v in stage.parameters.items())
             stages.add_row(name + (" *" if name == spec.default_stage else ""), stage.description, params)
         console.print(stages)
-    param_table = Table("parameter (--set)", "default", title="parameters")
+    param_table = Table("parameter (--set)", "default", "accepts", title="parameters")
     for key, value in spec.parameters.items():
-        param_table.add_row(key, repr(value))
+        param_table.add_row(key, escape(repr(value)), escape(_accepts(spec.parameter_rules.get(key), value)))
     console.print(param_table)
     console.print("accelerate: " + " ".join(f"--{k} {v}" for k, v in spec.accelerate.items()))
     console.print(f"mixed precision: GPU {spec.mixed_precision.gpu}, CPU {spec.mixed_precision.cpu}")

@@ -24,6 +24,19 @@ class Stage(Strict):
     parameters: dict[str, Scalar] = Field(default={}, description="Parameter values for this stage")
 
 
+class ParameterRule(Strict):
+    """What a parameter accepts, checked at render/submit (exit 2) so no job waits in a queue to fail on it."""
+
+    min: float | None = Field(default=None, description="Smallest allowed value (numbers)")
+    max: float | None = Field(default=None, description="Largest allowed value (numbers)")
+    choices: list[Scalar] | None = Field(default=None, description="The only values allowed")
+    path: bool = Field(
+        default=False,
+        description="A file or folder: a local one is staged (or used in place on this machine), a cluster "
+        "path must be absolute and is checked to exist there before the job is queued",
+    )
+
+
 class Resources(Strict):
     nodes: int = Field(default=1, ge=1, description="Default node count")
     gpus_per_node: int | None = Field(default=None, ge=0, description="Default GPUs per node (None: all)")
@@ -55,6 +68,9 @@ class WorkloadSpec(Strict):
         "process per node (preprocessing, probes), given --machine_rank and --num_machines",
     )
     parameters: dict[str, Scalar] = Field(description="Defaults, overridable with --set KEY=VALUE")
+    parameter_rules: dict[str, ParameterRule] = Field(
+        default={}, description="Ranges, choices and paths the parameters must respect"
+    )
     stages: dict[str, Stage] = Field(default={}, description="Named stages with their own parameters")
     default_stage: str | None = None
     resources: Resources = Resources()
@@ -78,7 +94,13 @@ class WorkloadSpec(Strict):
             unknown = set(stage.parameters) - set(self.parameters)
             if unknown:
                 raise ValueError(f"stage {name} sets undeclared parameters {', '.join(sorted(unknown))}")
+        unknown = set(self.parameter_rules) - set(self.parameters)
+        if unknown:
+            raise ValueError(f"parameter_rules names undeclared parameters {', '.join(sorted(unknown))}")
         return self
+
+    def path_parameters(self) -> list[str]:
+        return [name for name, rule in self.parameter_rules.items() if rule.path]
 
 
 class Workload(BaseModel):

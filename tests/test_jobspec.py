@@ -163,3 +163,32 @@ def test_checkpoint_lead_never_exceeds_a_quarter_of_the_walltime() -> None:
 def test_secrets_never_go_into_job_scripts(name: str) -> None:
     with pytest.raises(ValidationError, match="looks like a secret"):
         resolve("local", env=(f"{name}=hunter2",))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("checkpoint_every=0", "checkpoint_every must be >= 1"),
+        ("max_steps=-5", "max_steps must be >= 1"),
+        ("lr=nan", "finite"),
+        ("lr=inf", "finite"),
+        ("rollback_lr_factor=2", "<= 1"),
+        ("preset=huge", "one of tiny"),
+        ("data=no/such/folder", "must be absolute"),
+    ],
+)
+def test_workload_parameters_are_checked_before_anything_is_queued(setting: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        resolve("local", set=(setting,))
+
+
+def test_a_relative_data_path_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mydata").mkdir()
+    monkeypatch.chdir(tmp_path)
+    job = resolve("local", set=("data=mydata",))
+    assert job.parameters["data"] == str(tmp_path / "mydata")
+
+
+def test_clip_loss_choices_are_enforced() -> None:
+    with pytest.raises(ValidationError, match="infonce, sigmoid"):
+        resolve("local", workload="clip", set=("loss=hinge",))

@@ -65,3 +65,14 @@ def test_a_submit_that_stages_everything_logs_in_once_and_matches_its_dry_run(
     assert Path(staged["container"]).read_bytes() == container.read_bytes()
     assert spec["container"] == staged["container"] and spec["code_dir"] == staged["workload code"]
     assert run_cli("cancel", "planned").returncode == 0
+
+
+def test_a_cluster_path_that_does_not_exist_there_is_refused_before_queueing(
+    remote_site: str, sshd: Path, tmp_path: Path
+) -> None:
+    """An absolute path that is not on this machine is taken as the cluster's: checked there, in the same
+    login, before anything is recorded or queued."""
+    result = run_cli("submit", "llava", "--cluster", remote_site, "--set", "data=/no/such/dataset", "--run-id", "nd")
+    assert result.returncode == 2 and "not found where the job runs" in result.stderr, result.stderr
+    assert "data=/no/such/dataset" in result.stderr and "Traceback" not in result.stderr
+    assert Store().runs() == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hpcai.store import Store
 from tests.conftest import run_cli
 from tests.helpers import wait_terminal
@@ -47,3 +49,16 @@ def test_an_empty_folder_is_accepted(probe_workload: str, tmp_path: Path) -> Non
                      "--run-dir", str(run_dir))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert wait_terminal(Store(), "e", timeout=120).state == "COMPLETED"
+
+
+def test_an_input_path_missing_on_the_target_is_refused(probe_workload: str, tmp_path: Path) -> None:
+    from hpcai.errors import ValidationError
+    from hpcai.orchestrator import check_target
+    from hpcai.transport import LocalTransport
+
+    present = tmp_path / "present"
+    present.mkdir()
+    check_target(LocalTransport(), str(tmp_path / "new-run"), {"data": str(present)})
+    with pytest.raises(ValidationError, match="model_path=/no/such/model"):
+        inputs = {"data": str(present), "model_path": "/no/such/model"}
+        check_target(LocalTransport(), str(tmp_path / "new-run"), inputs)
