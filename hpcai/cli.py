@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from hpcai import __version__
-from hpcai.errors import HpcaiError
+from hpcai.errors import EnvironmentFailure, HpcaiError
 from hpcai.output import console, error_console, print_error, print_json
 
 if TYPE_CHECKING:  # pydantic models load only for the commands that need them: `--version` stays fast
@@ -236,6 +237,12 @@ def submit(
     force_budget: Annotated[
         bool, typer.Option("--force-budget", help="Submit even when the run can cost more than the budget left.")
     ] = False,
+    no_preflight: Annotated[
+        bool,
+        typer.Option(
+            "--no-preflight", help="Do not check first that the job's Python imports what the workload needs."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the plan, submit nothing)."""
@@ -254,7 +261,13 @@ def submit(
                 error_console.print(f"would stage {action.what}: {action.local} -> {action.remote_path}")
             error_console.print(f"would run: {shlex.join(plan.submit_command)}")
         return
-    result = execute(plan, force_budget=force_budget, show_progress=not json_out)
+    result = execute(plan, force_budget=force_budget, show_progress=not json_out, preflight=not no_preflight)
+    from rich.markup import escape
+
+    from hpcai.session import Session
+
+    for warning in Session.current().warnings:
+        error_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     budget = result.pop("budget")
     if json_out:
         print_json({**result, "budget": budget})
@@ -283,7 +296,16 @@ def data_synth(
     json_out: JsonOpt = False,
 ) -> None:
     """Generate a small data set in the real format, with learnable structure (for tests and trials)."""
+    import importlib.util
+
     from hpcai.train.synth import synth_clip, synth_llava
+
+    if importlib.util.find_spec("PIL") is None:
+        raise EnvironmentFailure(
+            "data synth draws its images with Pillow, which is not installed here. Install the training extra "
+            "(pip install 'hpcai[train]') or just Pillow (pip install pillow), then run the same command again."
+        )
+    directory = directory.expanduser().absolute()  # the hint below must work from any folder
 
     makers = {"llava": synth_llava, "clip": synth_clip}
     if kind not in makers:
@@ -472,7 +494,7 @@ def stage(
         size = f"{r.bytes_total / 1e6:.1f} MB"
         console.print(f"{r.source} -> {r.remote_path} ({r.files} files{links}, {size}; {sent}{repaired})")
         for warning in r.warnings:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+            console.print(Text.assemble(("warning:", "yellow"), f" {warning}"))
 
 
 @app.command()
@@ -581,6 +603,12 @@ _register_onboarding(app)
 def main() -> None:
     from hpcai.session import Session
 
+    for stream in (sys.stdout, sys.stderr):
+        # Names from argv or a file may hold bytes that are not UTF-8 (surrogate-escaped): print them
+        # escaped instead of failing on the way out.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         with Session():  # one connection per cluster for the whole command, closed at its end
             app()
@@ -596,3 +624,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print_error("interrupted.")
         raise SystemExit(130) from None
+    except OSError as exc:  # the last net: a file or folder this machine refused (space, permissions, names)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print_error(f"{exc.strerror or exc}{where}. Nothing else went wrong; fix that and run the same command again.")
+        raise SystemExit(3) from None

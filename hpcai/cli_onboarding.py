@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
+from rich.text import Text
 
 from hpcai.errors import HpcaiError
 from hpcai.output import console, print_json
@@ -17,23 +18,22 @@ ClusterOpt = Annotated[
     str | None,
     typer.Option("--cluster", "-c", help="Cluster profile (default: config's default_cluster, else local)."),
 ]
-_MARK = {"pass": "[green]✔ pass[/green]", "warn": "[yellow]! warn[/yellow]", "fail": "[red]✘ fail[/red]",
-         "skip": "[dim]- skip[/dim]"}  # fmt: skip
+_MARK = {"pass": ("✔ pass", "green"), "warn": ("! warn", "yellow"), "fail": ("✘ fail", "red"),
+         "skip": ("- skip", "dim")}  # fmt: skip
 
 
 def _print_check(check: Any) -> None:
-    from rich.markup import escape
-
-    console.print(f"{_MARK[check.status]}  [bold]{check.name:<11}[/bold] {escape(check.summary)}")
+    console.print(Text.assemble(_MARK[check.status], "  ", (f"{check.name:<11}", "bold"), f" {check.summary}"))
     if check.fix:
-        console.print(f"{'':19}[cyan]fix:[/cyan] {escape(check.fix)}")
+        console.print(Text.assemble(f"{'':19}", ("fix:", "cyan"), f" {check.fix}"))
 
 
 def _print_summary(checks: list[Any]) -> None:
     failed = [c.name for c in checks if c.status == "fail"]
-    console.print(
-        "all checks passed." if not failed else f"[red]{len(failed)} check(s) failed:[/red] " + ", ".join(failed)
-    )
+    if not failed:
+        console.print("all checks passed.")
+    else:
+        console.print(Text.assemble((f"{len(failed)} check(s) failed:", "red"), " " + ", ".join(failed)))
 
 
 def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
@@ -56,7 +56,7 @@ def _doctor_in_words(cluster: str) -> list[Any]:
     """Run the doctor, printing each check as it finishes, then the summary line."""
     from hpcai.onboarding.doctor import run_doctor
 
-    console.print(f"[bold]hpcai doctor[/bold] for {cluster}")
+    console.print(Text.assemble(("hpcai doctor", "bold"), f" for {cluster}"))
     checks = run_doctor(cluster, progress=_print_check)
     _print_summary(checks)
     return checks
@@ -124,8 +124,8 @@ def budget(
                 f"({profile.budget.per_node_hour:g} per node-hour)")  # fmt: skip
         if mine is not None:
             line += f": {mine.remaining - cost.amount:,.0f} would be left on {mine.account}"
-            line += "" if cost.amount <= mine.remaining else " [red](does not fit)[/red]"
-        console.print(line)
+        fits = mine is None or cost.amount <= mine.remaining
+        console.print(Text.assemble(line, ("" if fits else " (does not fit)", "red")))
 
 
 def onboard(
@@ -193,12 +193,10 @@ def onboard(
         backup = f" Backup: {result.config.backup}" if result.config.backup else ""
         console.print(f"{result.config.path}: {config_state}.{backup}")
         for note in result.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
+            console.print(Text.assemble(("note:", "yellow"), f" {note}"))
         if result.public_key:
-            from rich.markup import escape
-
             console.print("Your public key, to register with the site as its access steps say (copy the whole line):")
-            console.print(escape(result.public_key), soft_wrap=True)
+            console.print(result.public_key, soft_wrap=True)
         if run_doctor:
             console.print()
             checks = _doctor_in_words(result.cluster)
@@ -215,21 +213,19 @@ def _run_keygen(argv: list[str]) -> None:
 
     Path(argv[argv.index("-f") + 1]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if subprocess.run(argv).returncode != 0:
-        console.print("[yellow]ssh-keygen did not create the key; create it by hand as the note says.[/yellow]")
+        console.print("ssh-keygen did not create the key; create it by hand as the note says.", style="yellow")
 
 
 def _print_steps(cluster: str) -> None:
-    from rich.markup import escape
-
     from hpcai.onboarding.onboard import access_steps
     from hpcai.profiles import load_profile
 
     steps = access_steps(load_profile(cluster))
     if not steps:
         return
-    console.print(f"[bold]Getting access to {cluster}[/bold]")
+    console.print(f"Getting access to {cluster}", style="bold")
     for number, step in enumerate(steps, 1):
-        console.print(f"  {number}. {escape(step)}")
+        console.print(f"  {number}. {step}")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from hpcai.exitcodes import (
 )
 from hpcai.metrics import last_progress
 from hpcai.runfiles import FileReader, Prefetched
+from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.schedulers import JobState, JobStatus
 from hpcai.service import RenderedJob
 from hpcai.session import Backend, Session
@@ -235,6 +237,10 @@ def _refresh_cluster(
                 changes[key] = value
         if status.state.terminal and status.exit_code == EXIT_LEASE_HELD and attempt.reason is None:
             changes["reason"] = "not started: another attempt of this run was live (its lease stayed fresh)"
+        elif changes.get("state") == JobState.FAILED.value and attempt.reason is None and attempt.job_id:
+            why = failure_reason(backend, run.run_dir, attempt.job_id)
+            if why is not None:
+                changes["reason"] = why
         if attempt.reason is not None:
             changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
         if changes:
@@ -246,6 +252,37 @@ def _refresh_cluster(
             _note_give_up(store, reader, run, store.attempts(run.id)[-1])
     if lineage_grew:  # ask about the new attempts right away
         refresh(store, [store.run(r.id) for r, _ in items], backends, {cluster: reader})
+
+
+# A line of a Python traceback's last frame: `SomeError: message` (module-qualified or not).
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*")
+
+
+def failure_reason(backend: Backend, run_dir: str, job_id: str) -> str | None:
+    """Why a failed job ended, in words: the first rank's recorded exception (the others usually die of
+    the collective it left), else the last exception line in the job's error log; read once, when the
+    attempt is seen to fail."""
+    transport = backend.transport
+    records = []
+    for name in transport.list_dir(f"{run_dir}/{ERRORS_DIR}"):
+        if name.startswith("rank-") and name.endswith(".json"):
+            try:
+                record = json.loads(transport.read_text(f"{run_dir}/{ERRORS_DIR}/{name}") or "")
+            except (ValueError, HpcaiError):
+                continue
+            if isinstance(record, dict) and record.get("job_id") in (job_id, None):
+                records.append(record)
+    if records:
+        first = min(records, key=lambda r: float(r.get("time") or 0))
+        where = f" at {first['where']}" if first.get("where") else ""
+        others = f"; {len(records) - 1} other rank(s) failed after it" if len(records) > 1 else ""
+        return (f"{first.get('type', 'error')}: {first.get('message', '')}{where} "
+                f"(rank {first.get('rank', '?')} on {first.get('host', '?')}{others})")  # fmt: skip
+    _, err = backend.scheduler.log_paths(run_dir, job_id)
+    text = transport.tail(err, 65536).decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines()]
+    found = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None)
+    return found[:500] if found else None
 
 
 def _jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:
@@ -261,10 +298,33 @@ def _jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:
     return records
 
 
+def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
+    """A decision as written by the guard, or {} when a value is not what the guard writes (a hand-edited or
+    damaged log steers nothing: the attempt is still recorded, without the lineage details)."""
+    try:
+        step = int(decision["checkpoint_step"]) if "checkpoint_step" in decision else None
+        scale = float(decision.get("lr_scale", 1.0))
+        skip = (int(decision["skip_from"]), int(decision["skip_to"])) if decision.get("skip_from") is not None else None
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return {}
+    if not math.isfinite(scale) or scale <= 0:
+        return {}
+    clean: dict[str, Any] = {**decision, "lr_scale": scale}
+    if step is not None:
+        clean["checkpoint_step"] = step
+    if skip is not None:
+        clean["skip_from"], clean["skip_to"] = skip
+    return clean
+
+
 def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
     """Attempts the job submitted by itself (spike-guard rollbacks), learnt from the run directory's
     attempt log and decisions, recorded in the store. Returns True when a new attempt was added."""
-    submitted = [e for e in _jsonl(transport, f"{run.run_dir}/attempts.jsonl") if e.get("event") == "submitted"]
+    submitted = [
+        e
+        for e in _jsonl(transport, f"{run.run_dir}/attempts.jsonl")
+        if e.get("event") == "submitted" and isinstance(e.get("job_id"), str | int) and str(e["job_id"]).strip()
+    ]
     if not submitted:
         return False
     decisions = [
@@ -275,9 +335,9 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
     added = False
     for k, event in enumerate(submitted):
         attempts = store.attempts(run.id)
-        if any(a.job_id == event["job_id"] for a in attempts):
+        if any(a.job_id == str(event["job_id"]) for a in attempts):
             continue
-        decision = decisions[k] if k < len(decisions) else {}
+        decision = _readable_decision(decisions[k]) if k < len(decisions) else {}
         previous = next((a for a in attempts if a.job_id == event.get("after")), None)
         if previous is not None:
             changes: dict[str, Any] = {"reason": f"rolled back: {decision.get('reason', 'spike guard')}"}

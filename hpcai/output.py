@@ -8,7 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
+# stdout carries data (names, paths, descriptions, log lines): never parsed as markup, so a `[/x]` in a
+# path prints as typed. Styles are given as Text/style=, not as markup.
+console = Console(highlight=False, soft_wrap=True, markup=False)
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

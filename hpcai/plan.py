@@ -128,8 +128,11 @@ def _plan_staging(cluster: str, workload: str, overrides: Overrides) -> tuple[Ov
     return overrides.model_copy(update=update), actions, fs_name
 
 
-def execute(plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Perform the plan over the session's one connection: budget check, staging, submit."""
+def execute(
+    plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True, preflight: bool = True
+) -> dict[str, Any]:
+    """Perform the plan over the session's one connection: budget check, the job environment's pre-flight,
+    staging, submit."""
     from hpcai.budget.guard import check_submit_budget
     from hpcai.orchestrator import submit_run
     from hpcai.stage_service import StageItem, stage_paths
@@ -137,6 +140,10 @@ def execute(plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool
     job = plan.rendered.job
     backend = Session.current().get(job.cluster)
     budget = check_submit_budget(plan.rendered, backend.transport, force=force_budget)  # before bytes move
+    checked = None
+    # The check runs in the job's container when it has one, so then only once the image is staged.
+    if preflight and job.container is None:
+        checked = _preflight(plan)
     if plan.staging:
         items = [StageItem(a.local, a.keep_name) for a in plan.staging]
         reports = stage_paths(job.cluster, items, filesystem=plan.filesystem, show_progress=show_progress)
@@ -146,5 +153,20 @@ def execute(plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool
                     f"submit: {action.local} changed while it was being staged (planned as {action.remote_path}, "
                     f"staged as {report.remote_path}); nothing was submitted. Submit again once it no longer changes."
                 )
-    result = submit_run(plan.rendered)
-    return {**result, "budget": budget, "staged": [a.to_json() for a in plan.staging]}
+    if preflight and job.container is not None:
+        checked = _preflight(plan)
+    submitted = submit_run(plan.rendered)
+    return {**submitted, "budget": budget, "preflight": checked, "staged": [a.to_json() for a in plan.staging]}
+
+
+def _preflight(plan: SubmitPlan) -> dict[str, Any]:
+    from hpcai.preflight import JobEnvironment, require_preflight, run_preflight
+
+    rendered = plan.rendered
+    job = rendered.job
+    backend = Session.current().get(job.cluster)
+    result = run_preflight(backend.transport, JobEnvironment.of(job, rendered.profile), rendered.workload)
+    if not result.checked:
+        Session.current().warn(f"pre-flight on {job.cluster} skipped: {result.summary}")
+    require_preflight(result, job, rendered.workload)
+    return result.to_json()

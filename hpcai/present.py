@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
 from hpcai.output import console
 
@@ -18,7 +18,7 @@ from hpcai.workloads import ParameterRule, Workload
 
 def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
     node = profile.node
-    console.print(f"[bold]{name}[/bold]: {profile.description}")
+    console.print(Text.assemble((name, "bold"), f": {profile.description}"))
     console.print(f"scheduler: {profile.scheduler}   accelerator: {profile.accelerator}")
     console.print(f"profile files: {', '.join(str(f) for f in files)}")
     access = profile.access
@@ -72,7 +72,7 @@ def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
     if profile.access.steps:
         console.print("access, step by step (hpcai onboard explains them too):")
         for number, step in enumerate(profile.access.steps, 1):
-            console.print(f"  {number}. {escape(step)}")
+            console.print(f"  {number}. {step}")
     if profile.sources:
         console.print("sources:")
         for url in profile.sources:
@@ -95,7 +95,7 @@ def _accepts(rule: ParameterRule | None, default: object) -> str:
 
 def show_workload(workload: Workload) -> None:
     spec = workload.spec
-    console.print(f"[bold]{workload.name}[/bold]: {spec.description}")
+    console.print(Text.assemble((workload.name, "bold"), f": {spec.description}"))
     console.print(f"entrypoint: {workload.entrypoint_path}")
     res = spec.resources
     console.print(f"default resources: {res.nodes} node(s), {res.gpus_per_node or 'all'} GPUs/node, {res.time}")
@@ -107,7 +107,7 @@ def show_workload(workload: Workload) -> None:
         console.print(stages)
     param_table = Table("parameter (--set)", "default", "accepts", title="parameters")
     for key, value in spec.parameters.items():
-        param_table.add_row(key, escape(repr(value)), escape(_accepts(spec.parameter_rules.get(key), value)))
+        param_table.add_row(key, repr(value), _accepts(spec.parameter_rules.get(key), value))
     console.print(param_table)
     console.print("accelerate: " + " ".join(f"--{k} {v}" for k, v in spec.accelerate.items()))
     console.print(f"mixed precision: GPU {spec.mixed_precision.gpu}, CPU {spec.mixed_precision.cpu}")
@@ -133,8 +133,8 @@ def runs_table(views: list[RunView]) -> Table:
     table = Table(*[Column(c, overflow="fold") for c in columns])
     for v in views:
         style = _STATE_STYLE.get(v.state, "red")
-        state = f"[{style}]{v.state}[/{style}]" + (f" ({v.exit_code})" if v.exit_code not in (None, 0) else "")
-        cells = [
+        state = Text.assemble((v.state, style), f" ({v.exit_code})" if v.exit_code not in (None, 0) else "")
+        cells: list[str | Text] = [
             v.run_id,
             *([] if narrow else [v.workload]),
             v.cluster,
@@ -151,7 +151,7 @@ def runs_table(views: list[RunView]) -> Table:
 
 def show_run_detail(detail: dict[str, Any]) -> None:
     console.print(
-        f"[bold]{detail['run_id']}[/bold]: {detail['workload']} on {detail['cluster']}, {detail['state']}"
+        Text.assemble((detail["run_id"], "bold"), f": {detail['workload']} on {detail['cluster']}, {detail['state']}")
         + (
             f", step {detail['step']}, loss {detail['loss']:.4g}"
             if detail["step"] is not None and detail["loss"]

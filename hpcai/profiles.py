@@ -306,8 +306,13 @@ def profile_names() -> list[str]:
     return sorted(set(_yaml_files(shipped_profile_dir())) | set(_yaml_files(user_profile_dir())))
 
 
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def profile_source(name: str) -> list[Path]:
     """The files that make up profile `name`: the shipped one and/or the user's override."""
+    if not _PROFILE_NAME.fullmatch(name):
+        return []
     files = [d[name] for d in (_yaml_files(shipped_profile_dir()), _yaml_files(user_profile_dir())) if name in d]
     return files
 

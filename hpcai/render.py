@@ -69,7 +69,7 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _module_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
+def module_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
     modules = profile.modules
     lines = ["module purge"] if modules.purge else []
     lines += [f"module use {quote(path)}" for path in modules.use]
@@ -218,7 +218,7 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "pbs": profile.pbs,
         "pbs_walltime": pbs_walltime(job.walltime_s),
         "job_id_expr": _JOB_ID[profile.scheduler],
-        "module_lines": _module_lines(profile, job.container is not None),
+        "module_lines": module_lines(profile, job.container is not None),
         "env_lines": _env_lines(job, profile),
         "rendezvous_lines": _rendezvous_lines(profile),
         "walltime_timer": profile.scheduler != "slurm",

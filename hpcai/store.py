@@ -111,6 +111,12 @@ def store_failure(path: Path, exc: BaseException) -> StoreError:
     )
 
 
+def _typed(text: str) -> str:
+    """What a user typed, as SQLite can take it: bytes that were not UTF-8 (surrogate-escaped by Python's
+    argv decoding) become U+FFFD, which no stored id contains."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or store_path()
@@ -187,6 +193,7 @@ class Store:
             ) from None
 
     def run(self, run_id: str) -> Run:
+        run_id = _typed(run_id)
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             matches = [r[0] for r in self._db.execute("SELECT id FROM runs WHERE id LIKE ?", (run_id + "%",))]
@@ -202,7 +209,7 @@ class Store:
         clauses, params = [], []
         if cluster:
             clauses.append("cluster = ?")
-            params.append(cluster)
+            params.append(_typed(cluster))
         if active_only:
             clauses.append("state NOT IN (" + ",".join("?" * len(_TERMINAL)) + ")")
             params.extend(_TERMINAL)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hpcai.errors import ConfigError
 from hpcai.paths import config_dir
-from hpcai.yamlfiles import load_model
+from hpcai.yamlfiles import load_model, not_utf8
 
 
 class ClusterSettings(BaseModel):
@@ -59,4 +59,8 @@ def _read_user_config() -> UserConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}. Fix the syntax at that line.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(not_utf8(path, exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}). Check its permissions.") from None
     return load_model(UserConfig, data, str(path))

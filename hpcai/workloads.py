@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +69,10 @@ class WorkloadSpec(Strict):
         "process per node (preprocessing, probes), given --machine_rank and --num_machines",
     )
     parameters: dict[str, Scalar] = Field(description="Defaults, overridable with --set KEY=VALUE")
+    requires: list[str] = Field(
+        default=[],
+        description="Python packages the job imports, e.g. 'torch>=2.6': checked on the target before queueing",
+    )
     parameter_rules: dict[str, ParameterRule] = Field(
         default={}, description="Ranges, choices and paths the parameters must respect"
     )
@@ -124,7 +129,13 @@ def workload_names() -> list[str]:
     return sorted({p.parent.name for root in workload_dirs() for p in root.glob("*/workload.yaml")})
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def load_workload(name: str) -> Workload:
+    if not _NAME.fullmatch(name):
+        known = workload_names()
+        raise NotFoundError(f"unknown workload '{name}'. Known workloads: {', '.join(known)}.")
     candidates = [root / name for root in workload_dirs() if (root / name / "workload.yaml").is_file()]
     directory = candidates[0] if candidates else data_dir("workloads") / name
     path = directory / "workload.yaml"

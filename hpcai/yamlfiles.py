@@ -13,12 +13,22 @@ from hpcai.errors import ConfigError, closest
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    line = exc.object[: exc.start].count(b"\n") + 1
+    return (
+        f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}). Save the file as UTF-8 "
+        "(editors call it 'UTF-8'; `iconv -f latin1 -t utf-8` converts a Latin-1 file)."
+    )
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Parse `path` as a YAML mapping, or raise ConfigError naming the line and column."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}). Check the path and permissions.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(not_utf8(path, exc)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -174,3 +174,12 @@ def test_status_degrades_when_accounting_or_a_cluster_is_down(
     assert states["long"] == "RUNNING" and states["far"] == "RUNNING"  # last known, nothing invented
     assert "far-away:" in shown.stderr and "shown as last known" in shown.stderr
     run_cli("cancel", "long")
+
+
+def test_a_failed_job_says_why_in_words(cluster: str) -> None:
+    """Not "exit code 1": the exception the worker died of, from the job's error log."""
+    store = Store()
+    run_id = submit_probe(store, cluster, lines=1, crash="the data loader found no images in /scratch/x")
+    view = wait_terminal(store, run_id, timeout=60)
+    assert view.state == "FAILED"
+    assert view.reason == "RuntimeError: the data loader found no images in /scratch/x"

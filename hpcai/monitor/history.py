@@ -29,6 +29,17 @@ def _number(text: object) -> float:
         return math.nan  # "nan", "inf" and garbage all count as non-finite
 
 
+def _step(value: object) -> int | None:
+    """A step number, or None for anything that is not one (text, NaN, 1e999, a list)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except (ValueError, OverflowError):
+        return None
+    return int(number) if math.isfinite(number) else None
+
+
 def read_csv(path: Path) -> Iterator[Point]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -38,23 +49,27 @@ def read_csv(path: Path) -> Iterator[Point]:
                 f"{path}: a CSV needs a header with step and loss (and optionally grad_norm); "
                 f"found {', '.join(sorted(fields)) or 'no header'}."
             )
-        for row in reader:
+        for number, row in enumerate(reader, 2):
             grad = row.get("grad_norm")
-            yield Point(
-                int(float(row["step"])), _number(row["loss"]), _number(grad) if grad not in (None, "") else None
-            )
+            step = _step(row["step"])
+            if step is None:
+                raise ValidationError(f"{path}:{number}: step '{row['step']}' is not a step number.")
+            yield Point(step, _number(row["loss"]), _number(grad) if grad not in (None, "") else None)
 
 
 def parse_metrics_line(line: str) -> Point | None:
     """One metrics JSONL line, or None for a blank, half-written or step-less line."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(record, dict) or "step" not in record or "loss" not in record:
         return None
+    step = _step(record["step"])
+    if step is None:
+        return None
     grad = record.get("grad_norm")
-    return Point(int(record["step"]), _number(record["loss"]), _number(grad) if grad is not None else None)
+    return Point(step, _number(record["loss"]), _number(grad) if grad is not None else None)
 
 
 def parse_log_line(regex: re.Pattern[str], line: str) -> Point | None:
@@ -62,7 +77,10 @@ def parse_log_line(regex: re.Pattern[str], line: str) -> Point | None:
     if not match:
         return None
     grad = match.groupdict().get("grad_norm")
-    return Point(int(match["step"]), _number(match["loss"]), _number(grad) if grad else None)
+    step = _step(match["step"])
+    if step is None:
+        return None
+    return Point(step, _number(match["loss"]), _number(grad) if grad else None)
 
 
 def compile_log_regex(pattern: str) -> re.Pattern[str]:
@@ -85,9 +103,9 @@ def read_jsonl(path: Path) -> Iterator[Point]:
         if point is None:
             try:
                 json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue  # a half-written last line
-            raise ValidationError(f"{path}:{number}: a metrics line needs `step` and `loss`.")
+            raise ValidationError(f"{path}:{number}: a metrics line needs `step` (a number) and `loss`.")
         yield point
 
 
@@ -102,6 +120,18 @@ def read_log(path: Path, pattern: str) -> Iterator[Point]:
 
 
 def read_history(path: Path, regex: str | None = None) -> list[Point]:
+    try:
+        return _read_history(path, regex)
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): binary, or UTF-16 as some "
+            "Windows tools write. Give the CSV, metrics .jsonl or log as UTF-8 text."
+        ) from None
+    except OSError as exc:
+        raise ValidationError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+
+
+def _read_history(path: Path, regex: str | None = None) -> list[Point]:
     if not path.is_file():
         raise ValidationError(f"{path}: no such file. Give a CSV, a metrics .jsonl, or a log with --regex.")
     if regex is not None:

@@ -61,7 +61,7 @@ class Doctor:
             self.add(Check(name, "skip", reason))
 
 
-REMOTE_CHECKS = ["scheduler", "account", "budget", "quota", "purge", "container", "python"]
+REMOTE_CHECKS = ["scheduler", "account", "budget", "quota", "purge", "container", "python", "job-environment"]
 
 
 def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = None) -> list[Check]:
@@ -96,6 +96,7 @@ def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = 
             _check_purge,
             _check_container,
             _check_python,
+            _check_job_environment,
         ):
             check(doctor)
         _check_offline(doctor)
@@ -688,6 +689,32 @@ def _check_python(doctor: Doctor) -> None:
         )
         return
     doctor.add(Check("python", "pass", f"{python} {version}; `submit` stages the hpcai runtime with each run."))
+
+
+def _check_job_environment(doctor: Doctor) -> None:
+    """The pre-flight `submit` runs: the job's Python, set up as its script does, imports what the shipped
+    training workloads need (torch with FSDP2, accelerate, transformers)."""
+    import sys
+
+    from hpcai.preflight import JobEnvironment, run_preflight
+    from hpcai.workloads import load_workload
+
+    assert doctor.transport is not None
+    python = doctor.profile.launch.python
+    python = sys.executable if python == "current" else (python or "python")
+    env = JobEnvironment(doctor.cluster, doctor.profile, python, doctor.settings.container)
+    workload = load_workload("llava")
+    result = run_preflight(doctor.transport, env, workload, use_cache=False)
+    if not result.checked:
+        doctor.add(Check("job-environment", "warn", f"not checked: {result.summary}.",
+                         "Check from a compute node (an interactive job) that the job's Python imports "
+                         + ", ".join(workload.spec.requires) + "."))  # fmt: skip
+    elif not result.ok:
+        doctor.add(Check("job-environment", "fail", f"jobs cannot train here: {result.summary}.",
+                         f"Install {', '.join(workload.spec.requires)} where `{python}` runs (after the "
+                         "profile's modules), or set a container (`container` in config.toml)."))  # fmt: skip
+    else:
+        doctor.add(Check("job-environment", "pass", f"the job's Python has {result.summary}."))
 
 
 def _check_offline(doctor: Doctor) -> None:

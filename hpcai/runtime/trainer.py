@@ -21,6 +21,7 @@ from hpcai.monitor.spikes import SpikeDetector
 from hpcai.runtime.checkpoint import Checkpoints, step_of
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
+from hpcai.runtime.failure import record_failure
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 from hpcai.runtime.metrics_log import MetricsLog
 from hpcai.runtime.stop import StopRequest
@@ -90,7 +91,21 @@ def lr_scale_from_env() -> float:
 
 
 def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
-    """Run (or resume) training; returns the process exit code (0 done, EXIT_REQUEUE stopped early)."""
+    """Run (or resume) training; returns the process exit code (0 done, EXIT_REQUEUE stopped early). A rank
+    that dies of an exception says why in the run directory (`hpcai status` shows it)."""
+    try:
+        return _train(make_task, config)
+    except Exception as exc:
+        record_failure(config.run_dir, exc)
+        raise
+
+
+def progress_every(max_steps: int) -> int:
+    """How often the job's output gets a progress line: about 20 lines per run, at most every 100 steps."""
+    return max(1, min(100, max_steps // 20))
+
+
+def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     from accelerate.utils import set_seed
 
     set_seed(config.seed)
@@ -145,6 +160,8 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     metrics = MetricsLog(config.run_dir / config.metrics_file, enabled=accelerator.is_main_process)
     device = accelerator.device
     exit_code = 0
+    every = progress_every(config.max_steps)
+    since = time.perf_counter()
     try:
         for step in range(start, config.max_steps):
             began = time.perf_counter()
@@ -176,6 +193,11 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 peak_memory_gb=_peak_memory_gb(),
                 attempt_step=done - start,
             )
+            if done % every == 0 or done == config.max_steps:
+                rate = f", {tokens / elapsed:,.0f} tokens/s" if tokens is not None else ""
+                per_step = (time.perf_counter() - since) / every
+                accelerator.print(f"hpcai: step {done}/{config.max_steps} loss {loss:.4f}{rate}, {per_step:.2f} s/step")
+                since = time.perf_counter()
             if guard is not None:
                 steps_saved = [step_of(p) for p in checkpoints.complete()]
                 verdict = guard.observe(done, loss, float(grad_norm), steps_saved, lr_scale)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,6 +13,22 @@ from hpcai.errors import HpcaiError
 from hpcai.transport.base import CommandResult, Input, Transport, TransportError
 
 ZERO_BLOCK = bytes(1 << 20)
+
+
+def _read_regular(path: str, offset: int | None, tail: int | None) -> bytes | None:
+    """A regular file's bytes from `offset` (or its last `tail` bytes); None when `path` is missing or is
+    not a regular file -- a folder, or a FIFO whose read would block forever -- since run files are data."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        handle.seek(max(0, st.st_size - tail) if tail is not None else (offset or 0))
+        return handle.read()
 
 
 class LocalTransport(Transport):
@@ -69,32 +86,19 @@ class LocalTransport(Transport):
             raise TransportError(f"cannot append to {path}: {exc.strerror or exc}") from None
 
     def read_text(self, path: str) -> str | None:
-        try:
-            return Path(path).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
+        data = _read_regular(path, 0, None)
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def read_from(self, path: str, offset: int) -> bytes:
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                return handle.read()
-        except FileNotFoundError:
-            return b""
+        return _read_regular(path, offset, None) or b""
 
     def tail(self, path: str, max_bytes: int) -> bytes:
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - max_bytes))
-                return handle.read()
-        except FileNotFoundError:
-            return b""
+        return _read_regular(path, None, max_bytes) or b""
 
     def list_dir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
     def size(self, path: str) -> int | None:

@@ -19,6 +19,7 @@ import getpass
 import hashlib
 import os
 import shlex
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -438,8 +439,19 @@ class SshTransport(Transport):
 
         self._retrying(write)
 
+    def _regular(self, path: str) -> int | None:
+        """The size of `path` when it is a regular file; None for anything else (missing, a folder, a FIFO
+        that would block the SFTP server's read forever)."""
+        try:
+            st = self._sftp_client().stat(path)
+        except FileNotFoundError:
+            return None
+        return int(st.st_size or 0) if st.st_mode is not None and stat.S_ISREG(st.st_mode) else None
+
     def read_text(self, path: str) -> str | None:
         def read() -> str | None:
+            if self._regular(path) is None:
+                return None
             try:
                 with self._sftp_client().open(path, "r") as handle:
                     return bytes(handle.read()).decode("utf-8", errors="replace")
@@ -450,6 +462,8 @@ class SshTransport(Transport):
 
     def read_from(self, path: str, offset: int) -> bytes:
         def read() -> bytes:
+            if self._regular(path) is None:
+                return b""
             try:
                 with self._sftp_client().open(path, "r") as handle:
                     handle.seek(offset)
@@ -463,7 +477,9 @@ class SshTransport(Transport):
         def read() -> bytes:
             try:
                 sftp = self._sftp_client()
-                size = sftp.stat(path).st_size or 0
+                size = self._regular(path)
+                if size is None:
+                    return b""
                 with sftp.open(path, "r") as handle:
                     handle.seek(max(0, size - max_bytes))
                     return bytes(handle.read())

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,7 @@ def test_a_pbs_site_is_checked_through_qstat(site: dict[str, Any]) -> None:
             "machine_rank_var": "HPCAI_MACHINE_RANK",
             "master_port": "from-job-id",
             "gpu_request": "none",
-            "python": "python3",
+            "python": sys.executable,
         },
     }
     write_site_profile(site["config"], site["root"], budget="sbank", extra=pbs)

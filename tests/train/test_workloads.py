@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -131,3 +132,21 @@ def test_stop_request_checkpoints_and_exits_with_the_requeue_code(tmp_path: Path
     assert (run / REQUEUE_MARKER).read_text().strip() == "1"
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000001"
     assert [m["step"] for m in metrics(run)] == [1]
+
+
+def test_a_rank_that_dies_of_an_exception_says_why(tmp_path: Path) -> None:
+    """Every failing rank leaves its exception in errors/rank-N.json, and the job's output has a progress
+    line with step, loss and throughput every few steps."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data.json").write_text('{"broken": ')
+    failed = launch("llava", tmp_path / "bad", params={"max_steps": 3, "data": data})
+    assert failed.returncode != 0
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "bad" / "errors").glob("rank-*.json"))]
+    assert [r["rank"] for r in records] == [0, 1]
+    assert all(r["type"] == "json.decoder.JSONDecodeError" and r["where"] for r in records)
+
+    done = launch("llava", tmp_path / "ok", params={"max_steps": 20, "samples": 32})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hpcai: step 20/20 loss " in done.stdout and "tokens/s" in done.stdout and "s/step" in done.stdout
+    assert not (tmp_path / "ok" / "errors").exists()
