@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,6 +22,24 @@ from hpcai.output import console, error_console, print_error, print_json
 
 if TYPE_CHECKING:  # pydantic models load only for the commands that need them: `--version` stays fast
     from hpcai.jobspec import Overrides
+
+
+def _hide_flag_types() -> None:
+    """Typer 0.2x prints `<bool>` after every plain flag in help (`--json <bool>`), which reads as if the
+    flag took a value. A flag's type says nothing a user needs: show none."""
+    import typer.core
+
+    original = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 
 app = typer.Typer(
     name="hpcai",
@@ -400,15 +418,25 @@ def status(
         return
     from rich.live import Live
 
+    from hpcai.present import StepRate, watch_summary
     from hpcai.schedulers import JobState
 
+    rates = StepRate()
     with Live(console=console, auto_refresh=False) as live:
         while True:
             views, _ = run_status(store, run)
-            live.update(runs_table(views), refresh=True)
+            now = time.monotonic()
+            steps = {}
+            for v in views:
+                max_steps = store.run(v.run_id).spec.get("parameters", {}).get("max_steps")
+                described = rates.describe(v, max_steps if isinstance(max_steps, int) else None, now)
+                if described is not None:
+                    steps[v.run_id] = described
+            live.update(runs_table(views, steps), refresh=True)
             if all(JobState(v.state).terminal for v in views):
                 break
             time.sleep(interval)
+    console.print(watch_summary(views))
 
 
 @app.command("list")

@@ -83,13 +83,6 @@ def budget(
     name = resolve_alias(cluster or default_cluster())
     profile = load_profile(name)
     settings = load_user_config().for_cluster(name)
-    if profile.budget.query is None:
-        raise HpcaiError(f"budget: the {name} profile names no budget command (budget.query); nothing to show.")
-    from hpcai.session import Session
-
-    transport = Session.current().get(name).transport
-    rows = query_allocations(transport, profile, account=settings.account, user=settings.user)
-    mine = find_allocation(rows, settings.account) if settings.account else None
     cost = None
     if nodes is not None and nodes < 1:
         raise HpcaiError("--nodes: give at least 1.")
@@ -101,22 +94,37 @@ def budget(
         cost = job_cost(profile, job.nodes, job.walltime_s)
     elif nodes is not None or time is not None:
         cost = job_cost(profile, nodes or 1, parse_walltime(time or "01:00:00", source="--time"))
+    rows = []
+    note = None
+    if profile.budget.query is None:
+        note = f"the {name} profile names no budget command (budget.query): allocations not shown"
+        if cost is None:
+            raise HpcaiError(f"budget: {note}. Price a job with -N/-t, or see `hpcai clusters show {name}`.")
+    else:
+        from hpcai.session import Session
+
+        transport = Session.current().get(name).transport
+        rows = query_allocations(transport, profile, account=settings.account, user=settings.user)
+    mine = find_allocation(rows, settings.account) if settings.account and rows else None
     if json_out:
         print_json({
             "cluster": name, "account": settings.account, "unit": profile.budget.unit,
             "billing": profile.budget.billing, "allocations": [r.to_json() for r in rows],
             "cost": cost.to_json() if cost else None,
-            "remaining_after": (mine.remaining - cost.amount) if (mine and cost) else None,
+            "remaining_after": (mine.remaining - cost.amount) if (mine and cost) else None, "note": note,
         })  # fmt: skip
         return
-    table = Table(title=f"{name}: `{profile.budget.query}`")
-    for column in ("account", "used", "total", "left", "unit", "ends"):
-        table.add_column(column, justify="right" if column in ("used", "total", "left") else "left")
-    for row in rows:
-        style = "bold" if mine is row else ("red" if row.remaining <= 0 else None)
-        table.add_row(row.account + (" *" if mine is row else ""), f"{row.used:,.0f}", f"{row.total:,.0f}",
-                      f"{row.remaining:,.0f}", row.unit, str(row.end or "-"), style=style)  # fmt: skip
-    console.print(table)
+    if note is not None:
+        console.print(note + ".")
+    if profile.budget.query is not None:
+        table = Table(title=f"{name}: `{profile.budget.query}`")
+        for column in ("account", "used", "total", "left", "unit", "ends"):
+            table.add_column(column, justify="right" if column in ("used", "total", "left") else "left")
+        for row in rows:
+            style = "bold" if mine is row else ("red" if row.remaining <= 0 else None)
+            table.add_row(row.account + (" *" if mine is row else ""), f"{row.used:,.0f}", f"{row.total:,.0f}",
+                          f"{row.remaining:,.0f}", row.unit, str(row.end or "-"), style=style)  # fmt: skip
+        console.print(table)
     if profile.budget.billing:
         console.print(f"billing: {profile.budget.billing}")
     if cost is not None:

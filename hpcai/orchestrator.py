@@ -438,6 +438,10 @@ def views(
                 progress = last_progress(readers[run.cluster], metrics_file(run))
             except HpcaiError:
                 progress = None
+            if progress is not None and (progress.step, progress.loss) != (run.last_step, run.last_loss):
+                store.record_progress(run.id, progress.step, progress.loss)  # for `list`, which reads no files
+        step = progress.step if progress else run.last_step
+        loss = progress.loss if progress else run.last_loss
         result.append(
             RunView(
                 run_id=run.id,
@@ -447,8 +451,8 @@ def views(
                 attempt=attempt.number if attempt else 0,
                 job_id=attempt.job_id if attempt else None,
                 elapsed_s=_seconds_between(attempt.started, attempt.ended) if attempt else None,
-                step=progress.step if progress else None,
-                loss=progress.loss if progress else None,
+                step=step,
+                loss=loss,
                 exit_code=attempt.exit_code if attempt else None,
                 reason=attempt.reason if attempt else None,
                 run_dir=run.run_dir,

@@ -82,9 +82,10 @@ def terminal_chart(data: PlotData, width: int = 72, height: int = 16) -> str:
     def column(step: int) -> int:
         return min(width - 1, int((step - lo_step) / max(1, hi_step - lo_step) * (width - 1)))
 
+    above = [loss for _, loss, _ in points if loss > hi]
     for step, loss, n in points:
         row = height - 1 - min(height - 1, int((min(loss, hi) - lo) / (hi - lo) * (height - 1)))
-        grid[row][column(step)] = str(n % 10)
+        grid[row][column(step)] = "^" if loss > hi else str(n % 10)
     marks = [" "] * width
     for _, onset in data.spikes:
         marks[column(onset)] = "^"
@@ -98,6 +99,8 @@ def terminal_chart(data: PlotData, width: int = 72, height: int = 16) -> str:
     lines.append(" " * 11 + "".join(marks))
     lines.append(f"{'':11}{lo_step:<{width // 2}}{hi_step:>{width - width // 2}}")
     lines.append("digits: attempt number; ^ loss event onset; R rollback")
+    if above:  # the scale leaves out the highest 2 % (spikes) so the trend stays readable: say so
+        lines.append(f"{len(above)} point(s) above {hi:.3f} (highest {max(above):.4g}) drawn as ^ on the top row")
     return "\n".join(lines)
 
 

@@ -125,7 +125,8 @@ def _elapsed(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def runs_table(views: list[RunView]) -> Table:
+def runs_table(views: list[RunView], steps: dict[str, str] | None = None) -> Table:
+    """The runs, one row each; `steps` replaces the step column (watch: "40/60, ETA 0:01:10")."""
     narrow = console.width < 110  # leave out what the run id already says (workload) on narrow terminals
     columns = ["run", "cluster", "state", "attempt", "job", "elapsed", "step", "loss"]
     if not narrow:
@@ -142,11 +143,42 @@ def runs_table(views: list[RunView]) -> Table:
             str(v.attempt),
             v.job_id or "-",
             _elapsed(v.elapsed_s),
-            str(v.step) if v.step is not None else "-",
+            (steps or {}).get(v.run_id) or (str(v.step) if v.step is not None else "-"),
             f"{v.loss:.4g}" if v.loss is not None else "-",
         ]
         table.add_row(*cells)
     return table
+
+
+class StepRate:
+    """Steps per second of each run between `status --watch` polls, for "step N/max, ETA"."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[float, int]] = {}
+
+    def describe(self, view: RunView, max_steps: int | None, now: float) -> str | None:
+        if view.step is None:
+            return None
+        text = f"{view.step}/{max_steps}" if max_steps else str(view.step)
+        seen = self.first.setdefault(view.run_id, (now, view.step))
+        if view.state != "RUNNING" or not max_steps or view.step >= max_steps:
+            return text
+        elapsed, done = now - seen[0], view.step - seen[1]
+        if done <= 0 or elapsed <= 0:
+            return text
+        return f"{text}, ETA {_elapsed((max_steps - view.step) * elapsed / done)}"
+
+
+def watch_summary(views: list[RunView]) -> str:
+    """The closing line of `status --watch`: how every run ended, and why for those that failed."""
+    counts: dict[str, int] = {}
+    for v in views:
+        counts[v.state] = counts.get(v.state, 0) + 1
+    lines = [f"{len(views)} run(s) ended: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))]
+    for v in views:
+        if v.state != "COMPLETED":
+            lines.append(f"  {v.run_id}: {v.state}" + (f" -- {v.reason}" if v.reason else ""))
+    return "\n".join(lines)
 
 
 def show_run_detail(detail: dict[str, Any]) -> None:

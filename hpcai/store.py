@@ -19,7 +19,12 @@ from typing import Any
 from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Changes to a store created by an older hpcai, applied in order (version: statements).
+_MIGRATIONS: dict[int, list[str]] = {
+    # The last step and loss seen, so `list` shows them without reading any run directory.
+    2: ["ALTER TABLE runs ADD COLUMN last_step INTEGER", "ALTER TABLE runs ADD COLUMN last_loss REAL"],
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -87,6 +92,8 @@ class Run:
     spec: dict[str, Any]
     created: float
     state: str
+    last_step: int | None = None
+    last_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,10 +135,15 @@ class Store:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
-            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
                 with self.transaction() as db:
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        db.execute(statement)
+                    if version < 1:
+                        for statement in filter(str.strip, _SCHEMA.split(";")):
+                            db.execute(statement)
+                    for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                        for statement in _MIGRATIONS[step]:
+                            db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise store_failure(self.path, exc) from None
@@ -191,6 +203,9 @@ class Store:
                 f"--run-id: a run named '{run.id}' exists already (`hpcai status {run.id}`). Choose another "
                 "id, or leave --run-id out for a fresh one."
             ) from None
+
+    def record_progress(self, run_id: str, step: int, loss: float | None) -> None:
+        self._db.execute("UPDATE runs SET last_step = ?, last_loss = ? WHERE id = ?", (step, loss, run_id))
 
     def run(self, run_id: str) -> Run:
         run_id = _typed(run_id)

@@ -4,6 +4,7 @@ client side through Slurm's PBS wrappers)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -183,3 +184,29 @@ def test_a_failed_job_says_why_in_words(cluster: str) -> None:
     view = wait_terminal(store, run_id, timeout=60)
     assert view.state == "FAILED"
     assert view.reason == "RuntimeError: the data loader found no images in /scratch/x"
+
+
+def test_status_watch_shows_progress_against_max_and_a_closing_summary(probe_workload: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, "local", lines=2, crash="no images")
+    wait_terminal(store, run_id, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "hpcai", "status", "--watch", "--interval", "1"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        "1 run(s) ended: 1 FAILED" in result.stdout and f"{run_id}: FAILED -- RuntimeError: no images" in result.stdout
+    )
+
+
+def test_step_rate_gives_an_eta() -> None:
+    from hpcai.orchestrator import RunView
+    from hpcai.present import StepRate
+
+    def view(step: int) -> RunView:
+        return RunView("r", "llava", "local", "RUNNING", 1, "1", 10.0, step, 1.0, None, None, "/tmp/r")
+
+    rates = StepRate()
+    assert rates.describe(view(10), 100, now=0.0) == "10/100"
+    assert rates.describe(view(20), 100, now=10.0) == "20/100, ETA 0:01:20"

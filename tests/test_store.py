@@ -104,3 +104,33 @@ def test_two_runs_cannot_share_a_run_directory(tmp_path: Path) -> None:
         store.create_run(Run("b", "probe", "local", None, "/tmp/shared", {}, time.time(), "SUBMITTING"))
     store.create_run(Run("c", "probe", "other", None, "/tmp/shared", {}, time.time(), "SUBMITTING"))  # another host
     assert {r.id for r in store.runs()} == {"a", "c"}
+
+
+def test_a_store_from_the_previous_version_is_migrated_in_place(tmp_path: Path) -> None:
+    from hpcai import store as store_module
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(store_module._SCHEMA)
+    db.execute("INSERT INTO runs VALUES ('old', 'llava', 'local', NULL, '/tmp/old', '{}', 1.0, 'COMPLETED')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    migrated = Store(path)
+    assert migrated.run("old").last_step is None
+    migrated.record_progress("old", 60, 1.25)
+    assert (migrated.run("old").last_step, migrated.run("old").last_loss) == (60, 1.25)
+
+
+def test_list_shows_the_last_step_and_loss_that_status_saw(probe_workload: str) -> None:
+    import json
+
+    from tests.conftest import run_cli
+    from tests.helpers import submit_probe, wait_terminal
+
+    store = Store()
+    run_id = submit_probe(store, "local", lines=3)
+    view = wait_terminal(store, run_id, timeout=60)
+    assert view.step == 3
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [(r["step"], r["loss"]) for r in listed] == [(3, view.loss)]

@@ -145,6 +145,11 @@ def _check_config(doctor: Doctor) -> bool:
         return False
     where = f"over SSH via `{settings.ssh_host}`" if settings.ssh_host else "on this machine"
     account = f", account {settings.account}" if settings.account else ""
+    if not path.is_file():
+        # Nothing is wrong (the defaults reach this cluster), but nothing is written down either.
+        hint = f"Run {_onboard_hint(cluster)} to write one (default cluster, account, SSH host)."
+        doctor.add(Check("config", "warn", f"no {path}: built-in defaults, {cluster} reached {where}.", hint))
+        return True
     doctor.add(Check("config", "pass", f"{path}: {cluster} reached {where}{account}."))
     return True
 

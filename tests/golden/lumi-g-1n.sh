@@ -46,8 +46,10 @@ while ! ( set -C; printf '%s %s\n' "$HPCAI_JOB_ID" "$(hostname)" > "$hpcai_lease
   sleep 5
   hpcai_waited=$(( hpcai_waited + 5 ))
 done
-( while sleep 30; do touch "$hpcai_lease" || true; done ) &
+# Its own stderr goes nowhere: stopping it at the end must not leave "Terminated" in the job's error log.
+( while sleep 30; do touch "$hpcai_lease" || true; done ) 2>/dev/null &
 hpcai_lease_pid=$!
+disown "$hpcai_lease_pid"
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 hpcai_release_lease() {
   pkill -P "$hpcai_lease_pid" 2>/dev/null || true

@@ -41,8 +41,10 @@ while ! ( set -C; printf '%s %s\n' "$HPCAI_JOB_ID" "$(hostname)" > "$hpcai_lease
   sleep 5
   hpcai_waited=$(( hpcai_waited + 5 ))
 done
-( while sleep 30; do touch "$hpcai_lease" || true; done ) &
+# Its own stderr goes nowhere: stopping it at the end must not leave "Terminated" in the job's error log.
+( while sleep 30; do touch "$hpcai_lease" || true; done ) 2>/dev/null &
 hpcai_lease_pid=$!
+disown "$hpcai_lease_pid"
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 hpcai_release_lease() {
   pkill -P "$hpcai_lease_pid" 2>/dev/null || true
@@ -99,8 +101,9 @@ hpcai_request_checkpoint() {
 }
 hpcai_signalled=0
 trap hpcai_request_checkpoint USR1
-( sleep 3300 && kill -USR1 $$ ) &
+( sleep 3300 && kill -USR1 $$ ) 2>/dev/null &
 hpcai_timer_pid=$!
+disown "$hpcai_timer_pid"
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
 mpiexec -n 1 --ppn 1 --depth=32 --cpu-bind depth bash -c 'python -m accelerate.commands.launch --num_machines 1 --machine_rank "$PMI_RANK" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &

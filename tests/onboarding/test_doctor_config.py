@@ -27,6 +27,9 @@ def test_a_malformed_config_file_is_reported_with_its_path(isolated_hpcai: Path)
     assert "malformed TOML" in check["summary"]
 
 
-def test_the_local_cluster_passes_with_nothing_configured() -> None:
-    result = run_cli("doctor")
-    assert result.returncode == 0 and "all checks passed." in result.stdout
+def test_the_local_cluster_passes_with_nothing_configured_and_says_so() -> None:
+    result = run_cli("doctor", "--json")
+    assert result.returncode == 0, result.stdout
+    config = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "config")
+    assert config["status"] == "warn" and config["summary"].startswith("no ") and "hpcai onboard" in config["fix"]
+    assert "all checks passed." in run_cli("doctor").stdout

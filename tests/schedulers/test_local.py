@@ -117,3 +117,12 @@ def test_an_abandoned_lease_is_taken_over(probe_workload: str, tmp_path: Path) -
     again = subprocess.run(["bash", str(run_dir / "job.sh")], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert not lease.exists()
+
+
+def test_a_finished_job_leaves_no_terminated_noise_in_its_error_log(probe_workload: str) -> None:
+    store = Store()
+    run_id = submit_probe(store, "local", lines=1)
+    view = wait_terminal(store, run_id, timeout=60)
+    assert view.state == JobState.COMPLETED.value
+    errors = "".join(p.read_text() for p in (Path(view.run_dir) / "logs").glob("*.err"))
+    assert "Terminated" not in errors and "Killed" not in errors
