@@ -103,6 +103,7 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
         for key in rendered.workload.spec.path_parameters()
         if str(job.parameters.get(key, "")).startswith("/")
     }
+    store.check_run_id_free(job.run_id)  # the user's own mistake is named before the folder's
     check_target(backend.transport, job.run_dir, inputs)
     run = Run(
         id=job.run_id,

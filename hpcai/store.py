@@ -118,6 +118,13 @@ def store_failure(path: Path, exc: BaseException) -> StoreError:
     )
 
 
+def _duplicate_id(run_id: str) -> ValidationError:
+    return ValidationError(
+        f"--run-id: a run named '{run_id}' exists already (`hpcai status {run_id}`). Choose another id, or leave "
+        "--run-id out for a fresh one."
+    )
+
+
 def _typed(text: str) -> str:
     """What a user typed, as SQLite can take it: bytes that were not UTF-8 (surrogate-escaped by Python's
     argv decoding) become U+FFFD, which no stored id contains."""
@@ -194,15 +201,16 @@ class Store:
             )
             self._event(db, run.id, "submit", "submission recorded before calling the scheduler")
 
+    def check_run_id_free(self, run_id: str) -> None:
+        if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (_typed(run_id),)).fetchone() is not None:
+            raise _duplicate_id(run_id)
+
     def create_run_checked(self, run: Run, first_attempt_lr_scale: float = 1.0) -> None:
         """`create_run`, with a run id that exists already reported as the user's input (exit 2)."""
         try:
             self.create_run(run, first_attempt_lr_scale)
         except sqlite3.IntegrityError:
-            raise ValidationError(
-                f"--run-id: a run named '{run.id}' exists already (`hpcai status {run.id}`). Choose another "
-                "id, or leave --run-id out for a fresh one."
-            ) from None
+            raise _duplicate_id(run.id) from None
 
     def record_progress(self, run_id: str, step: int, loss: float | None) -> None:
         self._db.execute("UPDATE runs SET last_step = ?, last_loss = ? WHERE id = ?", (step, loss, run_id))

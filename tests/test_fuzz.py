@@ -85,13 +85,18 @@ TEMPLATES = [
     ["list", "--cluster", "{H}"],
     ["data", "synth", "{H}", "{T}/synth"],
     ["data", "synth", "llava", "{T}/synth-{H}", "--samples", "1"],
+    ["stage", "{H}"],
+    ["onboard", "--cluster", "{H}", "--yes"],
+    ["onboard", "--cluster", "local", "--user", "{H}", "--account", "{H}", "--yes"],
 ]
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=[" ".join(t) for t in TEMPLATES])
 def test_no_command_prints_a_traceback_on_hostile_input(
-    template: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    template: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # onboard writes ~/.ssh/config
+    monkeypatch.chdir(tmp_path)
     for value in hostile_values(tmp_path):
         if "{T}" in " ".join(template) and ("\n" in value or "/" in value[1:]):
             continue  # a folder name, not a path: nested paths are the user's to create

@@ -93,7 +93,9 @@ def render_with(cluster: str, tmp_path: Path, value: str | None) -> str:
     workload = load_workload("llava")
     hostile_fields: dict[str, object] = {}
     if value is not None:
-        hostile_fields = {"name": value, "env": (f"HOSTILE={value}",), "set": (f"data={value}", f"model_path={value}")}
+        # Path parameters must be absolute (a relative one names a local file, which must exist).
+        paths = (f"data=/{value}", f"model_path=/{value}")
+        hostile_fields = {"name": value, "env": (f"HOSTILE={value}",), "set": paths}
     container = (value if value is not None else "/c.sif") if profile.container else None
     job = resolve_jobspec(
         cluster=cluster,
@@ -156,8 +158,8 @@ def test_hostile_values_are_never_executed(cluster: str, prefix: str, tmp_path: 
     # The values reached the program exactly as typed, as single arguments.
     value = hostile(mark)
     argv = (record / "python.argv").read_text().split("\0")
-    assert argv[argv.index("--data") + 1] == value
-    assert argv[argv.index("--model_path") + 1] == value
+    assert argv[argv.index("--data") + 1] == "/" + value
+    assert argv[argv.index("--model_path") + 1] == "/" + value
     assert (record / "env.HOSTILE").read_text() == value
     if cluster != "local":
         assert (record / "container").read_text() == value

@@ -4,6 +4,7 @@ config.toml, explain the site's access procedure. `doctor` then says what is sti
 from __future__ import annotations
 
 import getpass
+import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from hpcai.errors import HpcaiError
 from hpcai.onboarding.configfile import ConfigChange, update_cluster_settings
 from hpcai.onboarding.keys import keygen_argv
 from hpcai.onboarding.sshconfig import HostEntry, SshConfigChange, write_host_entry
-from hpcai.profiles import ClusterProfile, load_profile, profile_names, resolve_alias
+from hpcai.profiles import DIRECTIVE_VALUE, ClusterProfile, load_profile, profile_names, resolve_alias
 from hpcai.userconfig import load_user_config
 
 # ask(question, default, choices) -> answer; confirm(question, default) -> bool
@@ -87,6 +88,11 @@ def _default_identity(profile: ClusterProfile) -> str | None:
     return None if profile.access.method == "ssh-certificate" else "~/.ssh/id_ed25519"
 
 
+# A login name as Unix and the sites allow it (no blanks, quotes or shell characters: it lands in
+# ~/.ssh/config, config.toml and filesystem paths).
+LOGIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
 def onboard(
     request: OnboardRequest,
     *,
@@ -139,6 +145,16 @@ def onboard(
         "--account",
         required=profile.account_required,
     )
+    if user is not None and not LOGIN_NAME.fullmatch(user):
+        raise HpcaiError(
+            f"--user: '{user}' is not a login name (letters, digits and . _ - only, as the site spells it: "
+            "the name in your account mail, not your e-mail address)."
+        )
+    if account is not None and not DIRECTIVE_VALUE.fullmatch(account):
+        raise HpcaiError(
+            f"--account: '{account}' is not an account name (letters, digits and . _ : + @ - only, e.g. "
+            "EUHPC_D17_084 or project_465000123)."
+        )
     filesystems = list(profile.filesystems)
     data_fs = value(
         request.data_filesystem,

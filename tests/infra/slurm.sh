@@ -89,7 +89,7 @@ DbdHost=localhost
 SlurmUser=root
 StorageType=accounting_storage/mysql
 StorageHost=localhost
-StorageUser=slurm
+StorageUser=hpcai_slurm
 StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 PidFile=$DIR/slurmdbd.pid
@@ -123,8 +123,11 @@ start_mariadb() {
       >"$DIR/mariadb.log" 2>&1 < /dev/null &
   fi
   wait_for 30 mariadb mariadb -e "SELECT 1"
-  mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
-              GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+  # A database user of our own, its password set every time: a `slurm` user that a site or another
+  # installation created (with its own password) is never touched, and never blocks this one.
+  mariadb -e "CREATE USER IF NOT EXISTS 'hpcai_slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
+              ALTER USER 'hpcai_slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
+              GRANT ALL ON slurm_acct_db.* TO 'hpcai_slurm'@'localhost'; FLUSH PRIVILEGES;"
 }
 
 start_slurm() {
