@@ -709,7 +709,7 @@ def _check_job_environment(doctor: Doctor) -> None:
     python = sys.executable if python == "current" else (python or "python")
     env = JobEnvironment(doctor.cluster, doctor.profile, python, doctor.settings.container)
     workload = load_workload("llava")
-    result = run_preflight(doctor.transport, env, workload, use_cache=False)
+    result = run_preflight(doctor.transport, env, workload)  # a pass is remembered for a day, as by submit
     if not result.checked:
         doctor.add(Check("job-environment", "warn", f"not checked: {result.summary}.",
                          "Check from a compute node (an interactive job) that the job's Python imports "
@@ -719,7 +719,8 @@ def _check_job_environment(doctor: Doctor) -> None:
                          f"Install {', '.join(workload.spec.requires)} where `{python}` runs (after the "
                          "profile's modules), or set a container (`container` in config.toml)."))  # fmt: skip
     else:
-        doctor.add(Check("job-environment", "pass", f"the job's Python has {result.summary}."))
+        when = " (checked earlier today)" if result.cached else ""
+        doctor.add(Check("job-environment", "pass", f"the job's Python has {result.summary}{when}."))
 
 
 def _check_offline(doctor: Doctor) -> None:
