@@ -31,7 +31,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HPCAI_HOME"] = tmp
         from hpcai.jobspec import Overrides
-        from hpcai.orchestrator import run_detail, submit_run
+        from hpcai.runs.submission import submit_run
+        from hpcai.runs.views import run_detail
         from hpcai.service import prepare_job
         from hpcai.store import Store
 

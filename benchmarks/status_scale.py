@@ -106,7 +106,7 @@ def over_ssh(runs: int) -> None:
             (root / "config" / "config.toml").write_text('[clusters.local-slurm]\nssh_host = "hpcai-test"\n')
             os.environ.update(HPCAI_CONFIG_DIR=str(root / "config"), HPCAI_SSH_CONFIG=str(root / "sshd" / "ssh_config"))
             sys.path.insert(0, str(repo))
-            from hpcai.orchestrator import status
+            from hpcai.runs.views import status
             from hpcai.session import Session
             from hpcai.store import Store
 

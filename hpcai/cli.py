@@ -390,14 +390,14 @@ def status(
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
 ) -> None:
     """Ask the schedulers (one call per cluster) and show runs: state, attempt, job, elapsed, step, loss."""
-    from hpcai.orchestrator import status as run_status
     from hpcai.present import runs_table
+    from hpcai.runs.views import status as run_status
     from hpcai.store import Store
 
     store = Store()
     if run is not None and not watch:
-        from hpcai.orchestrator import run_detail
         from hpcai.present import show_run_detail
+        from hpcai.runs.views import run_detail
 
         detail = run_detail(store, run)
         if json_out:
@@ -445,8 +445,8 @@ def list_runs(
     json_out: JsonOpt = False,
 ) -> None:
     """List recorded runs from the store, without asking any scheduler."""
-    from hpcai.orchestrator import views
     from hpcai.present import runs_table
+    from hpcai.runs.views import views
     from hpcai.session import Session
     from hpcai.store import Store
 
@@ -466,7 +466,7 @@ def logs(
     stderr: Annotated[bool, typer.Option("--stderr", help="Show standard error instead of output.")] = False,
 ) -> None:
     """Print a run's job output (or stderr); -f follows it while the job runs."""
-    from hpcai.orchestrator import follow_logs
+    from hpcai.runs.control import follow_logs
     from hpcai.store import Store
 
     def write(text: str) -> None:
@@ -479,7 +479,7 @@ def logs(
 @app.command()
 def cancel(run: RunArg, json_out: JsonOpt = False) -> None:
     """Cancel a run's current job."""
-    from hpcai.orchestrator import cancel_run
+    from hpcai.runs.control import cancel_run
     from hpcai.store import Store
 
     result = cancel_run(Store(), run)
@@ -539,7 +539,7 @@ def resume(
     json_out: JsonOpt = False,
 ) -> None:
     """Submit a run's next attempt by hand (default: from its latest complete checkpoint)."""
-    from hpcai.orchestrator import resume_run
+    from hpcai.runs.control import resume_run
     from hpcai.store import Store
 
     if checkpoint is not None and from_step is not None:

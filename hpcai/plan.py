@@ -134,7 +134,7 @@ def execute(
     """Perform the plan over the session's one connection: budget check, the job environment's pre-flight,
     staging, submit."""
     from hpcai.budget.guard import check_submit_budget
-    from hpcai.orchestrator import submit_run
+    from hpcai.runs.submission import submit_run
     from hpcai.stage_service import StageItem, stage_paths
 
     job = plan.rendered.job

@@ -11,7 +11,7 @@ from rich.text import Text
 from hpcai.output import console
 
 if TYPE_CHECKING:
-    from hpcai.orchestrator import RunView
+    from hpcai.runs.views import RunView
 from hpcai.profiles import ClusterProfile
 from hpcai.workloads import ParameterRule, Workload
 

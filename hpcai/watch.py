@@ -21,7 +21,8 @@ from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG
 from hpcai.monitor.history import Point, compile_log_regex, parse_log_line, parse_metrics_line
 from hpcai.monitor.policy import RollbackPolicy, decide
 from hpcai.monitor.spikes import SpikeDetector
-from hpcai.orchestrator import complete_checkpoints, pick_attempt, refresh, resume_run
+from hpcai.runs.control import complete_checkpoints, pick_attempt, resume_run
+from hpcai.runs.reconcile import refresh
 from hpcai.schedulers import JobState
 from hpcai.session import Session
 from hpcai.store import Store

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from hpcai.jobspec import Overrides
-from hpcai.orchestrator import RunView, status, submit_run
+from hpcai.runs.submission import submit_run
+from hpcai.runs.views import RunView, status
 from hpcai.schedulers import JobState
 from hpcai.service import prepare_job
 from hpcai.store import Store

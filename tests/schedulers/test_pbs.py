@@ -1,4 +1,4 @@
-"""PBS client side: parsing PBS Pro's `qstat -f`, and the wrappers' real commands (see test_orchestrator)."""
+"""PBS client side: parsing PBS Pro's `qstat -f`, and the wrappers' real commands (see tests/runs/test_lifecycle.py)."""
 
 from hpcai.schedulers import JobState
 from hpcai.schedulers.pbs import _status, parse_qstat_full

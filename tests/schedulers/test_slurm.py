@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.orchestrator import refresh
+from hpcai.runs.reconcile import refresh
 from hpcai.schedulers import JobState
 from hpcai.schedulers.slurm import SlurmScheduler, parse_state
 from hpcai.session import Session

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from hpcai.jobspec import Overrides
-from hpcai.orchestrator import follow_logs, submit_run
+from hpcai.runs.control import follow_logs
+from hpcai.runs.submission import submit_run
 from hpcai.schedulers.local import read_job
 from hpcai.service import prepare_job
 from hpcai.store import Store

@@ -11,7 +11,8 @@ import pytest
 
 from hpcai.exitcodes import EXIT_GAVE_UP, EXIT_ROLLBACK
 from hpcai.jobspec import Overrides
-from hpcai.orchestrator import run_detail, submit_run
+from hpcai.runs.submission import submit_run
+from hpcai.runs.views import run_detail
 from hpcai.service import prepare_job
 from hpcai.store import Store
 from tests.conftest import run_cli

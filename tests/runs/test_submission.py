@@ -53,7 +53,7 @@ def test_an_empty_folder_is_accepted(probe_workload: str, tmp_path: Path) -> Non
 
 def test_an_input_path_missing_on_the_target_is_refused(probe_workload: str, tmp_path: Path) -> None:
     from hpcai.errors import ValidationError
-    from hpcai.orchestrator import check_target
+    from hpcai.runs.submission import check_target
     from hpcai.transport import LocalTransport
 
     present = tmp_path / "present"

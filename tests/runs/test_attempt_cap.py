@@ -16,19 +16,19 @@ def submit_into(run_dir: Path, probe: str, run_id: str, *settings: str) -> None:
     """Submit into `run_dir` holding the files an earlier attempt of the same run left there. `submit`
     refuses such a folder (it belongs to a run), so the check is switched off for this one call: these
     tests are about what the job script does with what it finds, as when it starts a later attempt."""
-    from hpcai import orchestrator
     from hpcai.jobspec import Overrides
+    from hpcai.runs import submission
     from hpcai.service import prepare_job
     from hpcai.session import Session
 
-    original = orchestrator.check_target
-    orchestrator.check_target = lambda *args, **kwargs: None  # type: ignore[assignment]
+    original = submission.check_target
+    submission.check_target = lambda *args, **kwargs: None  # type: ignore[assignment]
     try:
         with Session():
             rendered = prepare_job(probe, "local", Overrides(set=settings, run_id=run_id, run_dir=str(run_dir)))
-            orchestrator.submit_run(rendered, Store())
+            submission.submit_run(rendered, Store())
     finally:
-        orchestrator.check_target = original
+        submission.check_target = original
 
 
 def test_a_rollback_file_left_from_before_does_not_resubmit(probe_workload: str, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpcai.errors import HpcaiError, NotFoundError
-from hpcai.orchestrator import cancel_run, follow_logs
+from hpcai.runs.control import cancel_run, follow_logs
 from hpcai.store import Store
 from tests.conftest import REPO
 from tests.helpers import submit_probe, wait_for, wait_terminal
@@ -112,7 +112,7 @@ def test_status_over_ssh_reads_every_run_directory_in_one_round_trip(
     import json
     import time
 
-    from hpcai.orchestrator import status
+    from hpcai.runs.views import status
     from hpcai.session import Session
     from hpcai.store import Run, Store
     from tests.transport.test_ssh import ssh_config
@@ -201,8 +201,8 @@ def test_status_watch_shows_progress_against_max_and_a_closing_summary(probe_wor
 
 
 def test_step_rate_gives_an_eta() -> None:
-    from hpcai.orchestrator import RunView
     from hpcai.present import StepRate
+    from hpcai.runs.views import RunView
 
     def view(step: int) -> RunView:
         return RunView("r", "llava", "local", "RUNNING", 1, "1", 10.0, step, 1.0, None, None, "/tmp/r")

@@ -1,0 +1,1 @@
+"""The run lifecycle: submission, reconciliation with the schedulers, views, and steering."""

@@ -1,0 +1,297 @@
+"""What the schedulers and the run directories say, recorded in the store: one scheduler query and one
+read of the run files per cluster; attempts the job submitted by itself (rollbacks) learnt from its logs;
+why a failed job ended, in words."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from hpcai.errors import HpcaiError
+from hpcai.exitcodes import (
+    DECISIONS_LOG,
+    EXIT_GAVE_UP,
+    EXIT_LEASE_HELD,
+    EXIT_ROLLBACK,
+    GAVE_UP_FILE,
+)
+from hpcai.runfiles import FileReader, Prefetched
+from hpcai.runtime.failure import ERRORS_DIR
+from hpcai.schedulers import JobState, JobStatus
+from hpcai.session import Backend, Session
+from hpcai.store import Attempt, Run, Store
+
+# How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.
+LOST_SUBMISSION_S = 300
+
+
+def _attempt_log_exit_code(transport: FileReader, run_dir: str, job_id: str) -> int | None:
+    """The exit code the job script itself recorded for `job_id` (PBS wrappers do not report one)."""
+    text = transport.tail(f"{run_dir}/attempts.jsonl", 65536).decode("utf-8", errors="replace")
+    for line in reversed(text.splitlines()):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        ended = event.get("event") in ("end", "refused")
+        if ended and event.get("job_id") == job_id and isinstance(event.get("rc"), int):
+            return int(event["rc"])
+    return None
+
+
+def _complete_missing_exit(store: Store, transport: FileReader, run: Run, status: JobStatus) -> JobStatus:
+    """A scheduler that reports an ended job without an exit code (PBS wrappers, some PBS versions): take
+    the code the job script recorded; a script that never recorded its end was killed."""
+    logged = _attempt_log_exit_code(transport, run.run_dir, status.job_id)
+    if logged is None and isinstance(transport, Prefetched):  # read before the job ended: look again
+        logged = _attempt_log_exit_code(transport.transport, run.run_dir, status.job_id)
+    if logged is not None:
+        state = JobState.FAILED if status.state is JobState.COMPLETED and logged != 0 else status.state
+        return replace(status, state=state, exit_code=logged)
+    if status.state is not JobState.COMPLETED:
+        return status
+    cancelled = any(e.kind == "cancel" and status.job_id in e.message for e in store.events(run.id))
+    if cancelled:
+        return replace(status, state=JobState.CANCELLED, reason="cancelled by user")
+    return replace(status, state=JobState.FAILED, reason="the job ended without its script recording an end (killed)")
+
+
+def lineage_files(run: Run) -> list[str]:
+    """What `refresh` reads of an unfinished run's directory."""
+    return [f"{run.run_dir}/{name}" for name in ("attempts.jsonl", DECISIONS_LOG, GAVE_UP_FILE, "job_id")]
+
+
+def metrics_file(run: Run) -> str:
+    return str(run.spec.get("metrics_path") or f"{run.run_dir}/metrics.jsonl")
+
+
+def refresh(
+    store: Store, runs: Iterable[Run], backends: Session | None = None, files: dict[str, FileReader] | None = None
+) -> Session:
+    """Ask each cluster's scheduler, once for all its unfinished attempts, and record what changed. The
+    run directories' files are read in one call per cluster (`files`, prefetched by `status`, or here)."""
+    backends = backends or Session.current()
+    runs = list(runs)
+    latest = store.latest_attempts([r.id for r in runs])
+    per_cluster: dict[str, list[tuple[Run, Attempt]]] = defaultdict(list)
+    for run in runs:
+        attempt = latest.get(run.id)
+        if attempt is not None and not JobState(attempt.state).terminal:
+            per_cluster[run.cluster].append((run, attempt))
+    for cluster, items in per_cluster.items():
+        try:
+            _refresh_cluster(store, backends, cluster, items, files)
+        except HpcaiError as exc:  # one cluster out of reach must not blank the others
+            backends.warn(f"{cluster}: {exc} Its runs are shown as last known.")
+    return backends
+
+
+def _refresh_cluster(
+    store: Store,
+    backends: Session,
+    cluster: str,
+    items: list[tuple[Run, Attempt]],
+    files: dict[str, FileReader] | None,
+) -> None:
+    backend = backends.get(cluster)
+    reader = (files or {}).get(cluster) or Prefetched(
+        backend.transport, [p for run, _ in items for p in lineage_files(run)]
+    )
+    items = _reconcile_lost_submissions(store, backend, items, reader)
+    job_ids = [a.job_id for _, a in items if a.job_id]
+    statuses = backend.scheduler.states(job_ids) if job_ids else {}
+    for warning in backend.scheduler.warnings:
+        backends.warn(f"{cluster}: {warning}")
+    backend.scheduler.warnings.clear()
+    lineage_grew = False
+    for run, attempt in items:
+        status = statuses.get(attempt.job_id or "")
+        if status is None or status.state is JobState.UNKNOWN:
+            lineage_grew |= _follow_lineage(store, reader, run)
+            continue
+        if status.state.terminal and status.exit_code is None:
+            status = _complete_missing_exit(store, reader, run, status)
+        changes: dict[str, Any] = {}
+        for key, value in (
+            ("state", status.state.value),
+            ("exit_code", status.exit_code),
+            ("reason", status.reason),
+            ("started", status.started),
+            ("ended", status.ended),
+        ):
+            if value is not None and getattr(attempt, key) != value:
+                changes[key] = value
+        if status.state.terminal and status.exit_code == EXIT_LEASE_HELD and attempt.reason is None:
+            changes["reason"] = "not started: another attempt of this run was live (its lease stayed fresh)"
+        elif changes.get("state") == JobState.FAILED.value and attempt.reason is None and attempt.job_id:
+            why = failure_reason(backend, run.run_dir, attempt.job_id)
+            if why is not None:
+                changes["reason"] = why
+        if attempt.reason is not None:
+            changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
+        if changes:
+            store.update_attempt(run.id, attempt.number, **changes)
+            if "state" in changes:
+                store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
+        lineage_grew |= _follow_lineage(store, reader, run)
+        if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
+            _note_give_up(store, reader, run, store.attempts(run.id)[-1])
+    if lineage_grew:  # ask about the new attempts right away
+        refresh(store, [store.run(r.id) for r, _ in items], backends, {cluster: reader})
+
+
+# A line of a Python traceback's last frame: `SomeError: message` (module-qualified or not).
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*")
+
+
+def failure_reason(backend: Backend, run_dir: str, job_id: str) -> str | None:
+    """Why a failed job ended, in words: the first rank's recorded exception (the others usually die of
+    the collective it left), else the last exception line in the job's error log; read once, when the
+    attempt is seen to fail."""
+    transport = backend.transport
+    records = []
+    for name in transport.list_dir(f"{run_dir}/{ERRORS_DIR}"):
+        if name.startswith("rank-") and name.endswith(".json"):
+            try:
+                record = json.loads(transport.read_text(f"{run_dir}/{ERRORS_DIR}/{name}") or "")
+            except (ValueError, HpcaiError):
+                continue
+            if isinstance(record, dict) and record.get("job_id") in (job_id, None):
+                records.append(record)
+    if records:
+        first = min(records, key=lambda r: float(r.get("time") or 0))
+        where = f" at {first['where']}" if first.get("where") else ""
+        others = f"; {len(records) - 1} other rank(s) failed after it" if len(records) > 1 else ""
+        return (f"{first.get('type', 'error')}: {first.get('message', '')}{where} "
+                f"(rank {first.get('rank', '?')} on {first.get('host', '?')}{others})")  # fmt: skip
+    _, err = backend.scheduler.log_paths(run_dir, job_id)
+    text = transport.tail(err, 65536).decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines()]
+    found = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None)
+    return found[:500] if found else None
+
+
+def read_jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:
+    text = transport.read_text(path) or ""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
+    """A decision as written by the guard, or {} when a value is not what the guard writes (a hand-edited or
+    damaged log steers nothing: the attempt is still recorded, without the lineage details)."""
+    try:
+        step = int(decision["checkpoint_step"]) if "checkpoint_step" in decision else None
+        scale = float(decision.get("lr_scale", 1.0))
+        skip = (int(decision["skip_from"]), int(decision["skip_to"])) if decision.get("skip_from") is not None else None
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return {}
+    if not math.isfinite(scale) or scale <= 0:
+        return {}
+    clean: dict[str, Any] = {**decision, "lr_scale": scale}
+    if step is not None:
+        clean["checkpoint_step"] = step
+    if skip is not None:
+        clean["skip_from"], clean["skip_to"] = skip
+    return clean
+
+
+def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
+    """Attempts the job submitted by itself (spike-guard rollbacks), learnt from the run directory's
+    attempt log and decisions, recorded in the store. Returns True when a new attempt was added."""
+    submitted = [
+        e
+        for e in read_jsonl(transport, f"{run.run_dir}/attempts.jsonl")
+        if e.get("event") == "submitted" and isinstance(e.get("job_id"), str | int) and str(e["job_id"]).strip()
+    ]
+    if not submitted:
+        return False
+    decisions = [
+        d
+        for d in read_jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}")
+        if d.get("action") == "rollback" and d.get("by") == "spike guard"
+    ]
+    added = False
+    for k, event in enumerate(submitted):
+        attempts = store.attempts(run.id)
+        if any(a.job_id == str(event["job_id"]) for a in attempts):
+            continue
+        decision = _readable_decision(decisions[k]) if k < len(decisions) else {}
+        previous = next((a for a in attempts if a.job_id == event.get("after")), None)
+        if previous is not None:
+            changes: dict[str, Any] = {"reason": f"rolled back: {decision.get('reason', 'spike guard')}"}
+            if not JobState(previous.state).terminal:
+                changes.update(state=JobState.FAILED.value, exit_code=EXIT_ROLLBACK)
+            store.update_attempt(run.id, previous.number, **changes)
+        skipped = None
+        if decision.get("skip_from") is not None:
+            skipped = f"{decision['skip_from']}-{decision['skip_to']}"
+        number = store.add_attempt(
+            run.id,
+            resumed_from=f"step-{int(decision['checkpoint_step']):08d}" if "checkpoint_step" in decision else None,
+            lr_scale=float(decision.get("lr_scale", 1.0)),
+            skipped_batches=skipped,
+        )
+        store.update_attempt(run.id, number, job_id=str(event["job_id"]), state=JobState.PENDING.value)
+        store.add_event(run.id, "rollback", decision.get("reason", "the job submitted its next attempt"), decision)
+        added = True
+    return added
+
+
+def _note_give_up(store: Store, transport: FileReader, run: Run, attempt: Attempt) -> None:
+    text = transport.read_text(f"{run.run_dir}/{GAVE_UP_FILE}")
+    if not text:
+        return
+    try:
+        reason = str(json.loads(text).get("reason", "the spike guard gave up"))
+    except json.JSONDecodeError:
+        return
+    if attempt.reason != f"gave up: {reason}":
+        store.update_attempt(run.id, attempt.number, reason=f"gave up: {reason}")
+        store.add_event(run.id, "gave-up", reason)
+
+
+def _reconcile_lost_submissions(
+    store: Store, backend: Backend, items: list[tuple[Run, Attempt]], files: FileReader
+) -> list[tuple[Run, Attempt]]:
+    lost = [(r, a) for r, a in items if a.job_id is None]
+    if not lost:
+        return items
+    found: dict[str, str] = {}
+    for run, _ in lost:
+        text = files.read_text(f"{run.run_dir}/job_id")
+        if text and text.strip():
+            found[run.run_dir] = text.strip()
+    missing = [r.run_dir for r, _ in lost if r.run_dir not in found]
+    if missing:
+        found.update(backend.scheduler.find_jobs(missing))
+    result = []
+    for run, attempt in items:
+        if attempt.job_id is None and run.run_dir in found:
+            job_id = found[run.run_dir]
+            store.update_attempt(run.id, attempt.number, job_id=job_id, state=JobState.PENDING.value)
+            store.add_event(run.id, "reconciled", f"found job {job_id} that the submitting CLI did not record")
+            attempt = store.attempts(run.id)[attempt.number - 1]
+        elif attempt.job_id is None and time.time() - attempt.submitted > LOST_SUBMISSION_S:
+            store.update_attempt(
+                run.id,
+                attempt.number,
+                state=JobState.FAILED.value,
+                reason="no job was ever found for this submission (the CLI stopped before the scheduler took it)",
+            )
+            continue
+        result.append((run, attempt))
+    return result

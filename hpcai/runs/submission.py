@@ -1,0 +1,101 @@
+"""Submitting a run: the target is checked (input paths exist, the run directory is new), the intent is
+recorded in the store, the script written and handed to the scheduler."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from hpcai.errors import EnvironmentFailure, HpcaiError, ValidationError
+from hpcai.exitcodes import (
+    SCRIPT_NAME,
+)
+from hpcai.schedulers import JobState
+from hpcai.service import RenderedJob
+from hpcai.session import Session
+from hpcai.store import Run, Store
+from hpcai.transport import Transport
+
+# One command on the target: input paths that are missing, then what the run directory already holds.
+_PROBE_TARGET = r"""
+run_dir=$1; shift
+for path in "$@"; do [ -e "$path" ] || printf 'missing %s\n' "$path"; done
+if [ -e "$run_dir" ] && [ ! -d "$run_dir" ]; then echo "not-a-folder"
+elif [ -d "$run_dir" ]; then ls -A "$run_dir" | head -n 5 | sed 's/^/holds /'; fi
+"""
+
+
+def check_target(transport: Transport, run_dir: str, inputs: dict[str, str]) -> None:
+    """Before anything is recorded or queued, in one command on the target: every input path the job will
+    read exists there, and the run directory is new (an existing run's job script, checkpoints and logs are
+    never taken over, nor a file)."""
+    result = transport.run(["sh", "-c", _PROBE_TARGET, "sh", run_dir, *inputs.values()], timeout=30)
+    if not result.ok:
+        raise EnvironmentFailure(f"cannot look at the run directory {run_dir}: {result.stderr.strip()}")
+    lines = result.stdout.splitlines()
+    missing = [line.removeprefix("missing ") for line in lines if line.startswith("missing ")]
+    if missing:
+        names = [f"{key}={path}" for key, path in inputs.items() if path in missing]
+        raise ValidationError(
+            f"--set {', '.join(names)}: not found where the job runs. Give a path that exists on the cluster "
+            "(absolute), or a local one to have it staged; nothing was queued."
+        )
+    if "not-a-folder" in lines:
+        raise ValidationError(
+            f"--run-dir: {run_dir} is a file, not a folder. Give a new folder (hpcai creates it), or leave "
+            "--run-dir out."
+        )
+    held = [line.removeprefix("holds ") for line in lines if line.startswith("holds ")]
+    if held:
+        raise ValidationError(
+            f"--run-dir: {run_dir} already holds files ({', '.join(held)}): a run directory is never "
+            "shared, so another run's job script, checkpoints and logs are not overwritten. Give a new or "
+            "empty folder, or leave --run-dir out; to go on with the run that lives there, use `hpcai resume`."
+        )
+
+
+def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
+    store = store or Store()
+    job = rendered.job
+    backend = Session.current().get(job.cluster)
+    inputs = {
+        key: str(job.parameters[key])
+        for key in rendered.workload.spec.path_parameters()
+        if str(job.parameters.get(key, "")).startswith("/")
+    }
+    store.check_run_id_free(job.run_id)  # the user's own mistake is named before the folder's
+    check_target(backend.transport, job.run_dir, inputs)
+    run = Run(
+        id=job.run_id,
+        workload=job.workload,
+        cluster=job.cluster,
+        stage=job.stage,
+        run_dir=job.run_dir,
+        spec=job.model_dump(),
+        created=time.time(),
+        state=JobState.SUBMITTING.value,
+    )
+    # The intent goes into the store before the scheduler hears of it: a CLI killed after sbatch but
+    # before recording the id is reconciled by the next `status` (job_id file, or the job's work dir).
+    store.create_run_checked(run)
+    transport = backend.transport
+    script_path = f"{job.run_dir}/{SCRIPT_NAME}"
+    try:
+        transport.makedirs(f"{job.run_dir}/logs")
+        transport.write_text(script_path, rendered.script, mode=0o755)
+        transport.write_text(f"{job.run_dir}/spec.json", json.dumps(run.spec, indent=2) + "\n")
+        job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s)
+    except (HpcaiError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, HpcaiError) else f"{exc.strerror or exc} ({exc.filename or job.run_dir})"
+        store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {reason}")
+        store.add_event(run.id, "submit-failed", reason)
+        if isinstance(exc, OSError):
+            raise EnvironmentFailure(
+                f"submit: writing the run directory failed: {reason}. Nothing was queued; the run is recorded "
+                "as FAILED. Free space or fix permissions, then submit again."
+            ) from None
+        raise
+    store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
+    store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")
+    return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}

@@ -1,0 +1,135 @@
+"""Runs as a user sees them: state, attempt, progress (`status`, `list`, `status RUN`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hpcai.errors import HpcaiError
+from hpcai.exitcodes import (
+    DECISIONS_LOG,
+    EVENTS_LOG,
+)
+from hpcai.metrics import last_progress
+from hpcai.runfiles import FileReader, Prefetched
+from hpcai.runs.reconcile import lineage_files, metrics_file, read_jsonl, refresh
+from hpcai.schedulers import JobState
+from hpcai.session import Session
+from hpcai.store import Run, Store
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_id: str
+    workload: str
+    cluster: str
+    state: str
+    attempt: int
+    job_id: str | None
+    elapsed_s: float | None
+    step: int | None
+    loss: float | None
+    exit_code: int | None
+    reason: str | None
+    run_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start:
+        return None
+    try:
+        begin = dt.datetime.fromisoformat(start)
+        finish = dt.datetime.fromisoformat(end) if end else dt.datetime.now()
+    except ValueError:
+        return None
+    return max(0.0, (finish - begin).total_seconds())
+
+
+def views(
+    store: Store,
+    runs: list[Run],
+    backends: Session,
+    *,
+    with_progress: bool = True,
+    files: dict[str, FileReader] | None = None,
+) -> list[RunView]:
+    latest = store.latest_attempts([r.id for r in runs])
+    readers = dict(files or {})
+    result = []
+    for run in runs:
+        attempt = latest.get(run.id)
+        progress = None
+        if with_progress:
+            try:
+                if run.cluster not in readers:
+                    paths = [metrics_file(r) for r in runs if r.cluster == run.cluster]
+                    readers[run.cluster] = Prefetched(backends.get(run.cluster).transport, paths)
+                progress = last_progress(readers[run.cluster], metrics_file(run))
+            except HpcaiError:
+                progress = None
+            if progress is not None and (progress.step, progress.loss) != (run.last_step, run.last_loss):
+                store.record_progress(run.id, progress.step, progress.loss)  # for `list`, which reads no files
+        step = progress.step if progress else run.last_step
+        loss = progress.loss if progress else run.last_loss
+        result.append(
+            RunView(
+                run_id=run.id,
+                workload=run.workload,
+                cluster=run.cluster,
+                state=attempt.state if attempt else run.state,
+                attempt=attempt.number if attempt else 0,
+                job_id=attempt.job_id if attempt else None,
+                elapsed_s=_seconds_between(attempt.started, attempt.ended) if attempt else None,
+                step=step,
+                loss=loss,
+                exit_code=attempt.exit_code if attempt else None,
+                reason=attempt.reason if attempt else None,
+                run_dir=run.run_dir,
+            )
+        )
+    return result
+
+
+def status(store: Store, run_id: str | None = None) -> tuple[list[RunView], Session]:
+    """Every run's state and progress: per cluster one squeue + one sacct (or qstat) and one read of all
+    the run directories' files it needs, whatever the number of runs."""
+    runs = [store.run(run_id)] if run_id else store.runs()
+    backends = Session.current()
+    latest = store.latest_attempts([r.id for r in runs])
+    files: dict[str, FileReader] = {}
+    for cluster in sorted({r.cluster for r in runs}):
+        mine = [r for r in runs if r.cluster == cluster]
+        paths = [metrics_file(r) for r in mine]
+        for run in mine:
+            attempt = latest.get(run.id)
+            if attempt is not None and not JobState(attempt.state).terminal:
+                paths += lineage_files(run)
+        try:
+            files[cluster] = Prefetched(backends.get(cluster).transport, paths)
+        except HpcaiError:
+            continue  # refresh reports this cluster's failure in its own words
+    refresh(store, runs, backends, files)
+    return views(store, [store.run(r.id) for r in runs], backends, files=files), backends
+
+
+def run_detail(store: Store, run_id: str) -> dict[str, Any]:
+    """One run with its lineage: attempts (why each ended, what it resumed from, LR scale, skipped
+    batches), the detector's events, the decisions and the rollback policy."""
+    run = store.run(run_id)
+    backends = refresh(store, [run])
+    transport = backends.get(run.cluster).transport
+    (view,) = views(store, [store.run(run.id)], backends)
+    params = run.spec.get("parameters", {})
+    policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
+    events = [e for e in read_jsonl(transport, f"{run.run_dir}/{EVENTS_LOG}") if e.get("status") != "open"]
+    return {
+        **view.to_json(),
+        "attempts": [asdict(a) for a in store.attempts(run.id)],
+        "events": events,
+        "decisions": read_jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}"),
+        "policy": policy,
+    }
