@@ -208,6 +208,31 @@ def _check_directive_value(option: str, value: str) -> None:
         )
 
 
+def _check_routes(profile: ClusterProfile, partition: Partition, nodes: int, walltime_s: int) -> None:
+    """A routing queue forwards a job to the first execution queue its size and walltime fit; a job that
+    fits none is silently dropped by PBS, so it is refused here with the queue (or walltime) that fits."""
+    for route in partition.routes:
+        if route.min_nodes <= nodes <= route.max_nodes and walltime_s <= parse_walltime(route.max_walltime):
+            return
+    routes = "; ".join(
+        f"{r.name + ': ' if r.name else ''}{r.min_nodes}-{r.max_nodes} nodes up to {r.max_walltime}"
+        for r in partition.routes
+    )
+    same_size = [r for r in partition.routes if r.min_nodes <= nodes <= r.max_nodes]
+    hints = []
+    if same_size:
+        hints.append(f"--time {same_size[0].max_walltime} or less for {nodes} nodes")
+    others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n != partition.name]
+    if others:
+        hints.append(f"--partition {others[0]}")
+    raise ValidationError(
+        f"--nodes/--time: {nodes} nodes for {slurm_walltime(walltime_s)} match no route of queue '{partition.name}' "
+        f"({routes}); PBS would drop the job without a word. Use "
+        + (" or ".join(hints) if hints else "a size and walltime that fit one of them")
+        + "."
+    )
+
+
 def _partitions_allowing(profile: ClusterProfile, nodes: int, walltime_s: int) -> list[str]:
     return [
         p.name
@@ -236,6 +261,8 @@ def _check_limits(
             f"({partition.min_nodes}-{partition.max_nodes} nodes).{hint} "
             f"Ask for fewer nodes or pick another {kind} with --partition."
         )
+    if partition.routes:
+        _check_routes(profile, partition, nodes, walltime_s)
     limit = parse_walltime(partition.max_walltime)
     if walltime_s > limit:
         others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n != partition.name]

@@ -64,6 +64,17 @@ class Access(Strict):
     key_types: list[str] = Field(default=[], description="Key types the site accepts, e.g. ed25519, rsa-4096")
 
 
+class Route(Strict):
+    """One execution queue behind a PBS routing queue: a job goes there when its size and walltime fit."""
+
+    name: str = Field(default="", description="The execution queue's name, for messages (e.g. small)")
+    min_nodes: int = Field(ge=1)
+    max_nodes: int = Field(ge=1)
+    max_walltime: str
+
+    _walltime = field_validator("max_walltime")(_check_walltime)
+
+
 class Partition(Strict):
     name: str = Field(description="Partition (Slurm) or queue (PBS) name")
     max_nodes: int = Field(ge=1, description="Most nodes one job may use")
@@ -72,6 +83,10 @@ class Partition(Strict):
     qos: list[str] = Field(default=[], description="QOS names allowed in this partition")
     default_qos: str | None = Field(default=None, description="QOS a job gets when it names none")
     default: bool = Field(default=False, description="Used when no --partition is given")
+    routes: list[Route] = Field(
+        default=[],
+        description="A routing queue's execution queues: a job must fit one of them (else PBS drops it)",
+    )
     description: str = ""
 
     _walltime = field_validator("max_walltime")(_check_walltime)

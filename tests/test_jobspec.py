@@ -192,3 +192,14 @@ def test_a_relative_data_path_becomes_absolute(tmp_path: Path, monkeypatch: pyte
 def test_clip_loss_choices_are_enforced() -> None:
     with pytest.raises(ValidationError, match="infonce, sigmoid"):
         resolve("local", workload="clip", set=("loss=hinge",))
+
+
+def test_a_job_that_fits_no_route_of_a_routing_queue_is_refused_with_what_fits() -> None:
+    """Polaris' prod routes 10-24 nodes for <= 3 h, 25-99 for <= 6 h, >= 100 for <= 24 h; PBS drops the rest."""
+    with pytest.raises(ValidationError) as err:
+        resolve("polaris", partition="prod", nodes=10, time="04:00:00", account="A")
+    message = str(err.value)
+    assert "match no route of queue 'prod'" in message and "--time 03:00:00 or less" in message
+    assert "--partition preemptable" in message
+    assert resolve("polaris", partition="prod", nodes=30, time="06:00:00", account="A").partition == "prod"
+    assert resolve("polaris", partition="prod", nodes=150, time="20:00:00", account="A").nodes == 150
