@@ -40,7 +40,9 @@ def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
     console.print(parts)
     for p in profile.partitions:
         if p.routes:
-            routes = "; ".join(f"{r.name or '?'} {r.min_nodes}-{r.max_nodes} nodes <= {r.max_walltime}" for r in p.routes)
+            routes = "; ".join(
+                f"{r.name or '?'} {r.min_nodes}-{r.max_nodes} nodes <= {r.max_walltime}" for r in p.routes
+            )
             console.print(f"{p.name} is a routing queue (a job must fit one route): {routes}")
     if profile.qos:
         qos_table = Table("QOS", "nodes", "max walltime", "description", title="QOS")
