@@ -15,6 +15,7 @@ from typing import Any
 
 from hpcai.errors import HpcaiError
 from hpcai.jobspec import Overrides
+from hpcai.rundir import RunDir
 from hpcai.service import RenderedJob, prepare_job
 from hpcai.session import Session
 
@@ -82,7 +83,7 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
         staging=tuple(actions),
         filesystem=filesystem,
         cost=job_cost(profile, job.nodes, job.walltime_s).to_json(),
-        submit_command=scheduler.submit_command(f"{job.run_dir}/job.sh", job.run_dir),
+        submit_command=scheduler.submit_command(RunDir(job.run_dir).script, job.run_dir),
     )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcai.errors import HpcaiError
-from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG
+from hpcai.rundir import RunDir
 from hpcai.runs.reconcile import read_jsonl
 from hpcai.session import Session
 from hpcai.store import Store
@@ -40,7 +40,7 @@ def _float(value: object) -> float:
 def load_plot_data(store: Store, run_id: str) -> PlotData:
     run = store.run(run_id)
     transport = Session.current().get(run.cluster).transport
-    rows = read_jsonl(transport, f"{run.run_dir}/metrics.jsonl")
+    rows = read_jsonl(transport, RunDir(run.run_dir).metrics)
     if not rows:
         raise HpcaiError(f"run {run.id}: no metrics yet ({run.run_dir}/metrics.jsonl is empty or missing).")
     segments: list[Segment] = [Segment()]
@@ -52,11 +52,11 @@ def load_plot_data(store: Store, run_id: str) -> PlotData:
         segments[-1].losses.append(_float(row.get("loss")))
         grad = row.get("grad_norm")
         segments[-1].grad_norms.append(_float(grad) if grad is not None else None)
-    events = read_jsonl(transport, f"{run.run_dir}/{EVENTS_LOG}")
+    events = read_jsonl(transport, RunDir(run.run_dir).events)
     spikes = sorted({(str(e["kind"]), int(e["onset_step"])) for e in events if e.get("status") != "open"})
     rollbacks = [
         (int((d.get("event") or {}).get("onset_step", d["checkpoint_step"])), int(d["checkpoint_step"]))
-        for d in read_jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}")
+        for d in read_jsonl(transport, RunDir(run.run_dir).decisions)
         if d.get("action") == "rollback"
     ]
     return PlotData(run.id, segments, spikes, rollbacks)

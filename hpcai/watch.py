@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcai.errors import HpcaiError
-from hpcai.exitcodes import DECISIONS_LOG, EVENTS_LOG
 from hpcai.monitor.history import Point, compile_log_regex, parse_log_line, parse_metrics_line
 from hpcai.monitor.policy import RollbackPolicy, decide
 from hpcai.monitor.spikes import SpikeDetector
+from hpcai.rundir import RunDir
 from hpcai.runs.control import complete_checkpoints, pick_attempt, resume_run
 from hpcai.runs.reconcile import refresh
 from hpcai.schedulers import JobState
@@ -93,7 +93,7 @@ def watch_run(
                 log_path = backends.get(run.cluster).scheduler.log_paths(run.run_dir, attempt.job_id)[0]
                 source = Source(log_path, compile_log_regex(pattern))
             elif source is None:
-                source = Source(f"{run.run_dir}/metrics.jsonl", None)
+                source = Source(RunDir(run.run_dir).metrics, None)
             say(f"watching attempt {attempt.number} (job {attempt.job_id})")
         for point in source.read(transport) if source else []:
             for event in detector.update(point.step, point.loss, point.grad_norm):
@@ -104,7 +104,7 @@ def watch_run(
                     rollbacks_so_far=rollbacks,
                     lr_scale=attempt.lr_scale,
                 )
-                _log(transport, f"{run.run_dir}/{EVENTS_LOG}", {**event.to_json(), "decision": decision.action})
+                _log(transport, RunDir(run.run_dir).events, {**event.to_json(), "decision": decision.action})
                 say(f"{event.kind} at step {event.onset_step} ({event.status}): {decision.action}")
                 if decision.action not in {"rollback", "give_up"}:
                     continue
@@ -112,7 +112,7 @@ def watch_run(
                     backends.get(run.cluster).scheduler.cancel(attempt.job_id)
                     store.add_event(run.id, "cancel", f"hpcai watch cancelled job {attempt.job_id}: {decision.reason}")
                 record = {**decision.to_json(), "step": point.step, "time": time.time(), "by": "hpcai watch"}
-                _log(transport, f"{run.run_dir}/{DECISIONS_LOG}", record)
+                _log(transport, RunDir(run.run_dir).decisions, record)
                 if decision.action == "give_up" or decision.checkpoint_step is None:
                     _wait_ended(store, run.id, backends)
                     store.update_attempt(run.id, attempt.number, reason=f"stopped by hpcai watch: {decision.reason}")

@@ -9,12 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpcai.errors import HpcaiError
-from hpcai.exitcodes import (
-    ATTEMPT_COUNT_FILE,
-    DECISIONS_LOG,
-    ROLLBACK_FILE,
-    SCRIPT_NAME,
-)
+from hpcai.rundir import RunDir
 from hpcai.runs.reconcile import refresh
 from hpcai.schedulers import JobState
 from hpcai.store import Attempt, Run, Store
@@ -99,7 +94,7 @@ def follow_logs(
 
 def complete_checkpoints(transport: Transport, run_dir: str) -> list[int]:
     """Steps of the run's complete checkpoints (those with their completion marker), oldest first."""
-    root = f"{run_dir}/checkpoints"
+    root = RunDir(run_dir).checkpoints
     steps = []
     for name in transport.list_dir(root):
         digits = name.removeprefix("step-")
@@ -183,11 +178,11 @@ def resume_run(
     walltime = int(run.spec.get("walltime_s", 0)) or None
     try:
         # A person decided to go on: the job script's cap on self-started jobs counts afresh from here.
-        backend.transport.write_text(f"{run.run_dir}/{ATTEMPT_COUNT_FILE}", "0\n")
+        backend.transport.write_text(RunDir(run.run_dir).attempt_count, "0\n")
         if decision is not None:
-            backend.transport.write_text(f"{run.run_dir}/{ROLLBACK_FILE}", json.dumps(decision, indent=2) + "\n")
-            backend.transport.append_text(f"{run.run_dir}/{DECISIONS_LOG}", json.dumps(decision) + "\n")
-        job_id = backend.scheduler.submit(f"{run.run_dir}/{SCRIPT_NAME}", run.run_dir, walltime_s=walltime)
+            backend.transport.write_text(RunDir(run.run_dir).rollback, json.dumps(decision, indent=2) + "\n")
+            backend.transport.append_text(RunDir(run.run_dir).decisions, json.dumps(decision) + "\n")
+        job_id = backend.scheduler.submit(RunDir(run.run_dir).script, run.run_dir, walltime_s=walltime)
     except HpcaiError as exc:
         store.update_attempt(run.id, number, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
         raise

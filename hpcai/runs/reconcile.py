@@ -15,14 +15,12 @@ from typing import Any
 
 from hpcai.errors import HpcaiError
 from hpcai.exitcodes import (
-    DECISIONS_LOG,
     EXIT_GAVE_UP,
     EXIT_LEASE_HELD,
     EXIT_ROLLBACK,
-    GAVE_UP_FILE,
 )
+from hpcai.rundir import RunDir
 from hpcai.runfiles import FileReader, Prefetched
-from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.schedulers import JobState, JobStatus
 from hpcai.session import Backend, Session
 from hpcai.store import Attempt, Run, Store
@@ -33,7 +31,7 @@ LOST_SUBMISSION_S = 300
 
 def _attempt_log_exit_code(transport: FileReader, run_dir: str, job_id: str) -> int | None:
     """The exit code the job script itself recorded for `job_id` (PBS wrappers do not report one)."""
-    text = transport.tail(f"{run_dir}/attempts.jsonl", 65536).decode("utf-8", errors="replace")
+    text = transport.tail(RunDir(run_dir).attempts, 65536).decode("utf-8", errors="replace")
     for line in reversed(text.splitlines()):
         try:
             event = json.loads(line)
@@ -64,11 +62,12 @@ def _complete_missing_exit(store: Store, transport: FileReader, run: Run, status
 
 def lineage_files(run: Run) -> list[str]:
     """What `refresh` reads of an unfinished run's directory."""
-    return [f"{run.run_dir}/{name}" for name in ("attempts.jsonl", DECISIONS_LOG, GAVE_UP_FILE, "job_id")]
+    files = RunDir(run.run_dir)
+    return [files.attempts, files.decisions, files.gave_up, files.job_id]
 
 
 def metrics_file(run: Run) -> str:
-    return str(run.spec.get("metrics_path") or f"{run.run_dir}/metrics.jsonl")
+    return str(run.spec.get("metrics_path") or RunDir(run.run_dir).metrics)
 
 
 def refresh(
@@ -156,10 +155,10 @@ def failure_reason(backend: Backend, run_dir: str, job_id: str) -> str | None:
     attempt is seen to fail."""
     transport = backend.transport
     records = []
-    for name in transport.list_dir(f"{run_dir}/{ERRORS_DIR}"):
+    for name in transport.list_dir(RunDir(run_dir).errors):
         if name.startswith("rank-") and name.endswith(".json"):
             try:
-                record = json.loads(transport.read_text(f"{run_dir}/{ERRORS_DIR}/{name}") or "")
+                record = json.loads(transport.read_text(f"{RunDir(run_dir).errors}/{name}") or "")
             except (ValueError, HpcaiError):
                 continue
             if isinstance(record, dict) and record.get("job_id") in (job_id, None):
@@ -214,14 +213,14 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
     attempt log and decisions, recorded in the store. Returns True when a new attempt was added."""
     submitted = [
         e
-        for e in read_jsonl(transport, f"{run.run_dir}/attempts.jsonl")
+        for e in read_jsonl(transport, RunDir(run.run_dir).attempts)
         if e.get("event") == "submitted" and isinstance(e.get("job_id"), str | int) and str(e["job_id"]).strip()
     ]
     if not submitted:
         return False
     decisions = [
         d
-        for d in read_jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}")
+        for d in read_jsonl(transport, RunDir(run.run_dir).decisions)
         if d.get("action") == "rollback" and d.get("by") == "spike guard"
     ]
     added = False
@@ -252,7 +251,7 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
 
 
 def _note_give_up(store: Store, transport: FileReader, run: Run, attempt: Attempt) -> None:
-    text = transport.read_text(f"{run.run_dir}/{GAVE_UP_FILE}")
+    text = transport.read_text(RunDir(run.run_dir).gave_up)
     if not text:
         return
     try:
@@ -272,7 +271,7 @@ def _reconcile_lost_submissions(
         return items
     found: dict[str, str] = {}
     for run, _ in lost:
-        text = files.read_text(f"{run.run_dir}/job_id")
+        text = files.read_text(RunDir(run.run_dir).job_id)
         if text and text.strip():
             found[run.run_dir] = text.strip()
     missing = [r.run_dir for r, _ in lost if r.run_dir not in found]

@@ -8,9 +8,7 @@ import time
 from typing import Any
 
 from hpcai.errors import EnvironmentFailure, HpcaiError, ValidationError
-from hpcai.exitcodes import (
-    SCRIPT_NAME,
-)
+from hpcai.rundir import RunDir
 from hpcai.schedulers import JobState
 from hpcai.service import RenderedJob
 from hpcai.session import Session
@@ -80,11 +78,11 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     # before recording the id is reconciled by the next `status` (job_id file, or the job's work dir).
     store.create_run_checked(run)
     transport = backend.transport
-    script_path = f"{job.run_dir}/{SCRIPT_NAME}"
+    script_path = RunDir(job.run_dir).script
     try:
-        transport.makedirs(f"{job.run_dir}/logs")
+        transport.makedirs(RunDir(job.run_dir).logs)
         transport.write_text(script_path, rendered.script, mode=0o755)
-        transport.write_text(f"{job.run_dir}/spec.json", json.dumps(run.spec, indent=2) + "\n")
+        transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n")
         job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s)
     except (HpcaiError, OSError) as exc:
         reason = str(exc) if isinstance(exc, HpcaiError) else f"{exc.strerror or exc} ({exc.filename or job.run_dir})"

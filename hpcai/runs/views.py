@@ -7,11 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hpcai.errors import HpcaiError
-from hpcai.exitcodes import (
-    DECISIONS_LOG,
-    EVENTS_LOG,
-)
 from hpcai.metrics import last_progress
+from hpcai.rundir import RunDir
 from hpcai.runfiles import FileReader, Prefetched
 from hpcai.runs.reconcile import lineage_files, metrics_file, read_jsonl, refresh
 from hpcai.schedulers import JobState
@@ -125,11 +122,11 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     (view,) = views(store, [store.run(run.id)], backends)
     params = run.spec.get("parameters", {})
     policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
-    events = [e for e in read_jsonl(transport, f"{run.run_dir}/{EVENTS_LOG}") if e.get("status") != "open"]
+    events = [e for e in read_jsonl(transport, RunDir(run.run_dir).events) if e.get("status") != "open"]
     return {
         **view.to_json(),
         "attempts": [asdict(a) for a in store.attempts(run.id)],
         "events": events,
-        "decisions": read_jsonl(transport, f"{run.run_dir}/{DECISIONS_LOG}"),
+        "decisions": read_jsonl(transport, RunDir(run.run_dir).decisions),
         "policy": policy,
     }
