@@ -436,6 +436,8 @@ def status(
             if all(JobState(v.state).terminal for v in views):
                 break
             time.sleep(interval)
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a line end when the output is a pipe or file
     console.print(watch_summary(views))
 
 
