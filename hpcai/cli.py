@@ -422,14 +422,17 @@ def status(
     from hpcai.schedulers import JobState
 
     rates = StepRate()
+    max_steps: dict[str, int | None] = {}  # a run's spec does not change: read it once, not every poll
     with Live(console=console, auto_refresh=False) as live:
         while True:
             views, _ = run_status(store, run)
             now = time.monotonic()
             steps = {}
             for v in views:
-                max_steps = store.run(v.run_id).spec.get("parameters", {}).get("max_steps")
-                described = rates.describe(v, max_steps if isinstance(max_steps, int) else None, now)
+                if v.run_id not in max_steps:
+                    value = store.run(v.run_id).spec.get("parameters", {}).get("max_steps")
+                    max_steps[v.run_id] = value if isinstance(value, int) else None
+                described = rates.describe(v, max_steps[v.run_id], now)
                 if described is not None:
                     steps[v.run_id] = described
             live.update(runs_table(views, steps), refresh=True)

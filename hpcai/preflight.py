@@ -108,16 +108,10 @@ class JobEnvironment:
 
 def probe_command(env: JobEnvironment, workload: Workload) -> str:
     """The shell command that sets up the job's environment as its script does and runs the probe."""
-    from hpcai.render import module_lines
+    from hpcai.render import container_prefix, module_lines
 
-    profile = env.profile
-    lines = ["set -e", *module_lines(profile, env.container is not None)]
-    words: list[object] = []
-    if env.container is not None and profile.container is not None:
-        words += [profile.container.runtime, "exec", *profile.container.flags]
-        if profile.container.binds:
-            words += ["--bind", ",".join(profile.container.binds)]
-        words.append(env.container)
+    lines = ["set -e", *module_lines(env.profile, env.container is not None)]
+    words = container_prefix(env.profile, env.container)
     words += [env.python, "-c", _PROBE, *(name for name, _ in requirements(workload))]
     lines.append(join(words))
     return "\n".join(lines)

@@ -141,13 +141,19 @@ def _accelerate_flags(job: JobSpec, workload: Workload) -> list[object]:
     return flags
 
 
+def container_prefix(profile: ClusterProfile, image: str | None) -> list[object]:
+    """`<runtime> exec [flags] [--bind ...] IMAGE`, the words that run a command in the job's container;
+    none when the job has no container (or the cluster no runtime)."""
+    if image is None or profile.container is None:
+        return []
+    words: list[object] = [profile.container.runtime, "exec", *profile.container.flags]
+    if profile.container.binds:
+        words += ["--bind", ",".join(profile.container.binds)]
+    return [*words, image]
+
+
 def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
-    words: list[object] = []
-    if job.container is not None and profile.container is not None:
-        words += [profile.container.runtime, "exec", *profile.container.flags]
-        if profile.container.binds:
-            words += ["--bind", ",".join(profile.container.binds)]
-        words.append(job.container)
+    words = container_prefix(profile, job.container)
     machine_rank = Expr(f'"${profile.launch.machine_rank_var}"')
     if workload.spec.launcher == "accelerate":
         words += [job.python, "-m", "accelerate.commands.launch"]
