@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from hpcai.errors import ValidationError, closest
+from hpcai.jobenv import JobEnv, resolve
 from hpcai.profiles import DIRECTIVE_VALUE, ENV_NAME, SECRET_NAME, ClusterProfile, Partition, Qos, expand_path
 from hpcai.userconfig import ClusterSettings
 from hpcai.walltime import parse_walltime, slurm_walltime
@@ -74,6 +74,7 @@ class JobSpec(BaseModel):
     python_path: str | None = None
     entrypoint: str
     python: str
+    environment: JobEnv = JobEnv()
     mixed_precision: str
     signal_lead_s: int
 
@@ -387,7 +388,6 @@ def resolve_jobspec(
     code_dir = overrides.code_dir or (
         str(workload.directory) if local_code else f"{fs_root.rstrip('/')}/hpcai/code/{workload.name}"
     )
-    python = sys.executable if local_code else (profile.launch.python or "python")
     processes = gpus if gpus > 0 else profile.launch.cpu_processes_per_node
     precision = spec.mixed_precision.gpu if gpus > 0 else spec.mixed_precision.cpu
     container = overrides.container or settings.container
@@ -396,6 +396,7 @@ def resolve_jobspec(
             f"--container: cluster '{cluster}' has no container runtime in its profile. Leave --container "
             "out, or add a `container:` section to the profile."
         )
+    environment = resolve(profile, placeholders=placeholders, container=container, own_python=settings.python)
     name = sanitize_job_name(overrides.name or f"hpcai-{workload.name}" + (f"-{stage}" if stage else ""))
     # Ask for the checkpoint early enough, but never before a quarter of the walltime has passed.
     lead = max(10, min(spec.checkpoint_lead_s, walltime_s // 4))
@@ -414,13 +415,14 @@ def resolve_jobspec(
         partition=partition.name,
         qos=qos,
         account=account,
-        container=container,
+        container=environment.image,
         env=env,
         parameters=parameters,
         code_dir=code_dir,
         python_path=overrides.python_path,
         entrypoint=spec.entrypoint,
-        python=python,
+        python=environment.python,
+        environment=environment,
         mixed_precision=precision,
         signal_lead_s=lead,
     )

@@ -72,8 +72,9 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
     actions: list[StageAction] = []
     filesystem = None
     resolved = overrides
-    if load_user_config().for_cluster(name).ssh_host is not None:
-        resolved, actions, filesystem = _plan_staging(name, workload, overrides)
+    remote = load_user_config().for_cluster(name).ssh_host is not None
+    if remote or profile.launch.python != "current":
+        resolved, actions, filesystem = _plan_staging(name, workload, overrides, remote=remote)
     rendered = prepare_job(workload, name, resolved)
     job = rendered.job
     scheduler = scheduler_for(profile, LocalTransport())  # only asked for its command line
@@ -87,9 +88,14 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
     )
 
 
-def _plan_staging(cluster: str, workload: str, overrides: Overrides) -> tuple[Overrides, list[StageAction], str]:
+def _plan_staging(
+    cluster: str, workload: str, overrides: Overrides, *, remote: bool
+) -> tuple[Overrides, list[StageAction], str]:
     """On a cluster reached over SSH: local data/model_path/container, and for site profiles the workload
-    code and the hpcai package, are staged; the job refers to the staged copies."""
+    code and the hpcai package, are staged; the job refers to the staged copies. On the login node itself
+    (`remote` False) the data is already where the job can read it; the code and the package are still
+    staged, into the store on the cluster's filesystem: hpcai may be installed where compute nodes do not
+    look (a user site-packages, a login-node-only venv), and the job's own environment lacks it."""
     from hpcai.profiles import load_profile
     from hpcai.stage_service import store_root
     from hpcai.staging import HashCache
@@ -110,12 +116,12 @@ def _plan_staging(cluster: str, workload: str, overrides: Overrides) -> tuple[Ov
     for item in overrides.set:
         key, _, value = item.partition("=")
         path = Path(value).expanduser()
-        if key in STAGED_PARAMETERS and value and path.exists():
+        if remote and key in STAGED_PARAMETERS and value and path.exists():
             new_set.append(f"{key}={stage(key, path)}")
         else:
             new_set.append(item)
     container = overrides.container
-    if container and Path(container).expanduser().is_file():
+    if remote and container and Path(container).expanduser().is_file():
         container = stage("container", Path(container).expanduser())
     update: dict[str, object] = {"set": tuple(new_set), "container": container}
     if profile.launch.python != "current":

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcai.errors import ValidationError
+from hpcai.jobenv import JobEnv
 from hpcai.jobspec import JobSpec
 from hpcai.paths import state_dir
 from hpcai.profiles import ClusterProfile
-from hpcai.shellquote import join
+from hpcai.shellquote import join, quote
 from hpcai.transport import Transport
 from hpcai.workloads import Workload
 
 CACHE_TTL_S = 86400
 MARK = "HPCAI-PREFLIGHT "
+MISSING = "HPCAI-PREFLIGHT-NO-ENVIRONMENT"
 _REQUIREMENT = re.compile(r"([A-Za-z0-9_.-]+)\s*(?:>=\s*([0-9][0-9.]*))?")
 
 # Runs on the target. Versions come from the installed distributions' metadata (fast); torch -- the
@@ -65,6 +67,7 @@ class PreflightResult:
     summary: str
     versions: dict[str, str] = field(default_factory=dict)
     cached: bool = False
+    missing_environment: bool = False  # hpcai's job environment is not built: `hpcai env build` fixes it
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "summary": self.summary, "versions": self.versions,
@@ -100,18 +103,24 @@ class JobEnvironment:
     profile: ClusterProfile
     python: str
     container: str | None = None
+    built: JobEnv | None = None  # the environment hpcai builds for the job, when it is one
 
     @classmethod
     def of(cls, job: JobSpec, profile: ClusterProfile) -> JobEnvironment:
-        return cls(job.cluster, profile, job.python, job.container)
+        built = job.environment if job.environment.built_by_hpcai else None
+        return cls(job.cluster, profile, job.python, job.container, built)
 
 
 def probe_command(env: JobEnvironment, workload: Workload) -> str:
     """The shell command that sets up the job's environment as its script does and runs the probe."""
-    from hpcai.render import container_prefix, module_lines
+    from hpcai.jobenv import setup_lines
+    from hpcai.render import container_prefix
 
-    lines = ["set -e", *module_lines(env.profile, env.container is not None)]
-    words = container_prefix(env.profile, env.container)
+    lines = ["set -e"]
+    if env.built is not None and env.built.marker is not None:
+        lines.append(f"if [ ! -e {quote(env.built.marker)} ]; then echo {quote(MISSING)}; exit 0; fi")
+    lines += setup_lines(env.profile, env.container is not None)
+    words = container_prefix(env.profile, env.container, env.built.mount if env.built else None)
     words += [env.python, "-c", _PROBE, *(name for name, _ in requirements(workload))]
     lines.append(join(words))
     return "\n".join(lines)
@@ -165,11 +174,23 @@ def run_preflight(
     profile = env.profile
     command = probe_command(env, workload)
     key = _cache_key(env.cluster, command)
-    if use_cache and (entry := _cached(key)) is not None:
+    entry = _cached(key) if use_cache else None
+    built = env.built
+    # A remembered pass says nothing of an environment deleted or half-rebuilt since: look (cheap).
+    marker = built.marker if built is not None and entry is not None else None
+    if built is not None and marker is not None and not transport.run(["test", "-e", marker], timeout=60).ok:
+        from hpcai.jobenv import missing_message
+
+        return PreflightResult(False, True, missing_message(env.cluster, built), missing_environment=True)
+    if entry is not None:
         remembered = {str(k): str(v) for k, v in dict(entry.get("versions", {})).items()}
         return PreflightResult(True, True, _describe(remembered), remembered, cached=True)
     argv = ["bash", "-c", command] if profile.scheduler == "local" else ["bash", "-lc", command]
     result = transport.run(argv, timeout=180)
+    if env.built is not None and MISSING in result.stdout.split():
+        from hpcai.jobenv import missing_message
+
+        return PreflightResult(False, True, missing_message(env.cluster, env.built), missing_environment=True)
     line = next((x for x in result.stdout.splitlines() if x.startswith(MARK)), None)
     if line is None:
         detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1][:300]
@@ -209,15 +230,27 @@ def require_preflight(result: PreflightResult, job: JobSpec, workload: Workload)
     """Refuse the submission when the job's environment cannot run the workload."""
     if result.ok:
         return
+    if result.missing_environment:
+        raise ValidationError(
+            f"pre-flight: {result.summary} Nothing was queued. (--no-preflight skips this check; the job would "
+            "then stop at its start.)"
+        )
     packages = " ".join(f"'{item}'" for item in workload.spec.requires)
-    how = (
-        f"use a container that has them (--container), or install them where `{job.python}` runs"
-        if job.container is None
-        else "use a container image that has them"
-    )
+    env = job.environment
+    if env.built_by_hpcai:
+        how = (
+            f"rebuild hpcai's job environment: `hpcai env build --cluster {job.cluster} --rebuild` (when the "
+            "torch it keeps from the site is too old, set `environment.torch: install` in your profile override)"
+        )
+    elif job.container is not None:
+        how = "use a container image that has them"
+    else:
+        how = (
+            f"use a container that has them (--container), or install them where `{job.python}` runs (e.g. "
+            f"`pip install {packages}` in the environment the profile's modules set up)"
+        )
     raise ValidationError(
         f"pre-flight on {job.cluster}: the job's Python cannot run workload {job.workload}: {result.summary}. "
-        f"Nothing was queued. It needs {packages}: {how} (e.g. `pip install {packages}` in the environment the "
-        "profile's modules set up, or `pip install 'hpcai[train]'`). `hpcai doctor` runs the same check; "
-        "--no-preflight skips it."
+        f"Nothing was queued. It needs {packages}: {how}. `hpcai env check --cluster {job.cluster}` and "
+        "`hpcai doctor` run the same check; --no-preflight skips it."
     )

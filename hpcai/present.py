@@ -57,13 +57,15 @@ def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
         fs_table.add_row(key + mark, fs.path, fs.env_var or "-", quota or "-", purge)
     console.print(fs_table)
     mods = profile.modules
-    if mods.use or mods.load:
-        console.print(f"modules: use {', '.join(mods.use) or '-'}; load {' '.join(mods.load) or '-'}")
+    if mods.use or mods.load or mods.software:
+        software = f"; without a container {' '.join(mods.software)}" if mods.software else ""
+        console.print(f"modules: use {', '.join(mods.use) or '-'}; load {' '.join(mods.load) or '-'}{software}")
+    console.print(f"job environment: {_job_environment(profile)}")
     if profile.container:
         c = profile.container
         console.print(f"container: {c.runtime} exec {' '.join(c.flags)} --bind {','.join(c.binds) or '-'}")
     if profile.env:
-        console.print("environment: " + ", ".join(f"{k}={v}" for k, v in profile.env.items()))
+        console.print("job variables: " + ", ".join(f"{k}={v}" for k, v in profile.env.items()))
     console.print(f"compute nodes have internet: {'yes' if profile.compute_internet else 'no'}")
     console.print(f"account required: {'yes' if profile.account_required else 'no'}")
     if profile.budget.commands:
@@ -83,6 +85,40 @@ def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:
         console.print("sources:")
         for url in profile.sources:
             console.print(f"  {url}")
+    marked = _unconfirmed(files)
+    if marked:
+        console.print("not confirmed by official documentation ([users]: seen in users' scripts; [?]: unknown):")
+        for line in marked:
+            console.print(f"  {line}")
+
+
+def _job_environment(profile: ClusterProfile) -> str:
+    env = profile.environment
+    where = f"on {env.filesystem or profile.runs_on}/{env.subdir}"
+    text = {
+        "venv": f"a venv that `hpcai env build` makes {where} on the modules' Python",
+        "container": f"image {env.image}"
+        + (f", with a SquashFS-packed venv (`hpcai env build`) {where}" if env.pack == "squashfs" else ""),
+        "modules": "the modules' Python as it is (nothing built)",
+    }[env.default]
+    torch = "; torch from the base is kept" if env.torch == "base" and env.default != "modules" else ""
+    notes = f" ({env.notes})" if env.notes else ""
+    return text + torch + notes
+
+
+def _unconfirmed(files: list[Path]) -> list[str]:
+    """Profile lines whose value carries a [users] or [?] mark (YAML comments, so read from the files)."""
+    lines = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in text.splitlines():
+            code = line.split("#", 1)[0].strip()
+            if code and ("[users" in line or "[?]" in line):
+                lines.append(" ".join(line.split()))
+    return lines
 
 
 def _accepts(rule: ParameterRule | None, default: object) -> str:

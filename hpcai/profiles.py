@@ -24,6 +24,8 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.:+@-]+")
 # PBS resource values also carry `=` and `,` (e.g. `system=polaris`, `home:grand,eagle`).
 PBS_RESOURCE = re.compile(r"[A-Za-z0-9_.:+@=,-]+")
+# Per-local-rank CPU lists: `0-7,32-39:8-15,40-47`.
+CPU_BIND = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*(:[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)*")
 # Variables that look like credentials: their values would be written into job scripts and run directories.
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY)", re.IGNORECASE)
 
@@ -128,6 +130,60 @@ class Container(Strict):
     flags: list[str] = Field(default=[], description="Flags for `<runtime> exec`, e.g. --nv or --rocm")
     binds: list[str] = Field(default=[], description="Paths bound into the container (--bind)")
     modules: list[str] = Field(default=[], description="Modules that provide the runtime")
+    pbs_resources: list[str] = Field(
+        default=[], description="Extra `-l` resources for PBS jobs that use the container (Polaris: fakeroot)"
+    )
+
+    @field_validator("pbs_resources")
+    @classmethod
+    def _resources_safe(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _pbs_resource_safe(item)
+        return value
+
+
+class Environment(Strict):
+    """How a job gets a Python with torch >= 2.6 (FSDP2), accelerate and transformers on this site.
+
+    `venv`: `hpcai env build` makes a virtual environment on the login node (which has the package index;
+    compute nodes may not), on top of the Python the profile's modules give, from hpcai's own `train`
+    extra; jobs run its interpreter. `container`: jobs run in `image`; with `pack: squashfs` a venv of
+    the packages the image lacks is built inside the image and packed into one SquashFS file (LUMI's advice
+    for the inode-limited parallel filesystems), bound at /user-software in the job. `modules`: the
+    modules' Python as it is (the local and test clusters), nothing built.
+    """
+
+    default: Literal["venv", "container", "modules"] = Field(
+        default="modules", description="What a job without --container gets: venv, container or modules"
+    )
+    filesystem: str | None = Field(
+        default=None, description="Filesystem (key of `filesystems`) that holds built environments; unset: runs_on"
+    )
+    subdir: str = Field(default="hpcai/envs", description="Folder inside that filesystem")
+    image: str | None = Field(default=None, description="The site's recommended container image (default: container)")
+    system_site_packages: bool = Field(
+        default=True, description="The venv sees the packages of the Python (or image) it is built on"
+    )
+    torch: Literal["install", "base"] = Field(
+        default="install",
+        description="install: pip installs hpcai's tested torch; base: keep the torch of the modules or image "
+        "(ROCm builds, site-tuned builds), which must be >= 2.6",
+    )
+    pack: Literal["none", "squashfs"] = Field(default="none", description="squashfs: pack the venv into one file")
+    pip_index: str | None = Field(default=None, description="Extra package index for torch, e.g. a CUDA build's")
+    conda_env: str | None = Field(
+        default=None, description="`conda activate` this env after the modules load (Polaris: base)"
+    )
+    notes: str = Field(default="", description="Why this is the site's way, with its source")
+
+    _names = field_validator("conda_env")(_directive_safe)
+
+    @field_validator("subdir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/") or not DIRECTIVE_VALUE.fullmatch(value.replace("/", "_")):
+            raise ValueError("must be a relative folder of letters, digits and . _ : + @ - (no ..)")
+        return value
 
 
 class Filesystem(Strict):
@@ -175,8 +231,31 @@ class Launch(Strict):
         default=None,
         description="Python on the compute nodes; 'current' = the interpreter running hpcai (local only)",
     )
+    cpu_bind_per_rank: str | None = Field(
+        default=None,
+        description="CPUs of each GPU's training process, local rank by local rank, e.g. 24-31,56-63:16-23,48-55 "
+        "(the hpcai runtime binds each process to its list: accelerate starts one launcher per node)",
+    )
+    library_path: list[str] = Field(
+        default=[], description="Folders put in front of LD_LIBRARY_PATH (e.g. a site's NCCL network plugin)"
+    )
 
     _mem = field_validator("mem")(_directive_safe)
+
+    @field_validator("cpu_bind_per_rank")
+    @classmethod
+    def _cpu_lists(cls, value: str | None) -> str | None:
+        if value is not None and not CPU_BIND.fullmatch(value):
+            raise ValueError("must be CPU lists (e.g. 0-7,32-39) separated by ':' one per local rank")
+        return value
+
+    @field_validator("library_path")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.startswith("/") or ":" in item:
+                raise ValueError(f"'{item}' must be an absolute folder without ':'")
+        return value
 
     @field_validator("machine_rank_var")
     @classmethod
@@ -245,6 +324,7 @@ class ClusterProfile(Strict):
     accelerator: Literal["cuda", "rocm", "cpu"] = Field(description="GPU vendor stack")
     modules: Modules = Modules()
     container: Container | None = None
+    environment: Environment = Environment()
     env: dict[str, str] = Field(default={}, description="Communication and runtime variables (NCCL/RCCL...)")
     filesystems: dict[str, Filesystem] = Field(min_length=1)
     runs_on: str = Field(description="Filesystem (key of `filesystems`) that holds run directories")
@@ -283,6 +363,15 @@ class ClusterProfile(Strict):
             unknown = [q for q in [*part.qos, part.default_qos] if q is not None and q not in known]
             if unknown:
                 raise ValueError(f"partition {part.name} names undefined qos {', '.join(unknown)}")
+        env_fs = self.environment.filesystem
+        if env_fs is not None and env_fs not in self.filesystems:
+            raise ValueError(
+                f"environment.filesystem '{env_fs}' is not one of filesystems: {', '.join(self.filesystems)}"
+            )
+        if self.environment.default == "container" and (self.environment.image is None or self.container is None):
+            raise ValueError("environment.default: container needs environment.image and a `container:` section")
+        if self.environment.pack == "squashfs" and self.container is None:
+            raise ValueError("environment.pack: squashfs needs a `container:` section (the venv is built in it)")
         if self.scheduler == "pbs" and self.pbs is None:
             raise ValueError("a pbs scheduler needs a `pbs:` section")
         return self

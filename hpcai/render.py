@@ -25,6 +25,7 @@ from hpcai.exitcodes import (
     ROLLBACK_FILE,
     SCRIPT_NAME,
 )
+from hpcai.jobenv import setup_lines
 from hpcai.jobspec import JobSpec
 from hpcai.paths import data_dir
 from hpcai.profiles import ClusterProfile
@@ -97,6 +98,12 @@ def _env_lines(job: JobSpec, profile: ClusterProfile) -> list[str]:
         lines.append('export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"')
     if profile.launch.launcher == "direct":
         lines.append(f"export {profile.launch.machine_rank_var}=0")
+    if profile.launch.library_path:
+        folders = quote(":".join(profile.launch.library_path))
+        lines.append(f'export LD_LIBRARY_PATH={folders}"${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"')
+    if profile.launch.cpu_bind_per_rank and job.gpus_per_node > 0:
+        lines.append("# Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).")
+        lines.append(f"export HPCAI_CPU_BIND={quote(profile.launch.cpu_bind_per_rank)}")
     if job.python_path:
         lines.append("# The hpcai runtime as staged to the cluster, ahead of anything installed there.")
         lines.append(f'export PYTHONPATH={quote(job.python_path)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
@@ -141,19 +148,39 @@ def _accelerate_flags(job: JobSpec, workload: Workload) -> list[object]:
     return flags
 
 
-def container_prefix(profile: ClusterProfile, image: str | None) -> list[object]:
-    """`<runtime> exec [flags] [--bind ...] IMAGE`, the words that run a command in the job's container;
-    none when the job has no container (or the cluster no runtime)."""
+def container_prefix(profile: ClusterProfile, image: str | None, mount: str | None = None) -> list[object]:
+    """`<runtime> exec [flags] [--bind ...] IMAGE`, the words that run a command in the job's container
+    (`mount`: the packed job environment's bind); none when the job has no container."""
     if image is None or profile.container is None:
         return []
     words: list[object] = [profile.container.runtime, "exec", *profile.container.flags]
     if profile.container.binds:
         words += ["--bind", ",".join(profile.container.binds)]
+    if mount is not None:
+        words += ["--bind", mount]
     return [*words, image]
 
 
+def environment_guard(job: JobSpec) -> list[str]:
+    """Lines that stop the job at once when the environment hpcai builds for it is missing or half-built
+    (the pre-flight refuses such a submission; this covers one deleted or rebuilt since)."""
+    from hpcai.jobenv import missing_message
+
+    env = job.environment
+    if env.marker is None:
+        return []
+    message = "hpcai: " + missing_message(job.cluster, env).replace("`", "")
+    return [
+        f"if [ ! -e {quote(env.marker)} ]; then",
+        f"  echo {quote(message)} >&2",
+        "  hpcai_event end 2",
+        "  exit 2",
+        "fi",
+    ]
+
+
 def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
-    words = container_prefix(profile, job.container)
+    words = container_prefix(profile, job.container, job.environment.mount)
     machine_rank = Expr(f'"${profile.launch.machine_rank_var}"')
     if workload.spec.launcher == "accelerate":
         words += [job.python, "-m", "accelerate.commands.launch"]
@@ -222,9 +249,11 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "launch": profile.launch,
         "node": profile.node,
         "pbs": profile.pbs,
+        "container": profile.container,
         "pbs_walltime": pbs_walltime(job.walltime_s),
         "job_id_expr": _JOB_ID[profile.scheduler],
-        "module_lines": module_lines(profile, job.container is not None),
+        "module_lines": setup_lines(profile, job.container is not None),
+        "environment_guard": environment_guard(job),
         "env_lines": _env_lines(job, profile),
         "rendezvous_lines": _rendezvous_lines(profile),
         "walltime_timer": profile.scheduler != "slurm",

@@ -8,7 +8,9 @@ from collections.abc import Iterable
 
 # Variables a profile value may refer to as ${NAME}; they are expanded by the job's shell on the cluster
 # (e.g. LUMI's MIOPEN_USER_DB_PATH=/tmp/miopen-config-${USER}). User-supplied values never expand.
-PROFILE_VARIABLES = frozenset({"USER", "HOME", "TMPDIR", "SLURM_JOB_ID", "PBS_JOBID", "HPCAI_RUN_DIR"})
+PROFILE_VARIABLES = frozenset(
+    {"USER", "HOME", "TMPDIR", "SLURM_JOB_ID", "SLURM_JOB_ACCOUNT", "PBS_JOBID", "HPCAI_RUN_DIR"}
+)
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

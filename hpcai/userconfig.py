@@ -18,6 +18,11 @@ class ClusterSettings(BaseModel):
     user: str | None = Field(default=None, description="Your login name on the cluster")
     account: str | None = Field(default=None, description="Default account/budget/project for jobs")
     container: str | None = Field(default=None, description="Default container image (.sif) on the cluster")
+    python: str | None = Field(
+        default=None,
+        description="An interpreter of your own on the cluster for jobs (e.g. your conda env's python); hpcai's "
+        "job environment is then neither built nor used",
+    )
     ssh_host: str | None = Field(
         default=None,
         description="Reach the cluster over SSH through this ~/.ssh/config Host (unset: hpcai runs on the "

@@ -57,7 +57,7 @@ CASES = {
         {"nodes": 4, "account": "project_465000123", "container": "/scratch/project_465000123/llava.sif"},
     ),
     "polaris-1n": ("polaris", "llava", {"nodes": 1, "account": "MyProject"}),
-    "polaris-4n": (
+    "polaris-4n-container": (
         "polaris",
         "clip",
         {
@@ -66,6 +66,35 @@ CASES = {
             "partition": "debug-scaling",
             "container": "/eagle/MyProject/clip.sif",
         },
+    ),
+    # The rest of the matrix: every site at 1 and 4 nodes, with and without a container of the user's.
+    "juwels-booster-4n": ("juwels-booster", "clip", {"nodes": 4, "account": "training2410", "time": "12:00:00"}),
+    "juwels-booster-1n-container": (
+        "juwels-booster",
+        "clip",
+        {"nodes": 1, "account": "training2410", "container": "/p/project/training2410/clip.sif"},
+    ),
+    "leonardo-booster-1n-container": (
+        "leonardo-booster",
+        "llava",
+        {"nodes": 1, "account": "EUHPC_D17_084", "container": "/leonardo_work/EUHPC_D17_084/llava.sif"},
+    ),
+    "leonardo-booster-4n-container": (
+        "leonardo-booster",
+        "clip",
+        {"nodes": 4, "account": "EUHPC_D17_084", "container": "/leonardo_work/EUHPC_D17_084/clip.sif"},
+    ),
+    "lumi-g-4n": ("lumi-g", "llava", {"nodes": 4, "account": "project_465000123", "stage": "finetune"}),
+    "lumi-g-1n-container": (
+        "lumi-g",
+        "clip",
+        {"nodes": 1, "account": "project_465000123", "container": "/project/project_465000123/clip.sif"},
+    ),
+    "polaris-4n": ("polaris", "llava", {"nodes": 4, "account": "MyProject", "partition": "debug-scaling"}),
+    "polaris-1n-container": (
+        "polaris",
+        "llava",
+        {"nodes": 1, "account": "MyProject", "container": "/eagle/MyProject/llava.sif"},
     ),
     "local-1n": ("local", "llava", {}),
     "local-slurm-1n": ("local-slurm", "llava", {"nodes": 1}),
@@ -134,15 +163,56 @@ def test_lumi_uses_rocm_container_rccl_settings_and_job_id_port() -> None:
     script = render_case("lumi-g-4n-container")
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --cpus-per-task=56" in script
     assert "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in script
-    assert 'export MIOPEN_USER_DB_PATH=/tmp/miopen-config-"${USER}"' in script
+    assert 'export MIOPEN_USER_DB_PATH=/tmp/miopen-"${SLURM_JOB_ID}"/config' in script  # per job, not per user
+    assert 'export HF_HOME=/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/hf_home' in script  # not the 20 GB home
+    assert "export CXI_FORK_SAFE=1" in script and "export FI_CXI_DISABLE_CQ_HUGETLB=1" in script
+    assert "export HPCAI_CPU_BIND=49-55:57-63:17-23:25-31:1-7:9-15:33-39:41-47" in script
     assert "MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))" in script
-    assert "singularity exec --rocm --bind /scratch,/project,/flash /scratch/project_465000123/llava.sif" in script
+    # The user's own image runs as it is: no --rocm (the AI images ship their own ROCm), binds by the module.
+    assert "bash -c 'singularity exec /scratch/project_465000123/llava.sif python -m accelerate" in script
+    assert "module purge\nmodule use /appl/local/laifs/modules\nmodule load lumi-aif-singularity-bindings" in script
     assert "--num_processes 32" in script
     assert "HF_HUB_OFFLINE" not in script  # LUMI compute nodes reach the internet
 
 
+def test_lumi_jobs_default_to_the_ai_factory_image_with_a_packed_venv() -> None:
+    script = render_case("lumi-g-1n")
+    image = "/appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/"
+    assert "singularity exec --bind /project/project_465000123/hpcai/envs/py3-" in script
+    assert f".sqsh:/user-software:image-src=/ {image}" in script and "/user-software/bin/python -m accelerate" in script
+    assert "if [ ! -e /project/project_465000123/hpcai/envs/py3-" in script  # stops at once on a missing env
+    assert "LUMI/25.03" not in script  # the stack's modules only without a container
+
+
+def test_juwels_launcher_gets_all_threads_visible_gpus_and_ib_sockets() -> None:
+    script = render_case("juwels-booster-1n")
+    assert "#SBATCH --cpus-per-task=96" in script
+    assert "export CUDA_VISIBLE_DEVICES=0,1,2,3" in script
+    assert "export NCCL_SOCKET_IFNAME=ib0" in script and "export GLOO_SOCKET_IFNAME=ib0" in script
+    assert "module load Stages/2025 GCC Python" in script and "PyTorch" not in script
+    assert "bash -c '/p/project/training2410/hpcai/envs/py3-" in script
+
+
+def test_leonardo_asks_for_memory_and_avoids_the_old_cineca_ai() -> None:
+    script = render_case("leonardo-booster-4n")
+    assert "#SBATCH --mem=494000M" in script
+    assert "module load python/3.11.7" in script and "cineca-ai" not in script
+
+
+def test_polaris_loads_the_nccl_plugin_conda_base_and_binds_cpus() -> None:
+    plain = render_case("polaris-1n")
+    assert "module load conda\nset +u; conda activate base; set -u" in plain
+    assert 'export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/libraries/hwloc/lib"' in plain
+    assert "export TMPDIR=/tmp" in plain
+    assert "export HPCAI_CPU_BIND=24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39" in plain
+    assert "singularity_fakeroot" not in plain
+    container = render_case("polaris-4n-container")
+    assert "#PBS -l singularity_fakeroot=true" in container and "apptainer exec --nv --fakeroot" in container
+    assert "conda activate" not in container
+
+
 def test_pbs_script_selects_gpus_and_launches_one_process_per_node() -> None:
-    script = render_case("polaris-4n")
+    script = render_case("polaris-4n-container")
     assert "#PBS -l select=4:ncpus=32:ngpus=4:system=polaris" in script
     assert "#PBS -l filesystems=home:eagle" in script and "#PBS -A MyProject" in script
     assert "#PBS -q debug-scaling" in script and "#PBS -l walltime=1:00:00" in script

@@ -697,27 +697,44 @@ def _check_python(doctor: Doctor) -> None:
 
 
 def _check_job_environment(doctor: Doctor) -> None:
-    """The pre-flight `submit` runs: the job's Python, set up as its script does, imports what the shipped
-    training workloads need (torch with FSDP2, accelerate, transformers)."""
-    import sys
-
+    """The pre-flight `submit` runs: the job's Python, set up as its script does (modules, container, the
+    environment `hpcai env build` makes), imports what the shipped training workloads need."""
+    from hpcai.errors import ConfigError
+    from hpcai.jobenv import resolve
+    from hpcai.paths import state_dir
     from hpcai.preflight import JobEnvironment, run_preflight
     from hpcai.workloads import load_workload
 
     assert doctor.transport is not None
-    python = doctor.profile.launch.python
-    python = sys.executable if python == "current" else (python or "python")
-    env = JobEnvironment(doctor.cluster, doctor.profile, python, doctor.settings.container)
+    settings = doctor.settings
+    places = {"user": settings.user or "", "state_dir": str(state_dir())}
+    if settings.account:
+        places["account"] = settings.account
+    try:
+        job_env = resolve(doctor.profile, placeholders=places, container=settings.container, own_python=settings.python)
+    except ConfigError as exc:
+        doctor.add(Check("job-environment", "warn", f"not checked: {exc}", "Set `account` for this cluster."))
+        return
+    built = job_env if job_env.built_by_hpcai else None
+    env = JobEnvironment(doctor.cluster, doctor.profile, job_env.python, job_env.image, built)
     workload = load_workload("llava")
     result = run_preflight(doctor.transport, env, workload)  # a pass is remembered for a day, as by submit
+    rebuild = f"`hpcai env build --cluster {doctor.cluster} --rebuild`"
     if not result.checked:
         doctor.add(Check("job-environment", "warn", f"not checked: {result.summary}.",
                          "Check from a compute node (an interactive job) that the job's Python imports "
                          + ", ".join(workload.spec.requires) + "."))  # fmt: skip
+    elif result.missing_environment:
+        doctor.add(Check("job-environment", "fail", f"jobs cannot start: {result.summary}",
+                         f"`hpcai env build --cluster {doctor.cluster}`."))  # fmt: skip
     elif not result.ok:
-        doctor.add(Check("job-environment", "fail", f"jobs cannot train here: {result.summary}.",
-                         f"Install {', '.join(workload.spec.requires)} where `{python}` runs (after the "
-                         "profile's modules), or set a container (`container` in config.toml)."))  # fmt: skip
+        fix = (
+            f"Rebuild it: {rebuild}."
+            if built is not None
+            else f"Install {', '.join(workload.spec.requires)} where `{job_env.python}` runs (after the profile's "
+            "modules), or set a container (`container` in config.toml)."
+        )
+        doctor.add(Check("job-environment", "fail", f"jobs cannot train here: {result.summary}.", fix))
     else:
         when = " (checked earlier today)" if result.cached else ""
         doctor.add(Check("job-environment", "pass", f"the job's Python has {result.summary}{when}."))

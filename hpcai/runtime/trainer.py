@@ -18,6 +18,7 @@ import torch
 from hpcai.exitcodes import EXIT_GAVE_UP, EXIT_REQUEUE, EXIT_ROLLBACK, REQUEUE_MARKER, ROLLBACK_FILE
 from hpcai.monitor.policy import RollbackPolicy
 from hpcai.monitor.spikes import SpikeDetector
+from hpcai.runtime.affinity import bind_to_gpu_cpus
 from hpcai.runtime.checkpoint import Checkpoints, step_of
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
@@ -108,11 +109,14 @@ def progress_every(max_steps: int) -> int:
 def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     from accelerate.utils import set_seed
 
+    bound = bind_to_gpu_cpus()
     set_seed(config.seed)
     task = make_task()
     accelerator = make_accelerator(task.layer_classes)
     world, rank = accelerator.num_processes, accelerator.process_index
     accelerator.print(f"hpcai: runtime from {Path(__file__).resolve().parents[1]}, {world} process(es)")
+    if bound is not None:
+        print(f"hpcai: rank {rank} bound to CPUs {','.join(map(str, sorted(bound)))}", flush=True)
     model = task.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr * config.lr_scale, weight_decay=config.weight_decay)

@@ -2,7 +2,7 @@
 #SBATCH --job-name=hpcai-llava-finetune
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=48
+#SBATCH --cpus-per-task=96
 #SBATCH --gres=gpu:4
 #SBATCH --time=01:00:00
 #SBATCH --partition=booster
@@ -81,6 +81,9 @@ module load Stages/2025
 export NCCL_IB_TIMEOUT=50
 export UCX_RC_TIMEOUT=4s
 export NCCL_IB_RETRY_CNT=10
+export CUDA_VISIBLE_DEVICES=0,1,2,3
+export NCCL_SOCKET_IFNAME=ib0
+export GLOO_SOCKET_IFNAME=ib0
 # Compute nodes have no internet: never reach for a model hub.
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1

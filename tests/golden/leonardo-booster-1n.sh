@@ -4,6 +4,7 @@
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=32
 #SBATCH --gres=gpu:4
+#SBATCH --mem=494000M
 #SBATCH --time=00:30:00
 #SBATCH --partition=boost_usr_prod
 #SBATCH --qos=boost_qos_dbg
@@ -77,7 +78,13 @@ if [ "$hpcai_attempts" -gt 30 ]; then
   exit 87
 fi
 
-module load profile/deeplrn cineca-ai
+module load python/3.11.7
+
+if [ ! -e /leonardo_work/EUHPC_D17_084/hpcai/envs/py3-915854e768ba/.hpcai-env.json ]; then
+  echo 'hpcai: the job environment /leonardo_work/EUHPC_D17_084/hpcai/envs/py3-915854e768ba on leonardo-booster is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster leonardo-booster (it runs pip on the login node; minutes), then submit again.' >&2
+  hpcai_event end 2
+  exit 2
+fi
 
 # Compute nodes have no internet: never reach for a model hub.
 export HF_HUB_OFFLINE=1
@@ -105,7 +112,7 @@ hpcai_signalled=0
 trap hpcai_request_checkpoint USR1
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /leonardo_work/EUHPC_D17_084/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
+srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '/leonardo_work/EUHPC_D17_084/hpcai/envs/py3-915854e768ba/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /leonardo_work/EUHPC_D17_084/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0

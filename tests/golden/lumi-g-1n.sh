@@ -77,15 +77,29 @@ if [ "$hpcai_attempts" -gt 30 ]; then
   exit 87
 fi
 
+module purge
 module use /appl/local/laifs/modules
-module load LUMI/24.03 partition/G
+module load lumi-aif-singularity-bindings
+
+if [ ! -e /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh ]; then
+  echo 'hpcai: the job environment /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh on lumi-g is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster lumi-g (it runs pip on the login node; minutes), then submit again.' >&2
+  hpcai_event end 2
+  exit 2
+fi
 
 export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3
 export NCCL_NET_GDR_LEVEL=PHB
-export MIOPEN_USER_DB_PATH=/tmp/miopen-config-"${USER}"
-export MIOPEN_CUSTOM_CACHE_DIR=/tmp/miopen-cache-"${USER}"
+export MIOPEN_USER_DB_PATH=/tmp/miopen-"${SLURM_JOB_ID}"/config
+export MIOPEN_CUSTOM_CACHE_DIR=/tmp/miopen-"${SLURM_JOB_ID}"/cache
+export TORCH_HOME=/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/torch_home
+export HF_HOME=/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/hf_home
+export CXI_FORK_SAFE=1
+export CXI_FORK_SAFE_HP=1
+export FI_CXI_DISABLE_CQ_HUGETLB=1
 # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the job.
 export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+# Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
+export HPCAI_CPU_BIND=49-55:57-63:17-23:25-31:1-7:9-15:33-39:41-47
 
 hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 # The first host of the allocation, as an address every node can reach.
@@ -107,7 +121,7 @@ hpcai_signalled=0
 trap hpcai_request_checkpoint USR1
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 8 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /scratch/project_465000123/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
+srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'singularity exec --bind /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh:/user-software:image-src=/ /appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/lumi-multitorch-full-u24r70f21m50t210-20260415_130625.sif /user-software/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 8 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /scratch/project_465000123/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0

@@ -74,6 +74,13 @@ fi
 
 module use /soft/modulefiles
 module load conda
+set +u; conda activate base; set -u
+
+if [ ! -e /eagle/MyProject/hpcai/envs/py3-1ed713276f3b/.hpcai-env.json ]; then
+  echo 'hpcai: the job environment /eagle/MyProject/hpcai/envs/py3-1ed713276f3b on polaris is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster polaris (it runs pip on the login node; minutes), then submit again.' >&2
+  hpcai_event end 2
+  exit 2
+fi
 
 export NCCL_NET_GDR_LEVEL=PHB
 export NCCL_CROSS_NIC=1
@@ -82,8 +89,12 @@ export NCCL_NET='AWS Libfabric'
 export FI_CXI_DISABLE_HOST_REGISTER=1
 export FI_MR_CACHE_MONITOR=userfaultfd
 export FI_CXI_DEFAULT_CQ_SIZE=131072
+export TMPDIR=/tmp
 export http_proxy=http://proxy.alcf.anl.gov:3128
 export https_proxy=http://proxy.alcf.anl.gov:3128
+export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/libraries/hwloc/lib"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
+export HPCAI_CPU_BIND=24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39
 
 # PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.
 MASTER_ADDR="$(head -n 1 "${PBS_NODEFILE:-/dev/null}")"
@@ -106,7 +117,7 @@ hpcai_timer_pid=$!
 disown "$hpcai_timer_pid"
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-mpiexec -n 1 --ppn 1 --depth=32 --cpu-bind depth bash -c 'python -m accelerate.commands.launch --num_machines 1 --machine_rank "$PMI_RANK" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
+mpiexec -n 1 --ppn 1 --depth=32 --cpu-bind depth bash -c '/eagle/MyProject/hpcai/envs/py3-1ed713276f3b/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$PMI_RANK" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 256 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0

@@ -1,0 +1,169 @@
+#!/bin/bash
+#SBATCH --job-name=hpcai-clip-clip
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=96
+#SBATCH --gres=gpu:4
+#SBATCH --time=12:00:00
+#SBATCH --partition=booster
+#SBATCH --account=training2410
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --chdir=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-4n
+#SBATCH --output=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-4n/logs/slurm-%j.out
+#SBATCH --error=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-4n/logs/slurm-%j.err
+# Rendered by hpcai 0.1.0: workload clip (stage clip) on juwels-booster, run golden-juwels-booster-4n.
+set -euo pipefail
+
+export HPCAI_RUN_ID=golden-juwels-booster-4n
+export HPCAI_RUN_DIR=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-4n
+export HPCAI_JOB_ID="$SLURM_JOB_ID"
+mkdir -p "$HPCAI_RUN_DIR/logs"
+cd "$HPCAI_RUN_DIR"
+hpcai_event() {
+  printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
+    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
+    >> "$HPCAI_RUN_DIR/attempts.jsonl"
+}
+
+# One live attempt per run: take the lease, or wait for another live attempt's lease to go stale.
+hpcai_lease="$HPCAI_RUN_DIR/.lease"
+hpcai_lease_age() { echo $(( $(date +%s) - $(stat -c %Y "$hpcai_lease" 2>/dev/null || echo 0) )); }
+hpcai_waited=0
+while ! ( set -C; printf '%s %s\n' "$HPCAI_JOB_ID" "$(hostname)" > "$hpcai_lease" ) 2>/dev/null; do
+  hpcai_holder=$(head -c 200 "$hpcai_lease" 2>/dev/null | head -n 1 || true)
+  if [ "${hpcai_holder%% *}" = "$HPCAI_JOB_ID" ] || [ "$(hpcai_lease_age)" -ge 120 ]; then
+    rm -f "$hpcai_lease"  # our own (a requeue), or abandoned: take it over
+    continue
+  fi
+  if [ "$hpcai_waited" -ge 240 ]; then
+    echo "hpcai: another attempt of run $HPCAI_RUN_ID is live ($hpcai_holder); not training next to it. See: hpcai status $HPCAI_RUN_ID" >&2
+    hpcai_event refused 88
+    exit 88
+  fi
+  sleep 5
+  hpcai_waited=$(( hpcai_waited + 5 ))
+done
+# Its own stderr goes nowhere: stopping it at the end must not leave "Terminated" in the job's error log.
+( while sleep 30; do touch "$hpcai_lease" || true; done ) 2>/dev/null &
+hpcai_lease_pid=$!
+disown "$hpcai_lease_pid"
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+hpcai_release_lease() {
+  pkill -P "$hpcai_lease_pid" 2>/dev/null || true
+  kill "$hpcai_lease_pid" 2>/dev/null || true
+  if [ "$(head -n 1 "$hpcai_lease" 2>/dev/null | cut -d' ' -f1)" = "$HPCAI_JOB_ID" ]; then rm -f "$hpcai_lease"; fi
+}
+trap hpcai_release_lease EXIT
+
+# The job records its own id, so a client killed between submitting and recording loses nothing.
+printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
+rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.json"
+
+# Markers count only when written by this attempt: a ROLLBACK.json left by an attempt that crashed
+# while applying it must not submit yet another attempt.
+: > "$HPCAI_RUN_DIR/.attempt-start"
+hpcai_event start
+hpcai_attempts=$(( $(cat "$HPCAI_RUN_DIR/attempt_count" 2>/dev/null || echo 0) + 1 ))
+printf '%s\n' "$hpcai_attempts" > "$HPCAI_RUN_DIR/attempt_count"
+if [ "$hpcai_attempts" -gt 30 ]; then
+  echo "hpcai: run $HPCAI_RUN_ID has started 30 jobs already (requeues, rollbacks); not starting another. See: hpcai status $HPCAI_RUN_ID" >&2
+  printf '{"action": "give_up", "by": "job script", "reason": "%s jobs started: the cap of 30 is reached"}\n' \
+    "$hpcai_attempts" > "$HPCAI_RUN_DIR/GAVE_UP.json"
+  hpcai_event end 87
+  hpcai_event gave_up 87
+  exit 87
+fi
+
+module load Stages/2025 GCC Python
+
+if [ ! -e /p/project/training2410/hpcai/envs/py3-63405b0e4ec5/.hpcai-env.json ]; then
+  echo 'hpcai: the job environment /p/project/training2410/hpcai/envs/py3-63405b0e4ec5 on juwels-booster is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster juwels-booster (it runs pip on the login node; minutes), then submit again.' >&2
+  hpcai_event end 2
+  exit 2
+fi
+
+export NCCL_IB_TIMEOUT=50
+export UCX_RC_TIMEOUT=4s
+export NCCL_IB_RETRY_CNT=10
+export CUDA_VISIBLE_DEVICES=0,1,2,3
+export NCCL_SOCKET_IFNAME=ib0
+export GLOO_SOCKET_IFNAME=ib0
+# Compute nodes have no internet: never reach for a model hub.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+# Since Slurm 22.05 srun no longer inherits --cpus-per-task from the job.
+export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+
+hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"i
+# The first host of the allocation, as an address every node can reach.
+MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk 'NR == 1 {print $1}' || true)"
+MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"
+MASTER_PORT=29500
+export MASTER_ADDR MASTER_PORT
+
+# Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
+# watches for $HPCAI_RUN_DIR/STOP and then exits with 85.
+# shellcheck disable=SC2317  # invoked by the USR1 trap below
+hpcai_request_checkpoint() {
+  hpcai_signalled=1
+  echo "hpcai: walltime is near, asking the job to checkpoint and stop" >&2
+  : > "$HPCAI_RUN_DIR/STOP"
+}
+hpcai_signalled=0
+trap hpcai_request_checkpoint USR1
+
+# shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
+srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 --cpu_bind=none bash -c '/p/project/training2410/hpcai/envs/py3-63405b0e4ec5/bin/python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /p/scratch/training2410/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
+hpcai_launcher_pid=$!
+while :; do
+  rc=0
+  wait "$hpcai_launcher_pid" || rc=$?
+  # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
+  if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
+    hpcai_signalled=2
+    continue
+  fi
+  break
+done
+hpcai_release_lease  # training is over: the next attempt (requeue, rollback) may take the lease
+# The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
+if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
+  && grep -q '"action": "rollback"' "$HPCAI_RUN_DIR/ROLLBACK.json"; then
+  rc=86
+elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
+  rc=87
+elif [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
+  rc=85
+fi
+hpcai_event end "$rc"
+
+if [ "$rc" -eq 85 ]; then
+  requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
+  if [ "$requeues" -le 20 ]; then
+    printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
+    hpcai_event requeue "$rc"
+    scontrol requeue "$SLURM_JOB_ID"
+    # A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.
+    scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true
+  else
+    echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
+  fi
+fi
+if [ "$rc" -eq 86 ]; then
+  # The spike guard rolled back: submit the next attempt, which applies the decision when it starts.
+  hpcai_event rollback "$rc"
+  if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable "$HPCAI_RUN_DIR/job.sh"); then
+    hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
+    printf '{"event": "submitted", "job_id": "%s", "after": "%s", "time": "%s"}\n' \
+      "$hpcai_next" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$HPCAI_RUN_DIR/attempts.jsonl"
+  else
+    echo "hpcai: could not submit the next attempt; resume by hand with: hpcai resume $HPCAI_RUN_ID" >&2
+  fi
+elif [ "$rc" -eq 87 ]; then
+  hpcai_event gave_up "$rc"
+  echo "hpcai: the spike guard gave up; see $HPCAI_RUN_DIR/GAVE_UP.json" >&2
+fi
+exit "$rc"

@@ -1,0 +1,164 @@
+#!/bin/bash
+#PBS -N hpcai-clip-clip
+#PBS -A MyProject
+#PBS -q debug-scaling
+#PBS -l select=4:ncpus=32:ngpus=4:system=polaris
+#PBS -l place=scatter
+#PBS -l walltime=1:00:00
+#PBS -l filesystems=home:eagle
+#PBS -l singularity_fakeroot=true
+#PBS -r y
+#PBS -o /eagle/MyProject/hpcai/runs/golden-polaris-4n-container/logs/pbs.out
+#PBS -e /eagle/MyProject/hpcai/runs/golden-polaris-4n-container/logs/pbs.err
+# Rendered by hpcai 0.1.0: workload clip (stage clip) on polaris, run golden-polaris-4n-container.
+set -euo pipefail
+
+export HPCAI_RUN_ID=golden-polaris-4n-container
+export HPCAI_RUN_DIR=/eagle/MyProject/hpcai/runs/golden-polaris-4n-container
+export HPCAI_JOB_ID="$PBS_JOBID"
+mkdir -p "$HPCAI_RUN_DIR/logs"
+cd "$HPCAI_RUN_DIR"
+hpcai_event() {
+  printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
+    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
+    >> "$HPCAI_RUN_DIR/attempts.jsonl"
+}
+
+# One live attempt per run: take the lease, or wait for another live attempt's lease to go stale.
+hpcai_lease="$HPCAI_RUN_DIR/.lease"
+hpcai_lease_age() { echo $(( $(date +%s) - $(stat -c %Y "$hpcai_lease" 2>/dev/null || echo 0) )); }
+hpcai_waited=0
+while ! ( set -C; printf '%s %s\n' "$HPCAI_JOB_ID" "$(hostname)" > "$hpcai_lease" ) 2>/dev/null; do
+  hpcai_holder=$(head -c 200 "$hpcai_lease" 2>/dev/null | head -n 1 || true)
+  if [ "${hpcai_holder%% *}" = "$HPCAI_JOB_ID" ] || [ "$(hpcai_lease_age)" -ge 120 ]; then
+    rm -f "$hpcai_lease"  # our own (a requeue), or abandoned: take it over
+    continue
+  fi
+  if [ "$hpcai_waited" -ge 240 ]; then
+    echo "hpcai: another attempt of run $HPCAI_RUN_ID is live ($hpcai_holder); not training next to it. See: hpcai status $HPCAI_RUN_ID" >&2
+    hpcai_event refused 88
+    exit 88
+  fi
+  sleep 5
+  hpcai_waited=$(( hpcai_waited + 5 ))
+done
+# Its own stderr goes nowhere: stopping it at the end must not leave "Terminated" in the job's error log.
+( while sleep 30; do touch "$hpcai_lease" || true; done ) 2>/dev/null &
+hpcai_lease_pid=$!
+disown "$hpcai_lease_pid"
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+hpcai_release_lease() {
+  pkill -P "$hpcai_lease_pid" 2>/dev/null || true
+  kill "$hpcai_lease_pid" 2>/dev/null || true
+  if [ "$(head -n 1 "$hpcai_lease" 2>/dev/null | cut -d' ' -f1)" = "$HPCAI_JOB_ID" ]; then rm -f "$hpcai_lease"; fi
+}
+trap hpcai_release_lease EXIT
+
+# The job records its own id, so a client killed between submitting and recording loses nothing.
+printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
+rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.json"
+
+# Markers count only when written by this attempt: a ROLLBACK.json left by an attempt that crashed
+# while applying it must not submit yet another attempt.
+: > "$HPCAI_RUN_DIR/.attempt-start"
+hpcai_event start
+hpcai_attempts=$(( $(cat "$HPCAI_RUN_DIR/attempt_count" 2>/dev/null || echo 0) + 1 ))
+printf '%s\n' "$hpcai_attempts" > "$HPCAI_RUN_DIR/attempt_count"
+if [ "$hpcai_attempts" -gt 30 ]; then
+  echo "hpcai: run $HPCAI_RUN_ID has started 30 jobs already (requeues, rollbacks); not starting another. See: hpcai status $HPCAI_RUN_ID" >&2
+  printf '{"action": "give_up", "by": "job script", "reason": "%s jobs started: the cap of 30 is reached"}\n' \
+    "$hpcai_attempts" > "$HPCAI_RUN_DIR/GAVE_UP.json"
+  hpcai_event end 87
+  hpcai_event gave_up 87
+  exit 87
+fi
+
+module use /soft/modulefiles
+module load spack-pe-base apptainer
+
+export NCCL_NET_GDR_LEVEL=PHB
+export NCCL_CROSS_NIC=1
+export NCCL_COLLNET_ENABLE=1
+export NCCL_NET='AWS Libfabric'
+export FI_CXI_DISABLE_HOST_REGISTER=1
+export FI_MR_CACHE_MONITOR=userfaultfd
+export FI_CXI_DEFAULT_CQ_SIZE=131072
+export TMPDIR=/tmp
+export http_proxy=http://proxy.alcf.anl.gov:3128
+export https_proxy=http://proxy.alcf.anl.gov:3128
+export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/libraries/hwloc/lib"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
+export HPCAI_CPU_BIND=24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39
+
+# PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.
+MASTER_ADDR="$(head -n 1 "${PBS_NODEFILE:-/dev/null}")"
+MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"
+MASTER_PORT=29500
+export MASTER_ADDR MASTER_PORT
+
+# Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
+# watches for $HPCAI_RUN_DIR/STOP and then exits with 85.
+# shellcheck disable=SC2317  # invoked by the USR1 trap below
+hpcai_request_checkpoint() {
+  hpcai_signalled=1
+  echo "hpcai: walltime is near, asking the job to checkpoint and stop" >&2
+  : > "$HPCAI_RUN_DIR/STOP"
+}
+hpcai_signalled=0
+trap hpcai_request_checkpoint USR1
+( sleep 3300 && kill -USR1 $$ ) 2>/dev/null &
+hpcai_timer_pid=$!
+disown "$hpcai_timer_pid"
+
+# shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
+mpiexec -n 4 --ppn 1 --depth=32 --cpu-bind depth bash -c 'apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m accelerate.commands.launch --num_machines 4 --machine_rank "$PMI_RANK" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --inject_spike_at 0' &
+hpcai_launcher_pid=$!
+while :; do
+  rc=0
+  wait "$hpcai_launcher_pid" || rc=$?
+  # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
+  if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
+    hpcai_signalled=2
+    continue
+  fi
+  break
+done
+hpcai_release_lease  # training is over: the next attempt (requeue, rollback) may take the lease
+# The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
+if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
+  && grep -q '"action": "rollback"' "$HPCAI_RUN_DIR/ROLLBACK.json"; then
+  rc=86
+elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
+  rc=87
+elif [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
+  rc=85
+fi
+pkill -P "$hpcai_timer_pid" 2>/dev/null || true
+kill "$hpcai_timer_pid" 2>/dev/null || true
+hpcai_event end "$rc"
+
+if [ "$rc" -eq 85 ]; then
+  requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
+  if [ "$requeues" -le 20 ]; then
+    printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
+    hpcai_event requeue "$rc"
+    qsub "$HPCAI_RUN_DIR/job.sh"
+  else
+    echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
+  fi
+fi
+if [ "$rc" -eq 86 ]; then
+  # The spike guard rolled back: submit the next attempt, which applies the decision when it starts.
+  hpcai_event rollback "$rc"
+  if hpcai_next=$(qsub "$HPCAI_RUN_DIR/job.sh"); then
+    hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
+    printf '{"event": "submitted", "job_id": "%s", "after": "%s", "time": "%s"}\n' \
+      "$hpcai_next" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$HPCAI_RUN_DIR/attempts.jsonl"
+  else
+    echo "hpcai: could not submit the next attempt; resume by hand with: hpcai resume $HPCAI_RUN_ID" >&2
+  fi
+elif [ "$rc" -eq 87 ]; then
+  hpcai_event gave_up "$rc"
+  echo "hpcai: the spike guard gave up; see $HPCAI_RUN_DIR/GAVE_UP.json" >&2
+fi
+exit "$rc"
