@@ -45,7 +45,7 @@ def test_clusters_show_prints_limits_and_sources() -> None:
 
 def test_workloads_list_and_show() -> None:
     listed = json.loads(run_cli("workloads", "list", "--json").stdout)
-    assert {w["name"] for w in listed} == {"llava", "clip"}
+    assert {w["name"] for w in listed} == {"llava", "clip", "envcheck"}
     shown = json.loads(run_cli("workloads", "show", "llava", "--json").stdout)
     assert set(shown["stages"]) == {"pretrain", "finetune"} and shown["accelerate"]["fsdp_version"] == 2
     human = run_cli("workloads", "show", "clip")
