@@ -434,25 +434,37 @@ def spikes_scan(
     regex: Annotated[
         str | None, typer.Option("--regex", help="For logs: a regex with named groups step and loss (grad_norm).")
     ] = None,
+    floor: Annotated[
+        float, typer.Option("--floor", help="Report spikes from this excess over the trend up (0.2 = +20%).", min=0)
+    ] = 0.2,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the spike detector over a finished (or anyone's) run and list what it would have flagged."""
+    """Run the spike detector over a finished (or anyone's) run and list what it would have flagged.
+
+    Excursions that pass the statistics but stay below --floor are outliers: counted, not listed."""
     from hpcai.monitor.history import read_history
     from hpcai.monitor.policy import RollbackPolicy, needs_rollback
-    from hpcai.monitor.spikes import SpikeDetector
+    from hpcai.monitor.spikes import DetectorConfig, SpikeDetector
 
     points = read_history(path, regex)
     if not points:
         raise HpcaiError(f"{path}: no points found" + (" with that --regex." if regex else "."))
-    detector = SpikeDetector()
+    detector = SpikeDetector(DetectorConfig(report_floor=floor))
     for point in points:
         detector.update(point.step, point.loss, point.grad_norm)
     policy = RollbackPolicy()
     events = [{**e.to_json(), "rollback": needs_rollback(e, policy)} for e in detector.events]
+    last = detector.outlier_steps[-10:]
+    outliers = {"count": detector.outliers, "floor": floor, "last_steps": last}
     if json_out:
-        print_json({"file": str(path), "points": len(points), "events": events})
+        print_json({"file": str(path), "points": len(points), "events": events, "outliers": outliers})
         return
     console.print(f"{path}: {len(points)} points, steps {points[0].step}-{points[-1].step}, {len(events)} events")
+    if detector.outliers:
+        console.print(
+            f"{detector.outliers} smaller outlier(s) below +{floor:.0%}, not listed (last at steps "
+            f"{', '.join(map(str, last))})"
+        )
     table = Table("kind", "onset", "detected", "loss before", "peak", "after", "status", "rollback?")
     for e in events:
         table.add_row(

@@ -4,6 +4,7 @@ the job is asked to checkpoint before walltime."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,8 @@ class TrainConfig:
     lr_scale: float = 1.0
     # The in-job spike guard's policy; None switches the guard off.
     policy: RollbackPolicy | None = None
+    # The detector's report floor (DetectorConfig.report_floor): the workload's spike_floor parameter.
+    spike_floor: float = 0.2
     # Test hook, a workload option: at this step, while the LR is unscaled, multiply the trainable weights
     # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
     inject_spike_at: int = 0
@@ -157,6 +160,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     guard = None
     if config.policy is not None:
         detector = SpikeDetector.from_state_dict(detector_state) if detector_state else SpikeDetector()
+        # A resume may change the floor; the statistics carry over.
+        detector.config = dataclasses.replace(detector.config, report_floor=config.spike_floor)
         guard = SpikeGuard(config.run_dir, config.policy, detector, accelerator.is_main_process,
                            previous_rollbacks=rollbacks_so_far(config.run_dir))  # fmt: skip
     order = BatchOrder(task.num_samples, config.per_device_batch_size * world, world, rank, config.seed)

@@ -43,6 +43,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     guard.add_argument("--rollback_margin_steps", type=int, default=0)
     guard.add_argument("--rollback_skip_batches", type=int, default=0)
     guard.add_argument("--rollback_transient", type=boolean, default=False)
+    guard.add_argument("--spike_floor", type=float, default=0.2, help="report spikes from this excess up")
     guard.add_argument("--inject_spike_at", type=int, default=0, help="test hook: corrupt the update here")
     guard.add_argument("--inject_spike_scale", type=float, default=8.0)
     return parser
@@ -70,6 +71,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         )
         if args.spike_guard
         else None,
+        spike_floor=args.spike_floor,
         inject_spike_at=args.inject_spike_at,
         inject_spike_scale=args.inject_spike_scale,
     )
