@@ -112,6 +112,7 @@ def evaluate(path: Path) -> dict[str, object]:
         "false_alarms_per_10k_steps": round(len(false_alarms) / span * 10_000, 2),
         "false_alarm_steps": [e.onset_step for e in false_alarms][:20],
         "false_alarms_transient": sum(1 for e in false_alarms if e.status == "transient"),
+        "outliers": detector.outliers,
         "rollbacks": len(rollbacks),
         "rollback_steps": [e.onset_step for e in rollbacks],
         "events": results,
@@ -135,13 +136,13 @@ def main() -> None:
     print("the default policy would roll back for (persistent spikes, divergence, non-finite).")
     print(
         f"{'curve':<36}{'points':>7}{'labels':>8}{'caught':>8}{'>=25% in 5':>12}{'FA (transient)':>16}"
-        f"{'FA/10k':>8}{'rollbacks':>10}"
+        f"{'FA/10k':>8}{'rollbacks':>10}{'outliers':>9}"
     )
     for r in report:
         print(f"{r['file']:<36}{r['points']:>7}{r['labels']:>8}{r['caught']:>8}"
               f"{str(r['big_caught_in_5']) + '/' + str(r['big']):>12}"
               f"{str(r['false_alarms']) + ' (' + str(r['false_alarms_transient']) + ')':>16}"
-              f"{r['false_alarms_per_10k_steps']:>8}{r['rollbacks']:>10}")  # fmt: skip
+              f"{r['false_alarms_per_10k_steps']:>8}{r['rollbacks']:>10}{r['outliers']:>9}")  # fmt: skip
         if args.verbose:
             for e in r["events"]:  # type: ignore[attr-defined]
                 shown = f"delay {e['delay_points']} pts, {e['kind']} {e['call']}" if e["caught"] else "MISSED"

@@ -22,6 +22,8 @@ EXIT_GAVE_UP = 87
 GAVE_UP_FILE = "GAVE_UP.json"
 # Every decision the guard or `hpcai resume` made, one JSON per line (the run's lineage).
 DECISIONS_LOG = "decisions.jsonl"
+# Timed events besides steps (checkpoint saves, hangs), one JSON per line: the goodput account's input.
+TIMELINE_LOG = "timeline.jsonl"
 # Every detector event (spikes that recovered included), one JSON per line.
 EVENTS_LOG = "events.jsonl"
 # One live attempt per run: the job script holds this lease (job id and host on one line) while it

@@ -253,6 +253,38 @@ def show_run_detail(detail: dict[str, Any]) -> None:
             )  # fmt: skip
         console.print(events)
 
+    if detail.get("goodput"):
+        show_goodput(detail["goodput"])
+
+
+def _dur(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}" if whole >= 60 else f"{seconds:.1f}s"
+
+
+def show_goodput(goodput: dict[str, Any]) -> None:
+    """Where the allocated time went, per attempt and in all (hpcai.goodput); narrow enough for 80 columns."""
+    if not goodput["attempts"]:
+        return
+    keys = ("allocated_s", "startup_s", "productive_s", "lost_s", "checkpoint_s", "hang_s", "other_s", "queue_wait_s")
+    table = Table("#", "alloc", "start", "useful", "lost", "ckpt", "hang", "other", "queue", "kept",
+                  title="goodput: where the allocated time went", box=None)  # fmt: skip
+    for a in goodput["attempts"]:
+        table.add_row(f"{a['attempt']}{'*' if a['running'] else ''}", *(_dur(a[k]) for k in keys),
+                      f"{a['steps_kept']}/{a['steps_run']}")  # fmt: skip
+    if len(goodput["attempts"]) > 1:
+        steps = f"{goodput['steps_kept']}/{goodput['steps_kept'] + goodput['steps_lost']}"
+        table.add_row("all", *(_dur(goodput[k]) for k in keys), steps)
+    console.print(table)
+    ettr = goodput["ettr"]
+    running = " (* running: counted until now)" if any(a["running"] for a in goodput["attempts"]) else ""
+    console.print(
+        (f"ETTR (productive / allocated): {ettr:.1%}" if ettr is not None else "ETTR: -")
+        + f" of {goodput['node_hours_allocated']:.3g} node-hours; queue wait is not allocated time{running}"
+    )
+
 
 def _num(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "-"

@@ -16,6 +16,7 @@ from hpcai.exitcodes import (
     REQUEUE_MARKER,
     ROLLBACK_FILE,
     SCRIPT_NAME,
+    TIMELINE_LOG,
 )
 from hpcai.runtime.failure import ERRORS_DIR
 
@@ -57,6 +58,10 @@ class RunDir:
     @property
     def metrics(self) -> str:
         return self.path(METRICS_LOG)
+
+    @property
+    def timeline(self) -> str:
+        return self.path(TIMELINE_LOG)
 
     @property
     def events(self) -> str:

@@ -123,10 +123,28 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     params = run.spec.get("parameters", {})
     policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
     events = [e for e in read_jsonl(transport, RunDir(run.run_dir).events) if e.get("status") != "open"]
+    attempts = store.attempts(run.id)
     return {
         **view.to_json(),
-        "attempts": [asdict(a) for a in store.attempts(run.id)],
+        "attempts": [asdict(a) for a in attempts],
         "events": events,
         "decisions": read_jsonl(transport, RunDir(run.run_dir).decisions),
         "policy": policy,
+        "goodput": run_goodput(run, transport, {a.job_id: a.submitted for a in attempts if a.job_id}),
     }
+
+
+def run_goodput(run: Run, transport: FileReader, submitted: dict[str, float]) -> dict[str, Any]:
+    """The goodput account (hpcai.goodput) from the run directory, read through the run's transport."""
+    from hpcai.goodput import account
+
+    files = RunDir(run.run_dir)
+    nodes = run.spec.get("nodes")
+    result = account(
+        read_jsonl(transport, files.attempts),
+        read_jsonl(transport, metrics_file(run)),
+        read_jsonl(transport, files.timeline),
+        nodes=nodes if isinstance(nodes, int) and nodes > 0 else 1,
+        submitted=submitted,
+    )
+    return result.to_json()

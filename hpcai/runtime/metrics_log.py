@@ -3,7 +3,10 @@
 Schema (every line): step (int), loss (float), grad_norm (float), lr (float), samples_per_s (float),
 tokens_per_s (float or null), z_loss (float or null), peak_memory_gb (float: CUDA peak allocated on GPU,
 peak RSS of the process on CPU), time (unix seconds), elapsed_s (float, since the attempt started),
-attempt_step (int, steps done in this attempt).
+attempt_step (int, steps done in this attempt), step_s (float, the step's own duration: forward,
+backward, optimizer; the goodput account's productive time).
+
+`Timeline` appends the timed events the goodput account needs besides steps (checkpoint saves).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ FIELDS = (
     "time",
     "elapsed_s",
     "attempt_step",
+    "step_s",
 )
 
 
@@ -59,3 +63,19 @@ class MetricsLog:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+class Timeline:
+    """`timeline.jsonl`: one JSON object per timed event (rank 0 only), e.g. a checkpoint save and its
+    duration; read by the goodput account."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def record(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        line = {"event": event, "time": time.time(), **{k: _clean(v) for k, v in fields.items()}}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")

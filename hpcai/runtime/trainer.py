@@ -16,7 +16,14 @@ from typing import Any, Protocol
 
 import torch
 
-from hpcai.exitcodes import EXIT_GAVE_UP, EXIT_REQUEUE, EXIT_ROLLBACK, REQUEUE_MARKER, ROLLBACK_FILE
+from hpcai.exitcodes import (
+    EXIT_GAVE_UP,
+    EXIT_REQUEUE,
+    EXIT_ROLLBACK,
+    REQUEUE_MARKER,
+    ROLLBACK_FILE,
+    TIMELINE_LOG,
+)
 from hpcai.monitor.policy import RollbackPolicy
 from hpcai.monitor.spikes import SpikeDetector
 from hpcai.runtime.affinity import bind_to_gpu_cpus
@@ -25,7 +32,7 @@ from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
 from hpcai.runtime.failure import record_failure
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
-from hpcai.runtime.metrics_log import MetricsLog
+from hpcai.runtime.metrics_log import MetricsLog, Timeline
 from hpcai.runtime.stop import StopRequest
 
 
@@ -167,6 +174,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     order = BatchOrder(task.num_samples, config.per_device_batch_size * world, world, rank, config.seed)
     stop = StopRequest(config.run_dir)
     metrics = MetricsLog(config.run_dir / config.metrics_file, enabled=accelerator.is_main_process)
+    timeline = Timeline(config.run_dir / TIMELINE_LOG, enabled=accelerator.is_main_process)
     device = accelerator.device
     exit_code = 0
     every = progress_every(config.max_steps)
@@ -201,6 +209,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 z_loss=z_loss,
                 peak_memory_gb=_peak_memory_gb(),
                 attempt_step=done - start,
+                step_s=round(elapsed, 6),
             )
             if done % every == 0 or done == config.max_steps:
                 rate = f", {tokens / elapsed:,.0f} tokens/s" if tokens is not None else ""
@@ -223,7 +232,9 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                     "skips": skips,
                     "spike_detector": guard.detector.state_dict() if guard is not None else None,
                 }
+                saving = time.perf_counter()
                 path = checkpoints.save(done, model, optimizer, trainer_state)
+                timeline.record("checkpoint", step=done, seconds=round(time.perf_counter() - saving, 6))
                 accelerator.print(f"hpcai: checkpoint {path.name}")
             if stop_now and done < config.max_steps:
                 if accelerator.is_main_process:

@@ -21,9 +21,15 @@ export HPCAI_RUN_DIR=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-4n
 export HPCAI_JOB_ID="$SLURM_JOB_ID"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"
+# Unix time with microseconds where bash has it (5.0+), else whole seconds: the goodput account's clock.
+hpcai_now() {
+  local now="${EPOCHREALTIME:-}"
+  now="${now/,/.}"
+  printf '%s' "${now:-$(date +%s)}"
+}
 hpcai_event() {
-  printf '{"event": "%s", "job_id": "%s", "time": "%s", "host": "%s", "rc": %s}\n' \
-    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hostname)" "${2:-null}" \
+  printf '{"event": "%s", "job_id": "%s", "time": "%s", "epoch": %s, "host": "%s", "rc": %s}\n' \
+    "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hpcai_now)" "$(hostname)" "${2:-null}" \
     >> "$HPCAI_RUN_DIR/attempts.jsonl"
 }
 
