@@ -34,3 +34,7 @@ LEASE_FILE = ".lease"
 LEASE_REFRESH_S = 30
 LEASE_STALE_S = 120
 EXIT_LEASE_HELD = 88
+# A node's hang watchdog stopped the workers (no rank progressed in time): the job script records the
+# node in EXCLUDE_FILE and submits the next attempt without the excluded nodes (Slurm --exclude).
+EXIT_HANG = 89
+EXCLUDE_FILE = "exclude_nodes"

@@ -11,7 +11,9 @@ from hpcai import __version__
 from hpcai.errors import ValidationError
 from hpcai.exitcodes import (
     ATTEMPT_COUNT_FILE,
+    EXCLUDE_FILE,
     EXIT_GAVE_UP,
+    EXIT_HANG,
     EXIT_LEASE_HELD,
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
@@ -29,6 +31,7 @@ from hpcai.jobenv import setup_lines
 from hpcai.jobspec import JobSpec
 from hpcai.paths import data_dir
 from hpcai.profiles import ClusterProfile
+from hpcai.runtime.watchdog import HANGS_DIR
 from hpcai.shellquote import Expr, join, quote, quote_with_variables
 from hpcai.walltime import pbs_walltime
 from hpcai.workloads import Workload
@@ -201,8 +204,35 @@ def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
     return words
 
 
+def _with_watchdog(job: JobSpec, profile: ClusterProfile, command: str) -> str:
+    """The per-node shell text: the launcher in the background, the node's hang watchdog beside it
+    (hpcai.runtime.watchdog), the launcher's exit status as the node's. Heartbeats go to node-local
+    memory (/dev/shm, else $TMPDIR)."""
+    rank = f"${profile.launch.machine_rank_var}"
+    floor = job.parameters.get("hang_timeout_s", 180)
+    watchdog = [*container_prefix(profile, job.container, job.environment.mount), job.python, "-m",
+                "hpcai.runtime.watchdog", "--dir", Expr('"$HPCAI_HEARTBEAT_DIR"'), "--run-dir",
+                Expr('"$HPCAI_RUN_DIR"'), "--launcher-pid", Expr('"$hpcai_lp"'), "--node-rank", Expr(f'"{rank}"'),
+                "--floor", floor]  # fmt: skip
+    return "; ".join(
+        [
+            'hpcai_hb=/dev/shm; [ -w "$hpcai_hb" ] || hpcai_hb="${TMPDIR:-/tmp}"',
+            f'export HPCAI_HEARTBEAT_DIR="$hpcai_hb/hpcai-$HPCAI_JOB_ID-{rank}"',
+            f"{command} & hpcai_lp=$!",
+            f"{join(watchdog)} & hpcai_wp=$!",
+            'trap \'kill "$hpcai_lp" "$hpcai_wp" 2>/dev/null\' TERM INT',
+            'hpcai_rc=0; wait "$hpcai_lp" || hpcai_rc=$?',
+            'kill "$hpcai_wp" 2>/dev/null; wait "$hpcai_wp" 2>/dev/null',
+            'exit "$hpcai_rc"',
+        ]
+    )
+
+
 def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
-    per_node = "bash -c " + quote(join(_node_command(job, profile, workload)))
+    command = join(_node_command(job, profile, workload))
+    if workload.spec.launcher == "accelerate":  # the hpcai runtime writes heartbeats: watch them
+        command = _with_watchdog(job, profile, command)
+    per_node = "bash -c " + quote(command)
     launch = profile.launch
     if launch.launcher == "srun":
         if launch.emulate_nodes:
@@ -231,12 +261,17 @@ def _requeue_lines(kind: str) -> list[str]:
     ]
 
 
-def _submit_next(job: JobSpec, kind: str) -> str:
+def _submit_next(job: JobSpec, kind: str, emulated: bool = False) -> str:
     """The command, run by the job itself, that submits the run's next attempt and prints its id."""
     script = f'"$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
     if kind == "slurm":
-        # Variables of this job's allocation must not leak into the new submission's resource request.
-        return f"env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable {script}"
+        # Variables of this job's allocation must not leak into the new submission's resource request;
+        # nodes a watchdog found hung are excluded (not on the test cluster, whose "nodes" are tasks on
+        # its one node).
+        exclude = "" if emulated else ' ${hpcai_exclude:+"$hpcai_exclude"}'
+        return (
+            f"env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable{exclude} {script}"
+        )
     if kind == "pbs":
         return f"qsub {script}"
     return f'{quote(job.python)} -m hpcai.schedulers.local {script} "$HPCAI_RUN_DIR" {job.walltime_s}'
@@ -265,7 +300,7 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "rollback_file": ROLLBACK_FILE,
         "exit_gave_up": EXIT_GAVE_UP,
         "gave_up_file": GAVE_UP_FILE,
-        "submit_next": _submit_next(job, profile.scheduler),
+        "submit_next": _submit_next(job, profile.scheduler, profile.launch.emulate_nodes),
         "max_requeues": MAX_REQUEUES,
         "max_attempts": MAX_ATTEMPTS,
         "attempt_count_file": ATTEMPT_COUNT_FILE,
@@ -273,6 +308,10 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "lease_refresh_s": LEASE_REFRESH_S,
         "lease_stale_s": LEASE_STALE_S,
         "exit_lease_held": EXIT_LEASE_HELD,
+        "exit_hang": EXIT_HANG,
+        "hangs_dir": HANGS_DIR,
+        "exclude_file": EXCLUDE_FILE,
+        "exclude_nodes": profile.scheduler == "slurm" and not profile.launch.emulate_nodes,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")
     return template.render(context)

@@ -169,7 +169,10 @@ def test_lumi_uses_rocm_container_rccl_settings_and_job_id_port() -> None:
     assert "export HPCAI_CPU_BIND=49-55:57-63:17-23:25-31:1-7:9-15:33-39:41-47" in script
     assert "MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))" in script
     # The user's own image runs as it is: no --rocm (the AI images ship their own ROCm), binds by the module.
-    assert "bash -c 'singularity exec /scratch/project_465000123/llava.sif python -m accelerate" in script
+    assert (
+        "& hpcai_lp=$!" in script
+        and "singularity exec /scratch/project_465000123/llava.sif python -m accelerate" in script
+    )
     assert "module purge\nmodule use /appl/local/laifs/modules\nmodule load lumi-aif-singularity-bindings" in script
     assert "--num_processes 32" in script
     assert "HF_HUB_OFFLINE" not in script  # LUMI compute nodes reach the internet
@@ -190,7 +193,7 @@ def test_juwels_launcher_gets_all_threads_visible_gpus_and_ib_sockets() -> None:
     assert "export CUDA_VISIBLE_DEVICES=0,1,2,3" in script
     assert "export NCCL_SOCKET_IFNAME=ib0" in script and "export GLOO_SOCKET_IFNAME=ib0" in script
     assert "module load Stages/2025 GCC Python" in script and "PyTorch" not in script
-    assert "bash -c '/p/project/training2410/hpcai/envs/py3-" in script
+    assert "; /p/project/training2410/hpcai/envs/py3-" in script
 
 
 def test_leonardo_asks_for_memory_and_avoids_the_old_cineca_ai() -> None:
@@ -236,3 +239,20 @@ def test_cpu_runs_use_accelerate_multi_cpu_mode_without_module_sync() -> None:
 
 def test_render_is_a_pure_function() -> None:
     assert render_case("lumi-g-1n") == render_case("lumi-g-1n")
+
+
+def test_a_hang_excludes_the_recorded_nodes_from_the_next_submission(tmp_path: Path) -> None:
+    script = render_case("juwels-booster-4n")
+    start = script.index("hpcai_excluded() {")
+    function = script[start : script.index("\n}\n", start) + 3]
+    nodes = tmp_path / "exclude_nodes"
+    nodes.write_text("jwb0001\njwb0107\njwb0001\nbad name;touch pwned\n")
+    out = subprocess.run(["bash", "-c", function + 'hpcai_excluded "$1"', "x", str(nodes)],
+                         capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert out.stdout == "--exclude=jwb0001,jwb0107" and not (tmp_path / "pwned").exists()
+    empty = subprocess.run(["bash", "-c", function + 'hpcai_excluded "$1"', "x", str(tmp_path / "none")],
+                           capture_output=True, text=True)  # fmt: skip
+    assert empty.stdout == ""
+    assert 'sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"}' in script
+    # The per-node command runs the hang watchdog beside the launcher, with the workload's floor.
+    assert "-m hpcai.runtime.watchdog" in script and "--floor 180" in script

@@ -16,6 +16,7 @@ from typing import Any
 from hpcai.errors import HpcaiError
 from hpcai.exitcodes import (
     EXIT_GAVE_UP,
+    EXIT_HANG,
     EXIT_LEASE_HELD,
     EXIT_ROLLBACK,
 )
@@ -224,30 +225,66 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
         if d.get("action") == "rollback" and d.get("by") == "spike guard"
     ]
     added = False
-    for k, event in enumerate(submitted):
+    rollbacks = 0
+    for event in submitted:
+        why = event.get("why", "rollback")  # logs written before hangs were handled say nothing: rollbacks
+        decision: dict[str, Any] = {}
+        if why == "hang":
+            reason = _hang_reason(transport, run, str(event.get("after")))
+        else:
+            decision = _readable_decision(decisions[rollbacks]) if rollbacks < len(decisions) else {}
+            rollbacks += 1
+            reason = f"rolled back: {decision.get('reason', 'spike guard')}"
         attempts = store.attempts(run.id)
         if any(a.job_id == str(event["job_id"]) for a in attempts):
             continue
-        decision = _readable_decision(decisions[k]) if k < len(decisions) else {}
         previous = next((a for a in attempts if a.job_id == event.get("after")), None)
         if previous is not None:
-            changes: dict[str, Any] = {"reason": f"rolled back: {decision.get('reason', 'spike guard')}"}
+            changes: dict[str, Any] = {"reason": reason}
             if not JobState(previous.state).terminal:
-                changes.update(state=JobState.FAILED.value, exit_code=EXIT_ROLLBACK)
+                changes.update(state=JobState.FAILED.value, exit_code=EXIT_HANG if why == "hang" else EXIT_ROLLBACK)
             store.update_attempt(run.id, previous.number, **changes)
         skipped = None
         if decision.get("skip_from") is not None:
             skipped = f"{decision['skip_from']}-{decision['skip_to']}"
+        resumed = f"step-{int(decision['checkpoint_step']):08d}" if "checkpoint_step" in decision else None
+        if why == "hang" and re.fullmatch(r"step-[0-9]{1,12}", str(event.get("resume", ""))):
+            resumed = str(event["resume"])
         number = store.add_attempt(
             run.id,
-            resumed_from=f"step-{int(decision['checkpoint_step']):08d}" if "checkpoint_step" in decision else None,
+            resumed_from=resumed,
             lr_scale=float(decision.get("lr_scale", 1.0)),
             skipped_batches=skipped,
         )
         store.update_attempt(run.id, number, job_id=str(event["job_id"]), state=JobState.PENDING.value)
-        store.add_event(run.id, "rollback", decision.get("reason", "the job submitted its next attempt"), decision)
+        if why == "hang":
+            store.add_event(run.id, "hang", reason, {"job_id": event.get("after")})
+        else:
+            store.add_event(run.id, "rollback", decision.get("reason", "the job submitted its next attempt"), decision)
         added = True
     return added
+
+
+def _hang_reason(transport: FileReader, run: Run, job_id: str) -> str:
+    """Why a hung attempt ended, from the watchdogs' records in the timeline."""
+    hangs = [
+        r for r in read_jsonl(transport, RunDir(run.run_dir).timeline)
+        if r.get("event") == "hang" and str(r.get("job_id")) == job_id
+    ]  # fmt: skip
+    if not hangs:
+        return "hang: a node's watchdog stopped the workers"
+    parts = []
+    for r in hangs:
+        stalled, limit = r.get("stalled_s"), r.get("limit_s")
+        timing = (
+            f"no rank progressed for {stalled:.0f} s (limit {limit:.0f} s)"
+            if isinstance(stalled, int | float) and isinstance(limit, int | float)
+            else "no rank progressed"
+        )
+        parts.append(
+            f"on {r.get('scheduler_node') or r.get('node')} at step {r.get('step')} ({r.get('phase')}): {timing}"
+        )
+    return "hang " + "; ".join(parts) + "; stacks in stacks/, the next attempt runs without that node"
 
 
 def _note_give_up(store: Store, transport: FileReader, run: Run, attempt: Attempt) -> None:

@@ -32,8 +32,10 @@ from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
 from hpcai.runtime.failure import record_failure
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
+from hpcai.runtime.heartbeat import Heartbeat
 from hpcai.runtime.metrics_log import MetricsLog, Timeline
 from hpcai.runtime.stop import StopRequest
+from hpcai.runtime.watchdog import HANGS_DIR
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class TrainConfig:
     # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
     inject_spike_at: int = 0
     inject_spike_scale: float = 1.0
+    # Test hook, a workload option: after this step every rank stops progressing (once per run).
+    inject_hang_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     from accelerate.utils import set_seed
 
     bound = bind_to_gpu_cpus()
+    heartbeat = Heartbeat(config.run_dir, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+    heartbeat.beat("setup")
     set_seed(config.seed)
     task = make_task()
     accelerator = make_accelerator(task.layer_classes)
@@ -148,6 +154,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     if decision is not None:
         source = checkpoints.root / f"step-{int(decision['checkpoint_step']):08d}"
     if source is not None:
+        heartbeat.beat("loading")
         state = checkpoints.load(source, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
@@ -198,6 +205,9 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 accelerator.reduce(out.z_loss.detach(), reduction="mean").item() if out.z_loss is not None else None
             )
             elapsed = time.perf_counter() - began
+            heartbeat.beat("step", done, elapsed)
+            if config.inject_hang_at == done and not _hung_before(config.run_dir):
+                _hang_forever(accelerator, done)
             tokens = out.tokens * world if out.tokens is not None else None
             metrics.write(
                 step=done,
@@ -233,7 +243,9 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                     "spike_detector": guard.detector.state_dict() if guard is not None else None,
                 }
                 saving = time.perf_counter()
+                heartbeat.beat("checkpoint", done)
                 path = checkpoints.save(done, model, optimizer, trainer_state)
+                heartbeat.beat("step", done)
                 timeline.record("checkpoint", step=done, seconds=round(time.perf_counter() - saving, 6))
                 accelerator.print(f"hpcai: checkpoint {path.name}")
             if stop_now and done < config.max_steps:
@@ -244,9 +256,23 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 break
     finally:
         metrics.close()
+        heartbeat.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return exit_code
+
+
+def _hung_before(run_dir: Path) -> bool:
+    """The inject_hang_at test hook fires once per run: not again after the recovery it caused."""
+    folder = run_dir / HANGS_DIR
+    return folder.is_dir() and any(folder.glob("*.json"))
+
+
+def _hang_forever(accelerator: Any, step: int) -> None:
+    """Test hook (inject_hang_at): every rank stops making progress, as in a stuck collective."""
+    accelerator.print(f"hpcai: inject_hang_at: every rank stops progressing after step {step}")
+    while True:
+        time.sleep(3600)
 
 
 def _pending_decision(run_dir: Path) -> dict[str, Any] | None:

@@ -46,6 +46,9 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     guard.add_argument("--spike_floor", type=float, default=0.2, help="report spikes from this excess up")
     guard.add_argument("--inject_spike_at", type=int, default=0, help="test hook: corrupt the update here")
     guard.add_argument("--inject_spike_scale", type=float, default=8.0)
+    hang = parser.add_argument_group("hang watchdog (the job script's; the runtime writes the heartbeats)")
+    hang.add_argument("--hang_timeout_s", type=float, default=180.0, help="read by the job script's watchdog")
+    hang.add_argument("--inject_hang_at", type=int, default=0, help="test hook: every rank stops after this step")
     return parser
 
 
@@ -74,6 +77,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         spike_floor=args.spike_floor,
         inject_spike_at=args.inject_spike_at,
         inject_spike_scale=args.inject_spike_scale,
+        inject_hang_at=args.inject_hang_at,
     )
 
 

@@ -27,6 +27,12 @@ hpcai_now() {
   now="${now/,/.}"
   printf '%s' "${now:-$(date +%s)}"
 }
+# `--exclude=` naming the nodes this run found hung, or nothing.
+hpcai_excluded() {
+  local nodes
+  nodes=$(sort -u "$1" 2>/dev/null | grep -E '^[A-Za-z0-9._-]+$' | paste -sd, - || true)
+  if [ -n "$nodes" ]; then printf -- '--exclude=%s' "$nodes"; fi
+}
 hpcai_event() {
   printf '{"event": "%s", "job_id": "%s", "time": "%s", "epoch": %s, "host": "%s", "rc": %s}\n' \
     "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hpcai_now)" "$(hostname)" "${2:-null}" \
@@ -116,7 +122,7 @@ hpcai_signalled=0
 trap hpcai_request_checkpoint USR1
 
 # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 --cpu_bind=none bash -c 'apptainer exec --nv --bind /p/project,/p/scratch /p/project/training2410/clip.sif python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /p/scratch/training2410/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --spike_floor 0.2 --inject_spike_at 0' &
+srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 --cpu_bind=none bash -c 'hpcai_hb=/dev/shm; [ -w "$hpcai_hb" ] || hpcai_hb="${TMPDIR:-/tmp}"; export HPCAI_HEARTBEAT_DIR="$hpcai_hb/hpcai-$HPCAI_JOB_ID-$SLURM_NODEID"; apptainer exec --nv --bind /p/project,/p/scratch /p/project/training2410/clip.sif python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /p/scratch/training2410/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --spike_floor 0.2 --inject_spike_at 0 --hang_timeout_s 180 --inject_hang_at 0 & hpcai_lp=$!; apptainer exec --nv --bind /p/project,/p/scratch /p/project/training2410/clip.sif python -m hpcai.runtime.watchdog --dir "$HPCAI_HEARTBEAT_DIR" --run-dir "$HPCAI_RUN_DIR" --launcher-pid "$hpcai_lp" --node-rank "$SLURM_NODEID" --floor 180 & hpcai_wp=$!; trap '"'"'kill "$hpcai_lp" "$hpcai_wp" 2>/dev/null'"'"' TERM INT; hpcai_rc=0; wait "$hpcai_lp" || hpcai_rc=$?; kill "$hpcai_wp" 2>/dev/null; wait "$hpcai_wp" 2>/dev/null; exit "$hpcai_rc"' &
 hpcai_launcher_pid=$!
 while :; do
   rc=0
@@ -135,6 +141,8 @@ if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
   rc=86
 elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
   rc=87
+elif [ -n "$(find "$HPCAI_RUN_DIR/hangs" -name '*.json' -newer "$HPCAI_RUN_DIR/.attempt-start" 2>/dev/null | head -n 1)" ]; then
+  rc=89  # a node's watchdog declared a hang and stopped the workers
 elif [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
   rc=85
 fi
@@ -152,13 +160,25 @@ if [ "$rc" -eq 85 ]; then
     echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
   fi
 fi
-if [ "$rc" -eq 86 ]; then
-  # The spike guard rolled back: submit the next attempt, which applies the decision when it starts.
-  hpcai_event rollback "$rc"
-  if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable "$HPCAI_RUN_DIR/job.sh"); then
+if [ "$rc" -eq 89 ]; then
+  # The hung node(s) join the run's exclusion list; the next attempt resumes from the newest complete
+  # checkpoint without them.
+  hpcai_event hang "$rc"
+  find "$HPCAI_RUN_DIR/hangs" -name '*.json' -newer "$HPCAI_RUN_DIR/.attempt-start" -print0 2>/dev/null \
+    | xargs -0 -r sed -n 's/^ *"scheduler_node": "\([A-Za-z0-9._-]*\)".*/\1/p' >> "$HPCAI_RUN_DIR/exclude_nodes"
+fi
+if [ "$rc" -eq 86 ] || [ "$rc" -eq 89 ]; then
+  # The spike guard rolled back (the next attempt applies its decision when it starts), or a hang
+  # stopped this attempt: submit the next attempt.
+  if [ "$rc" -eq 86 ]; then hpcai_why=rollback; hpcai_event rollback "$rc"; else hpcai_why=hang; fi
+  hpcai_exclude=$(hpcai_excluded "$HPCAI_RUN_DIR/exclude_nodes")
+  if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
-    printf '{"event": "submitted", "job_id": "%s", "after": "%s", "time": "%s"}\n' \
-      "$hpcai_next" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$HPCAI_RUN_DIR/attempts.jsonl"
+    # After a hang the next attempt resumes from the newest complete checkpoint: say which.
+    hpcai_resume=$(tr -cd 'A-Za-z0-9_-' < "$HPCAI_RUN_DIR/checkpoints/latest" 2>/dev/null | head -c 64 || true)
+    printf '{"event": "submitted", "job_id": "%s", "after": "%s", "why": "%s", "resume": "%s", "time": "%s"}\n' \
+      "$hpcai_next" "$HPCAI_JOB_ID" "$hpcai_why" "$hpcai_resume" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+      >> "$HPCAI_RUN_DIR/attempts.jsonl"
   else
     echo "hpcai: could not submit the next attempt; resume by hand with: hpcai resume $HPCAI_RUN_ID" >&2
   fi

@@ -1,0 +1,185 @@
+"""The node's hang watchdog: started by the job script next to the launcher on every node (standard
+library only: it must run where the training stack is stuck).
+
+It reads the node's per-rank heartbeats (hpcai.runtime.heartbeat) and declares a hang when no local
+rank has progressed for longer than the limit of the phase the newest heartbeat is in:
+
+- step: max(k x the median step time seen, `floor`) -- k = 10 and floor = 180 s by default: a step
+  10x slower than usual is not slowness any more, and 180 s is NVIDIA's resiliency extension's default
+  for a training-step section; the workload's `hang_timeout_s` sets the floor;
+- checkpoint: max(600 s, the step limit) (the extension uses 420 s; parallel filesystems at the sites
+  are slower when a whole machine writes);
+- setup and loading: 1,800 s (the extension's first-heartbeat timeout: imports, NCCL start-up, model and
+  checkpoint loading on a busy filesystem).
+
+A workload that never writes a heartbeat (not on the hpcai runtime) is never declared hung. On a hang
+it asks every worker for its Python stacks (SIGUSR2 -> faulthandler; `py-spy dump` too when installed),
+writes a HANG record (`hangs/<job>-node<N>.json`, and `timeline.jsonl` for the goodput account), then
+stops the workers (TERM, then KILL) so the launcher fails at once instead of holding the allocation
+until walltime. The job script reads the record and starts the next attempt without this node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HANGS_DIR = "hangs"
+SETUP_LIMIT_S = 1800.0
+CHECKPOINT_LIMIT_S = 600.0
+
+
+def read_heartbeats(folder: Path) -> list[dict[str, Any]]:
+    beats = []
+    for path in sorted(folder.glob("rank-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now
+        if isinstance(record, dict) and isinstance(record.get("time"), int | float):
+            beats.append(record)
+    return beats
+
+
+def limit_for(phase: str, median_step_s: float | None, *, k: float, floor: float) -> float:
+    step_limit = max(k * (median_step_s or 0.0), floor)
+    if phase == "step":
+        return step_limit
+    if phase == "checkpoint":
+        return max(CHECKPOINT_LIMIT_S, step_limit)
+    return max(SETUP_LIMIT_S, step_limit)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie -- exited, not yet reaped by its parent -- is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _dump_stacks(beats: list[dict[str, Any]], run_dir: Path, job: str) -> None:
+    for beat in beats:
+        with contextlib.suppress(ProcessLookupError, PermissionError, TypeError, ValueError):
+            os.kill(int(beat["pid"]), signal.SIGUSR2)
+    spy = shutil.which("py-spy")
+    if spy is not None:
+        for beat in beats:
+            target = run_dir / "stacks" / f"{job}-rank-{beat.get('rank')}.py-spy.txt"
+            with contextlib.suppress(OSError, subprocess.SubprocessError), open(target, "w") as out:
+                subprocess.run([spy, "dump", "--pid", str(beat["pid"])], stdout=out, stderr=out, timeout=30)
+    time.sleep(2)  # faulthandler writes from a signal handler: give every rank the moment it needs
+
+
+def _stop(pids: list[int], grace_s: float) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def declare_hang(
+    beats: list[dict[str, Any]], *, run_dir: Path, job: str, node_rank: int, stalled_s: float, limit_s: float,
+    median_step_s: float | None, grace_s: float = 10.0,
+) -> dict[str, Any]:  # fmt: skip
+    newest = max(beats, key=lambda b: float(b["time"]))
+    (run_dir / "stacks").mkdir(parents=True, exist_ok=True)
+    _dump_stacks(beats, run_dir, job)
+    now = time.time()
+    record = {
+        "event": "hang", "job_id": job, "node": socket.gethostname(), "node_rank": node_rank,
+        # The scheduler's name for the node (what --exclude takes): Slurm sets it for every task.
+        "scheduler_node": os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0],
+        "ranks": sorted(int(b["rank"]) for b in beats if isinstance(b.get("rank"), int)),
+        "step": newest.get("step"), "phase": newest.get("phase"), "stalled_s": round(stalled_s, 3),
+        "limit_s": round(limit_s, 3), "median_step_s": median_step_s, "time": now,
+        "stacks": f"stacks/{job}-rank-*.txt",
+    }  # fmt: skip
+    folder = run_dir / HANGS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{job}-node{node_rank}.json"
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, target)
+    with open(run_dir / "timeline.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    print(
+        f"hpcai: hang on {record['node']} (node {node_rank}): no rank progressed for {stalled_s:.0f} s "
+        f"(limit {limit_s:.0f} s, phase {record['phase']}, step {record['step']}); stacks in "
+        f"{run_dir / 'stacks'}; stopping the workers",
+        file=sys.stderr,
+        flush=True,
+    )
+    _stop([int(b["pid"]) for b in beats if isinstance(b.get("pid"), int)], grace_s)
+    return record
+
+
+def watch(
+    folder: Path, run_dir: Path, *, launcher_pid: int, job: str, node_rank: int, k: float, floor: float,
+    poll_s: float | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Watch until the launcher ends (None) or a hang is declared (its record)."""
+    poll = poll_s if poll_s is not None else max(0.5, min(5.0, floor / 20))
+    step_times: dict[tuple[int, int], float] = {}  # (rank, step) -> that step's duration
+    while _alive(launcher_pid):
+        beats = read_heartbeats(folder)
+        live = [b for b in beats if b.get("phase") != "done"]
+        for b in live:
+            if isinstance(b.get("step_s"), int | float) and isinstance(b.get("step"), int):
+                step_times[(int(b.get("rank", -1)), int(b["step"]))] = float(b["step_s"])
+        if live:
+            recent = sorted(step_times)[-200:]
+            median = statistics.median(step_times[key] for key in recent) if recent else None
+            newest = max(live, key=lambda b: float(b["time"]))
+            stalled = time.time() - float(newest["time"])
+            limit = limit_for(str(newest.get("phase")), median, k=k, floor=floor)
+            if stalled > limit:
+                return declare_hang(live, run_dir=run_dir, job=job, node_rank=node_rank, stalled_s=stalled,
+                                    limit_s=limit, median_step_s=median)  # fmt: skip
+        time.sleep(poll)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", type=Path, required=True, help="the node's heartbeat folder")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--launcher-pid", type=int, required=True)
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--k", type=float, default=10.0)
+    parser.add_argument("--floor", type=float, default=180.0)
+    args = parser.parse_args(argv)
+    job = os.environ.get("HPCAI_JOB_ID", "job")
+    try:
+        watch(args.dir, args.run_dir, launcher_pid=args.launcher_pid, job=job, node_rank=args.node_rank,
+              k=args.k, floor=args.floor)  # fmt: skip
+    finally:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
