@@ -73,9 +73,10 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
     filesystem = None
     resolved = overrides
     remote = load_user_config().for_cluster(name).ssh_host is not None
+    rendered = prepare_job(workload, name, resolved)  # every option checked before staging is planned
     if remote or profile.launch.python != "current":
         resolved, actions, filesystem = _plan_staging(name, workload, overrides, remote=remote)
-    rendered = prepare_job(workload, name, resolved)
+        rendered = prepare_job(workload, name, resolved)
     job = rendered.job
     scheduler = scheduler_for(profile, LocalTransport())  # only asked for its command line
     return SubmitPlan(
@@ -102,7 +103,7 @@ def _plan_staging(
     from hpcai.staging.stager import plan_stage
 
     profile = load_profile(cluster)
-    fs_name, root = store_root(cluster, profile, None)
+    fs_name, root = store_root(cluster, profile, None, overrides.account)
     cache = HashCache()
     actions: list[StageAction] = []
 
@@ -153,7 +154,8 @@ def execute(
         checked = _preflight(plan)
     if plan.staging:
         items = [StageItem(a.local, a.keep_name) for a in plan.staging]
-        reports = stage_paths(job.cluster, items, filesystem=plan.filesystem, show_progress=show_progress)
+        reports = stage_paths(job.cluster, items, filesystem=plan.filesystem, show_progress=show_progress,
+                              account=job.account)  # fmt: skip
         for action, report in zip(plan.staging, reports, strict=True):
             if report.remote_path != action.remote_path:
                 raise HpcaiError(

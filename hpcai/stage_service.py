@@ -18,7 +18,10 @@ from hpcai.transport.base import Transport
 from hpcai.userconfig import load_user_config
 
 
-def store_root(cluster: str, profile: ClusterProfile, filesystem: str | None) -> tuple[str, str]:
+def store_root(
+    cluster: str, profile: ClusterProfile, filesystem: str | None, account: str | None = None
+) -> tuple[str, str]:
+    """The staging store's filesystem and folder; `account` (e.g. from --account) outranks config.toml's."""
     settings = load_user_config().for_cluster(cluster)
     name = filesystem or settings.data_filesystem or profile.runs_on
     if name not in profile.filesystems:
@@ -28,8 +31,8 @@ def store_root(cluster: str, profile: ClusterProfile, filesystem: str | None) ->
             f"{where}: '{name}' is not a filesystem of {cluster}.{closest(name, known)} Known: {', '.join(known)}."
         )
     values = {"user": settings.user or "user", "state_dir": str(state_dir())}
-    if settings.account:
-        values["account"] = settings.account
+    if account or settings.account:
+        values["account"] = str(account or settings.account)
     root = expand_path(profile.filesystems[name].path, values, field=f"filesystems.{name}.path")
     return name, f"{root.rstrip('/')}/hpcai/store"
 
@@ -63,11 +66,12 @@ def stage_paths(
     keep_name: bool = False,
     verify: bool = False,
     follow_links: bool = False,
+    account: str | None = None,
 ) -> list[StageReport]:
     """Stage files or folders over the session's connection to the cluster, with one progress bar."""
     cluster = resolve_alias(cluster)
     profile = load_profile(cluster)
-    fs_name, root = store_root(cluster, profile, filesystem)
+    fs_name, root = store_root(cluster, profile, filesystem, account)
     items = [p if isinstance(p, StageItem) else StageItem(p.expanduser(), keep_name) for p in paths]
     transport = Session.current().get(cluster).transport
     cache = HashCache()
