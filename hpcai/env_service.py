@@ -3,13 +3,18 @@ laptop through the session's one connection to the login node."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 from hpcai.errors import EnvironmentFailure, HpcaiError
 from hpcai.jobenv import BUILD_MARK, JobEnv, build_script
 from hpcai.jobspec import Overrides
+from hpcai.schedulers.base import JobState
 from hpcai.service import RenderedJob, prepare_job
 from hpcai.session import Session
+
+if TYPE_CHECKING:
+    from rich.status import Status
 
 REFERENCE_WORKLOAD = "llava"  # the environment serves every built-in workload; llava needs the most
 BUILD_TIMEOUT_S = 3600  # pip installing torch on a busy login node takes minutes, not hours
@@ -48,13 +53,8 @@ def build_environment(
     transport = Session.current().get(job.cluster).transport
     script = build_script(profile, env, rebuild=rebuild)
     argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
-    if show_progress:
-        from hpcai.output import console
-
-        what = ", ".join(env.requirements) or "nothing beyond the base"
-        with console.status(f"building {describe(env)} on {job.cluster} (pip: {what}); this takes minutes"):
-            result = transport.run(argv, timeout=BUILD_TIMEOUT_S)
-    else:
+    what = ", ".join(env.requirements) or "nothing beyond the base"
+    with _spinner(show_progress, f"building {describe(env)} on {job.cluster} (pip: {what}); this takes minutes"):
         result = transport.run(argv, timeout=BUILD_TIMEOUT_S)
     marks = [line[len(BUILD_MARK) :].strip() for line in result.stdout.splitlines() if line.startswith(BUILD_MARK)]
     if not result.ok or not marks:
@@ -145,19 +145,14 @@ def check_in_job(
         (view,), _ = status(store, run_id)
         return view.state
 
-    if show_progress:
-        from hpcai.output import console
-
-        with console.status(f"envcheck job {submitted['job_id']} on {job.cluster}: queued") as spinner:
-            while clock.monotonic() < deadline and not _terminal(state := poll()):
+    with _spinner(show_progress, f"envcheck job {submitted['job_id']} on {job.cluster}: queued") as spinner:
+        while clock.monotonic() < deadline and not JobState(state := poll()).terminal:
+            if spinner is not None:
                 spinner.update(f"envcheck job {submitted['job_id']} on {job.cluster}: {state.lower()}")
-                clock.sleep(3)
-    else:
-        while clock.monotonic() < deadline and not _terminal(state := poll()):
             clock.sleep(3)
     result: dict[str, Any] = {"cluster": job.cluster, "run_id": run_id, "job_id": submitted["job_id"],
                               "state": state, "gpus_per_node": job.gpus_per_node, "nodes": []}  # fmt: skip
-    if not _terminal(state):
+    if not JobState(state).terminal:
         raise EnvironmentFailure(
             f"env check --job: the envcheck job {submitted['job_id']} on {job.cluster} is still {state.lower()} "
             f"after {wait_s:.0f} s (a busy queue). It goes on: see `hpcai logs {run_id}` later, or "
@@ -187,7 +182,10 @@ def check_in_job(
     return result
 
 
-def _terminal(state: str) -> bool:
-    from hpcai.schedulers.base import TERMINAL
+def _spinner(show: bool, text: str) -> AbstractContextManager[Status | None]:
+    """A rich status line while waiting, or nothing (--json)."""
+    if not show:
+        return nullcontext()
+    from hpcai.output import console
 
-    return state.split(" ")[0] in {s.value for s in TERMINAL}
+    return console.status(text)

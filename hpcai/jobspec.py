@@ -370,11 +370,8 @@ def resolve_jobspec(
     parameters = _absolute_paths(workload, _resolve_parameters(workload, stage, assignments))
     env = _resolve_env(overrides.env)
 
-    user = settings.user or _local_user()
+    placeholders = path_placeholders(settings, account, state_dir)
     fs = profile.filesystems[profile.runs_on]
-    placeholders = {"user": user, "state_dir": str(state_dir)}
-    if account is not None:
-        placeholders["account"] = account
     fs_root = expand_path(fs.path, placeholders, field=f"filesystems.{profile.runs_on}.path")
     run_dir = overrides.run_dir or f"{fs_root.rstrip('/')}/{profile.runs_subdir}/{overrides.run_id}"
     if not RUN_DIR_SAFE.fullmatch(run_dir):
@@ -426,6 +423,15 @@ def resolve_jobspec(
         mixed_precision=precision,
         signal_lead_s=lead,
     )
+
+
+def path_placeholders(settings: ClusterSettings, account: str | None, state_dir: Path) -> dict[str, str]:
+    """What fills `{user}`, `{account}` and `{state_dir}` in a profile's paths for a job (and for doctor,
+    which must look where the job will)."""
+    values = {"user": settings.user or _local_user(), "state_dir": str(state_dir)}
+    if account is not None:
+        values["account"] = account
+    return values
 
 
 def _local_user() -> str:

@@ -179,18 +179,14 @@ def run_preflight(
     # A remembered pass says nothing of an environment deleted or half-rebuilt since: look (cheap).
     marker = built.marker if built is not None and entry is not None else None
     if built is not None and marker is not None and not transport.run(["test", "-e", marker], timeout=60).ok:
-        from hpcai.jobenv import missing_message
-
-        return PreflightResult(False, True, missing_message(env.cluster, built), missing_environment=True)
+        return _not_built(env.cluster, built)
     if entry is not None:
         remembered = {str(k): str(v) for k, v in dict(entry.get("versions", {})).items()}
         return PreflightResult(True, True, _describe(remembered), remembered, cached=True)
     argv = ["bash", "-c", command] if profile.scheduler == "local" else ["bash", "-lc", command]
     result = transport.run(argv, timeout=180)
-    if env.built is not None and MISSING in result.stdout.split():
-        from hpcai.jobenv import missing_message
-
-        return PreflightResult(False, True, missing_message(env.cluster, env.built), missing_environment=True)
+    if built is not None and MISSING in result.stdout.split():
+        return _not_built(env.cluster, built)
     line = next((x for x in result.stdout.splitlines() if x.startswith(MARK)), None)
     if line is None:
         detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1][:300]
@@ -220,6 +216,12 @@ def run_preflight(
         return PreflightResult(False, True, f"{where}: " + "; ".join(problems), versions)
     _remember(key, versions)
     return PreflightResult(True, True, _describe(versions), versions)
+
+
+def _not_built(cluster: str, built: JobEnv) -> PreflightResult:
+    from hpcai.jobenv import missing_message
+
+    return PreflightResult(False, True, missing_message(cluster, built), missing_environment=True)
 
 
 def _describe(versions: dict[str, str]) -> str:

@@ -701,15 +701,14 @@ def _check_job_environment(doctor: Doctor) -> None:
     environment `hpcai env build` makes), imports what the shipped training workloads need."""
     from hpcai.errors import ConfigError
     from hpcai.jobenv import resolve
+    from hpcai.jobspec import path_placeholders
     from hpcai.paths import state_dir
     from hpcai.preflight import JobEnvironment, run_preflight
     from hpcai.workloads import load_workload
 
     assert doctor.transport is not None
     settings = doctor.settings
-    places = {"user": settings.user or "", "state_dir": str(state_dir())}
-    if settings.account:
-        places["account"] = settings.account
+    places = path_placeholders(settings, settings.account, state_dir())
     try:
         job_env = resolve(doctor.profile, placeholders=places, container=settings.container, own_python=settings.python)
     except ConfigError as exc:
