@@ -59,6 +59,13 @@ ClusterOpt = Annotated[
     typer.Option("--cluster", "-c", help="Cluster profile (default: config's default_cluster, else local)."),
 ]
 NodesOpt = Annotated[int | None, typer.Option("--nodes", "-N", help="Number of nodes.")]
+SpareOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--spare-nodes",
+        help="Extra nodes (Slurm) that take a failed or hung node's place without going back to the queue.",
+    ),
+]
 GpusOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs per node (default: all of the node's).")]
 TimeOpt = Annotated[str | None, typer.Option("--time", "-t", help="Walltime, HH:MM:SS or D-HH:MM:SS.")]
 PartitionOpt = Annotated[str | None, typer.Option("--partition", "-p", help="Partition (Slurm) or queue (PBS).")]
@@ -77,6 +84,7 @@ def _overrides(
     workload: str,
     *,
     nodes: int | None,
+    spare_nodes: int | None = None,
     gpus_per_node: int | None,
     time: str | None,
     partition: str | None,
@@ -100,6 +108,7 @@ def _overrides(
             raise HpcaiError(f"--run-id: '{run_id}' must be letters, digits, _ . - and start with a letter.")
     return Overrides(
         nodes=nodes,
+        spare_nodes=spare_nodes,
         gpus_per_node=gpus_per_node,
         time=time,
         partition=partition,
@@ -204,6 +213,7 @@ def render(
     workload: Annotated[str, typer.Argument(help="Workload name (hpcai workloads list).")],
     cluster: ClusterOpt = None,
     nodes: NodesOpt = None,
+    spare_nodes: SpareOpt = None,
     gpus_per_node: GpusOpt = None,
     time: TimeOpt = None,
     partition: PartitionOpt = None,
@@ -224,9 +234,9 @@ def render(
     from hpcai.plan import plan_submit
 
     overrides = _overrides(
-        workload, nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition, qos=qos,
-        account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
-        run_dir=run_dir,
+        workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
+        partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
+        set_=set_, run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
     plan = plan_submit(workload, cluster, overrides)
     _emit_script(plan.rendered.script, plan.to_json(), output, json_out)
@@ -237,6 +247,7 @@ def submit(
     workload: Annotated[str, typer.Argument(help="Workload name (hpcai workloads list).")],
     cluster: ClusterOpt = None,
     nodes: NodesOpt = None,
+    spare_nodes: SpareOpt = None,
     gpus_per_node: GpusOpt = None,
     time: TimeOpt = None,
     partition: PartitionOpt = None,
@@ -267,9 +278,9 @@ def submit(
     from hpcai.plan import execute, plan_submit
 
     overrides = _overrides(
-        workload, nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition, qos=qos,
-        account=account, name=name, container=container, stage=stage, env=env, set_=set_, run_id=run_id,
-        run_dir=run_dir,
+        workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
+        partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
+        set_=set_, run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
     plan = plan_submit(workload, cluster, overrides)
     if dry_run:

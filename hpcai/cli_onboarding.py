@@ -91,7 +91,7 @@ def budget(
         from hpcai.service import prepare_job
 
         job = prepare_job(workload, name, Overrides(nodes=nodes, time=time)).job
-        cost = job_cost(profile, job.nodes, job.walltime_s)
+        cost = job_cost(profile, job.allocated_nodes, job.walltime_s)
     elif nodes is not None or time is not None:
         cost = job_cost(profile, nodes or 1, parse_walltime(time or "01:00:00", source="--time"))
     rows = []

@@ -34,7 +34,15 @@ LEASE_FILE = ".lease"
 LEASE_REFRESH_S = 30
 LEASE_STALE_S = 120
 EXIT_LEASE_HELD = 88
-# A node's hang watchdog stopped the workers (no rank progressed in time): the job script records the
-# node in EXCLUDE_FILE and submits the next attempt without the excluded nodes (Slurm --exclude).
+# A node's hang watchdog stopped the workers (no rank progressed in time) and the run went back to the
+# queue (hpcai.runtime.recovery: the node hung twice, or hangs kept coming back in this allocation).
 EXIT_HANG = 89
+# A node failed (its task killed with it, or a device/NCCL/RCCL error) and no spare node was left: the
+# run went back to the queue without it.
+EXIT_NODE_FAILED = 90
+# Nodes the run's next launches and attempts leave out (srun --nodelist, sbatch --exclude), one a line.
 EXCLUDE_FILE = "exclude_nodes"
+# Nodes the job's recovery found failing (hpcai.runtime.recovery), one JSON per line: job, node, why,
+# whether a spare replaced it and whether it is left out. The client's per-cluster exclusion list
+# (`hpcai nodes`) is fed from it.
+NODE_LOG = "node_failures.jsonl"

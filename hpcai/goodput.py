@@ -6,6 +6,8 @@ step's own duration) and its timeline (`timeline.jsonl`: checkpoint saves, hang 
 
 - allocated: from the job script's start to its end (the allocation the attempt held; now, if running);
 - queue wait: from submission (or the previous end, for a requeue) to the start -- not allocated, apart;
+  none for a relaunch inside the allocation (hpcai.runtime.recovery), whose window starts where the
+  previous attempt's ended: the gap between them was allocated;
 - start-up: from the start to the first step's beginning (imports, model and checkpoint loading);
 - productive: the durations of the steps whose results were kept, i.e. that no later attempt ran again;
 - lost: the durations of steps some later attempt ran again (after a rollback, or past the last
@@ -46,6 +48,7 @@ class AttemptAccount:
     first_step: int | None = None
     last_step: int | None = None
     running: bool = False
+    relaunched: bool = False  # started inside the previous attempt's allocation (no queue wait)
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -88,14 +91,21 @@ def _number(value: Any) -> float | None:
 def _attempt_windows(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """start/end pairs from the attempt log, in order; an unmatched start is a running (or killed) attempt."""
     windows: list[dict[str, Any]] = []
+    relaunched = False
     for record in log:
         when = _number(record.get("time_s"))
         if when is None:
             continue
         kind = record.get("event")
-        if kind == "start":
-            windows.append({"start": when, "end": None, "job_id": record.get("job_id"), "host": record.get("host"),
-                            "rc": None})  # fmt: skip
+        if kind == "relaunch":
+            relaunched = True
+        elif kind == "start":
+            # A relaunch inside the allocation held it all along: its window starts where the last ended.
+            inside = relaunched and bool(windows) and windows[-1]["end"] is not None
+            windows.append({"start": windows[-1]["end"] if inside else when, "end": None,
+                            "job_id": record.get("job_id"), "host": record.get("host"), "rc": None,
+                            "relaunch": inside})  # fmt: skip
+            relaunched = False
         elif kind == "end" and windows and windows[-1]["end"] is None:
             windows[-1]["end"] = when
             rc = record.get("rc")
@@ -155,7 +165,9 @@ def account(
         entry = AttemptAccount(index + 1, job, window["host"], start, end, window["rc"], running=end is None)
         finish = end if end is not None else now
         entry.allocated_s = max(0.0, finish - start)
-        if job is not None and job in previous_end:
+        if window.get("relaunch"):
+            entry.relaunched = True  # no queue in between
+        elif job is not None and job in previous_end:
             entry.queue_wait_s = max(0.0, start - previous_end[job])  # a requeue of the same job
         elif job is not None and submitted and job in submitted:
             entry.queue_wait_s = max(0.0, start - submitted[job])

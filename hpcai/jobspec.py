@@ -32,6 +32,7 @@ class Overrides(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     nodes: int | None = None
+    spare_nodes: int | None = None
     gpus_per_node: int | None = None
     time: str | None = None
     partition: str | None = None
@@ -63,6 +64,9 @@ class JobSpec(BaseModel):
     nodes: int
     gpus_per_node: int
     processes_per_node: int
+    # Nodes allocated beyond `nodes`, idle until a failed or hung node's place must be taken without
+    # going back to the queue (hpcai.runtime.recovery).
+    spare_nodes: int = 0
     walltime_s: int
     partition: str
     qos: str | None
@@ -77,6 +81,11 @@ class JobSpec(BaseModel):
     environment: JobEnv = JobEnv()
     mixed_precision: str
     signal_lead_s: int
+
+    @property
+    def allocated_nodes(self) -> int:
+        """Nodes the job asks the scheduler for (and pays for): the training's and the spares."""
+        return self.nodes + self.spare_nodes
 
     @property
     def num_processes(self) -> int:
@@ -337,6 +346,15 @@ def resolve_jobspec(
     nodes = overrides.nodes if overrides.nodes is not None else spec.resources.nodes
     if nodes < 1:
         raise ValidationError(f"--nodes: {nodes} is not a node count. Give 1 or more.")
+    spares = overrides.spare_nodes or 0
+    if spares < 0:
+        raise ValidationError(f"--spare-nodes: {spares} is not a node count. Give 0 or more.")
+    if spares and profile.scheduler != "slurm":
+        raise ValidationError(
+            f"--spare-nodes: cluster '{cluster}' runs {profile.scheduler}, and hpcai replaces a failed node by a "
+            "spare only under Slurm (srun picks the nodes of each launch inside the allocation). Leave "
+            "--spare-nodes out: a failed node then sends the run back to the queue without it."
+        )
 
     gpus = overrides.gpus_per_node
     if gpus is None:
@@ -351,7 +369,7 @@ def resolve_jobspec(
     qos = overrides.qos or partition.default_qos
     if overrides.qos is not None:
         _check_directive_value("--qos", overrides.qos)
-    _check_limits(profile, partition, qos, nodes, walltime_s)
+    _check_limits(profile, partition, qos, nodes + spares, walltime_s)
 
     account = overrides.account or settings.account
     if account is not None:
@@ -408,6 +426,7 @@ def resolve_jobspec(
         nodes=nodes,
         gpus_per_node=gpus,
         processes_per_node=processes,
+        spare_nodes=spares,
         walltime_s=walltime_s,
         partition=partition.name,
         qos=qos,

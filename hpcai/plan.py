@@ -84,7 +84,7 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
         requested=overrides,
         staging=tuple(actions),
         filesystem=filesystem,
-        cost=job_cost(profile, job.nodes, job.walltime_s).to_json(),
+        cost=job_cost(profile, job.allocated_nodes, job.walltime_s).to_json(),
         submit_command=scheduler.submit_command(RunDir(job.run_dir).script, job.run_dir),
     )
 

@@ -15,6 +15,7 @@ from hpcai.exitcodes import (
     EXIT_GAVE_UP,
     EXIT_HANG,
     EXIT_LEASE_HELD,
+    EXIT_NODE_FAILED,
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
     GAVE_UP_FILE,
@@ -114,13 +115,31 @@ def _env_lines(job: JobSpec, profile: ClusterProfile) -> list[str]:
     return lines
 
 
-def _rendezvous_lines(profile: ClusterProfile) -> list[str]:
+def _picks_nodes(profile: ClusterProfile) -> bool:
+    """Each launch names its nodes (srun --nodelist): the allocation's, less the ones found failing, so a
+    spare takes a failed node's place. Not on the test cluster, whose 'nodes' are tasks on one host."""
+    return profile.scheduler == "slurm" and not profile.launch.emulate_nodes
+
+
+def _rendezvous_lines(profile: ClusterProfile, job: JobSpec) -> list[str]:
+    """Lines run before each launch: its nodes (Slurm), the rendezvous host (the launch's first node) and
+    port (a new one per relaunch: the last launch's store may still hold the old one)."""
     kind = profile.scheduler
     suffix = quote(profile.launch.master_addr_suffix) if profile.launch.master_addr_suffix else ""
-    if kind == "slurm":
+    if _picks_nodes(profile):
+        lines = [
+            "# This launch's nodes: the allocation's first ones not in the run's exclusion file.",
+            'hpcai_nodelist=$(scontrol show hostnames "$SLURM_JOB_NODELIST"'
+            f' | grep -vxF -f <(cat "$HPCAI_RUN_DIR/{EXCLUDE_FILE}" 2>/dev/null)'
+            f" | head -n {job.nodes} | paste -sd, - || true)",
+            f'hpcai_master_host="${{hpcai_nodelist%%,*}}"{suffix}',
+            "# The launch's first host, as an address every node can reach.",
+            'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
+            'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
+        ]  # fmt: skip
+    elif kind == "slurm":
         lines = [
             f'hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"{suffix}',
-            "# The first host of the allocation, as an address every node can reach.",
             'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
             'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
         ]
@@ -135,9 +154,9 @@ def _rendezvous_lines(profile: ClusterProfile) -> list[str]:
     port = profile.launch.master_port
     if port == "from-job-id":
         lines.append(f'hpcai_job_number="{_JOB_NUMBER[kind]}"')
-        lines.append("MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))")
+        lines.append("MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))")
     else:
-        lines.append(f"MASTER_PORT={int(port)}")
+        lines.append(f"MASTER_PORT=$(( {int(port)} + hpcai_launch ))")
     return lines
 
 
@@ -183,17 +202,18 @@ def environment_guard(job: JobSpec) -> list[str]:
 
 
 def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
-    words = container_prefix(profile, job.container, job.environment.mount)
+    """The node's launcher and its arguments (without the container words)."""
     machine_rank = Expr(f'"${profile.launch.machine_rank_var}"')
+    words: list[object]
     if workload.spec.launcher == "accelerate":
-        words += [job.python, "-m", "accelerate.commands.launch"]
+        words = [job.python, "-m", "accelerate.commands.launch"]
         words += ["--num_machines", job.nodes, "--machine_rank", machine_rank]
         words += ["--num_processes", job.num_processes]
         words += ["--main_process_ip", Expr('"$MASTER_ADDR"'), "--main_process_port", Expr('"$MASTER_PORT"')]
         words += ["--mixed_precision", job.mixed_precision, *_accelerate_flags(job, workload)]
         words += [f"{job.code_dir}/{job.entrypoint}"]
     else:
-        words += [job.python, f"{job.code_dir}/{job.entrypoint}"]
+        words = [job.python, f"{job.code_dir}/{job.entrypoint}"]
         words += ["--machine_rank", machine_rank, "--num_machines", job.nodes]
     words += ["--run-dir", Expr('"$HPCAI_RUN_DIR"')]
     if job.stage is not None:
@@ -204,45 +224,36 @@ def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
     return words
 
 
-def _with_watchdog(job: JobSpec, profile: ClusterProfile, command: str) -> str:
-    """The per-node shell text: the launcher in the background, the node's hang watchdog beside it
-    (hpcai.runtime.watchdog), the launcher's exit status as the node's. Heartbeats go to node-local
-    memory (/dev/shm, else $TMPDIR)."""
-    rank = f"${profile.launch.machine_rank_var}"
+def _per_node(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
+    """What runs on each node. A workload on the hpcai runtime (accelerate) runs under the node agent
+    (hpcai.runtime.node_agent): its hang watchdog, and the records the recovery decision reads."""
+    words = container_prefix(profile, job.container, job.environment.mount)
+    if workload.spec.launcher != "accelerate":
+        return [*words, *_node_command(job, profile, workload)]
     floor = job.parameters.get("hang_timeout_s", 180)
-    watchdog = [*container_prefix(profile, job.container, job.environment.mount), job.python, "-m",
-                "hpcai.runtime.watchdog", "--dir", Expr('"$HPCAI_HEARTBEAT_DIR"'), "--run-dir",
-                Expr('"$HPCAI_RUN_DIR"'), "--launcher-pid", Expr('"$hpcai_lp"'), "--node-rank", Expr(f'"{rank}"'),
-                "--floor", floor]  # fmt: skip
-    return "; ".join(
-        [
-            'hpcai_hb=/dev/shm; [ -w "$hpcai_hb" ] || hpcai_hb="${TMPDIR:-/tmp}"',
-            f'export HPCAI_HEARTBEAT_DIR="$hpcai_hb/hpcai-$HPCAI_JOB_ID-{rank}"',
-            f"{command} & hpcai_lp=$!",
-            f"{join(watchdog)} & hpcai_wp=$!",
-            'trap \'kill "$hpcai_lp" "$hpcai_wp" 2>/dev/null\' TERM INT',
-            'hpcai_rc=0; wait "$hpcai_lp" || hpcai_rc=$?',
-            'kill "$hpcai_wp" 2>/dev/null; wait "$hpcai_wp" 2>/dev/null',
-            'exit "$hpcai_rc"',
-        ]
-    )
+    rank = Expr(f'"${profile.launch.machine_rank_var}"')
+    agent = [job.python, "-m", "hpcai.runtime.node_agent", "--run-dir", Expr('"$HPCAI_RUN_DIR"'), "--node-rank", rank,
+             "--floor", floor, "--"]  # fmt: skip
+    return [*words, *agent, *_node_command(job, profile, workload)]
 
 
 def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
-    command = join(_node_command(job, profile, workload))
-    if workload.spec.launcher == "accelerate":  # the hpcai runtime writes heartbeats: watch them
-        command = _with_watchdog(job, profile, command)
-    per_node = "bash -c " + quote(command)
+    per_node = "bash -c " + quote("exec " + join(_per_node(job, profile, workload)))
     launch = profile.launch
     if launch.launcher == "srun":
         if launch.emulate_nodes:
-            placement = ["--nodes=1", f"--ntasks={job.nodes}", f"--ntasks-per-node={job.nodes}"]
+            placement: list[object] = ["--nodes=1", f"--ntasks={job.nodes}", f"--ntasks-per-node={job.nodes}"]
         else:
-            placement = [f"--nodes={job.nodes}", "--ntasks-per-node=1"]
+            placement = [f"--nodes={job.nodes}", "--ntasks-per-node=1", Expr('--nodelist="$hpcai_nodelist"')]
         return join(["srun", *placement, "--kill-on-bad-exit=1", *launch.launcher_flags]) + " " + per_node
     if launch.launcher == "mpiexec":
         return join(["mpiexec", "-n", job.nodes, "--ppn", 1, *launch.launcher_flags]) + " " + per_node
     return per_node
+
+
+def _recovery_command(job: JobSpec, profile: ClusterProfile) -> str:
+    words = container_prefix(profile, job.container, job.environment.mount)
+    return join([*words, job.python, "-m", "hpcai.runtime.recovery"])
 
 
 def _requeue_lines(kind: str) -> list[str]:
@@ -290,7 +301,7 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "module_lines": setup_lines(profile, job.container is not None),
         "environment_guard": environment_guard(job),
         "env_lines": _env_lines(job, profile),
-        "rendezvous_lines": _rendezvous_lines(profile),
+        "rendezvous_lines": _rendezvous_lines(profile, job),
         "walltime_timer": profile.scheduler != "slurm",
         "launch_line": _launch_line(job, profile, workload),
         "requeue_lines": _requeue_lines(profile.scheduler),
@@ -311,7 +322,10 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "exit_hang": EXIT_HANG,
         "hangs_dir": HANGS_DIR,
         "exclude_file": EXCLUDE_FILE,
-        "exclude_nodes": profile.scheduler == "slurm" and not profile.launch.emulate_nodes,
+        "exclude_nodes": _picks_nodes(profile),
+        "exit_node_failed": EXIT_NODE_FAILED,
+        "recovery_command": _recovery_command(job, profile),
+        "emulated": profile.launch.emulate_nodes,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")
     return template.render(context)

@@ -13,6 +13,7 @@ from hpcai.exitcodes import (
     EVENTS_LOG,
     GAVE_UP_FILE,
     LEASE_FILE,
+    NODE_LOG,
     REQUEUE_MARKER,
     ROLLBACK_FILE,
     SCRIPT_NAME,
@@ -58,6 +59,10 @@ class RunDir:
     @property
     def metrics(self) -> str:
         return self.path(METRICS_LOG)
+
+    @property
+    def node_log(self) -> str:
+        return self.path(NODE_LOG)
 
     @property
     def timeline(self) -> str:

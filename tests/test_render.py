@@ -155,7 +155,7 @@ def test_slurm_header_carries_signal_requeue_and_run_dir_logs() -> None:
 
 def test_juwels_rendezvous_uses_the_infiniband_host_name() -> None:
     script = render_case("juwels-booster-1n")
-    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"i' in script
+    assert 'hpcai_master_host="${hpcai_nodelist%%,*}"i' in script
     assert "--cpu_bind=none" in script
 
 
@@ -167,11 +167,12 @@ def test_lumi_uses_rocm_container_rccl_settings_and_job_id_port() -> None:
     assert 'export HF_HOME=/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/hf_home' in script  # not the 20 GB home
     assert "export CXI_FORK_SAFE=1" in script and "export FI_CXI_DISABLE_CQ_HUGETLB=1" in script
     assert "export HPCAI_CPU_BIND=49-55:57-63:17-23:25-31:1-7:9-15:33-39:41-47" in script
-    assert "MASTER_PORT=$(( 20000 + hpcai_job_number % 40000 ))" in script
+    assert "MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))" in script
     # The user's own image runs as it is: no --rocm (the AI images ship their own ROCm), binds by the module.
     assert (
-        "& hpcai_lp=$!" in script
-        and "singularity exec /scratch/project_465000123/llava.sif python -m accelerate" in script
+        "bash -c 'exec singularity exec /scratch/project_465000123/llava.sif python -m hpcai.runtime.node_agent"
+        in script
+        and "--floor 180 -- python -m accelerate" in script
     )
     assert "module purge\nmodule use /appl/local/laifs/modules\nmodule load lumi-aif-singularity-bindings" in script
     assert "--num_processes 32" in script
@@ -182,7 +183,8 @@ def test_lumi_jobs_default_to_the_ai_factory_image_with_a_packed_venv() -> None:
     script = render_case("lumi-g-1n")
     image = "/appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/"
     assert "singularity exec --bind /project/project_465000123/hpcai/envs/py3-" in script
-    assert f".sqsh:/user-software:image-src=/ {image}" in script and "/user-software/bin/python -m accelerate" in script
+    assert f".sqsh:/user-software:image-src=/ {image}" in script
+    assert "-- /user-software/bin/python -m accelerate" in script
     assert "if [ ! -e /project/project_465000123/hpcai/envs/py3-" in script  # stops at once on a missing env
     assert "LUMI/25.03" not in script  # the stack's modules only without a container
 
@@ -193,7 +195,7 @@ def test_juwels_launcher_gets_all_threads_visible_gpus_and_ib_sockets() -> None:
     assert "export CUDA_VISIBLE_DEVICES=0,1,2,3" in script
     assert "export NCCL_SOCKET_IFNAME=ib0" in script and "export GLOO_SOCKET_IFNAME=ib0" in script
     assert "module load Stages/2025 GCC Python" in script and "PyTorch" not in script
-    assert "; /p/project/training2410/hpcai/envs/py3-" in script
+    assert "bash -c 'exec /p/project/training2410/hpcai/envs/py3-" in script
 
 
 def test_leonardo_asks_for_memory_and_avoids_the_old_cineca_ai() -> None:
@@ -254,5 +256,7 @@ def test_a_hang_excludes_the_recorded_nodes_from_the_next_submission(tmp_path: P
                            capture_output=True, text=True)  # fmt: skip
     assert empty.stdout == ""
     assert 'sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"}' in script
-    # The per-node command runs the hang watchdog beside the launcher, with the workload's floor.
-    assert "-m hpcai.runtime.watchdog" in script and "--floor 180" in script
+    # The per-node command runs the launcher under the node agent (its hang watchdog), with the floor.
+    assert "-m hpcai.runtime.node_agent --run-dir" in script and "--floor 180 --" in script
+    # Each launch names its nodes: the allocation's, less the excluded ones (what a spare is for).
+    assert '--nodelist="$hpcai_nodelist"' in script and "grep -vxF -f" in script

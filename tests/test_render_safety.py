@@ -30,8 +30,6 @@ def hostile(mark: Path) -> str:
 STUB_RECORD = r"""#!/bin/bash
 # Record argv (NUL-separated) and the hostile variable, then behave like the real command just enough.
 name=$(basename "$0")
-# The hang watchdog's python runs beside the launcher's: its own record, so the two never race.
-[ "${2:-}" = hpcai.runtime.watchdog ] && name="$name-watchdog"
 printf '%s\0' "$@" > "$RECORD_DIR/$name.argv"
 case "$name" in
   scontrol) [ "$1" = show ] && echo node0001 ;;

@@ -17,7 +17,7 @@ def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: b
     The price is the most the job can be charged: whole nodes for the whole walltime, which is what the
     sites bill when a job runs to its limit. A budget that cannot be read is reported, not fatal."""
     job, profile = rendered.job, rendered.profile
-    cost = job_cost(profile, job.nodes, job.walltime_s)
+    cost = job_cost(profile, job.allocated_nodes, job.walltime_s)
     report: dict[str, Any] = {"cost": cost.to_json(), "account": job.account, "remaining": None, "note": None}
     if profile.budget.query is None or job.account is None:
         report["note"] = "no budget command for this cluster" if profile.budget.query is None else "no account"
@@ -44,7 +44,7 @@ def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: b
             else ""
         )
         raise ValidationError(
-            f"this run can cost {cost.amount:,.0f} {cost.unit} ({job.nodes} node(s) x {cost.hours:g} h x "
+            f"this run can cost {cost.amount:,.0f} {cost.unit} ({job.allocated_nodes} node(s) x {cost.hours:g} h x "
             f"{profile.budget.per_node_hour:g} per node-hour), but account '{allocation.account}' has only "
             f"{allocation.remaining:,.0f} left. Lower --nodes or --time, or pass --force-budget to submit anyway "
             f"(the site may refuse or deprioritise it).{other}"

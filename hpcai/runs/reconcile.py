@@ -18,6 +18,7 @@ from hpcai.exitcodes import (
     EXIT_GAVE_UP,
     EXIT_HANG,
     EXIT_LEASE_HELD,
+    EXIT_NODE_FAILED,
     EXIT_ROLLBACK,
 )
 from hpcai.rundir import RunDir
@@ -64,7 +65,7 @@ def _complete_missing_exit(store: Store, transport: FileReader, run: Run, status
 def lineage_files(run: Run) -> list[str]:
     """What `refresh` reads of an unfinished run's directory."""
     files = RunDir(run.run_dir)
-    return [files.attempts, files.decisions, files.gave_up, files.job_id]
+    return [files.attempts, files.decisions, files.gave_up, files.job_id, files.node_log]
 
 
 def metrics_file(run: Run) -> str:
@@ -210,14 +211,16 @@ def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
 
 
 def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
-    """Attempts the job submitted by itself (spike-guard rollbacks), learnt from the run directory's
-    attempt log and decisions, recorded in the store. Returns True when a new attempt was added."""
-    submitted = [
+    """Attempts the job started by itself, learnt from the run directory's attempt log and decisions and
+    recorded in the store: relaunches inside the allocation (same job id) and next jobs it submitted
+    (rollbacks, hangs, failed nodes). Returns True when a new attempt was added."""
+    log = [
         e
         for e in read_jsonl(transport, RunDir(run.run_dir).attempts)
-        if e.get("event") == "submitted" and isinstance(e.get("job_id"), str | int) and str(e["job_id"]).strip()
-    ]
-    if not submitted:
+        if e.get("event") in {"submitted", "relaunch"}
+        and isinstance(e.get("job_id"), str | int) and str(e["job_id"]).strip()
+    ]  # fmt: skip
+    if not log:
         return False
     decisions = [
         d
@@ -226,29 +229,38 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
     ]
     added = False
     rollbacks = 0
-    for event in submitted:
+    relaunches: dict[str, int] = {}  # job id -> relaunches seen so far in the log
+    for event in log:
+        job_id = str(event["job_id"])
+        inside = event["event"] == "relaunch"
         why = event.get("why", "rollback")  # logs written before hangs were handled say nothing: rollbacks
         decision: dict[str, Any] = {}
-        if why == "hang":
-            reason = _hang_reason(transport, run, str(event.get("after")))
-        else:
+        if why == "rollback":
             decision = _readable_decision(decisions[rollbacks]) if rollbacks < len(decisions) else {}
             rollbacks += 1
-            reason = f"rolled back: {decision.get('reason', 'spike guard')}"
         attempts = store.attempts(run.id)
-        if any(a.job_id == str(event["job_id"]) for a in attempts):
-            continue
-        previous = next((a for a in attempts if a.job_id == event.get("after")), None)
+        if inside:
+            relaunches[job_id] = relaunches.get(job_id, 0) + 1
+            if sum(1 for a in attempts if a.job_id == job_id) > relaunches[job_id]:
+                continue  # recorded already
+            previous = next((a for a in reversed(attempts) if a.job_id == job_id), None)
+        else:
+            if any(a.job_id == job_id for a in attempts):
+                continue
+            previous = next((a for a in reversed(attempts) if a.job_id == event.get("after")), None)
+        after = job_id if inside else str(event.get("after"))
+        reason = _lineage_reason(transport, run, why, decision, after, inside)
         if previous is not None:
             changes: dict[str, Any] = {"reason": reason}
-            if not JobState(previous.state).terminal:
-                changes.update(state=JobState.FAILED.value, exit_code=EXIT_HANG if why == "hang" else EXIT_ROLLBACK)
+            # A relaunch ended only the training, not the job: the job's own state is the last launch's.
+            if inside or not JobState(previous.state).terminal:
+                changes.update(state=JobState.FAILED.value, exit_code=_LINEAGE_EXIT.get(why, EXIT_ROLLBACK))
             store.update_attempt(run.id, previous.number, **changes)
         skipped = None
         if decision.get("skip_from") is not None:
             skipped = f"{decision['skip_from']}-{decision['skip_to']}"
         resumed = f"step-{int(decision['checkpoint_step']):08d}" if "checkpoint_step" in decision else None
-        if why == "hang" and re.fullmatch(r"step-[0-9]{1,12}", str(event.get("resume", ""))):
+        if why != "rollback" and re.fullmatch(r"step-[0-9]{1,12}", str(event.get("resume", ""))):
             resumed = str(event["resume"])
         number = store.add_attempt(
             run.id,
@@ -256,13 +268,40 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
             lr_scale=float(decision.get("lr_scale", 1.0)),
             skipped_batches=skipped,
         )
-        store.update_attempt(run.id, number, job_id=str(event["job_id"]), state=JobState.PENDING.value)
-        if why == "hang":
-            store.add_event(run.id, "hang", reason, {"job_id": event.get("after")})
+        state = JobState.RUNNING if inside else JobState.PENDING
+        store.update_attempt(run.id, number, job_id=job_id, state=state.value)
+        data = {"job_id": after, "in_allocation": inside}
+        if why == "rollback":
+            store.add_event(run.id, "rollback", decision.get("reason", "the job started its next attempt"),
+                            {**decision, **data})  # fmt: skip
         else:
-            store.add_event(run.id, "rollback", decision.get("reason", "the job submitted its next attempt"), decision)
+            store.add_event(run.id, why, reason, data)
         added = True
     return added
+
+
+_LINEAGE_EXIT = {"rollback": EXIT_ROLLBACK, "hang": EXIT_HANG, "node-failure": EXIT_NODE_FAILED}
+
+
+def _lineage_reason(
+    transport: FileReader, run: Run, why: str, decision: dict[str, Any], job_id: str, inside: bool
+) -> str:
+    where = "relaunched in the same job" if inside else "the next attempt is a new job"
+    if why == "rollback":
+        return f"rolled back: {decision.get('reason', 'spike guard')}; {where}"
+    if why == "hang":
+        return f"{_hang_reason(transport, run, job_id)}; {where}"
+    if why == "node-failure":
+        return f"{_node_failure_reason(transport, run, job_id)}; {where}"
+    return f"{why}; {where}"
+
+
+def _node_failure_reason(transport: FileReader, run: Run, job_id: str) -> str:
+    """Which node failed and why, from the run's node log (hpcai.runtime.recovery)."""
+    records = [r for r in read_jsonl(transport, RunDir(run.run_dir).node_log) if str(r.get("job_id")) == job_id]
+    if not records:
+        return "node failure"
+    return "node failure: " + "; ".join(f"{r.get('node')} (node {r.get('node_rank')}): {r.get('why')}" for r in records)
 
 
 def _hang_reason(transport: FileReader, run: Run, job_id: str) -> str:
@@ -284,7 +323,7 @@ def _hang_reason(transport: FileReader, run: Run, job_id: str) -> str:
         parts.append(
             f"on {r.get('scheduler_node') or r.get('node')} at step {r.get('step')} ({r.get('phase')}): {timing}"
         )
-    return "hang " + "; ".join(parts) + "; stacks in stacks/, the next attempt runs without that node"
+    return "hang " + "; ".join(parts) + "; stacks in stacks/"
 
 
 def _note_give_up(store: Store, transport: FileReader, run: Run, attempt: Attempt) -> None:

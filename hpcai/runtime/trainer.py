@@ -65,6 +65,9 @@ class TrainConfig:
     inject_spike_scale: float = 1.0
     # Test hook, a workload option: after this step every rank stops progressing (once per run).
     inject_hang_at: int = 0
+    # Test hook, a workload option: after this step the last node dies -- its node task (the node agent)
+    # and every process of its launch killed, as when a node fails (once per run).
+    inject_crash_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             heartbeat.beat("step", done, elapsed)
             if config.inject_hang_at == done and not _hung_before(config.run_dir):
                 _hang_forever(accelerator, done)
+            if config.inject_crash_at == done:
+                _crash_last_node(config.run_dir, done)
             tokens = out.tokens * world if out.tokens is not None else None
             metrics.write(
                 step=done,
@@ -266,6 +271,25 @@ def _hung_before(run_dir: Path) -> bool:
     """The inject_hang_at test hook fires once per run: not again after the recovery it caused."""
     folder = run_dir / HANGS_DIR
     return folder.is_dir() and any(folder.glob("*.json"))
+
+
+def _crash_last_node(run_dir: Path, step: int) -> None:
+    """Test hook (inject_crash_at): on the last node, its first rank kills the node agent (the srun task)
+    and the node's whole launch, once per run, as a node failure would."""
+    import signal
+
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    node = int(os.environ.get("RANK", "0")) // max(1, local_world)
+    last = int(os.environ.get("WORLD_SIZE", "1")) // max(1, local_world) - 1
+    marker = run_dir / ".injected-crash"
+    if node != last or int(os.environ.get("LOCAL_RANK", "0")) != 0 or marker.exists():
+        return
+    marker.write_text(f"{step}\n")
+    print(f"hpcai: inject_crash_at: node {node} dies after step {step}", flush=True)
+    agent = os.environ.get("HPCAI_NODE_AGENT_PID")
+    if agent:
+        os.kill(int(agent), signal.SIGKILL)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _hang_forever(accelerator: Any, step: int) -> None:

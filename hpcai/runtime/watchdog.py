@@ -1,4 +1,4 @@
-"""The node's hang watchdog: started by the job script next to the launcher on every node (standard
+"""The node's hang watchdog: run by the node agent next to the launcher on every node (standard
 library only: it must run where the training stack is stuck).
 
 It reads the node's per-rank heartbeats (hpcai.runtime.heartbeat) and declares a hang when no local
@@ -14,14 +14,14 @@ rank has progressed for longer than the limit of the phase the newest heartbeat 
 
 A workload that never writes a heartbeat (not on the hpcai runtime) is never declared hung. On a hang
 it asks every worker for its Python stacks (SIGUSR2 -> faulthandler; `py-spy dump` too when installed),
-writes a HANG record (`hangs/<job>-node<N>.json`, and `timeline.jsonl` for the goodput account), then
+writes a HANG record (`hangs/<job>-a<attempt>-node<N>.json`, and `timeline.jsonl` for the goodput account), then
 stops the workers (TERM, then KILL) so the launcher fails at once instead of holding the allocation
-until walltime. The job script reads the record and starts the next attempt without this node.
+until walltime. The node agent (hpcai.runtime.node_agent) runs it; the job script's recovery decision reads the
+record (hpcai.runtime.recovery).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -109,8 +109,9 @@ def declare_hang(
     (run_dir / "stacks").mkdir(parents=True, exist_ok=True)
     _dump_stacks(beats, run_dir, job)
     now = time.time()
+    attempt = os.environ.get("HPCAI_ATTEMPT", "0")
     record = {
-        "event": "hang", "job_id": job, "node": socket.gethostname(), "node_rank": node_rank,
+        "event": "hang", "job_id": job, "attempt": attempt, "node": socket.gethostname(), "node_rank": node_rank,
         # The scheduler's name for the node (what --exclude takes): Slurm sets it for every task.
         "scheduler_node": os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0],
         "ranks": sorted(int(b["rank"]) for b in beats if isinstance(b.get("rank"), int)),
@@ -120,7 +121,7 @@ def declare_hang(
     }  # fmt: skip
     folder = run_dir / HANGS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{job}-node{node_rank}.json"
+    target = folder / f"{job}-a{attempt}-node{node_rank}.json"
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, target)
@@ -161,25 +162,3 @@ def watch(
                                     limit_s=limit, median_step_s=median)  # fmt: skip
         time.sleep(poll)
     return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dir", type=Path, required=True, help="the node's heartbeat folder")
-    parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--launcher-pid", type=int, required=True)
-    parser.add_argument("--node-rank", type=int, default=0)
-    parser.add_argument("--k", type=float, default=10.0)
-    parser.add_argument("--floor", type=float, default=180.0)
-    args = parser.parse_args(argv)
-    job = os.environ.get("HPCAI_JOB_ID", "job")
-    try:
-        watch(args.dir, args.run_dir, launcher_pid=args.launcher_pid, job=job, node_rank=args.node_rank,
-              k=args.k, floor=args.floor)  # fmt: skip
-    finally:
-        shutil.rmtree(args.dir, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

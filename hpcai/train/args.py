@@ -49,6 +49,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     hang = parser.add_argument_group("hang watchdog (the job script's; the runtime writes the heartbeats)")
     hang.add_argument("--hang_timeout_s", type=float, default=180.0, help="read by the job script's watchdog")
     hang.add_argument("--inject_hang_at", type=int, default=0, help="test hook: every rank stops after this step")
+    hang.add_argument("--inject_crash_at", type=int, default=0, help="test hook: the last node dies after this step")
     return parser
 
 
@@ -78,6 +79,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         inject_spike_at=args.inject_spike_at,
         inject_spike_scale=args.inject_spike_scale,
         inject_hang_at=args.inject_hang_at,
+        inject_crash_at=args.inject_crash_at,
     )
 
 

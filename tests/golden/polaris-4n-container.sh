@@ -64,20 +64,25 @@ trap hpcai_release_lease EXIT
 printf '%s\n' "$HPCAI_JOB_ID" > "$HPCAI_RUN_DIR/job_id"
 rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.json"
 
-# Markers count only when written by this attempt: a ROLLBACK.json left by an attempt that crashed
-# while applying it must not submit yet another attempt.
-: > "$HPCAI_RUN_DIR/.attempt-start"
-hpcai_event start
-hpcai_attempts=$(( $(cat "$HPCAI_RUN_DIR/attempt_count" 2>/dev/null || echo 0) + 1 ))
-printf '%s\n' "$hpcai_attempts" > "$HPCAI_RUN_DIR/attempt_count"
-if [ "$hpcai_attempts" -gt 30 ]; then
-  echo "hpcai: run $HPCAI_RUN_ID has started 30 jobs already (requeues, rollbacks); not starting another. See: hpcai status $HPCAI_RUN_ID" >&2
-  printf '{"action": "give_up", "by": "job script", "reason": "%s jobs started: the cap of 30 is reached"}\n' \
-    "$hpcai_attempts" > "$HPCAI_RUN_DIR/GAVE_UP.json"
-  hpcai_event end 87
-  hpcai_event gave_up 87
-  exit 87
-fi
+# Every launch of the training -- a job's first, a relaunch inside the allocation -- is an attempt of
+# the run, counted here against the cap. Markers count only when written by this attempt: a
+# ROLLBACK.json left by an attempt that crashed while applying it must not start yet another one.
+hpcai_begin_attempt() {
+  : > "$HPCAI_RUN_DIR/.attempt-start"
+  hpcai_event start
+  hpcai_attempts=$(( $(cat "$HPCAI_RUN_DIR/attempt_count" 2>/dev/null || echo 0) + 1 ))
+  printf '%s\n' "$hpcai_attempts" > "$HPCAI_RUN_DIR/attempt_count"
+  export HPCAI_ATTEMPT="$hpcai_attempts"
+  if [ "$hpcai_attempts" -gt 30 ]; then
+    echo "hpcai: run $HPCAI_RUN_ID has started 30 attempts already (requeues, rollbacks, relaunches); not starting another. See: hpcai status $HPCAI_RUN_ID" >&2
+    printf '{"action": "give_up", "by": "job script", "reason": "%s attempts started: the cap of 30 is reached"}\n' \
+      "$hpcai_attempts" > "$HPCAI_RUN_DIR/GAVE_UP.json"
+    hpcai_event end 87
+    hpcai_event gave_up 87
+    exit 87
+  fi
+}
+hpcai_begin_attempt
 
 module use /soft/modulefiles
 module load spack-pe-base apptainer
@@ -96,12 +101,6 @@ export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/librari
 # Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
 export HPCAI_CPU_BIND=24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39
 
-# PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.
-MASTER_ADDR="$(head -n 1 "${PBS_NODEFILE:-/dev/null}")"
-MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"
-MASTER_PORT=29500
-export MASTER_ADDR MASTER_PORT
-
 # Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
 # watches for $HPCAI_RUN_DIR/STOP and then exits with 85.
 # shellcheck disable=SC2317  # invoked by the USR1 trap below
@@ -116,34 +115,78 @@ trap hpcai_request_checkpoint USR1
 hpcai_timer_pid=$!
 disown "$hpcai_timer_pid"
 
-# shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-mpiexec -n 4 --ppn 1 --depth=32 --cpu-bind depth bash -c 'hpcai_hb=/dev/shm; [ -w "$hpcai_hb" ] || hpcai_hb="${TMPDIR:-/tmp}"; export HPCAI_HEARTBEAT_DIR="$hpcai_hb/hpcai-$HPCAI_JOB_ID-$PMI_RANK"; apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m accelerate.commands.launch --num_machines 4 --machine_rank "$PMI_RANK" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --spike_floor 0.2 --inject_spike_at 0 --hang_timeout_s 180 --inject_hang_at 0 & hpcai_lp=$!; apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m hpcai.runtime.watchdog --dir "$HPCAI_HEARTBEAT_DIR" --run-dir "$HPCAI_RUN_DIR" --launcher-pid "$hpcai_lp" --node-rank "$PMI_RANK" --floor 180 & hpcai_wp=$!; trap '"'"'kill "$hpcai_lp" "$hpcai_wp" 2>/dev/null'"'"' TERM INT; hpcai_rc=0; wait "$hpcai_lp" || hpcai_rc=$?; kill "$hpcai_wp" 2>/dev/null; wait "$hpcai_wp" 2>/dev/null; exit "$hpcai_rc"' &
-hpcai_launcher_pid=$!
+# A rollback, a hang or a failed node relaunches the training inside this allocation (no queue wait)
+# when hpcai.runtime.recovery says it can; only walltime, and a failed node with no spare left, go back
+# to the queue.
+hpcai_launch=0
 while :; do
-  rc=0
-  wait "$hpcai_launcher_pid" || rc=$?
-  # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
-  if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
-    hpcai_signalled=2
+  # PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.
+  MASTER_ADDR="$(head -n 1 "${PBS_NODEFILE:-/dev/null}")"
+  MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"
+  MASTER_PORT=$(( 29500 + hpcai_launch ))
+  export MASTER_ADDR MASTER_PORT
+
+  # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
+  mpiexec -n 4 --ppn 1 --depth=32 --cpu-bind depth bash -c 'exec apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$PMI_RANK" --floor 180 -- python -m accelerate.commands.launch --num_machines 4 --machine_rank "$PMI_RANK" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --spike_floor 0.2 --inject_spike_at 0 --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
+  hpcai_launcher_pid=$!
+  while :; do
+    rc=0
+    wait "$hpcai_launcher_pid" || rc=$?
+    # A trapped signal interrupts wait with rc > 128 while the launcher keeps running: wait again.
+    if [ "$rc" -gt 128 ] && [ "$hpcai_signalled" = 1 ]; then
+      hpcai_signalled=2
+      continue
+    fi
+    break
+  done
+  # The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
+  hpcai_outcome=ended
+  if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
+    && grep -q '"action": "rollback"' "$HPCAI_RUN_DIR/ROLLBACK.json"; then
+    rc=86; hpcai_outcome=rollback
+  elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
+    rc=87; hpcai_outcome=gave_up
+  elif [ -n "$(find "$HPCAI_RUN_DIR/hangs" -name '*.json' -newer "$HPCAI_RUN_DIR/.attempt-start" 2>/dev/null | head -n 1)" ]; then
+    rc=89; hpcai_outcome=hang  # a node's watchdog declared a hang and stopped the workers
+  elif [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
+    rc=85; hpcai_outcome=requeue
+  elif [ "$rc" -ne 0 ] && [ "$hpcai_signalled" = 0 ]; then
+    hpcai_outcome=failed
+  fi
+  hpcai_event end "$rc"
+  hpcai_action=none
+  hpcai_why="$hpcai_outcome"
+  case "$hpcai_outcome" in
+    rollback | hang | failed)
+      if hpcai_verdict=$(apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 4 --spares 0); then
+        read -r hpcai_action _ hpcai_why <<< "$hpcai_verdict" || true
+      fi
+      case "$hpcai_action" in
+        relaunch | queue | stop) ;;
+        *)  # no verdict (recovery could not run): the safe old way
+          hpcai_why="$hpcai_outcome"
+          case "$hpcai_outcome" in failed) hpcai_action=stop ;; *) hpcai_action=queue ;; esac
+          ;;
+      esac
+      # Walltime is near: the next allocation goes on, not this one.
+      if [ "$hpcai_action" = relaunch ] && [ "$hpcai_signalled" != 0 ]; then hpcai_action=queue; fi
+      ;;
+  esac
+  if [ "$hpcai_action" = relaunch ]; then
+    hpcai_resume=$(tr -cd 'A-Za-z0-9_-' < "$HPCAI_RUN_DIR/checkpoints/latest" 2>/dev/null | head -c 64 || true)
+    printf '{"event": "relaunch", "job_id": "%s", "why": "%s", "resume": "%s", "time": "%s", "epoch": %s}\n' \
+      "$HPCAI_JOB_ID" "$hpcai_why" "$hpcai_resume" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hpcai_now)" \
+      >> "$HPCAI_RUN_DIR/attempts.jsonl"
+    echo "hpcai: $hpcai_why: relaunching the training inside this allocation" >&2
+    hpcai_launch=$(( hpcai_launch + 1 ))
+    hpcai_begin_attempt
     continue
   fi
   break
 done
 hpcai_release_lease  # training is over: the next attempt (requeue, rollback) may take the lease
-# The launcher reports any worker's non-zero exit as 1; the runtime's files say why it stopped.
-if [ "$HPCAI_RUN_DIR/ROLLBACK.json" -nt "$HPCAI_RUN_DIR/.attempt-start" ] \
-  && grep -q '"action": "rollback"' "$HPCAI_RUN_DIR/ROLLBACK.json"; then
-  rc=86
-elif [ -f "$HPCAI_RUN_DIR/GAVE_UP.json" ]; then
-  rc=87
-elif [ -n "$(find "$HPCAI_RUN_DIR/hangs" -name '*.json' -newer "$HPCAI_RUN_DIR/.attempt-start" 2>/dev/null | head -n 1)" ]; then
-  rc=89  # a node's watchdog declared a hang and stopped the workers
-elif [ -f "$HPCAI_RUN_DIR/REQUEUE" ]; then
-  rc=85
-fi
 pkill -P "$hpcai_timer_pid" 2>/dev/null || true
 kill "$hpcai_timer_pid" 2>/dev/null || true
-hpcai_event end "$rc"
 
 if [ "$rc" -eq 85 ]; then
   requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
@@ -155,17 +198,12 @@ if [ "$rc" -eq 85 ]; then
     echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
   fi
 fi
-if [ "$rc" -eq 89 ]; then
-  # The hung node(s) join the run's exclusion list; the next attempt resumes from the newest complete
-  # checkpoint without them.
-  hpcai_event hang "$rc"
-  find "$HPCAI_RUN_DIR/hangs" -name '*.json' -newer "$HPCAI_RUN_DIR/.attempt-start" -print0 2>/dev/null \
-    | xargs -0 -r sed -n 's/^ *"scheduler_node": "\([A-Za-z0-9._-]*\)".*/\1/p' >> "$HPCAI_RUN_DIR/exclude_nodes"
-fi
-if [ "$rc" -eq 86 ] || [ "$rc" -eq 89 ]; then
-  # The spike guard rolled back (the next attempt applies its decision when it starts), or a hang
-  # stopped this attempt: submit the next attempt.
-  if [ "$rc" -eq 86 ]; then hpcai_why=rollback; hpcai_event rollback "$rc"; else hpcai_why=hang; fi
+if [ "$hpcai_action" = queue ]; then
+  # Recovery needs another allocation (a failed node and no spare left, a node that hung twice, hangs
+  # that keep coming back): submit the next attempt, without the nodes in the run's exclusion file.
+  # It resumes from the newest complete checkpoint (a rollback's decision is applied when it starts).
+  if [ "$hpcai_outcome" = failed ]; then rc=90; fi
+  hpcai_event "$hpcai_why" "$rc"
   if hpcai_next=$(qsub "$HPCAI_RUN_DIR/job.sh"); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
     # After a hang the next attempt resumes from the newest complete checkpoint: say which.

@@ -1,6 +1,7 @@
-"""The headline: a spike injected at step K is detected in the job, the job itself submits the next
-attempt from a checkpoint before K with the LR halved, training passes K and the run completes; the
-store and `status` show the lineage. On the local backend and on the real Slurm."""
+"""The headline: a spike injected at step K is detected in the job, the job itself relaunches the
+training inside its own allocation (same job id, no queue) from a checkpoint before K with the LR
+halved, training passes K and the run completes; the store and `status` show the lineage. On the local
+backend and on the real Slurm."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def test_injected_spike_is_rolled_back_by_the_job_and_the_run_completes(
     assert first["exit_code"] == EXIT_ROLLBACK and "divergence at step 26" in first["reason"]
     assert second["resumed_from"] == "step-00000020" and second["lr_scale"] == 0.5
     assert second["state"] == "COMPLETED" and detail["state"] == "COMPLETED" and detail["step"] == 40
-    assert first["job_id"] != second["job_id"]
+    assert first["job_id"] == second["job_id"]  # relaunched inside the allocation: no new submission
+    assert "relaunched in the same job" in first["reason"]
     kinds = {(e["kind"], e["status"]) for e in detail["events"]}  # type: ignore[union-attr]
     assert ("divergence", "persistent") in kinds
     run_dir = Path(str(detail["run_dir"]))
