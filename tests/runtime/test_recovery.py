@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hpcai.runtime.recovery import HANG_RELAUNCHES_IN_PLACE, decide
 
 
@@ -147,3 +149,59 @@ def test_damaged_records_are_skipped_and_the_command_prints_one_line(tmp_path: P
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout == "queue c1 node-failure\n" and "c1 (node 0)" in out.stderr
+
+
+def _settled(run_id: str, timeout: float = 300) -> dict[str, object]:
+    """Status once the run has ended and no next attempt is on its way."""
+    import time
+
+    from tests.conftest import run_cli
+
+    deadline = time.monotonic() + timeout
+    while True:
+        detail: dict[str, object] = json.loads(run_cli("status", run_id, "--json").stdout)
+        attempts = detail["attempts"]
+        assert isinstance(attempts, list)
+        going_on = detail["state"] == "FAILED" and attempts and attempts[-1]["exit_code"] in {89, 90}
+        if detail["state"] in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"} and attempts and not going_on:
+            return detail
+        assert time.monotonic() < deadline, detail
+        time.sleep(2)
+
+
+COMMON = ("--set", "max_steps=10", "--set", "checkpoint_every=4", "--set", "inject_crash_at=6")
+
+
+@pytest.mark.usefixtures("slurm_cluster", "isolated_hpcai")
+def test_a_node_killed_with_no_spare_sends_the_run_to_a_new_job_without_it() -> None:
+    from tests.conftest import run_cli
+
+    out = run_cli("submit", "llava", "-c", "local-slurm", "--nodes", "2", *COMMON, "--json")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    detail = _settled(run["run_id"])
+    assert detail["state"] == "COMPLETED", detail
+    first, second = detail["attempts"]  # type: ignore[misc]
+    assert first["exit_code"] == 90 and "node failure" in first["reason"] and "node 1" in first["reason"]
+    assert "the next attempt is a new job" in first["reason"]
+    assert second["job_id"] != first["job_id"] and second["resumed_from"] == "step-00000004"
+    run_dir = Path(run["run_dir"])
+    (entry,) = [json.loads(x) for x in (run_dir / "node_failures.jsonl").read_text().splitlines()]
+    assert entry["node_rank"] == 1 and entry["excluded"] is True and "no end record" in entry["why"]
+    assert (run_dir / "exclude_nodes").read_text().split() == [entry["node"]]  # (not passed to srun here)
+
+
+@pytest.mark.usefixtures("slurm_cluster", "isolated_hpcai")
+def test_a_node_killed_with_a_spare_left_is_replaced_inside_the_same_job() -> None:
+    from tests.conftest import run_cli
+
+    out = run_cli("submit", "llava", "-c", "local-slurm", "--spare-nodes", "1", *COMMON, "--json")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    assert "#SBATCH --ntasks=2" in (Path(run["run_dir"]) / "job.sh").read_text()
+    detail = _settled(run["run_id"])
+    assert detail["state"] == "COMPLETED", detail
+    first, second = detail["attempts"]  # type: ignore[misc]
+    assert first["exit_code"] == 90 and "relaunched in the same job" in first["reason"]
+    assert second["job_id"] == first["job_id"] and second["resumed_from"] == "step-00000004"
+    assert detail["step"] == 10
