@@ -738,6 +738,61 @@ def _emit_script(script: str, plan: dict[str, object], output: Path | None, json
         sys.stdout.write(script)
 
 
+@app.command()
+def nodes(
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="Only this cluster.")] = None,
+    clear: Annotated[
+        str | None, typer.Option("--clear", help="Forget the failures of this node (or 'all') on --cluster.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Nodes your runs found failing, per cluster, and which ones later submissions leave out (--exclude).
+
+    A node is left out after one failure of its own (its task died with it, a device/NCCL/RCCL error) or
+    two hangs, for 3 days from the failure; --clear forgets it sooner (after the site repaired it)."""
+    from hpcai.nodes import exclusions
+    from hpcai.profiles import resolve_alias
+    from hpcai.store import Store
+
+    store = Store()
+    if clear is not None:
+        if cluster is None:
+            raise HpcaiError("--clear: name the cluster too, e.g. hpcai nodes --clear nid001234 --cluster lumi-g.")
+        name = resolve_alias(cluster)
+        removed = store.clear_bad_nodes(name, None if clear == "all" else clear)
+        if json_out:
+            print_json({"cluster": name, "cleared": clear, "records_removed": removed})
+        else:
+            console.print(f"{name}: forgot {removed} failure record(s) of {'every node' if clear == 'all' else clear}")
+        return
+    entries = store.bad_nodes(resolve_alias(cluster) if cluster else None)
+    rows: list[dict[str, Any]] = []
+    for name in sorted({e.cluster for e in entries}):
+        mine = [e for e in entries if e.cluster == name]
+        out = {x.node: x for x in exclusions(mine)}
+        for node_name in sorted({e.node for e in mine}):
+            records = [e for e in mine if e.node == node_name]
+            excluded = out.get(node_name)
+            rows.append({
+                "cluster": name, "node": node_name, "excluded": excluded is not None,
+                "until": excluded.until if excluded else None, "failures": len(records),
+                "reason": excluded.reason if excluded else records[-1].reason,
+                "runs": sorted({r.run_id for r in records if r.run_id}),
+            })  # fmt: skip
+    if json_out:
+        print_json({"nodes": rows})
+        return
+    if not rows:
+        console.print("no node failures on record" + (f" for {cluster}" if cluster else ""))
+        return
+    table = Table("cluster", "node", "left out", "failures", "reason", "runs")
+    for row in rows:
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["until"])) if row["until"] else None
+        table.add_row(row["cluster"], row["node"], f"until {until}" if until else "no (one hang)",
+                      str(row["failures"]), Text(str(row["reason"])), ", ".join(row["runs"]))  # fmt: skip
+    console.print(table)
+
+
 from hpcai.cli_onboarding import register as _register_onboarding  # noqa: E402 -- after the app's own commands
 
 _register_onboarding(app)

@@ -67,6 +67,8 @@ class JobSpec(BaseModel):
     # Nodes allocated beyond `nodes`, idle until a failed or hung node's place must be taken without
     # going back to the queue (hpcai.runtime.recovery).
     spare_nodes: int = 0
+    # Nodes this cluster's runs found failing (hpcai.nodes), left out of the allocation (Slurm --exclude).
+    exclude_nodes: tuple[str, ...] = ()
     walltime_s: int
     partition: str
     qos: str | None

@@ -38,4 +38,23 @@ def prepare_job(workload_name: str, cluster: str | None, overrides: Overrides) -
         settings=config.for_cluster(cluster_name),
         state_dir=state_dir(),
     )
+    if profile.scheduler == "slurm" and not profile.launch.emulate_nodes:
+        job = job.model_copy(update={"exclude_nodes": tuple(_excluded_nodes(cluster_name))})
     return RenderedJob(job=job, profile=profile, workload=workload, script=render_script(job, profile, workload))
+
+
+def _excluded_nodes(cluster: str) -> list[str]:
+    """The cluster's exclusion list (`hpcai nodes`); none when the store cannot be read (a submission
+    then records why in its own store error)."""
+    from hpcai.errors import StoreError
+    from hpcai.nodes import excluded_nodes
+    from hpcai.store import Store
+
+    try:
+        store = Store()
+    except StoreError:
+        return []
+    try:
+        return excluded_nodes(store, cluster)
+    finally:
+        store.close()

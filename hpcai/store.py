@@ -19,11 +19,17 @@ from typing import Any
 from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Changes to a store created by an older hpcai, applied in order (version: statements).
 _MIGRATIONS: dict[int, list[str]] = {
     # The last step and loss seen, so `list` shows them without reading any run directory.
     2: ["ALTER TABLE runs ADD COLUMN last_step INTEGER", "ALTER TABLE runs ADD COLUMN last_loss REAL"],
+    # Nodes runs found failing, per cluster (hpcai.nodes): what later submissions leave out.
+    3: [
+        "CREATE TABLE IF NOT EXISTS bad_nodes (cluster TEXT NOT NULL, node TEXT NOT NULL, reason TEXT NOT NULL, "
+        "run_id TEXT, source TEXT NOT NULL, hang INTEGER NOT NULL, since REAL NOT NULL, expires REAL NOT NULL, "
+        "PRIMARY KEY (cluster, node, source))"
+    ],
 }
 
 _SCHEMA = """
@@ -94,6 +100,21 @@ class Run:
     state: str
     last_step: int | None = None
     last_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class BadNode:
+    """One failure a run saw on a node: `source` names it (run/job/attempt/node rank), so re-reading the
+    run's node log records it once."""
+
+    cluster: str
+    node: str
+    reason: str
+    run_id: str | None
+    source: str
+    hang: bool
+    since: float
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -242,6 +263,41 @@ class Store:
         if limit:
             query += f" LIMIT {int(limit)}"
         return [_run(row) for row in self._db.execute(query, params)]
+
+    # nodes --------------------------------------------------------------------------------------------
+
+    def record_bad_node(self, entry: BadNode) -> bool:
+        """Record a node failure once (by its source); True when it is new."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO bad_nodes (cluster, node, reason, run_id, source, hang, since, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.cluster, entry.node, entry.reason, entry.run_id, entry.source, int(entry.hang), entry.since,
+                 entry.expires),
+            )  # fmt: skip
+            return cursor.rowcount > 0
+
+    def bad_nodes(self, cluster: str | None = None, *, now: float | None = None) -> list[BadNode]:
+        """Failures not expired at `now` (default: now; `now=0` gives every one recorded)."""
+        when = time.time() if now is None else now
+        query = "SELECT * FROM bad_nodes WHERE expires > ?"
+        params: list[Any] = [when]
+        if cluster is not None:
+            query += " AND cluster = ?"
+            params.append(_typed(cluster))
+        rows = self._db.execute(query + " ORDER BY cluster, node, since", params)
+        return [BadNode(**{**dict(row), "hang": bool(row["hang"])}) for row in rows]
+
+    def clear_bad_nodes(self, cluster: str, node: str | None = None) -> int:
+        """Forget a cluster's failures (of one node, or all); returns how many records went."""
+        with self.transaction() as db:
+            if node is None:
+                cursor = db.execute("DELETE FROM bad_nodes WHERE cluster = ?", (_typed(cluster),))
+            else:
+                cursor = db.execute(
+                    "DELETE FROM bad_nodes WHERE cluster = ? AND node = ?", (_typed(cluster), _typed(node))
+                )
+            return cursor.rowcount
 
     # attempts -----------------------------------------------------------------------------------------
 

@@ -213,7 +213,11 @@ def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
 def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
     """Attempts the job started by itself, learnt from the run directory's attempt log and decisions and
     recorded in the store: relaunches inside the allocation (same job id) and next jobs it submitted
-    (rollbacks, hangs, failed nodes). Returns True when a new attempt was added."""
+    (rollbacks, hangs, failed nodes). Returns True when a new attempt was added. Nodes the job found
+    failing go on the cluster's exclusion list (hpcai.nodes)."""
+    from hpcai.nodes import record_from_node_log
+
+    record_from_node_log(store, run.cluster, run.id, read_jsonl(transport, RunDir(run.run_dir).node_log))
     log = [
         e
         for e in read_jsonl(transport, RunDir(run.run_dir).attempts)

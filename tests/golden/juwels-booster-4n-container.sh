@@ -27,7 +27,7 @@ hpcai_now() {
   now="${now/,/.}"
   printf '%s' "${now:-$(date +%s)}"
 }
-# `--exclude=` naming the nodes this run found hung, or nothing.
+# `--exclude=` naming the nodes this run found failing (exclude_nodes), or nothing.
 hpcai_excluded() {
   local nodes
   nodes=$(sort -u "$1" 2>/dev/null | grep -E '^[A-Za-z0-9._-]+$' | paste -sd, - || true)
