@@ -1,5 +1,5 @@
 """Recovery from a loss spike on the local Slurm: steps lost per rollback, and the seconds from the spike
-to the next attempt's first step (detection, checkpoint choice, resubmission, queue, start-up, resume).
+to the next attempt's first step (detection, checkpoint choice, relaunch inside the allocation, start-up, resume).
 
 The tiny LLaVA workload with a spike injected at step K (the `inject_spike_at` test hook) runs under the
 real Slurm that `tests/infra/slurm.sh start` brings up; the job rolls itself back, no client involved.
@@ -68,7 +68,7 @@ def main() -> None:
         print(f"  steps lost: {detected - target} (trained again from step {target})")
     print(f"seconds from the spike to the next attempt's first step: {second[0]['time'] - spike_time:.1f}")
     print(f"  of which detection (steps {onset}-{first[-1]['step']}): {first[-1]['time'] - spike_time:.1f} s")
-    print(f"  exit, resubmission, queue, start-up and resume: {second[0]['time'] - first[-1]['time']:.1f} s")
+    print(f"  exit, relaunch in the allocation, start-up and resume: {second[0]['time'] - first[-1]['time']:.1f} s")
     print(f"attempts: {len(attempts)}, final state {attempts[-1]['state']} at step {rows[-1]['step']}")
 
 

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,12 @@ def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: f
     _write(base.with_suffix(".start"), {**identity, "event": "node_start", "time": time.time()})
     scratch = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))
     beats_dir = scratch / f"hpcai-{job}-a{attempt}-{node_rank}"
+    # A killed agent's heartbeats stay behind: they would read as a hang, and they fill node memory.
+    # Earlier launches of this job are over (the job script runs one at a time): theirs go too.
+    for old in scratch.glob(f"hpcai-{job}-a*-*"):
+        number = old.name.removeprefix(f"hpcai-{job}-a").split("-")[0]
+        if old == beats_dir or (number.isdigit() and attempt.isdigit() and int(number) < int(attempt)):
+            shutil.rmtree(old, ignore_errors=True)
     env = {**os.environ, HEARTBEAT_VARIABLE: str(beats_dir), "HPCAI_NODE_AGENT_PID": str(os.getpid())}
     launcher = subprocess.Popen(command, env=env, start_new_session=True)
     stopped = threading.Event()
@@ -97,8 +104,6 @@ def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: f
     status = _status(returncode)
     _write(base.with_suffix(".json"), {**identity, "event": "node_end", "rc": status, "stopped": stopped.is_set(),
                                        "hang": hang is not None, "last_step": last, "time": time.time()})  # fmt: skip
-    import shutil
-
     shutil.rmtree(beats_dir, ignore_errors=True)
     return status
 

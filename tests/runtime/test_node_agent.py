@@ -70,3 +70,8 @@ def test_a_killed_agent_leaves_no_end_record(tmp_path: Path) -> None:
     os.kill(worker, signal.SIGKILL)  # (a dead node takes its processes with it; here the test does)
     _, end = records(tmp_path)
     assert end is None  # what tells the recovery decision this node is the one that failed
+    # Its heartbeats stay behind; an agent starting with the same job and attempt ignores them.
+    proc = agent(tmp_path, str(tmp_path / "pid"), "0.1", "0")
+    assert proc.wait(timeout=60) == 0
+    _, end = records(tmp_path)
+    assert end is not None and end["hang"] is False
