@@ -103,6 +103,7 @@ def watch_run(
                     checkpoint_steps=complete_checkpoints(transport, run.run_dir),
                     rollbacks_so_far=rollbacks,
                     lr_scale=attempt.lr_scale,
+                    rerun=False,  # the rerun check lives in the hpcai runtime, which `watch` is not
                 )
                 _log(transport, RunDir(run.run_dir).events, {**event.to_json(), "decision": decision.action})
                 say(f"{event.kind} at step {event.onset_step} ({event.status}): {decision.action}")

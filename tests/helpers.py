@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from hpcai.jobspec import Overrides
 from hpcai.runs.submission import submit_run
@@ -45,3 +46,10 @@ def wait_for(store: Store, run_id: str, states: set[str], timeout: float = 120) 
 
 def wait_terminal(store: Store, run_id: str, timeout: float = 120) -> RunView:
     return wait_for(store, run_id, {s.value for s in JobState if s.terminal}, timeout)
+
+
+def wait_for_file(path: Path, timeout: float = 60, what: str = "the job never started") -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)

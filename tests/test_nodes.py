@@ -74,3 +74,31 @@ def test_later_submissions_leave_the_nodes_out_until_cleared() -> None:
     cleared = run_cli("nodes", "--clear", "jwb0001", "--cluster", "juwels-booster", "--json")
     assert json.loads(cleared.stdout)["records_removed"] == 1
     assert "#SBATCH --exclude" not in run_cli("render", "llava", "-c", "juwels-booster", "-A", "training2410").stdout
+
+
+@pytest.mark.usefixtures("isolated_hpcai")
+def test_a_node_fail_names_the_node_whose_task_never_ended() -> None:
+    """The local backend reads a vanished runner as NODE_FAIL (as Slurm does a failed node without
+    --no-kill): the node agent that began and never ended names the node for the cluster's list."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from hpcai.schedulers.local import read_job
+    from tests.helpers import wait_for, wait_for_file, wait_terminal
+
+    pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
+    out = run_cli("submit", "llava", "-c", "local", "--set", "max_steps=2000", "--set", "checkpoint_every=1000",
+                  "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)
+    store = Store()
+    view = wait_for(store, run["run_id"], {"RUNNING"})
+    wait_for_file(Path(run["run_dir"]) / "metrics.jsonl", timeout=120, what="training never started")
+    job = read_job(str(view.job_id))
+    assert job is not None
+    os.kill(int(job["runner_pid"]), signal.SIGKILL)
+    assert wait_terminal(store, run["run_id"], timeout=60).state == "NODE_FAIL"
+    run_cli("status", run["run_id"])
+    listed = json.loads(run_cli("nodes", "--cluster", "local", "--json").stdout)["nodes"]
+    assert len(listed) == 1 and listed[0]["excluded"] is True and listed[0]["reason"].startswith("NODE_FAIL")

@@ -5,6 +5,11 @@ the policy says otherwise. A persistent spike, a divergence or a non-finite loss
 complete checkpoint at least `margin_steps` before the onset, with the learning rate scaled by
 `lr_factor` (compounding over rollbacks), optionally skipping the batches around the spike (PaLM), at
 most `max_rollbacks` times -- then the run stops and says why.
+
+With `rerun_check`, a non-finite loss is first re-run as it was (Megatron-LM's rerun state machine, the
+cheap version): back to the checkpoint with the same LR and the same batches; if the loss is non-finite
+again at the same step the fault is in the data or the model (the LR cut and skips follow), if not it was
+a transient fault of the hardware (a silent data corruption, a flaky GPU) and training goes on as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class RollbackPolicy:
     skip_batches: int = 0
     max_rollbacks: int = 3
     rollback_transient: bool = False
+    rerun_check: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,6 +42,8 @@ class Decision:
     lr_scale: float | None = None
     skip_from: int | None = None
     skip_to: int | None = None
+    # A rerun-check rollback: re-run up to this step as it was, then tell data from a transient fault.
+    rerun_step: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,8 +64,10 @@ def decide(
     checkpoint_steps: list[int],
     rollbacks_so_far: int,
     lr_scale: float,
+    rerun: bool = True,
 ) -> Decision:
-    """The decision for one event, given the complete checkpoints available and the run's history."""
+    """The decision for one event, given the complete checkpoints available and the run's history
+    (`rerun=False`: this event's step was re-run already, so no rerun check again)."""
     if not needs_rollback(event, policy):
         if event.kind == "spike" and event.status == "transient":
             return Decision("record", f"spike at step {event.onset_step} recovered by itself", event.to_json())
@@ -81,6 +91,16 @@ def decide(
             event.to_json(),
         )
     target = max(candidates)
+    if policy.rerun_check and rerun and event.kind == "nonfinite":
+        return Decision(
+            "rollback",
+            f"{what}: re-running steps {target + 1}-{event.onset_step} from step {target} as they were (rerun "
+            "check: data or a transient fault?)",
+            event.to_json(),
+            checkpoint_step=target,
+            lr_scale=lr_scale,
+            rerun_step=event.onset_step,
+        )
     skip_from = skip_to = None
     if policy.skip_batches > 0:
         # Skip the batches that led into the spike: from the onset's neighbourhood onwards (PaLM skipped

@@ -26,6 +26,7 @@ from hpcai.runfiles import FileReader, Prefetched
 from hpcai.schedulers import JobState, JobStatus
 from hpcai.session import Backend, Session
 from hpcai.store import Attempt, Run, Store
+from hpcai.transport.base import Transport
 
 # How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.
 LOST_SUBMISSION_S = 300
@@ -140,6 +141,8 @@ def _refresh_cluster(
             store.update_attempt(run.id, attempt.number, **changes)
             if "state" in changes:
                 store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
+            if changes.get("state") == JobState.NODE_FAIL.value and attempt.job_id:
+                _note_node_fail(store, backend.transport, run, attempt.job_id)
         lineage_grew |= _follow_lineage(store, reader, run)
         if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
             _note_give_up(store, reader, run, store.attempts(run.id)[-1])
@@ -298,6 +301,37 @@ def _lineage_reason(
     if why == "node-failure":
         return f"{_node_failure_reason(transport, run, job_id)}; {where}"
     return f"{why}; {where}"
+
+
+def _note_node_fail(store: Store, transport: Transport, run: Run, job_id: str) -> None:
+    """Slurm ended the job for a failed node (NODE_FAIL, no --no-kill): the node whose task began in the
+    job's last launch and never ended is the one; it goes on the cluster's exclusion list."""
+    from hpcai.nodes import record_from_node_log
+    from hpcai.runtime.node_agent import NODES_DIR
+
+    folder = RunDir(run.run_dir).path(NODES_DIR)
+    names = transport.list_dir(folder)
+    launches: dict[int, set[str]] = defaultdict(set)
+    for name in names:
+        match = re.fullmatch(rf"{re.escape(job_id)}-a([0-9]{{1,9}})-node[0-9]{{1,9}}\.(start|json)", name)
+        if match:
+            launches[int(match.group(1))].add(name)
+    if not launches:
+        return
+    last = launches[max(launches)]
+    lost = sorted(n for n in last if n.endswith(".start") and n.removesuffix(".start") + ".json" not in last)
+    why = "NODE_FAIL: Slurm ended the job for a failed node; this node's task never ended"
+    records = []
+    for name in lost:
+        text = transport.read_text(f"{folder}/{name}")
+        try:
+            start = json.loads(text or "")
+        except json.JSONDecodeError:
+            continue
+        if isinstance(start, dict):
+            node = start.get("scheduler_node") or start.get("node")
+            records.append({**start, "node": node, "time": time.time(), "why": why})
+    record_from_node_log(store, run.cluster, run.id, records)
 
 
 def _node_failure_reason(transport: FileReader, run: Run, job_id: str) -> str:

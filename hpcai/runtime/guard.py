@@ -40,12 +40,16 @@ class SpikeGuard:
     writer: bool  # rank 0 writes the logs and the decision
     # Counted once when the attempt starts: read later, rank 0's own write could make ranks disagree.
     previous_rollbacks: int
+    # The step this attempt re-runs for a rerun check (the decision it started from), if any.
+    rerun_step: int | None = None
 
     def observe(
         self, step: int, loss: float, grad_norm: float | None, checkpoint_steps: list[int], lr_scale: float
     ) -> Decision | None:
         """A decision that ends this attempt (rollback or give up), or None to keep training."""
         final: Decision | None = None
+        if step == self.rerun_step:
+            self._rerun_verdict(step, loss)
         for event in self.detector.update(step, loss, grad_norm):
             decision = decide(
                 event,
@@ -53,6 +57,7 @@ class SpikeGuard:
                 checkpoint_steps=checkpoint_steps,
                 rollbacks_so_far=self.previous_rollbacks,
                 lr_scale=lr_scale,
+                rerun=event.onset_step != self.rerun_step,
             )
             if self.writer:
                 _append(
@@ -68,3 +73,23 @@ class SpikeGuard:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
             os.replace(tmp, target)
         return final
+
+    def _rerun_verdict(self, step: int, loss: float) -> None:
+        """The rerun check's answer at the step that was non-finite: again (data or model: the LR cut and
+        skips follow from the detector's next event) or not (a transient fault: training goes on)."""
+        import math
+
+        again = not math.isfinite(loss)
+        verdict = "data" if again else "transient"
+        reason = (
+            f"rerun check: the loss at step {step} is non-finite again from the same checkpoint, LR and batches: "
+            "the data or the model, not the hardware"
+            if again
+            else f"rerun check: step {step} gave a finite loss ({loss:.4g}) when re-run from the same checkpoint, "
+            "LR and batches: a transient fault (hardware, silent data corruption); training goes on as it was"
+        )
+        if self.writer:
+            record = {"action": "rerun_check", "verdict": verdict, "step": step, "reason": reason,
+                      "time": time.time(), "by": "spike guard"}  # fmt: skip
+            _append(self.run_dir / DECISIONS_LOG, record)
+        print(f"hpcai: {reason}", flush=True)

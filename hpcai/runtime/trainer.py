@@ -68,6 +68,11 @@ class TrainConfig:
     # Test hook, a workload option: after this step the last node dies -- its node task (the node agent)
     # and every process of its launch killed, as when a node fails (once per run).
     inject_crash_at: int = 0
+    # Test hook, a workload option: the loss at this step is NaN while the LR is unscaled -- every time
+    # (a fault in the data: a rerun check reproduces it), or only the first time with `inject_nan_transient`
+    # (a transient hardware fault: the rerun does not).
+    inject_nan_at: int = 0
+    inject_nan_transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         world_size=world,
         barrier=accelerator.wait_for_everyone,
     )
-    start, lr_scale, skips, detector_state = 0, config.lr_scale, [], None
+    start, lr_scale, skips, detector_state, rerun_step = 0, config.lr_scale, [], None, None
     decision = _pending_decision(config.run_dir)
     accelerator.wait_for_everyone()  # every rank has read the decision before rank 0 retires it
     source = checkpoints.latest()
@@ -167,6 +172,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         accelerator.print(f"hpcai: resumed from {source} at step {start}")
     if decision is not None:
         lr_scale = float(decision["lr_scale"])
+        rerun_step = int(decision["rerun_step"]) if decision.get("rerun_step") is not None else None
         if decision.get("skip_from") is not None:
             skips.append((int(decision["skip_from"]), int(decision["skip_to"]) - int(decision["skip_from"])))
         if accelerator.is_main_process:
@@ -180,7 +186,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         # A resume may change the floor; the statistics carry over.
         detector.config = dataclasses.replace(detector.config, report_floor=config.spike_floor)
         guard = SpikeGuard(config.run_dir, config.policy, detector, accelerator.is_main_process,
-                           previous_rollbacks=rollbacks_so_far(config.run_dir))  # fmt: skip
+                           previous_rollbacks=rollbacks_so_far(config.run_dir), rerun_step=rerun_step)  # fmt: skip
     order = BatchOrder(task.num_samples, config.per_device_batch_size * world, world, rank, config.seed)
     stop = StopRequest(config.run_dir)
     metrics = MetricsLog(config.run_dir / config.metrics_file, enabled=accelerator.is_main_process)
@@ -204,6 +210,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             loss = accelerator.reduce(out.loss.detach(), reduction="mean").item()
+            if config.inject_nan_at == done and lr_scale == 1.0 and _nan_fires(config):
+                loss = float("nan")
             z_loss = (
                 accelerator.reduce(out.z_loss.detach(), reduction="mean").item() if out.z_loss is not None else None
             )
@@ -271,6 +279,23 @@ def _hung_before(run_dir: Path) -> bool:
     """The inject_hang_at test hook fires once per run: not again after the recovery it caused."""
     folder = run_dir / HANGS_DIR
     return folder.is_dir() and any(folder.glob("*.json"))
+
+
+def _nan_fires(config: TrainConfig) -> bool:
+    """inject_nan_at: every time, or (transient) only the first time in the run."""
+    if not config.inject_nan_transient:
+        return True
+    marker = config.run_dir / ".injected-nan"
+    if marker.exists():
+        return False
+    # Every rank decides before any rank writes: they must agree on the (all-reduced) loss.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if int(os.environ.get("RANK", "0")) == 0:
+        marker.write_text("1\n")
+    return True
 
 
 def _crash_last_node(run_dir: Path, step: int) -> None:

@@ -43,9 +43,12 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     guard.add_argument("--rollback_margin_steps", type=int, default=0)
     guard.add_argument("--rollback_skip_batches", type=int, default=0)
     guard.add_argument("--rollback_transient", type=boolean, default=False)
+    guard.add_argument("--rerun_check", type=boolean, default=False, help="re-run a non-finite step once as it was")
     guard.add_argument("--spike_floor", type=float, default=0.2, help="report spikes from this excess up")
     guard.add_argument("--inject_spike_at", type=int, default=0, help="test hook: corrupt the update here")
     guard.add_argument("--inject_spike_scale", type=float, default=8.0)
+    guard.add_argument("--inject_nan_at", type=int, default=0, help="test hook: a NaN loss at this step")
+    guard.add_argument("--inject_nan_transient", type=boolean, default=False, help="test hook: only once")
     hang = parser.add_argument_group("hang watchdog (the job script's; the runtime writes the heartbeats)")
     hang.add_argument("--hang_timeout_s", type=float, default=180.0, help="read by the job script's watchdog")
     hang.add_argument("--inject_hang_at", type=int, default=0, help="test hook: every rank stops after this step")
@@ -72,6 +75,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             skip_batches=args.rollback_skip_batches,
             max_rollbacks=args.max_rollbacks,
             rollback_transient=args.rollback_transient,
+            rerun_check=args.rerun_check,
         )
         if args.spike_guard
         else None,
@@ -80,6 +84,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         inject_spike_scale=args.inject_spike_scale,
         inject_hang_at=args.inject_hang_at,
         inject_crash_at=args.inject_crash_at,
+        inject_nan_at=args.inject_nan_at,
+        inject_nan_transient=args.inject_nan_transient,
     )
 
 

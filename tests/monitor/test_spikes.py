@@ -195,3 +195,18 @@ def test_real_curves_labelled_spikes_are_reported_small_ones_counted(
     for step in outliers:
         assert not any(abs(o - step) <= 5 for o in onsets), f"{name}: the +10-14% point at {step} was reported"
     assert not any(e.kind == "divergence" for e in detector.events)
+
+
+def test_the_rerun_check_first_re_runs_a_non_finite_step_as_it_was() -> None:
+    event = run([*noisy_descent(300), (301, float("nan"), None)]).events[-1]
+    policy = RollbackPolicy(rerun_check=True, skip_batches=40)
+    rerun = decide(event, policy, checkpoint_steps=[200, 300], rollbacks_so_far=0, lr_scale=1.0)
+    assert rerun.action == "rollback" and rerun.rerun_step == 301 and rerun.checkpoint_step == 300
+    assert rerun.lr_scale == 1.0 and rerun.skip_from is None and "rerun check" in rerun.reason
+    # Reproduced after the rerun: the usual rollback, LR cut and skips.
+    cut = decide(event, policy, checkpoint_steps=[200, 300], rollbacks_so_far=1, lr_scale=1.0, rerun=False)
+    assert cut.rerun_step is None and cut.lr_scale == 0.5 and cut.skip_from is not None
+    # A spike is not a rerun candidate: only a non-finite loss can be a flipped bit.
+    spike = run([*noisy_descent(300), *[(s, 9.0, None) for s in range(301, 330)]]).events
+    diverged = next(e for e in spike if e.kind == "divergence")
+    assert decide(diverged, policy, checkpoint_steps=[200], rollbacks_so_far=0, lr_scale=1.0).rerun_step is None

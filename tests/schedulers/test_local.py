@@ -17,16 +17,13 @@ from hpcai.schedulers import JobState
 from hpcai.schedulers.local import LocalScheduler, job_file, job_processes, read_job, write_job
 from hpcai.store import Store
 from hpcai.transport import LocalTransport
-from tests.helpers import submit_probe, wait_for, wait_terminal
+from tests.helpers import submit_probe, wait_for, wait_for_file, wait_terminal
 
 
 def _running_job(run_id: str, store: Store) -> tuple[dict[str, object], Path]:
     view = wait_for(store, run_id, {"RUNNING"})
     metrics = Path(view.run_dir) / "metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while not metrics.exists():
-        assert time.monotonic() < deadline, "the probe never started"
-        time.sleep(0.1)
+    wait_for_file(metrics, what="the probe never started")
     job = read_job(str(view.job_id))
     assert job is not None
     return job, metrics

@@ -79,6 +79,26 @@ def test_exceeding_max_rollbacks_stops_with_a_clear_reason() -> None:
     assert "max_rollbacks=0" in attempt["reason"] and "gave up" in attempt["reason"]
 
 
+@pytest.mark.parametrize("transient", [True, False])
+def test_the_rerun_check_tells_a_transient_fault_from_bad_data(transient: bool) -> None:
+    run_id = f"rerun-{'transient' if transient else 'data'}"
+    nan = ("inject_spike_at=0", "inject_nan_at=25", f"inject_nan_transient={str(transient).lower()}",
+           "rerun_check=true")  # fmt: skip
+    store = submit("local", run_id, *nan)
+    detail = settle(store, run_id)
+    assert detail["state"] == "COMPLETED" and detail["step"] == 40, detail
+    decisions = detail["decisions"]
+    assert isinstance(decisions, list)
+    actions = [(d["action"], d.get("verdict"), d.get("lr_scale")) for d in decisions]
+    if transient:  # re-run once as it was, finite this time: training went on at the same LR
+        assert actions == [("rollback", None, 1.0), ("rerun_check", "transient", None)]
+        assert [a["lr_scale"] for a in detail["attempts"]] == [1.0, 1.0]  # type: ignore[index]
+    else:  # non-finite again from the same checkpoint: the data, so the LR cut follows
+        assert actions == [("rollback", None, 1.0), ("rerun_check", "data", None), ("rollback", None, 0.5)]
+        assert detail["attempts"][-1]["lr_scale"] == 0.5  # type: ignore[index]
+    assert decisions[0]["rerun_step"] == 25 and decisions[0]["checkpoint_step"] == 20
+
+
 def test_resume_by_hand_plot_and_terminal_chart(tmp_path: Path) -> None:
     store = submit("local", "by-hand")
     settle(store, "by-hand")
