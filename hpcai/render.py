@@ -233,7 +233,10 @@ def _per_node(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list
     floor = job.parameters.get("hang_timeout_s", 180)
     rank = Expr(f'"${profile.launch.machine_rank_var}"')
     agent = [job.python, "-m", "hpcai.runtime.node_agent", "--run-dir", Expr('"$HPCAI_RUN_DIR"'), "--node-rank", rank,
-             "--floor", floor, "--"]  # fmt: skip
+             "--floor", floor]  # fmt: skip
+    if "hang_timeout_s" in job.parameters:  # on the hpcai runtime: no heartbeat at all in time is a hang too
+        agent.append("--expect-heartbeats")
+    agent.append("--")
     return [*words, *agent, *_node_command(job, profile, workload)]
 
 

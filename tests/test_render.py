@@ -172,7 +172,7 @@ def test_lumi_uses_rocm_container_rccl_settings_and_job_id_port() -> None:
     assert (
         "bash -c 'exec singularity exec /scratch/project_465000123/llava.sif python -m hpcai.runtime.node_agent"
         in script
-        and "--floor 180 -- python -m accelerate" in script
+        and "--floor 180 --expect-heartbeats -- python -m accelerate" in script
     )
     assert "module purge\nmodule use /appl/local/laifs/modules\nmodule load lumi-aif-singularity-bindings" in script
     assert "--num_processes 32" in script
@@ -257,6 +257,6 @@ def test_a_hang_excludes_the_recorded_nodes_from_the_next_submission(tmp_path: P
     assert empty.stdout == ""
     assert 'sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"}' in script
     # The per-node command runs the launcher under the node agent (its hang watchdog), with the floor.
-    assert "-m hpcai.runtime.node_agent --run-dir" in script and "--floor 180 --" in script
+    assert "-m hpcai.runtime.node_agent --run-dir" in script and "--floor 180 --expect-heartbeats --" in script
     # Each launch names its nodes: the allocation's, less the excluded ones (what a spare is for).
     assert '--nodelist="$hpcai_nodelist"' in script and "grep -vxF -f" in script

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE
-from hpcai.runtime.watchdog import read_heartbeats, watch
+from hpcai.runtime.watchdog import SETUP_LIMIT_S, read_heartbeats, watch
 
 NODES_DIR = "nodes"
 
@@ -62,7 +62,8 @@ def _last_step(beats: list[dict[str, Any]]) -> int | None:
     return min(steps) if steps else None
 
 
-def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: float) -> int:
+def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: float,
+        expect_heartbeats: bool = False, setup_limit_s: float = SETUP_LIMIT_S) -> int:  # fmt: skip
     job = os.environ.get("HPCAI_JOB_ID", "job")
     attempt = os.environ.get("HPCAI_ATTEMPT", "0")
     base = run_dir / NODES_DIR / record_name(job, attempt, node_rank)
@@ -92,18 +93,24 @@ def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: f
 
     def watchdog() -> None:
         nonlocal hang
-        hang = watch(beats_dir, run_dir, launcher_pid=launcher.pid, job=job, node_rank=node_rank, k=k, floor=floor)
+        hang = watch(beats_dir, run_dir, launcher_pid=launcher.pid, job=job, node_rank=node_rank, k=k, floor=floor,
+                     expect_heartbeats=expect_heartbeats, setup_limit_s=setup_limit_s)  # fmt: skip
 
     watcher = threading.Thread(target=watchdog, daemon=True)
     watcher.start()
     returncode = launcher.wait()
     watcher.join(timeout=15)
-    last = _last_step(read_heartbeats(beats_dir))
+    beats = read_heartbeats(beats_dir)
+    last = _last_step(beats)
+    phases = {str(b.get("phase")) for b in beats}
+    # How far the node got: a step number, or "setup" (beat, no step yet), or None (never beat at all).
+    progress = "step" if last is not None else ("setup" if phases else None)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(launcher.pid, signal.SIGKILL)  # workers the launcher left behind
     status = _status(returncode)
     _write(base.with_suffix(".json"), {**identity, "event": "node_end", "rc": status, "stopped": stopped.is_set(),
-                                       "hang": hang is not None, "last_step": last, "time": time.time()})  # fmt: skip
+                                       "hang": hang is not None, "last_step": last, "progress": progress,
+                                       "time": time.time()})  # fmt: skip
     shutil.rmtree(beats_dir, ignore_errors=True)
     return status
 
@@ -114,12 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-rank", type=int, default=0)
     parser.add_argument("--k", type=float, default=10.0, help="hang limit: k x the median step time")
     parser.add_argument("--floor", type=float, default=180.0, help="hang limit: at least this many seconds")
+    parser.add_argument(
+        "--expect-heartbeats",
+        action="store_true",
+        help="the workload is on the hpcai runtime: no heartbeat at all in time is a hang",
+    )
+    parser.add_argument("--setup-limit", type=float, default=SETUP_LIMIT_S, help="seconds to the first heartbeat")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the node's launcher and its arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no launcher command after --")
-    return run(command, run_dir=args.run_dir, node_rank=args.node_rank, k=args.k, floor=args.floor)
+    return run(command, run_dir=args.run_dir, node_rank=args.node_rank, k=args.k, floor=args.floor,
+               expect_heartbeats=args.expect_heartbeats, setup_limit_s=args.setup_limit)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -121,12 +121,18 @@ class Launch:
         return cls(started, ended, hangs, errors)
 
     def laggards(self) -> list[int]:
-        """Node ranks whose ranks finished fewer steps than the others' (they held the collective up)."""
-        steps = {n: r["last_step"] for n, r in self.ended.items() if isinstance(r.get("last_step"), int)}
-        if len(set(steps.values())) < 2:
+        """Node ranks that got less far than the others (they held the collective up): fewer steps
+        finished, or no step while others stepped, or never a heartbeat while others beat."""
+        reached: dict[int, int] = {}
+        for rank, end in self.ended.items():
+            if isinstance(end.get("last_step"), int):
+                reached[rank] = int(end["last_step"])
+            elif "progress" in end:  # agents before this field knew steps only
+                reached[rank] = -1 if end["progress"] == "setup" else -2
+        if len(set(reached.values())) < 2:
             return []
-        ahead = max(steps.values())
-        return sorted(n for n, s in steps.items() if s < ahead)
+        ahead = max(reached.values())
+        return sorted(n for n, s in reached.items() if s < ahead)
 
     def failed_nodes(self) -> list[tuple[int, str]]:
         """(node rank, why) of nodes that failed on their own, not as victims of another's failure."""

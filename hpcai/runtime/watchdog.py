@@ -10,9 +10,10 @@ rank has progressed for longer than the limit of the phase the newest heartbeat 
 - checkpoint: max(600 s, the step limit) (the extension uses 420 s; parallel filesystems at the sites
   are slower when a whole machine writes);
 - setup and loading: 1,800 s (the extension's first-heartbeat timeout: imports, NCCL start-up, model and
-  checkpoint loading on a busy filesystem).
+  checkpoint loading on a busy filesystem); the same from the launch when no rank has written a
+  heartbeat at all (stuck in `import`), for workloads known to be on the hpcai runtime.
 
-A workload that never writes a heartbeat (not on the hpcai runtime) is never declared hung. On a hang
+A workload not on the hpcai runtime writes no heartbeat and is never declared hung. On a hang
 it asks every worker for its Python stacks (SIGUSR2 -> faulthandler; `py-spy dump` too when installed),
 writes a HANG record (`hangs/<job>-a<attempt>-node<N>.json`, and `timeline.jsonl` for the goodput account), then
 stops the workers (TERM, then KILL) so the launcher fails at once instead of holding the allocation
@@ -78,6 +79,8 @@ def _alive(pid: int) -> bool:
 
 def _dump_stacks(beats: list[dict[str, Any]], run_dir: Path, job: str) -> None:
     for beat in beats:
+        if beat.get("phase") == "startup":
+            continue  # no faulthandler registered yet: SIGUSR2 would only kill it (py-spy below still looks)
         with contextlib.suppress(ProcessLookupError, PermissionError, TypeError, ValueError):
             os.kill(int(beat["pid"]), signal.SIGUSR2)
     spy = shutil.which("py-spy")
@@ -114,7 +117,7 @@ def declare_hang(
         "event": "hang", "job_id": job, "attempt": attempt, "node": socket.gethostname(), "node_rank": node_rank,
         # The scheduler's name for the node (what --exclude takes): Slurm sets it for every task.
         "scheduler_node": os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0],
-        "ranks": sorted(int(b["rank"]) for b in beats if isinstance(b.get("rank"), int)),
+        "ranks": sorted(int(b["rank"]) for b in beats if isinstance(b.get("rank"), int)),  # none: never beat
         "step": newest.get("step"), "phase": newest.get("phase"), "stalled_s": round(stalled_s, 3),
         "limit_s": round(limit_s, 3), "median_step_s": median_step_s, "time": now,
         "stacks": f"stacks/{job}-rank-*.txt",
@@ -138,13 +141,35 @@ def declare_hang(
     return record
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): the workers of a launcher whose workers never beat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def watch(
     folder: Path, run_dir: Path, *, launcher_pid: int, job: str, node_rank: int, k: float, floor: float,
-    poll_s: float | None = None,
+    poll_s: float | None = None, expect_heartbeats: bool = False, setup_limit_s: float = SETUP_LIMIT_S,
 ) -> dict[str, Any] | None:  # fmt: skip
-    """Watch until the launcher ends (None) or a hang is declared (its record)."""
+    """Watch until the launcher ends (None) or a hang is declared (its record). With `expect_heartbeats`
+    (a workload on the hpcai runtime), no heartbeat at all for `setup_limit_s` after the launch is a hang
+    too: stuck before the runtime's first line (an `import torch` on a sick filesystem, a dead mount)."""
     poll = poll_s if poll_s is not None else max(0.5, min(5.0, floor / 20))
     step_times: dict[tuple[int, int], float] = {}  # (rank, step) -> that step's duration
+    launched = time.time()
     while _alive(launcher_pid):
         beats = read_heartbeats(folder)
         live = [b for b in beats if b.get("phase") != "done"]
@@ -160,5 +185,11 @@ def watch(
             if stalled > limit:
                 return declare_hang(live, run_dir=run_dir, job=job, node_rank=node_rank, stalled_s=stalled,
                                     limit_s=limit, median_step_s=median)  # fmt: skip
+        elif expect_heartbeats and not beats and time.time() - launched > setup_limit_s:
+            workers = [{"pid": pid, "rank": None, "phase": "startup", "step": None, "time": launched}
+                       for pid in _descendants(launcher_pid)]  # fmt: skip
+            return declare_hang(workers or [{"pid": launcher_pid, "phase": "startup", "time": launched}],
+                                run_dir=run_dir, job=job, node_rank=node_rank, stalled_s=time.time() - launched,
+                                limit_s=setup_limit_s, median_step_s=None)  # fmt: skip
         time.sleep(poll)
     return None

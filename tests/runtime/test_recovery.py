@@ -109,6 +109,12 @@ def test_a_hang_names_the_node_behind_the_others(tmp_path: Path) -> None:
     assert (tmp_path / "exclude_nodes").read_text() == "h2\n"
 
 
+def test_a_node_that_never_beat_held_up_the_ones_that_did(tmp_path: Path) -> None:
+    node(tmp_path, "8", "1", 0, "h1", end={"rc": 1, "last_step": None, "progress": "setup", "hang": True})
+    node(tmp_path, "8", "1", 1, "h2", end={"rc": 1, "last_step": None, "progress": None, "hang": True})
+    assert decide(tmp_path, job="8", attempt="1", outcome="hang", nodes=2, spares=1).line() == "relaunch h2 hang"
+
+
 def test_a_hang_suspect_is_replaced_at_once_when_a_spare_is_left(tmp_path: Path) -> None:
     node(tmp_path, "8", "1", 0, "h1", end={"rc": 1, "last_step": 30})
     node(tmp_path, "8", "1", 1, "h2", end={"rc": 1, "last_step": 29, "hang": True})

@@ -32,6 +32,20 @@ def test_a_workload_without_heartbeats_is_never_declared_hung(tmp_path: Path) ->
     assert time.monotonic() - started >= 2.5 and sleeper.wait() == 0  # it waited for the launcher, touched nothing
 
 
+def test_a_launch_stuck_before_the_first_heartbeat_is_a_hang_on_the_hpcai_runtime(tmp_path: Path) -> None:
+    # A launcher whose worker never reaches the runtime's first line (an import hanging on a dead mount).
+    launcher = subprocess.Popen([sys.executable, "-c",
+                                 "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                                 "'import time; time.sleep(600)'])"])  # fmt: skip
+    started = time.monotonic()
+    record = watch(tmp_path / "hb", tmp_path, launcher_pid=launcher.pid, job="5", node_rank=0, k=10, floor=180,
+                   poll_s=0.1, expect_heartbeats=True, setup_limit_s=1.5)  # fmt: skip
+    assert record is not None and record["phase"] == "startup" and record["ranks"] == []
+    assert record["limit_s"] == 1.5 and 1.5 <= time.monotonic() - started < 30
+    launcher.wait(timeout=30)  # its worker was stopped, so the launcher ended (else: TimeoutExpired)
+    assert (tmp_path / "hangs" / "5-a0-node0.json").exists()
+
+
 def test_a_stalled_node_is_dumped_recorded_and_stopped(tmp_path: Path) -> None:
     folder, run_dir = tmp_path / "hb", tmp_path / "run"
     folder.mkdir()
