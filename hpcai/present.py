@@ -268,15 +268,16 @@ def show_goodput(goodput: dict[str, Any]) -> None:
     """Where the allocated time went, per attempt and in all (hpcai.goodput); narrow enough for 80 columns."""
     if not goodput["attempts"]:
         return
-    keys = ("allocated_s", "startup_s", "productive_s", "lost_s", "checkpoint_s", "hang_s", "other_s", "queue_wait_s")
+    keys = ("allocated_s", "startup_s", "productive_s", "lost_s", "checkpoint_s", "hang_s", "other_s")
     table = Table("#", "alloc", "start", "useful", "lost", "ckpt", "hang", "other", "queue", "kept",
                   title="goodput: where the allocated time went", box=None)  # fmt: skip
     for a in goodput["attempts"]:
-        table.add_row(f"{a['attempt']}{'*' if a['running'] else ''}", *(_dur(a[k]) for k in keys),
+        queue = "in job" if a.get("relaunched") else _dur(a["queue_wait_s"])  # relaunched inside the allocation
+        table.add_row(f"{a['attempt']}{'*' if a['running'] else ''}", *(_dur(a[k]) for k in keys), queue,
                       f"{a['steps_kept']}/{a['steps_run']}")  # fmt: skip
     if len(goodput["attempts"]) > 1:
         steps = f"{goodput['steps_kept']}/{goodput['steps_kept'] + goodput['steps_lost']}"
-        table.add_row("all", *(_dur(goodput[k]) for k in keys), steps)
+        table.add_row("all", *(_dur(goodput[k]) for k in keys), _dur(goodput["queue_wait_s"]), steps)
     console.print(table)
     ettr = goodput["ettr"]
     running = " (* running: counted until now)" if any(a["running"] for a in goodput["attempts"]) else ""

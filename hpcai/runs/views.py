@@ -140,6 +140,9 @@ def run_goodput(run: Run, transport: FileReader, submitted: dict[str, float]) ->
 
     files = RunDir(run.run_dir)
     nodes = run.spec.get("nodes")
+    spares = run.spec.get("spare_nodes")
+    if isinstance(nodes, int) and isinstance(spares, int) and spares > 0:
+        nodes += spares  # allocated (and paid for) all along
     result = account(
         read_jsonl(transport, files.attempts),
         read_jsonl(transport, metrics_file(run)),
