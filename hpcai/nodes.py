@@ -27,6 +27,8 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 @dataclass(frozen=True)
 class Exclusion:
+    """A node later submissions leave out, why, and until when."""
+
     node: str
     reason: str
     until: float  # when the last record that keeps it out expires
@@ -51,6 +53,7 @@ def exclusions(entries: list[BadNode]) -> list[Exclusion]:
 
 
 def excluded_nodes(store: Store, cluster: str) -> list[str]:
+    """The nodes a submission to `cluster` leaves out now."""
     return [e.node for e in exclusions(store.bad_nodes(cluster))]
 
 

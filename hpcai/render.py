@@ -26,13 +26,13 @@ from hpcai.exitcodes import (
     MAX_REQUEUES,
     REQUEUE_MARKER,
     ROLLBACK_FILE,
-    SCRIPT_NAME,
 )
 from hpcai.jobenv import setup_lines
 from hpcai.jobspec import JobSpec
 from hpcai.paths import data_dir
 from hpcai.profiles import ClusterProfile
 from hpcai.runtime.watchdog import HANGS_DIR
+from hpcai.schedulers import script_fragments
 from hpcai.shellquote import Expr, join, quote, quote_with_variables
 from hpcai.walltime import pbs_walltime
 from hpcai.workloads import Workload
@@ -41,10 +41,6 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 # What a value in a #SBATCH/#PBS line may hold (paths included): no blanks, quotes, `%` or line breaks.
 _DIRECTIVE_TEXT = re.compile(r"[A-Za-z0-9_./:+@=,-]+")
-
-_JOB_ID = {"slurm": "$SLURM_JOB_ID", "pbs": "$PBS_JOBID", "local": "${HPCAI_LOCAL_JOB_ID:-local-$$}"}
-# A number derived from the job id, for the rendezvous port.
-_JOB_NUMBER = {"slurm": "$SLURM_JOB_ID", "pbs": "${PBS_JOBID%%.*}", "local": "$$"}
 
 
 def directive_value(value: object) -> str:
@@ -115,45 +111,15 @@ def _env_lines(job: JobSpec, profile: ClusterProfile) -> list[str]:
     return lines
 
 
-def _picks_nodes(profile: ClusterProfile) -> bool:
-    """Each launch names its nodes (srun --nodelist): the allocation's, less the ones found failing, so a
-    spare takes a failed node's place. Not on the test cluster, whose 'nodes' are tasks on one host."""
-    return profile.scheduler == "slurm" and not profile.launch.emulate_nodes
-
-
 def _rendezvous_lines(profile: ClusterProfile, job: JobSpec) -> list[str]:
     """Lines run before each launch: its nodes (Slurm), the rendezvous host (the launch's first node) and
     port (a new one per relaunch: the last launch's store may still hold the old one)."""
-    kind = profile.scheduler
+    fragments = script_fragments(profile.scheduler)
     suffix = quote(profile.launch.master_addr_suffix) if profile.launch.master_addr_suffix else ""
-    if _picks_nodes(profile):
-        lines = [
-            "# This launch's nodes: the allocation's first ones not in the run's exclusion file.",
-            'hpcai_nodelist=$(scontrol show hostnames "$SLURM_JOB_NODELIST"'
-            f' | grep -vxF -f <(cat "$HPCAI_RUN_DIR/{EXCLUDE_FILE}" 2>/dev/null)'
-            f" | head -n {job.nodes} | paste -sd, - || true)",
-            f'hpcai_master_host="${{hpcai_nodelist%%,*}}"{suffix}',
-            "# The launch's first host, as an address every node can reach.",
-            'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
-            'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
-        ]  # fmt: skip
-    elif kind == "slurm":
-        lines = [
-            f'hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"{suffix}',
-            'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
-            'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
-        ]
-    elif kind == "pbs":
-        lines = [
-            "# PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.",
-            f'MASTER_ADDR="$(head -n 1 "${{PBS_NODEFILE:-/dev/null}}")"{suffix}',
-            'MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"',
-        ]
-    else:
-        lines = ["MASTER_ADDR=127.0.0.1"]
+    lines = fragments.master_lines(suffix, job.nodes, profile.launch.emulate_nodes)
     port = profile.launch.master_port
     if port == "from-job-id":
-        lines.append(f'hpcai_job_number="{_JOB_NUMBER[kind]}"')
+        lines.append(f'hpcai_job_number="{fragments.job_number}"')
         lines.append("MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))")
     else:
         lines.append(f"MASTER_PORT=$(( {int(port)} + hpcai_launch ))")
@@ -246,7 +212,7 @@ def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> s
     if launch.launcher == "srun":
         if launch.emulate_nodes:
             placement: list[object] = ["--nodes=1", f"--ntasks={job.nodes}", f"--ntasks-per-node={job.nodes}"]
-        else:
+        else:  # the node list the launch's fragments picked (hpcai.schedulers.slurm)
             placement = [f"--nodes={job.nodes}", "--ntasks-per-node=1", Expr('--nodelist="$hpcai_nodelist"')]
         return join(["srun", *placement, "--kill-on-bad-exit=1", *launch.launcher_flags]) + " " + per_node
     if launch.launcher == "mpiexec":
@@ -259,39 +225,8 @@ def _recovery_command(job: JobSpec, profile: ClusterProfile) -> str:
     return join([*words, job.python, "-m", "hpcai.runtime.recovery"])
 
 
-def _requeue_lines(kind: str) -> list[str]:
-    if kind == "slurm":
-        return [
-            'scontrol requeue "$SLURM_JOB_ID"',
-            "# A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.",
-            'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',
-        ]
-    if kind == "pbs":
-        return [f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
-    return [
-        "# The local runner restarts its walltime clock, as Slurm gives a requeued job a fresh time limit.",
-        'if [ -n "${HPCAI_LOCAL_RUNNER_PID:-}" ]; then kill -USR2 "$HPCAI_LOCAL_RUNNER_PID" 2>/dev/null || true; fi',
-        f'exec bash "$HPCAI_RUN_DIR/{SCRIPT_NAME}"',
-    ]
-
-
-def _submit_next(job: JobSpec, kind: str, emulated: bool = False) -> str:
-    """The command, run by the job itself, that submits the run's next attempt and prints its id."""
-    script = f'"$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
-    if kind == "slurm":
-        # Variables of this job's allocation must not leak into the new submission's resource request;
-        # nodes a watchdog found hung are excluded (not on the test cluster, whose "nodes" are tasks on
-        # its one node).
-        exclude = "" if emulated else ' ${hpcai_exclude:+"$hpcai_exclude"}'
-        return (
-            f"env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable{exclude} {script}"
-        )
-    if kind == "pbs":
-        return f"qsub {script}"
-    return f'{quote(job.python)} -m hpcai.schedulers.local {script} "$HPCAI_RUN_DIR" {job.walltime_s}'
-
-
 def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
+    fragments = script_fragments(profile.scheduler)
     context: dict[str, Any] = {
         "version": __version__,
         "job": job,
@@ -300,21 +235,21 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "pbs": profile.pbs,
         "container": profile.container,
         "pbs_walltime": pbs_walltime(job.walltime_s),
-        "job_id_expr": _JOB_ID[profile.scheduler],
+        "job_id_expr": fragments.job_id,
         "module_lines": setup_lines(profile, job.container is not None),
         "environment_guard": environment_guard(job),
         "env_lines": _env_lines(job, profile),
         "rendezvous_lines": _rendezvous_lines(profile, job),
-        "walltime_timer": profile.scheduler != "slurm",
+        "walltime_timer": fragments.times_itself,
         "launch_line": _launch_line(job, profile, workload),
-        "requeue_lines": _requeue_lines(profile.scheduler),
+        "requeue_lines": fragments.requeue_lines(),
         "exit_requeue": EXIT_REQUEUE,
         "requeue_marker": REQUEUE_MARKER,
         "exit_rollback": EXIT_ROLLBACK,
         "rollback_file": ROLLBACK_FILE,
         "exit_gave_up": EXIT_GAVE_UP,
         "gave_up_file": GAVE_UP_FILE,
-        "submit_next": _submit_next(job, profile.scheduler, profile.launch.emulate_nodes),
+        "submit_next": fragments.submit_next(job.python, job.walltime_s, profile.launch.emulate_nodes),
         "max_requeues": MAX_REQUEUES,
         "max_attempts": MAX_ATTEMPTS,
         "attempt_count_file": ATTEMPT_COUNT_FILE,
@@ -325,7 +260,7 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "exit_hang": EXIT_HANG,
         "hangs_dir": HANGS_DIR,
         "exclude_file": EXCLUDE_FILE,
-        "exclude_nodes": _picks_nodes(profile),
+        "exclude_nodes": fragments.picks_nodes(profile.launch.emulate_nodes),
         "exit_node_failed": EXIT_NODE_FAILED,
         "recovery_command": _recovery_command(job, profile),
         "emulated": profile.launch.emulate_nodes,

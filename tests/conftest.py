@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+REAL_CLUSTER_FIXTURES = {"slurm_cluster", "sshd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the real test Slurm or sshd are marked `real_cluster`: `pytest -m 'not real_cluster'` is
+    the fast tier (parsers, state machine on recorded scheduler output, rendering, the runtime on the
+    local backend); CI runs both."""
+    for item in items:
+        if REAL_CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_cluster)
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,7 @@ NODES_DIR = "nodes"
 
 
 def record_name(job: str, attempt: str, node_rank: int) -> str:
+    """The stem of a node's start/end records: one per job, attempt and node rank."""
     return f"{job}-a{attempt}-node{node_rank}"
 
 
@@ -64,6 +65,7 @@ def _last_step(beats: list[dict[str, Any]]) -> int | None:
 
 def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: float,
         expect_heartbeats: bool = False, setup_limit_s: float = SETUP_LIMIT_S) -> int:  # fmt: skip
+    """Run the node's launcher under the watchdog, leave the start and end records; its status."""
     job = os.environ.get("HPCAI_JOB_ID", "job")
     attempt = os.environ.get("HPCAI_ATTEMPT", "0")
     base = run_dir / NODES_DIR / record_name(job, attempt, node_rank)
@@ -116,6 +118,7 @@ def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: f
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one node's launch under the agent; exit with the launcher's status."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--node-rank", type=int, default=0)

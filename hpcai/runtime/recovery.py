@@ -51,6 +51,8 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 @dataclass
 class Verdict:
+    """What the job does next, why, and which nodes it suspects and leaves out."""
+
     action: str  # relaunch | queue | stop | none
     why: str
     suspects: list[dict[str, Any]] = field(default_factory=list)
@@ -223,6 +225,7 @@ def _record(run_dir: Path, verdict: Verdict, emulated: bool, *, replace: bool, e
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the verdict's line for the job script (suspects on stderr); always exit 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--job", required=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hpcai.profiles import ClusterProfile
-from hpcai.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError, ScriptFragments
 from hpcai.transport.base import Transport
 
 
@@ -21,4 +21,21 @@ def scheduler_for(profile: ClusterProfile, transport: Transport) -> Scheduler:
     return LocalScheduler(transport)
 
 
-__all__ = ["JobState", "JobStatus", "Scheduler", "SchedulerError", "scheduler_for"]
+def script_fragments(kind: str) -> ScriptFragments:
+    """The batch-script knowledge of a scheduler kind (slurm, pbs, local): the one place that maps kinds
+    to backends for rendering, as `scheduler_for` does for commands."""
+    if kind == "slurm":
+        from hpcai.schedulers.slurm import SlurmScript
+
+        return SlurmScript()
+    if kind == "pbs":
+        from hpcai.schedulers.pbs import PbsScript
+
+        return PbsScript()
+    from hpcai.schedulers.local import LocalScript
+
+    return LocalScript()
+
+
+__all__ = ["JobState", "JobStatus", "Scheduler", "SchedulerError", "ScriptFragments", "scheduler_for",
+           "script_fragments"]  # fmt: skip

@@ -80,6 +80,9 @@ TRANSIENT_MARKERS = (
 
 class Scheduler(ABC):
     kind: str
+    label: str = ""  # the scheduler's name for people ("Slurm", "PBS")
+    queue_noun: str = "queue"  # what it calls a queue ("partition" on Slurm)
+    probe_fix: str = ""  # what to check when `queues` fails (doctor's fix line)
 
     def __init__(self, transport: Transport, *, retries: int = 4, backoff_s: float = 0.5) -> None:
         self.transport = transport
@@ -126,9 +129,40 @@ class Scheduler(ABC):
     def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
         """(stdout, stderr) of one attempt."""
 
+    def queues(self) -> set[str]:
+        """The partitions/queues the scheduler offers (doctor compares them with the profile's); raises
+        SchedulerError naming the command when the scheduler does not answer."""
+        return set()
+
     def find_jobs(self, run_dirs: Sequence[str]) -> dict[str, str]:
         """Job ids of jobs running in these run directories (reconciling a submit whose id was lost)."""
         return {}
+
+
+class ScriptFragments(ABC):
+    """What a batch script needs from its scheduler: hpcai.render asks the kind's fragments (the
+    registry in hpcai.schedulers), the templates never branch on the kind. Shell text, already quoted."""
+
+    kind: str
+    job_id: str  # shell expression: this job's id
+    job_number: str  # shell expression: a number derived from it (the rendezvous port)
+    times_itself: bool = False  # no scheduler signal before walltime: the script runs its own timer
+
+    def picks_nodes(self, emulated: bool) -> bool:
+        """Each launch names its nodes (a spare can take a failed node's place)."""
+        return False
+
+    @abstractmethod
+    def master_lines(self, suffix: str, nodes: int, emulated: bool) -> list[str]:
+        """Lines that set MASTER_ADDR (and, when it picks nodes, the launch's node list) before a launch."""
+
+    @abstractmethod
+    def requeue_lines(self) -> list[str]:
+        """Lines that put this job back in the queue after it checkpointed before walltime."""
+
+    @abstractmethod
+    def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
+        """The command, run by the job itself, that submits the run's next attempt and prints its id."""
 
 
 def failure(what: str, result: CommandResult) -> SchedulerError:

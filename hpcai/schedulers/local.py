@@ -20,8 +20,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hpcai.exitcodes import SCRIPT_NAME
 from hpcai.paths import state_dir
-from hpcai.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError, ScriptFragments
+from hpcai.shellquote import quote
 
 
 def jobs_dir() -> Path:
@@ -225,3 +227,26 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+class LocalScript(ScriptFragments):
+    """The local backend's fragments: one host, the runner's walltime clock, `exec` for a requeue."""
+
+    kind = "local"
+    job_id = "${HPCAI_LOCAL_JOB_ID:-local-$$}"
+    job_number = "$$"
+    times_itself = True
+
+    def master_lines(self, suffix: str, nodes: int, emulated: bool) -> list[str]:
+        return ["MASTER_ADDR=127.0.0.1"]
+
+    def requeue_lines(self) -> list[str]:
+        return [
+            "# The local runner restarts its walltime clock, as Slurm gives a requeued job a fresh time limit.",
+            'if [ -n "${HPCAI_LOCAL_RUNNER_PID:-}" ]; then kill -USR2 "$HPCAI_LOCAL_RUNNER_PID" 2>/dev/null '
+            "|| true; fi",
+            f'exec bash "$HPCAI_RUN_DIR/{SCRIPT_NAME}"',
+        ]
+
+    def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
+        return f'{quote(python)} -m hpcai.schedulers.local "$HPCAI_RUN_DIR/{SCRIPT_NAME}" "$HPCAI_RUN_DIR" {walltime_s}'

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hpcai.schedulers.base import JobState, JobStatus, Scheduler, failure
+from hpcai.exitcodes import SCRIPT_NAME
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, ScriptFragments, failure
 
 # PBS job_state letters. F (finished, qstat -x) and C (completed, Torque) carry Exit_status when known.
 _STATES = {
@@ -60,6 +61,18 @@ def _status(job_id: str, attrs: dict[str, str]) -> JobStatus:
 
 class PbsScheduler(Scheduler):
     kind = "pbs"
+    label = "PBS"
+    queue_noun = "queue"
+    probe_fix = "Check that you are on a login node of the cluster and that PBS answers (`qstat -Q`)."
+
+    def queues(self) -> set[str]:
+        result = self.command(["qstat", "-Q"])
+        if not result.ok:
+            raise failure("qstat -Q", result)
+        # Queue table: a header, a dashes line, then one row per queue (name first).
+        lines = result.stdout.splitlines()
+        rows = lines[next((i + 1 for i, line in enumerate(lines) if line.startswith("---")), 0) :]
+        return {line.split()[0] for line in rows if line.split()}
 
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         # -o/-e on the command line too: Slurm's qsub wrapper ignores #PBS -o/-e lines.
@@ -105,3 +118,25 @@ class PbsScheduler(Scheduler):
 
     def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
         return f"{run_dir}/logs/pbs.out", f"{run_dir}/logs/pbs.err"
+
+
+class PbsScript(ScriptFragments):
+    """PBS's script fragments: the script times its own walltime; no node picking or exclusion."""
+
+    kind = "pbs"
+    job_id = "$PBS_JOBID"
+    job_number = "${PBS_JOBID%%.*}"
+    times_itself = True
+
+    def master_lines(self, suffix: str, nodes: int, emulated: bool) -> list[str]:
+        return [
+            "# PBS_NODEFILE lists the allocation's hosts; a PBS without it (one node) has only this host.",
+            f'MASTER_ADDR="$(head -n 1 "${{PBS_NODEFILE:-/dev/null}}")"{suffix}',
+            'MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"',
+        ]
+
+    def requeue_lines(self) -> list[str]:
+        return [f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
+
+    def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
+        return f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hpcai.schedulers.base import JobState, JobStatus, Scheduler, failure
+from hpcai.exitcodes import EXCLUDE_FILE, SCRIPT_NAME
+from hpcai.schedulers.base import JobState, JobStatus, Scheduler, ScriptFragments, failure
 
 _SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%Z"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,Start,End,WorkDir"
@@ -31,6 +32,18 @@ def _time(text: str) -> str | None:
 
 class SlurmScheduler(Scheduler):
     kind = "slurm"
+    label = "Slurm"
+    queue_noun = "partition"
+    probe_fix = (
+        "Check that you are on a login node of the cluster and that Slurm answers (`sinfo`); during "
+        "maintenance it does not."
+    )
+
+    def queues(self) -> set[str]:
+        result = self.command(["sinfo", "-h", "-o", "%P"])
+        if not result.ok:
+            raise failure("sinfo", result)
+        return {p.strip().rstrip("*") for p in result.stdout.split()}
 
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["sbatch", "--parsable", script_path]
@@ -128,3 +141,51 @@ class SlurmScheduler(Scheduler):
                 if workdir in missing:
                     found[workdir] = job_id  # the newest job of that directory wins
         return found
+
+
+_MASTER_ADDR = [
+    'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
+    'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
+]
+
+
+class SlurmScript(ScriptFragments):
+    """Slurm's script fragments: each launch picks its nodes from the allocation (spares, exclusions)."""
+
+    kind = "slurm"
+    job_id = "$SLURM_JOB_ID"
+    job_number = "$SLURM_JOB_ID"
+
+    def picks_nodes(self, emulated: bool) -> bool:
+        # Not on the test cluster, whose "nodes" are tasks on one host.
+        return not emulated
+
+    def master_lines(self, suffix: str, nodes: int, emulated: bool) -> list[str]:
+        if not self.picks_nodes(emulated):
+            return [f'hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"{suffix}',
+                    *_MASTER_ADDR]  # fmt: skip
+        return [
+            "# This launch's nodes: the allocation's first ones not in the run's exclusion file.",
+            'hpcai_nodelist=$(scontrol show hostnames "$SLURM_JOB_NODELIST"'
+            f' | grep -vxF -f <(cat "$HPCAI_RUN_DIR/{EXCLUDE_FILE}" 2>/dev/null)'
+            f" | head -n {nodes} | paste -sd, - || true)",
+            f'hpcai_master_host="${{hpcai_nodelist%%,*}}"{suffix}',
+            "# The launch's first host, as an address every node can reach.",
+            *_MASTER_ADDR,
+        ]
+
+    def requeue_lines(self) -> list[str]:
+        return [
+            'scontrol requeue "$SLURM_JOB_ID"',
+            "# A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.",
+            'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',
+        ]
+
+    def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
+        # Variables of this job's allocation must not leak into the new submission's resource request;
+        # nodes the run found failing are left out (not on the test cluster: its one node is all it has).
+        exclude = "" if emulated else ' ${hpcai_exclude:+"$hpcai_exclude"}'
+        return (
+            "env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable"
+            f'{exclude} "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
+        )
