@@ -188,7 +188,7 @@ def test_env_build_over_ssh_then_a_job_imports_torch_and_accelerate_from_it(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         view = json.loads(run_cli("status", forced["run_id"], "--json", env=env).stdout)
-        if view["state"] not in {"PENDING", "RUNNING", "SUBMITTED"}:
+        if view["state"] not in {"SUBMITTING", "PENDING", "RUNNING", "COMPLETING", "SUBMITTED"}:
             break
         time.sleep(2)
     assert view["state"].startswith("FAILED")
