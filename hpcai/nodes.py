@@ -14,15 +14,14 @@ day, and a node left out longer only lengthens queue waits); `hpcai nodes clear`
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from hpcai.runtime.recovery import NODE_NAME
 from hpcai.store import BadNode, Store
 
 NODE_EXCLUSION_S = 3 * 24 * 3600
-_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -59,16 +58,15 @@ def excluded_nodes(store: Store, cluster: str) -> list[str]:
 
 def record_from_node_log(store: Store, cluster: str, run_id: str, records: list[dict[str, Any]]) -> int:
     """Record a run's node-log lines on its cluster's list (each once); returns how many were new."""
-    added = 0
+    entries = []
     for record in records:
         node = str(record.get("node") or "")
         when = record.get("time")
-        if not _NODE_NAME.fullmatch(node) or not isinstance(when, int | float) or isinstance(when, bool):
+        if not NODE_NAME.fullmatch(node) or not isinstance(when, int | float) or isinstance(when, bool):
             continue
         why = str(record.get("why") or "failed")[:300]
         source = f"{run_id}/{record.get('job_id')}/{record.get('attempt')}/{record.get('node_rank')}"
         since = float(when)
-        entry = BadNode(cluster=cluster, node=node, reason=why, run_id=run_id, source=source,
-                        hang=why.startswith("hang"), since=since, expires=since + NODE_EXCLUSION_S)  # fmt: skip
-        added += store.record_bad_node(entry)
-    return added
+        entries.append(BadNode(cluster=cluster, node=node, reason=why, run_id=run_id, source=source,
+                               hang=why.startswith("hang"), since=since, expires=since + NODE_EXCLUSION_S))  # fmt: skip
+    return store.record_bad_nodes(entries)

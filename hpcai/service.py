@@ -8,6 +8,7 @@ from hpcai.jobspec import JobSpec, Overrides, resolve_jobspec
 from hpcai.paths import state_dir
 from hpcai.profiles import ClusterProfile, load_profile, resolve_alias
 from hpcai.render import render_script
+from hpcai.schedulers import script_fragments
 from hpcai.userconfig import load_user_config
 from hpcai.workloads import Workload, load_workload
 
@@ -38,7 +39,7 @@ def prepare_job(workload_name: str, cluster: str | None, overrides: Overrides) -
         settings=config.for_cluster(cluster_name),
         state_dir=state_dir(),
     )
-    if profile.scheduler == "slurm" and not profile.launch.emulate_nodes:
+    if script_fragments(profile.scheduler).picks_nodes(profile.launch.emulate_nodes):
         job = job.model_copy(update={"exclude_nodes": tuple(_excluded_nodes(cluster_name))})
     return RenderedJob(job=job, profile=profile, workload=workload, script=render_script(job, profile, workload))
 

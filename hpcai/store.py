@@ -266,16 +266,21 @@ class Store:
 
     # nodes --------------------------------------------------------------------------------------------
 
-    def record_bad_node(self, entry: BadNode) -> bool:
-        """Record a node failure once (by its source); True when it is new."""
+    def record_bad_nodes(self, entries: list[BadNode]) -> int:
+        """Record node failures, each once (by its source), in one transaction; how many were new."""
+        if not entries:
+            return 0
         with self.transaction() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO bad_nodes (cluster, node, reason, run_id, source, hang, since, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.cluster, entry.node, entry.reason, entry.run_id, entry.source, int(entry.hang), entry.since,
-                 entry.expires),
-            )  # fmt: skip
-            return cursor.rowcount > 0
+            added = 0
+            for entry in entries:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO bad_nodes (cluster, node, reason, run_id, source, hang, since, expires) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.cluster, entry.node, entry.reason, entry.run_id, entry.source, int(entry.hang),
+                     entry.since, entry.expires),
+                )  # fmt: skip
+                added += cursor.rowcount
+            return added
 
     def bad_nodes(self, cluster: str | None = None, *, now: float | None = None) -> list[BadNode]:
         """Failures not expired at `now` (default: now; `now=0` gives every one recorded)."""

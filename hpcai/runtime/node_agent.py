@@ -31,14 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE
-from hpcai.runtime.watchdog import SETUP_LIMIT_S, read_heartbeats, watch
+from hpcai.runtime.watchdog import SETUP_LIMIT_S, read_heartbeats, record_name, watch
 
 NODES_DIR = "nodes"
-
-
-def record_name(job: str, attempt: str, node_rank: int) -> str:
-    """The stem of a node's start/end records: one per job, attempt and node rank."""
-    return f"{job}-a{attempt}-node{node_rank}"
 
 
 def scheduler_node() -> str:
@@ -104,9 +99,8 @@ def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: f
     watcher.join(timeout=15)
     beats = read_heartbeats(beats_dir)
     last = _last_step(beats)
-    phases = {str(b.get("phase")) for b in beats}
     # How far the node got: a step number, or "setup" (beat, no step yet), or None (never beat at all).
-    progress = "step" if last is not None else ("setup" if phases else None)
+    progress = "step" if last is not None else ("setup" if beats else None)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(launcher.pid, signal.SIGKILL)  # workers the launcher left behind
     status = _status(returncode)

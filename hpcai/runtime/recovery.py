@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from hpcai.exitcodes import EXCLUDE_FILE, NODE_LOG
+from hpcai.rundir import ATTEMPTS_LOG
 from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.runtime.node_agent import NODES_DIR
-from hpcai.runtime.watchdog import HANGS_DIR
+from hpcai.runtime.watchdog import HANGS_DIR, record_name
 
 HANG_RELAUNCHES_IN_PLACE = 2
 # Messages that say a device or the fabric failed, not the training code (CUDA/ROCm/NCCL/RCCL wording).
@@ -46,7 +47,8 @@ DEVICE_ERROR = re.compile(
     r"device-side assert|GPU is lost|fell off the bus",
     re.IGNORECASE,
 )
-_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# What a scheduler's node name may hold (it ends up in --exclude and --nodelist).
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 @dataclass
@@ -105,16 +107,16 @@ class Launch:
 
     @classmethod
     def read(cls, run_dir: Path, job: str, attempt: str) -> Launch:
-        prefix = f"{job}-a{attempt}-node"
+        every_node = record_name(job, attempt, "*")
         started: dict[int, dict[str, Any]] = {}
         ended: dict[int, dict[str, Any]] = {}
-        for path in sorted((run_dir / NODES_DIR).glob(f"{prefix}*")):
+        for path in sorted((run_dir / NODES_DIR).glob(f"{every_node}.*")):
             record = _json(path)
             rank = record.get("node_rank") if record else None
             if record is None or not isinstance(rank, int):
                 continue
             (started if path.suffix == ".start" else ended)[rank] = record
-        hangs = [r for p in sorted((run_dir / HANGS_DIR).glob(f"{prefix}*.json")) if (r := _json(p)) is not None]
+        hangs = [r for p in sorted((run_dir / HANGS_DIR).glob(f"{every_node}.json")) if (r := _json(p)) is not None]
         since = min((float(r.get("time", 0)) for r in started.values()), default=0.0)
         errors = [
             r for p in sorted((run_dir / ERRORS_DIR).glob("rank-*.json"))
@@ -182,7 +184,7 @@ def decide(run_dir: Path, *, job: str, attempt: str, outcome: str, nodes: int, s
     if not lagging:
         in_place = sum(
             1
-            for r in _jsonl(run_dir / "attempts.jsonl")
+            for r in _jsonl(run_dir / ATTEMPTS_LOG)
             if r.get("event") == "relaunch" and r.get("why") == "hang" and str(r.get("job_id")) == job
         )
         return Verdict("relaunch" if in_place < HANG_RELAUNCHES_IN_PLACE else "queue", "hang")
@@ -207,7 +209,7 @@ def decide(run_dir: Path, *, job: str, attempt: str, outcome: str, nodes: int, s
 def _record(run_dir: Path, verdict: Verdict, emulated: bool, *, replace: bool, exclude: bool = True) -> Verdict:
     """Write the suspects to the run's node log (and, when they are left out, to its exclusion file)."""
     names = [str(s.get("scheduler_node") or s.get("node") or "") for s in verdict.suspects]
-    names = [n for n in names if _NODE_NAME.fullmatch(n)]
+    names = [n for n in names if NODE_NAME.fullmatch(n)]
     now = time.time()
     with open(run_dir / NODE_LOG, "a", encoding="utf-8") as log:
         for suspect in verdict.suspects:

@@ -37,6 +37,14 @@ from pathlib import Path
 from typing import Any
 
 HANGS_DIR = "hangs"
+
+
+def record_name(job: str, attempt: str, node_rank: int | str) -> str:
+    """The stem of one node's records of one launch (node agent start/end, HANG): job, attempt, node
+    rank (`"*"` makes the glob of every node's)."""
+    return f"{job}-a{attempt}-node{node_rank}"
+
+
 SETUP_LIMIT_S = 1800.0
 CHECKPOINT_LIMIT_S = 600.0
 
@@ -124,7 +132,7 @@ def declare_hang(
     }  # fmt: skip
     folder = run_dir / HANGS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{job}-a{attempt}-node{node_rank}.json"
+    target = folder / f"{record_name(job, attempt, node_rank)}.json"
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, target)

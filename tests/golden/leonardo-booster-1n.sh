@@ -35,6 +35,10 @@ hpcai_excluded() {
   nodes=$(sort -u "$1" 2>/dev/null | grep -E '^[A-Za-z0-9._-]+$' | paste -sd, - || true)
   if [ -n "$nodes" ]; then printf -- '--exclude=%s' "$nodes"; fi
 }
+# The newest complete checkpoint's name (what the next attempt resumes from), or nothing.
+hpcai_latest_checkpoint() {
+  tr -cd 'A-Za-z0-9_-' < "$HPCAI_RUN_DIR/checkpoints/latest" 2>/dev/null | head -c 64 || true
+}
 hpcai_event() {
   printf '{"event": "%s", "job_id": "%s", "time": "%s", "epoch": %s, "host": "%s", "rc": %s}\n' \
     "$1" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hpcai_now)" "$(hostname)" "${2:-null}" \
@@ -182,7 +186,7 @@ while :; do
       ;;
   esac
   if [ "$hpcai_action" = relaunch ]; then
-    hpcai_resume=$(tr -cd 'A-Za-z0-9_-' < "$HPCAI_RUN_DIR/checkpoints/latest" 2>/dev/null | head -c 64 || true)
+    hpcai_resume=$(hpcai_latest_checkpoint)
     printf '{"event": "relaunch", "job_id": "%s", "why": "%s", "resume": "%s", "time": "%s", "epoch": %s}\n' \
       "$HPCAI_JOB_ID" "$hpcai_why" "$hpcai_resume" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(hpcai_now)" \
       >> "$HPCAI_RUN_DIR/attempts.jsonl"
@@ -217,7 +221,7 @@ if [ "$hpcai_action" = queue ]; then
   if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
     # After a hang the next attempt resumes from the newest complete checkpoint: say which.
-    hpcai_resume=$(tr -cd 'A-Za-z0-9_-' < "$HPCAI_RUN_DIR/checkpoints/latest" 2>/dev/null | head -c 64 || true)
+    hpcai_resume=$(hpcai_latest_checkpoint)
     printf '{"event": "submitted", "job_id": "%s", "after": "%s", "why": "%s", "resume": "%s", "time": "%s"}\n' \
       "$hpcai_next" "$HPCAI_JOB_ID" "$hpcai_why" "$hpcai_resume" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
       >> "$HPCAI_RUN_DIR/attempts.jsonl"
