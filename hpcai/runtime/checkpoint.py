@@ -136,6 +136,7 @@ class Checkpoints:
         model_state, optim_state = get_state_dict(model, optimizer)
         state: dict[str, Any] = {"model": model_state, "optim": optim_state}
         dcp_load(state, checkpoint_id=str(path / "shards"), planner=DefaultLoadPlanner(allow_partial_load=True))
+        _require_every_weight(path / "shards", state["model"])
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         marker = json.loads((path / MARKER).read_text())
         rng_file = path / f"rng-rank{self.rank}.pt"
@@ -143,3 +144,17 @@ class Checkpoints:
             set_rng_state(torch.load(rng_file, weights_only=False))
         trainer: dict[str, Any] = torch.load(path / "trainer.pt", weights_only=False)
         return trainer
+
+
+def _require_every_weight(shards: Path, model_state: dict[str, Any]) -> None:
+    """A partial load is allowed for the optimizer (a part frozen now may have trained before), never for
+    the model: a weight missing from the checkpoint would silently stay as initialised."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    saved = FileSystemReader(str(shards)).read_metadata().state_dict_metadata
+    missing = [name for name in model_state if f"model.{name}" not in saved]
+    if missing:
+        raise RuntimeError(
+            f"{shards.parent} does not hold {len(missing)} of the model's weights (e.g. {missing[:3]}): it was "
+            "saved from another model; start a new run, or resume with the model it was saved from"
+        )

@@ -29,6 +29,7 @@ def make_accelerator(layer_classes: list[str]) -> Any:
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
         accelerator.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["device"] = accelerator.state.device = torch.device("cpu")
+    fp32_gradient_reduction(getattr(accelerator.state, "fsdp_plugin", None))
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(
@@ -38,6 +39,21 @@ def make_accelerator(layer_classes: list[str]) -> Any:
     if expected > 1 and wants_fsdp and accelerator.distributed_type != DistributedType.FSDP:
         raise RuntimeError(f"expected FSDP, accelerate chose {accelerator.distributed_type}")
     return accelerator
+
+
+def fp32_gradient_reduction(plugin: Any) -> None:
+    """bf16 parameters and activations, but gradients reduced across ranks in fp32 (torchtitan's only
+    supported reduction; accelerate's bf16 policy reduces in bf16, losing precision over many ranks)."""
+    policy = getattr(plugin, "mixed_precision_policy", None) if plugin is not None else None
+    if policy is None or getattr(policy, "reduce_dtype", None) in (None, torch.float32):
+        return
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if isinstance(policy, MixedPrecisionPolicy):
+        plugin.mixed_precision_policy = MixedPrecisionPolicy(
+            param_dtype=policy.param_dtype, reduce_dtype=torch.float32, output_dtype=policy.output_dtype,
+            cast_forward_inputs=policy.cast_forward_inputs,
+        )  # fmt: skip
 
 
 def assert_sharded(model: torch.nn.Module, world_size: int) -> int:

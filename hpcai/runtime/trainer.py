@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -79,6 +79,8 @@ class TrainConfig:
 class StepOutput:
     loss: torch.Tensor
     z_loss: torch.Tensor | None = None
+    # Every token this rank processed (padding excluded, image tokens included): tokens/s and MFU count
+    # what the model computed, not only the supervised tokens.
     tokens: int | None = None
 
 
@@ -99,6 +101,16 @@ class Task(Protocol):
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput: ...
 
 
+@runtime_checkable
+class Exports(Protocol):
+    """A task that can leave its trained model as a Hugging Face folder when the run completes."""
+
+    def export(self, state_dict: dict[str, Any], target: Path) -> None: ...
+
+
+MODEL_DIR = "model"
+
+
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -107,6 +119,17 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters in two groups: weight decay on matrices only, none on gains, biases and
+    temperatures (open_clip's and LLaVA's exclusion; decaying a norm's gain or a logit scale hurts)."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def lr_scale_from_env() -> float:
@@ -118,6 +141,10 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     that dies of an exception says why in the run directory (`hpcai status` shows it)."""
     try:
         return _train(make_task, config)
+    except SystemExit as exc:  # a workload's own refusal (bad data, a model folder that does not fit)
+        if exc.code not in (None, 0):
+            record_failure(config.run_dir, exc)
+        raise
     except Exception as exc:
         record_failure(config.run_dir, exc)
         raise
@@ -142,8 +169,9 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     if bound is not None:
         print(f"hpcai: rank {rank} bound to CPUs {','.join(map(str, sorted(bound)))}", flush=True)
     model = task.model
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr * config.lr_scale, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.weight_decay), lr=config.lr * config.lr_scale, fused=torch.cuda.is_available()
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     assert_sharded(model, world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.max_steps))
@@ -204,12 +232,21 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             accelerator.backward(out.loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            after_step = getattr(task, "after_optimizer_step", None)
+            if after_step is not None:
+                after_step(model)
             if config.inject_spike_at == step + 1 and lr_scale == 1.0:
                 _corrupt(model, config.inject_spike_scale)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            loss = accelerator.reduce(out.loss.detach(), reduction="mean").item()
+            # One collective for the loss and the tokens every rank processed.
+            tokens_here = float(out.tokens) if out.tokens is not None else 0.0
+            totals = accelerator.reduce(
+                torch.stack([out.loss.detach().float().reshape(()), torch.tensor(tokens_here, device=device)]),
+                reduction="sum",
+            )
+            loss, tokens = (totals[0] / world).item(), (int(totals[1].item()) if out.tokens is not None else None)
             if config.inject_nan_at == done and lr_scale == 1.0 and _nan_fires(config):
                 loss = float("nan")
             z_loss = (
@@ -221,7 +258,6 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 _hang_forever(accelerator, done)
             if config.inject_crash_at == done:
                 _crash_last_node(config.run_dir, done)
-            tokens = out.tokens * world if out.tokens is not None else None
             metrics.write(
                 step=done,
                 loss=loss,
@@ -271,8 +307,31 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         metrics.close()
         heartbeat.close()
     accelerator.wait_for_everyone()
+    if exit_code == 0 and isinstance(task, Exports):
+        heartbeat.beat("checkpoint", config.max_steps)
+        _export(task, model, config.run_dir / MODEL_DIR, accelerator)
     accelerator.end_training()
     return exit_code
+
+
+def _export(task: Exports, model: torch.nn.Module, target: Path, accelerator: Any) -> None:
+    """The full (unsharded) weights gathered to rank 0, which writes the folder aside and renames it into
+    place: `<run dir>/model` is complete or absent, never half-written."""
+    import shutil
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if target.exists():
+        return
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)  # a collective: every rank takes part
+    if accelerator.is_main_process:
+        aside = target.parent / f".{target.name}.partial"
+        shutil.rmtree(aside, ignore_errors=True)
+        task.export(state, aside)
+        aside.rename(target)
+        accelerator.print(f"hpcai: exported the trained model to {target}")
+    accelerator.wait_for_everyone()
 
 
 def _hung_before(run_dir: Path) -> bool:

@@ -1,8 +1,13 @@
-"""CLIP / SigLIP contrastive image-text training on transformers' CLIP towers.
+"""CLIP / SigLIP contrastive image-text training on transformers' CLIPModel / SiglipModel.
 
 `--loss infonce`: CLIP's softmax loss with a learnable temperature (init log 1/0.07).
 `--loss sigmoid`: SigLIP's sigmoid loss with a learnable temperature and bias (init log 10 and -10).
-Negatives come from the whole global batch, gathered across ranks.
+Negatives come from the whole global batch, gathered across ranks. The model, its tokenizer and image
+processor come from `model_path` (a CLIPModel/SiglipModel folder) or a preset built locally in the
+real formats. CLIP's text is pooled at the first end-of-text token (not at `argmax(input_ids)`, which
+only finds it in OpenAI's vocabulary); SigLIP's at the last position of a max-length padded text, as it
+was trained. The temperature is clamped to ln 100 on the parameter after each step (open_clip), so its
+gradient is never cut inside the loss.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +24,56 @@ import torch.nn.functional as F
 
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import common_parser, data_dir, train_config
-from hpcai.train.images import load_image
-from hpcai.train.losses import gather, infonce_loss, sigmoid_loss
-from hpcai.train.tokenizer import ByteTokenizer
+from hpcai.train.images import ImageTransform
+from hpcai.train.losses import MAX_LOGIT_SCALE, gather, infonce_loss, sigmoid_loss
+from hpcai.train.parts import tiny_clip
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"v_hidden": 64, "v_layers": 2, "v_heads": 4, "v_inter": 128, "image": 32, "patch": 8,
-             "t_hidden": 64, "t_layers": 2, "t_heads": 4, "t_inter": 128, "context": 32, "proj": 32, "vocab": 264},
-    # ViT-B/16 shapes (CLIP / SigLIP base) for GPU benchmarks, random weights.
-    "vit-b16": {"v_hidden": 768, "v_layers": 12, "v_heads": 12, "v_inter": 3072, "image": 224, "patch": 16,
-                "t_hidden": 512, "t_layers": 12, "t_heads": 8, "t_inter": 2048, "context": 64, "proj": 512,
-                "vocab": 32000},
+# Presets built locally: (architecture, shape). `vit-b16`: CLIP/SigLIP base shapes for GPU benchmarks.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny": ("clip", {}),
+    "tiny-siglip": ("siglip", {}),
+    "vit-b16": ("clip", {"v_hidden": 768, "v_layers": 12, "v_heads": 12, "v_inter": 3072, "image": 224, "patch": 16,
+                         "t_hidden": 512, "t_layers": 12, "t_heads": 8, "t_inter": 2048, "context": 64, "proj": 512}),
 }  # fmt: skip
 
 
 class Contrastive(torch.nn.Module):
-    def __init__(self, clip: Any, loss: str) -> None:
+    def __init__(self, model: Any, loss: str, eos_token_id: int, pretrained: bool) -> None:
         super().__init__()
-        self.clip = clip
+        self.clip = model
         self.loss_kind = loss
+        self.eos_token_id = eos_token_id
+        self.siglip = type(model).__name__.startswith("Siglip")
         scale = math.log(10.0) if loss == "sigmoid" else math.log(1 / 0.07)
-        # One-element tensors, not scalars: FSDP2 cannot shard 0-d parameters.
+        bias = -10.0
+        if pretrained:  # a trained model brings its own temperature (and SigLIP its bias)
+            scale = float(model.logit_scale.detach().reshape(-1)[0])
+            if self.siglip:
+                bias = float(model.logit_bias.detach().reshape(-1)[0])
+        # One-element tensors, not scalars: FSDP2 cannot shard 0-d parameters. The model's own are replaced
+        # by these (and written back on export).
         self.logit_scale = torch.nn.Parameter(torch.tensor([scale]))
-        self.logit_bias = torch.nn.Parameter(torch.tensor([-10.0]), requires_grad=loss == "sigmoid")
-        # CLIPModel's own (scalar) temperature is replaced by the one above and never used.
+        self.logit_bias = torch.nn.Parameter(torch.tensor([bias]), requires_grad=loss == "sigmoid")
         self.clip.logit_scale = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+        if self.siglip:
+            self.clip.logit_bias = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
 
-    def features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.siglip:
+            return self.clip.get_text_features(input_ids=input_ids).pooler_output  # type: ignore[no-any-return]
+        hidden = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        is_eos = (input_ids == self.eos_token_id) & attention_mask.bool()
+        # The first end-of-text token of each text (the last real token when a text has none).
+        last = attention_mask.sum(dim=1) - 1
+        position = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), last)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
+        return self.clip.text_projection(pooled)  # type: ignore[no-any-return]
+
+    def features(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
-        text = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        text = self.text_features(input_ids, attention_mask)
         return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
 
     def forward(
@@ -62,29 +88,6 @@ class Contrastive(torch.nn.Module):
         return infonce_loss(image, text, image_all, text_all, offset, self.logit_scale)
 
 
-def build_model(preset: str, loss: str) -> Contrastive:
-    from transformers import CLIPConfig, CLIPModel
-
-    if preset not in PRESETS:
-        raise SystemExit(f"--preset: unknown '{preset}'; choose one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": p["vocab"], "hidden_size": p["t_hidden"], "intermediate_size": p["t_inter"],
-            "num_hidden_layers": p["t_layers"], "num_attention_heads": p["t_heads"],
-            "max_position_embeddings": p["context"], "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
-        },
-        vision_config={
-            "hidden_size": p["v_hidden"], "intermediate_size": p["v_inter"], "num_hidden_layers": p["v_layers"],
-            "num_attention_heads": p["v_heads"], "image_size": p["image"], "patch_size": p["patch"],
-        },
-        projection_dim=p["proj"],
-    )  # fmt: skip
-    clip = CLIPModel(config)
-    # The vision tower's post-layernorm feeds the pooled output (used); nothing else is left unused.
-    return Contrastive(clip, loss)
-
-
 @dataclass
 class Pair:
     image: Path
@@ -96,9 +99,11 @@ class ClipTask:
     model: Contrastive
     layer_classes: list[str]
     pairs: list[Pair]
-    image_size: int
+    transform: ImageTransform
     context: int
-    tokenizer: ByteTokenizer = field(default_factory=ByteTokenizer)
+    pad_token_id: int
+    tokenizer: Any
+    image_processor: Any
 
     @property
     def num_samples(self) -> int:
@@ -106,13 +111,13 @@ class ClipTask:
 
     def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
         chosen = [self.pairs[i] for i in indices]
-        ids = torch.full((len(chosen), self.context), self.tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(chosen), self.context), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, pair in enumerate(chosen):
             tokens = pair.tokens[: self.context]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        pixels = torch.stack([load_image(p.image, self.image_size) for p in chosen])
+        pixels = torch.stack([self.transform(p.image) for p in chosen])
         return {"pixel_values": pixels.to(device), "input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
@@ -121,40 +126,96 @@ class ClipTask:
             loss = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], offset)
         return StepOutput(loss=loss, tokens=int(batch["attention_mask"].sum()))
 
+    @torch.no_grad()
+    def after_optimizer_step(self, model: torch.nn.Module) -> None:
+        """open_clip: the temperature is clamped on the parameter, after the update."""
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)  # type: ignore[operator]
 
-def load_pairs(directory: Path, tokenizer: ByteTokenizer) -> list[Pair]:
-    files = sorted(directory.glob("*.jsonl"))
+    def export(self, state_dict: dict[str, Any], target: Path) -> None:
+        """The CLIPModel/SiglipModel folder with the trained temperature (and bias) back in its own place."""
+        inner = {k.removeprefix("clip."): v for k, v in state_dict.items() if k.startswith("clip.")}
+        siglip = self.model.siglip
+        inner["logit_scale"] = state_dict["logit_scale"].reshape(1 if siglip else ())
+        if siglip:
+            inner["logit_bias"] = state_dict["logit_bias"].reshape(1)
+        clip = self.model.clip
+        clip.save_pretrained(target, state_dict=inner)
+        self.tokenizer.save_pretrained(target)
+        self.image_processor.save_pretrained(target)
+
+
+def load_pairs(data: Path, tokenizer: Any, context: int) -> list[Pair]:
+    files = [data] if data.is_file() else sorted(data.glob("*.jsonl"))
     if not files:
-        raise SystemExit(f"--data {directory}: no image-text .jsonl file there")
-    images = directory / "images" if (directory / "images").is_dir() else directory
-    pairs = []
-    for line in files[0].read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            tokens = [tokenizer.bos_token_id, *tokenizer.encode(record["caption"]), tokenizer.eos_token_id]
-            pairs.append(Pair(images / record["image"], tokens))
-    return pairs
+        raise SystemExit(f"--data {data}: no image-text .jsonl file there")
+    folder = data.parent if data.is_file() else data
+    images = folder / "images" if (folder / "images").is_dir() else folder
+    records = []
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    records.append((images / str(record["image"]), str(record["caption"])))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise SystemExit(f"--data {path}, line {number}: not an image-text pair ({exc})") from None
+    eos = tokenizer.eos_token or ""
+    encoded = tokenizer([caption + eos for _, caption in records], add_special_tokens=False, truncation=True,
+                        max_length=context)["input_ids"]  # fmt: skip
+    return [Pair(image, ids) for (image, _), ids in zip(records, encoded, strict=True)]
+
+
+def load_model(args: Any) -> tuple[Any, Any, Any, bool]:
+    """(model, tokenizer, image processor, pretrained?) from model_path or the preset."""
+    import torch as _torch
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    if args.model_path:
+        folder, pretrained = Path(args.model_path), True
+        config = folder / "config.json"
+        kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if kind not in ("clip", "siglip"):
+            raise SystemExit(
+                f"hpcai clip: model_path {folder}: expected a CLIPModel or SiglipModel folder "
+                f"(save_pretrained layout with tokenizer and processor), found model_type {kind!r}"
+            )
+    elif args.preset in PRESETS:
+        kind, shape = PRESETS[args.preset]
+        folder, pretrained = tiny_clip(Path(args.run_dir) / "parts", kind, args.seed, shape, args.preset), False
+    else:
+        raise SystemExit(f"--preset: unknown '{args.preset}'; choose one of {', '.join(PRESETS)}")
+    model = AutoModel.from_pretrained(folder, dtype=_torch.float32)
+    return model, AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder), pretrained  # type: ignore[no-untyped-call]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_parser("CLIP / SigLIP contrastive training (hpcai workload)")
-    parser.add_argument("--loss", choices=["infonce", "sigmoid"], default="infonce")
+    parser.add_argument("--loss", choices=["infonce", "sigmoid"], default="")
     args = parser.parse_args(argv)
+    loss = args.loss or ("sigmoid" if args.stage == "siglip" else "infonce")
     data = data_dir(args, "clip")
 
     def make_task() -> ClipTask:
-        model = build_model(args.preset, args.loss)
+        model, tokenizer, processor, pretrained = load_model(args)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        wrapped = Contrastive(model, loss, int(tokenizer.eos_token_id), pretrained)
         if args.activation_checkpointing:
-            model.clip.gradient_checkpointing_enable()
-        names = {type(m).__name__ for m in model.modules()}
-        tokenizer = ByteTokenizer()
+            model.gradient_checkpointing_enable()
+        names = {type(m).__name__ for m in wrapped.modules()}
+        vision = model.config.vision_config
+        context = int(model.config.text_config.max_position_embeddings)
+        # SigLIP was trained on texts padded to their full length and pools the last position.
+        pad = int(tokenizer.pad_token_id)
         return ClipTask(
-            model=model,
+            model=wrapped,
             layer_classes=sorted(n for n in names if n.endswith("EncoderLayer")),
-            pairs=load_pairs(data, tokenizer),
-            image_size=model.clip.config.vision_config.image_size,
-            context=model.clip.config.text_config.max_position_embeddings,
+            pairs=load_pairs(data, tokenizer, context),
+            transform=ImageTransform.from_processor(processor, int(vision.image_size), pad_to_square=False),
+            context=context,
+            pad_token_id=pad,
             tokenizer=tokenizer,
+            image_processor=processor,
         )
 
     return train(make_task, train_config(args))

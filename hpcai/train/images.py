@@ -1,8 +1,17 @@
-"""Image loading for the workloads: RGB, resized to the vision tower's size, CLIP-normalised."""
+"""Images as the vision tower's processor prepares them, with LLaVA-1.5's pad-to-square.
+
+The size, mean and standard deviation come from the tower's image processor (`preprocessor_config.json`);
+a non-square image is first padded to a square with the mean colour (LLaVA-1.5's `expand2square`, its
+`image_aspect_ratio pad`) instead of being squashed or cropped, then resized and normalised. Done with
+Pillow and torch directly: the same result as the processor on a square image, without its per-call
+overhead in the data workers.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -10,13 +19,45 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class ImageTransform:
+    size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    pad_to_square: bool = True
+
+    @classmethod
+    def from_processor(cls, processor: Any, size: int, pad_to_square: bool = True) -> ImageTransform:
+        """The processor's normalisation at the tower's input size (the tower's config decides the size)."""
+        mean = tuple(float(x) for x in getattr(processor, "image_mean", CLIP_MEAN))
+        std = tuple(float(x) for x in getattr(processor, "image_std", CLIP_STD))
+        return cls(size=size, mean=mean, std=std, pad_to_square=pad_to_square)  # type: ignore[arg-type]
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            if self.pad_to_square and rgb.width != rgb.height:
+                rgb = expand_to_square(rgb, tuple(int(m * 255) for m in self.mean))
+            rgb = rgb.resize((self.size, self.size), Image.Resampling.BICUBIC)
+            data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+        pixels = data.view(self.size, self.size, 3).permute(2, 0, 1).float() / 255.0
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (pixels - mean) / std
+
+
+def expand_to_square(img: Any, background: tuple[int, ...]) -> Any:
+    """The image centred on a square canvas of the background colour (LLaVA's expand2square)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    pixels = data.view(size, size, 3).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (pixels - mean) / std
+    side = max(img.width, img.height)
+    canvas = Image.new("RGB", (side, side), background)
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """CLIP-normalised, padded to square: for models without a processor (the random-weight presets)."""
+    return ImageTransform(size)(path)

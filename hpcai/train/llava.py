@@ -1,16 +1,18 @@
 """LLaVA-style vision-language model on transformers' LlavaForConditionalGeneration.
 
-A vision tower (CLIP or SigLIP), LLaVA-1.5's two-layer GELU projector and a causal LM (Llama, Qwen2,
-Qwen3 -- the last with QK-norm). Data: LLaVA conversation JSON + an image folder; the loss covers only
-the assistant's tokens. Stage `pretrain` trains the projector; `finetune` the projector and the LM; the
-vision tower stays frozen (LLaVA-1.5's recipe).
+A vision tower (CLIP or SigLIP), LLaVA-1.5's two-layer GELU projector and a causal LM with its own
+tokenizer and chat template (see `compose` for where the parts come from). Data: LLaVA conversation
+JSON files (all `*.json` of the folder, mixed) + an image folder; text-only samples allowed; the loss
+covers only the assistant's tokens. Stage `pretrain` trains the projector; `finetune` the projector and
+the LM; the vision tower stays frozen, in eval mode (LLaVA-1.5's recipe). When the run completes,
+`<run dir>/model` holds a Hugging Face folder (model + processor) that the next stage starts from.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +21,16 @@ import torch.nn.functional as F
 
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
-from hpcai.train.images import load_image
-from hpcai.train.tokenizer import ByteTokenizer
+from hpcai.train.chat import IGNORE, encode
+from hpcai.train.compose import LlavaParts, PartError, compose, export_llava, from_preset, load_llava
+from hpcai.train.parts import corpus, tiny_llava_parts
 
-IGNORE = -100
-
-# Model shapes. `tiny` trains in seconds on CPU; the clip-l336-* presets have LLaVA-1.5's vision tower
-# (CLIP ViT-L/14 at 336 px) with Qwen2-0.5B/1.5B-shaped LMs, for GPU benchmarks (random weights).
+# Tiny parts built locally in the real formats (vision tower, LM): (vision kind, LM family).
+TINY: dict[str, tuple[str, str]] = {"tiny": ("clip", "llama"), "tiny-siglip": ("siglip", "qwen2"),
+                                    "tiny-qwen3": ("clip", "qwen3")}  # fmt: skip
+# LLaVA-1.5's vision tower (CLIP ViT-L/14 at 336 px) with Qwen2-0.5B/1.5B-shaped LMs, for GPU benchmarks
+# (random weights).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"vision": "clip", "v_hidden": 64, "v_layers": 2, "v_heads": 4, "v_inter": 128, "image": 32,
-             "patch": 8, "lm": "llama", "hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "inter": 256,
-             "vocab": 264},
-    "tiny-siglip": {"vision": "siglip", "v_hidden": 64, "v_layers": 2, "v_heads": 4, "v_inter": 128, "image": 32,
-                    "patch": 8, "lm": "qwen2", "hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2,
-                    "inter": 256, "vocab": 264},
-    "tiny-qwen3": {"vision": "clip", "v_hidden": 64, "v_layers": 2, "v_heads": 4, "v_inter": 128, "image": 32,
-                   "patch": 8, "lm": "qwen3", "hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "inter": 256,
-                   "vocab": 264},
     "clip-l336-qwen2-0.5b": {"vision": "clip", "v_hidden": 1024, "v_layers": 24, "v_heads": 16, "v_inter": 4096,
                              "image": 336, "patch": 14, "lm": "qwen2", "hidden": 896, "layers": 24, "heads": 14,
                              "kv_heads": 2, "inter": 4864, "vocab": 151936},
@@ -43,50 +38,44 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "image": 336, "patch": 14, "lm": "qwen2", "hidden": 1536, "layers": 28, "heads": 12,
                              "kv_heads": 2, "inter": 8960, "vocab": 151936},
 }  # fmt: skip
-
+PRESET_NAMES = [*TINY, *PRESETS]
+STAGE_TRAINABLE = {"pretrain": "projector", "finetune": "projector,language_model"}
 TRAINABLE = {"projector": "multi_modal_projector", "language_model": "language_model"}
 
 
-def build_model(preset: str) -> Any:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        Qwen2Config,
-        Qwen3Config,
-        SiglipVisionConfig,
-    )
-
-    if preset not in PRESETS:
-        raise SystemExit(f"--preset: unknown '{preset}'; choose one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    vision_cls = CLIPVisionConfig if p["vision"] == "clip" else SiglipVisionConfig
-    vision = vision_cls(
-        hidden_size=p["v_hidden"], intermediate_size=p["v_inter"], num_hidden_layers=p["v_layers"],
-        num_attention_heads=p["v_heads"], image_size=p["image"], patch_size=p["patch"],
-    )  # fmt: skip
-    text_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[p["lm"]]
-    text = text_cls(
-        vocab_size=p["vocab"], hidden_size=p["hidden"], intermediate_size=p["inter"],
-        num_hidden_layers=p["layers"], num_attention_heads=p["heads"], num_key_value_heads=p["kv_heads"],
-        max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
-    patches = (p["image"] // p["patch"]) ** 2
-    # CLIP towers carry a CLS token that LLaVA's "default" strategy drops; SigLIP has none.
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=ByteTokenizer.image_token_id,
-        image_seq_length=patches, vision_feature_layer=-2,
-        vision_feature_select_strategy="default" if p["vision"] == "clip" else "full",
-        projector_hidden_act="gelu",
-    )  # fmt: skip
-    return LlavaForConditionalGeneration(config)
+def load_parts(args: Any) -> LlavaParts:
+    """The model from `model_path`, from `vision_tower` + `language_model`, or from the preset."""
+    try:
+        if args.model_path:
+            return load_llava(Path(args.model_path))
+        if args.vision_tower or args.language_model:
+            if not (args.vision_tower and args.language_model):
+                raise PartError("vision_tower and language_model go together: set both (or model_path for a whole "
+                                "LLaVA folder)")  # fmt: skip
+            return compose(Path(args.vision_tower), Path(args.language_model))
+        if args.preset in TINY:
+            vision, lm = TINY[args.preset]
+            tower, language = tiny_llava_parts(Path(args.run_dir) / "parts", vision, lm, seed=args.seed)
+            return compose(tower, language)
+        if args.preset in PRESETS:
+            return from_preset(PRESETS[args.preset], corpus(args.seed))
+    except PartError as exc:
+        raise SystemExit(f"hpcai llava: {exc}") from None
+    raise SystemExit(f"--preset: unknown '{args.preset}'; choose one of {', '.join(PRESET_NAMES)}")
 
 
 def layer_classes(model: Any) -> list[str]:
     """The transformer block classes FSDP wraps one by one: the LM's decoder layer, the tower's encoder layer."""
     names = {type(m).__name__ for m in model.modules()}
     return sorted(n for n in names if n.endswith(("DecoderLayer", "EncoderLayer")))
+
+
+def trainable_parts(stage: str | None, trainable: str) -> list[str]:
+    """`--trainable` when given, else what the stage trains (so a bare `--stage finetune` trains the LM)."""
+    chosen = trainable or STAGE_TRAINABLE.get(stage or "pretrain", "")
+    if not chosen:
+        raise SystemExit(f"--stage: unknown '{stage}'; choose one of {', '.join(STAGE_TRAINABLE)}")
+    return [t.strip() for t in chosen.split(",") if t.strip()]
 
 
 def set_trainable(model: Any, trainable: list[str]) -> None:
@@ -109,43 +98,19 @@ def set_trainable(model: Any, trainable: list[str]) -> None:
 class Example:
     input_ids: list[int]
     labels: list[int]
-    image: Path
-
-
-def encode_conversation(
-    record: dict[str, Any], tokenizer: ByteTokenizer, image_tokens: int, max_length: int
-) -> tuple[list[int], list[int]]:
-    """Token ids and labels: `USER: ... ASSISTANT: ...</s>` turns; labels only on the assistant's words."""
-    ids, labels = [tokenizer.bos_token_id], [IGNORE]
-    for turn in record["conversations"]:
-        if turn["from"] == "human":
-            parts = turn["value"].split("<image>")
-            chunk = tokenizer.encode("USER: " + parts[0])
-            for rest in parts[1:]:
-                chunk += [tokenizer.image_token_id] * image_tokens + tokenizer.encode(rest)
-            chunk += tokenizer.encode("\nASSISTANT: ")
-            ids += chunk
-            labels += [IGNORE] * len(chunk)
-        else:
-            answer = [*tokenizer.encode(turn["value"]), tokenizer.eos_token_id]
-            ids += answer
-            labels += answer
-            newline = tokenizer.encode("\n")
-            ids += newline
-            labels += [IGNORE] * len(newline)
-    if ids.count(tokenizer.image_token_id) != image_tokens:
-        raise ValueError(f"sample {record.get('id')}: needs exactly one <image> placeholder")
-    return ids[:max_length], labels[:max_length]
+    image: Path | None
 
 
 @dataclass
 class LlavaTask:
-    model: Any
+    parts: LlavaParts
     layer_classes: list[str]
     examples: list[Example]
-    image_size: int
     z_loss_weight: float
-    tokenizer: ByteTokenizer = field(default_factory=ByteTokenizer)
+
+    @property
+    def model(self) -> Any:
+        return self.parts.model
 
     @property
     def num_samples(self) -> int:
@@ -154,7 +119,8 @@ class LlavaTask:
     def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
         chosen = [self.examples[i] for i in indices]
         width = max(len(e.input_ids) for e in chosen)
-        ids = torch.full((len(chosen), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        pad = int(self.parts.tokenizer.pad_token_id)
+        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
         labels = torch.full((len(chosen), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(chosen), width), dtype=torch.long)
         for row, example in enumerate(chosen):
@@ -162,75 +128,107 @@ class LlavaTask:
             ids[row, :n] = torch.tensor(example.input_ids)
             labels[row, :n] = torch.tensor(example.labels)
             mask[row, :n] = 1
-        pixels = torch.stack([load_image(e.image, self.image_size) for e in chosen])
-        return {
-            "input_ids": ids.to(device),
-            "labels": labels.to(device),
-            "attention_mask": mask.to(device),
-            "pixel_values": pixels.to(device),
-        }
+        batch = {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+        images = [self.parts.transform(e.image) for e in chosen if e.image is not None]
+        if images:  # one image per sample that has one, in order; text-only samples have none
+            batch["pixel_values"] = torch.stack(images).to(device)
+        return batch
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
+        model.model.vision_tower.eval()  # type: ignore[union-attr]  # frozen: no dropout, fixed statistics
+        targets = batch["labels"][:, 1:]
+        # Logits only where some sample of the batch has a supervised next token: never at image positions,
+        # never a full-vocabulary logit tensor over the whole sequence.
+        keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
         with accelerator.autocast():
             out = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
-            )
-        logits = out.logits[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        valid = targets != IGNORE
-        loss = F.cross_entropy(logits[valid], targets[valid])
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch.get("pixel_values"), logits_to_keep=keep,
+            )  # fmt: skip
+        logits = out.logits.float()
+        chosen = targets[:, keep]
+        valid = chosen != IGNORE
+        tokens = int(batch["attention_mask"].sum())
+        if not bool(valid.any()):
+            # Nothing to learn in this batch (all answers truncated away): a zero loss that still touches the
+            # graph, not the NaN of an empty mean.
+            return StepOutput(loss=logits.sum() * 0.0, z_loss=None, tokens=tokens)
+        picked = logits[valid]
+        loss = F.cross_entropy(picked, chosen[valid])
         z_loss = None
         if self.z_loss_weight > 0:
             # PaLM's z-loss: keeps the softmax normaliser log Z near 0, a guard against logit drift.
-            z_loss = self.z_loss_weight * torch.logsumexp(logits[valid], dim=-1).pow(2).mean()
+            z_loss = self.z_loss_weight * torch.logsumexp(picked, dim=-1).pow(2).mean()
             loss = loss + z_loss
-        return StepOutput(loss=loss, z_loss=z_loss, tokens=int(valid.sum()))
+        return StepOutput(loss=loss, z_loss=z_loss, tokens=tokens)
+
+    def export(self, state_dict: dict[str, Any], target: Path) -> None:
+        export_llava(self.parts, state_dict, target)
 
 
-def load_examples(directory: Path, tokenizer: ByteTokenizer, image_tokens: int, max_length: int) -> list[Example]:
-    files = sorted(directory.glob("*.json"))
+def conversation_files(data: Path) -> list[Path]:
+    """The data's conversation files: the file itself, or every `*.json` of the folder (mixed, sorted)."""
+    files = [data] if data.is_file() else sorted(data.glob("*.json"))
     if not files:
-        raise SystemExit(f"--data {directory}: no LLaVA conversation .json file there")
-    records = json.loads(files[0].read_text())
-    images = directory / "images" if (directory / "images").is_dir() else directory
-    examples = []
-    for record in records:
-        ids, labels = encode_conversation(record, tokenizer, image_tokens, max_length)
-        examples.append(Example(ids, labels, images / record["image"]))
+        raise SystemExit(f"--data {data}: no LLaVA conversation .json file there")
+    return files
+
+
+def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Example]:
+    if max_length < parts.image_tokens + 16:
+        raise SystemExit(
+            f"--max_length {max_length}: an image alone takes {parts.image_tokens} tokens in this model; LLaVA-1.5 "
+            "uses 2048 (set max_length=2048)"
+        )
+    folder = data.parent if data.is_file() else data
+    images = folder / "images" if (folder / "images").is_dir() else folder
+    examples, dropped = [], 0
+    for path in conversation_files(data):
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--data {path}: not a LLaVA conversation JSON list ({exc})") from None
+        for record in records:
+            try:
+                encoded = encode(record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SystemExit(f"--data {path}: {exc}") from None
+            if encoded is None:
+                dropped += 1
+                continue
+            image = images / str(record["image"]) if encoded.images else None
+            examples.append(Example(encoded.input_ids, encoded.labels, image))
+    if dropped:
+        print(f"hpcai: {dropped} sample(s) left out: their image would be cut at max_length {max_length}", flush=True)
+    if not examples:
+        raise SystemExit(f"--data {data}: no usable sample (max_length {max_length})")
     return examples
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_parser("LLaVA-style VLM training (hpcai workload)")
-    parser.add_argument("--trainable", default="projector")
+    parser.add_argument("--vision_tower", default="", help="a CLIP/SigLIP vision model folder with its processor")
+    parser.add_argument("--language_model", default="", help="a causal LM folder with its tokenizer")
+    parser.add_argument("--trainable", default="", help="parts that train; default: the stage's")
     parser.add_argument("--z_loss_weight", type=float, default=0.0)
-    parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--max_length", type=int, default=2048)
     parser.add_argument("--qk_norm", type=boolean, default=False, help="use the Qwen3 preset of the same size")
     args = parser.parse_args(argv)
-    preset = args.preset
-    if args.qk_norm and not preset.endswith("qwen3"):
-        preset = "tiny-qwen3" if preset.startswith("tiny") else preset
+    if args.qk_norm and args.preset == "tiny":
+        args.preset = "tiny-qwen3"
+    trainable = trainable_parts(args.stage, args.trainable)
     data = data_dir(args, "llava")
 
     def make_task() -> LlavaTask:
-        if args.model_path:
-            from transformers import LlavaForConditionalGeneration
-
-            model = LlavaForConditionalGeneration.from_pretrained(args.model_path, dtype=torch.float32)
-        else:
-            model = build_model(preset)
-        set_trainable(model, [t.strip() for t in args.trainable.split(",") if t.strip()])
+        parts = load_parts(args)
+        set_trainable(parts.model, trainable)
         if args.activation_checkpointing:
-            model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]
-        image_tokens = model.config.image_seq_length
-        tokenizer = ByteTokenizer()
+            parts.model.gradient_checkpointing_enable()
         return LlavaTask(
-            model=model,
-            layer_classes=layer_classes(model),
-            examples=load_examples(data, tokenizer, image_tokens, args.max_length),
-            image_size=int(model.config.vision_config.image_size),  # type: ignore[union-attr]
+            parts=parts,
+            layer_classes=layer_classes(parts.model),
+            examples=load_examples(data, parts, args.max_length),
             z_loss_weight=args.z_loss_weight,
-            tokenizer=tokenizer,
         )
 
     return train(make_task, train_config(args))

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature at 100
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature at 100 (on the parameter, after the step)
 
 
 def infonce_loss(
@@ -23,8 +23,10 @@ def infonce_loss(
     offset: int,
     logit_scale: torch.Tensor,
 ) -> torch.Tensor:
-    """CLIP's symmetric softmax cross-entropy; the positives of local row i sit at column offset + i."""
-    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    """CLIP's symmetric softmax cross-entropy; the positives of local row i sit at column offset + i. The
+    temperature is clamped on the parameter after each step (the task's `after_optimizer_step`), not here,
+    where a clamp would zero its gradient."""
+    scale = logit_scale.exp()
     labels = torch.arange(image_local.shape[0], device=image_local.device) + offset
     image_to_text = scale * image_local @ text_all.t()
     text_to_image = scale * text_local @ image_all.t()

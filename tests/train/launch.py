@@ -22,6 +22,9 @@ from hpcai.workloads import load_workload
 pytest.importorskip("accelerate", reason="the training stack is the `train` extra: pip install -e '.[train]'")
 
 
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 def launch(
     workload: str, run_dir: Path, *, params: dict[str, object], env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.train.llava import encode_conversation
 from hpcai.train.synth import synth_clip, synth_llava
-from hpcai.train.tokenizer import ByteTokenizer
 from tests.conftest import REPO, run_cli
 from tests.train.launch import launch, losses
 
@@ -31,17 +29,21 @@ def test_presets_train_single_process(preset: str, tmp_path: Path) -> None:
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_llava_loads_a_local_model_folder(tmp_path: Path) -> None:
-    """Compute nodes are offline: a model staged as a local folder (save_pretrained layout) trains."""
-    from hpcai.train.llava import build_model
+def test_clip_trains_from_a_model_folder_and_exports_one_transformers_loads(tmp_path: Path) -> None:
+    """model_path: a SiglipModel folder (save_pretrained, with tokenizer and processor), as a user stages
+    one; the run leaves `<run dir>/model` with the trained temperature and bias in their own places."""
+    from transformers import SiglipModel
 
-    folder = tmp_path / "model"
-    build_model("tiny").save_pretrained(folder)
+    from hpcai.train.parts import tiny_clip
+
+    folder = tiny_clip(tmp_path, "siglip")
     run = tmp_path / "run"
-    result = launch("llava", run, params={"model_path": str(folder), "max_steps": 6, "samples": 32, "stage": "finetune",
-                                          "lr": 2e-3})  # fmt: skip
+    result = launch("clip", run, params={"model_path": str(folder), "max_steps": 6, "samples": 32, "stage": "siglip"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(losses(run)) == 6
+    model = SiglipModel.from_pretrained(run / "model")
+    assert model.logit_scale.shape == (1,) and model.logit_bias.shape == (1,)
+    assert float(model.logit_bias.detach()) != pytest.approx(-10.0, abs=1e-7)  # trained, written back
 
 
 def test_unsharded_run_is_refused(tmp_path: Path) -> None:
@@ -51,17 +53,6 @@ def test_unsharded_run_is_refused(tmp_path: Path) -> None:
     result = launch("clip", tmp_path / "run", params={"max_steps": 2, "samples": 32}, env=env)
     assert result.returncode != 0
     assert "the launcher started 2" in result.stderr or "expected FSDP" in result.stderr
-
-
-def test_llava_labels_cover_only_the_assistant() -> None:
-    tok = ByteTokenizer()
-    record = {"id": "x", "image": "a.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "Red."},
-        {"from": "human", "value": "Shape?"}, {"from": "gpt", "value": "Square."}]}  # fmt: skip
-    ids, labels = encode_conversation(record, tok, image_tokens=4, max_length=512)
-    assert ids.count(tok.image_token_id) == 4
-    learned = [i for i, lab in zip(ids, labels, strict=True) if lab != -100]
-    assert tok.decode(learned) == "Red.Square." and learned.count(tok.eos_token_id) == 2
 
 
 def test_synth_formats(tmp_path: Path) -> None:
