@@ -78,6 +78,36 @@ EnvOpt = Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Workload parameter KEY=VALUE (repeatable).")]
 RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="Run id (default: generated).", hidden=True)]
 RunDirOpt = Annotated[str | None, typer.Option("--run-dir", help="Run directory (default: from the profile).")]
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="Start from a finished run's exported model (<its run dir>/model), e.g. LLaVA stage 2 from stage 1.",
+    ),
+]
+
+
+def _from_run(from_run: str | None, workload: str, cluster: str | None, set_: list[str] | None) -> list[str]:
+    """`--from RUN` as the parameter it stands for: model_path=<RUN's run dir>/model, on RUN's cluster."""
+    assignments = list(set_ or ())
+    if from_run is None:
+        return assignments
+    from hpcai.profiles import resolve_alias
+    from hpcai.service import default_cluster
+    from hpcai.store import Store
+
+    source = Store().run(from_run)
+    target = resolve_alias(cluster or default_cluster())
+    if source.workload != workload:
+        raise HpcaiError(f"--from {source.id}: that run trained '{source.workload}', not '{workload}'.")
+    if source.cluster != target:
+        raise HpcaiError(
+            f"--from {source.id}: that run's model is on cluster '{source.cluster}', not '{target}'; submit with "
+            f"--cluster {source.cluster}, or stage the model folder and pass --set model_path=DIR."
+        )
+    if any(a.split("=", 1)[0].strip() == "model_path" for a in assignments):
+        raise HpcaiError("--from and --set model_path=... both name the starting model; give one of them.")
+    return [*assignments, f"model_path={source.run_dir.rstrip('/')}/model"]
 
 
 def _overrides(
@@ -226,6 +256,7 @@ def render(
     set_: SetOpt = None,
     run_id: RunIdOpt = None,
     run_dir: RunDirOpt = None,
+    from_run: FromOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the script here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -236,7 +267,7 @@ def render(
     overrides = _overrides(
         workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
         partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
-        set_=set_, run_id=run_id, run_dir=run_dir,
+        set_=_from_run(from_run, workload, cluster, set_), run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
     plan = plan_submit(workload, cluster, overrides)
     _emit_script(plan.rendered.script, plan.to_json(), output, json_out)
@@ -260,6 +291,7 @@ def submit(
     set_: SetOpt = None,
     run_id: RunIdOpt = None,
     run_dir: RunDirOpt = None,
+    from_run: FromOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the script `render` would, submit nothing.")
     ] = False,
@@ -280,7 +312,7 @@ def submit(
     overrides = _overrides(
         workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
         partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
-        set_=set_, run_id=run_id, run_dir=run_dir,
+        set_=_from_run(from_run, workload, cluster, set_), run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
     plan = plan_submit(workload, cluster, overrides)
     if dry_run:

@@ -1,0 +1,55 @@
+"""LLaVA-1.5's two stages from the command line on the `local` cluster: stage 2 starts from stage 1's
+exported model with `--from RUN`, and what cannot work is refused before anything is queued."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcai.store import Store
+from tests.conftest import run_cli
+from tests.helpers import wait_terminal
+from tests.train.launch import losses
+
+pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
+
+SHORT = ("--set", "max_steps=20", "--set", "samples=64", "--set", "checkpoint_every=20")
+
+
+def test_finetune_from_the_pretrain_run(isolated_hpcai: Path) -> None:
+    first = run_cli("submit", "llava", "--stage", "pretrain", *SHORT, "--set", "lr=3e-3", "--json", timeout=120)
+    assert first.returncode == 0, first.stderr
+    pretrain = json.loads(first.stdout)["run_id"]
+    # before stage 1 has exported its model, stage 2 from it cannot start: refused here, not in the job
+    early = run_cli("submit", "llava", "--stage", "finetune", "--from", pretrain, *SHORT, timeout=120)
+    store = Store()
+    view = wait_terminal(store, pretrain, timeout=300)
+    assert view.state == "COMPLETED", view
+    run_dir = Path(store.run(pretrain).run_dir)
+    # (the first job needs seconds to build its parts and train: its model cannot be there yet)
+    assert early.returncode == 2 and "model_path" in early.stderr and "Traceback" not in early.stderr, early
+
+    second = run_cli("submit", "llava", "--stage", "finetune", "--from", pretrain, *SHORT, "--json", timeout=120)
+    assert second.returncode == 0, second.stderr
+    finetune = json.loads(second.stdout)["run_id"]
+    assert wait_terminal(store, finetune, timeout=300).state == "COMPLETED"
+    finetune_dir = Path(store.run(finetune).run_dir)
+    assert f"--model_path {run_dir / 'model'}" in (finetune_dir / "job.sh").read_text()
+    assert (finetune_dir / "model" / "config.json").is_file()
+    # stage 2 begins where stage 1 ended (its projector), far below stage 1's start
+    assert losses(finetune_dir)[0] < losses(run_dir)[0] * 0.8, (losses(run_dir)[:3], losses(finetune_dir)[:3])
+
+
+def test_from_refuses_what_cannot_work(isolated_hpcai: Path) -> None:
+    missing = run_cli("submit", "llava", "--stage", "finetune", "--from", "no-such-run", "--dry-run")
+    assert missing.returncode == 2 and "no run 'no-such-run'" in missing.stderr
+    done = run_cli("submit", "clip", "--set", "max_steps=1", "--set", "samples=8", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    clip_run = json.loads(done.stdout)["run_id"]
+    other = run_cli("render", "llava", "--stage", "finetune", "--from", clip_run)
+    assert other.returncode == 2 and "trained 'clip', not 'llava'" in other.stderr
+    both = run_cli("render", "clip", "--from", clip_run, "--set", "model_path=/x")
+    assert both.returncode == 2 and "give one of them" in both.stderr
+    wait_terminal(Store(), clip_run, timeout=300)
