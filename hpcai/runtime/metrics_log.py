@@ -30,6 +30,7 @@ FIELDS = (
     "elapsed_s",
     "attempt_step",
     "step_s",
+    "data_s",  # of step_s: waiting for the batch (0 when workers keep ahead)
 )
 
 

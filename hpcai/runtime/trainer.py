@@ -33,6 +33,7 @@ from hpcai.runtime.distributed import assert_sharded, make_accelerator
 from hpcai.runtime.failure import record_failure
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 from hpcai.runtime.heartbeat import Heartbeat
+from hpcai.runtime.loader import step_batches, to_device
 from hpcai.runtime.metrics_log import MetricsLog, Timeline
 from hpcai.runtime.stop import StopRequest
 from hpcai.runtime.watchdog import HANGS_DIR
@@ -63,6 +64,8 @@ class TrainConfig:
     # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
     inject_spike_at: int = 0
     inject_spike_scale: float = 1.0
+    # DataLoader workers per rank that make batches ahead of the step (0: inline, on the critical path).
+    data_workers: int = 0
     # Test hook, a workload option: after this step every rank stops progressing (once per run).
     inject_hang_at: int = 0
     # Test hook, a workload option: after this step the last node dies -- its node task (the node agent)
@@ -96,7 +99,9 @@ class Task(Protocol):
     @property
     def num_samples(self) -> int: ...
 
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]: ...
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The CPU tensors of one rank's batch (run in a DataLoader worker: no CUDA, no collectives)."""
+        ...
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput: ...
 
@@ -215,7 +220,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         detector.config = dataclasses.replace(detector.config, report_floor=config.spike_floor)
         guard = SpikeGuard(config.run_dir, config.policy, detector, accelerator.is_main_process,
                            previous_rollbacks=rollbacks_so_far(config.run_dir), rerun_step=rerun_step)  # fmt: skip
-    order = BatchOrder(task.num_samples, config.per_device_batch_size * world, world, rank, config.seed)
+    lengths = getattr(task, "lengths", None)
+    order = BatchOrder(task.num_samples, config.per_device_batch_size * world, world, rank, config.seed, lengths)
     stop = StopRequest(config.run_dir)
     metrics = MetricsLog(config.run_dir / config.metrics_file, enabled=accelerator.is_main_process)
     timeline = Timeline(config.run_dir / TIMELINE_LOG, enabled=accelerator.is_main_process)
@@ -223,11 +229,13 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     exit_code = 0
     every = progress_every(config.max_steps)
     since = time.perf_counter()
+    batches = step_batches(task.collate, order, skips, start, config.max_steps, config.data_workers)
     try:
         for step in range(start, config.max_steps):
             began = time.perf_counter()
             model.train()
-            batch = task.batch(order.indices(step + sum(n for first, n in skips if step >= first)), device)
+            batch = to_device(next(batches), device)
+            data_s = time.perf_counter() - began
             out = task.step(model, batch, accelerator)
             accelerator.backward(out.loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -269,6 +277,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 peak_memory_gb=_peak_memory_gb(),
                 attempt_step=done - start,
                 step_s=round(elapsed, 6),
+                data_s=round(data_s, 6),
             )
             if done % every == 0 or done == config.max_steps:
                 rate = f", {tokens / elapsed:,.0f} tokens/s" if tokens is not None else ""

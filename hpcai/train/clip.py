@@ -109,7 +109,7 @@ class ClipTask:
     def num_samples(self) -> int:
         return len(self.pairs)
 
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         chosen = [self.pairs[i] for i in indices]
         ids = torch.full((len(chosen), self.context), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -118,7 +118,7 @@ class ClipTask:
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
         pixels = torch.stack([self.transform(p.image) for p in chosen])
-        return {"pixel_values": pixels.to(device), "input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
         offset = accelerator.process_index * batch["input_ids"].shape[0]

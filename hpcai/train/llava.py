@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
-from hpcai.train.chat import IGNORE, encode
+from hpcai.train.chat import IGNORE, Encoded, encode
 from hpcai.train.compose import LlavaParts, PartError, compose, export_llava, from_preset, load_llava
 from hpcai.train.parts import corpus, tiny_llava_parts
 
@@ -94,11 +94,14 @@ def set_trainable(model: Any, trainable: list[str]) -> None:
             param.requires_grad_(True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Example:
-    input_ids: list[int]
-    labels: list[int]
+    """One sample as read: tokenized in the data workers (a 665k-sample set would take minutes to
+    tokenize up front on every rank); `length` is an estimate for length-grouped batching."""
+
+    record: dict[str, Any]
     image: Path | None
+    length: int
 
 
 @dataclass
@@ -107,6 +110,7 @@ class LlavaTask:
     layer_classes: list[str]
     examples: list[Example]
     z_loss_weight: float
+    max_length: int = 2048
 
     @property
     def model(self) -> Any:
@@ -116,22 +120,35 @@ class LlavaTask:
     def num_samples(self) -> int:
         return len(self.examples)
 
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+    @property
+    def lengths(self) -> list[int]:
+        return [e.length for e in self.examples]
+
+    def encoded(self, example: Example) -> Encoded:
+        p = self.parts
+        result = encode(example.record, p.tokenizer, p.image_token_id, p.image_tokens, self.max_length)
+        if result is None:  # its image would be cut (the estimate let it through): it teaches nothing
+            return Encoded([int(p.tokenizer.pad_token_id)], [IGNORE], 0)
+        return result
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         chosen = [self.examples[i] for i in indices]
-        width = max(len(e.input_ids) for e in chosen)
+        samples = [self.encoded(e) for e in chosen]
+        width = max(len(s.input_ids) for s in samples)
         pad = int(self.parts.tokenizer.pad_token_id)
-        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
-        labels = torch.full((len(chosen), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(chosen), width), dtype=torch.long)
-        for row, example in enumerate(chosen):
-            n = len(example.input_ids)
-            ids[row, :n] = torch.tensor(example.input_ids)
-            labels[row, :n] = torch.tensor(example.labels)
+        ids = torch.full((len(samples), width), pad, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample.input_ids)
+            ids[row, :n] = torch.tensor(sample.input_ids)
+            labels[row, :n] = torch.tensor(sample.labels)
             mask[row, :n] = 1
-        batch = {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-        images = [self.parts.transform(e.image) for e in chosen if e.image is not None]
-        if images:  # one image per sample that has one, in order; text-only samples have none
-            batch["pixel_values"] = torch.stack(images).to(device)
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        # one image per sample that has one, in order; text-only samples have none
+        images = [self.parts.transform(e.image) for e, s in zip(chosen, samples, strict=True) if s.images and e.image]
+        if images:
+            batch["pixel_values"] = torch.stack(images)
         return batch
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
@@ -174,6 +191,12 @@ def conversation_files(data: Path) -> list[Path]:
     return files
 
 
+def estimated_length(record: dict[str, Any], image_tokens: int) -> int:
+    """Tokens, roughly (4 characters a token, plus the image's and a few per turn): for grouping only."""
+    text = sum(len(str(turn.get("value", ""))) for turn in record["conversations"])
+    return text // 4 + 8 * len(record["conversations"]) + (image_tokens if record.get("image") else 0)
+
+
 def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Example]:
     if max_length < parts.image_tokens + 16:
         raise SystemExit(
@@ -182,26 +205,27 @@ def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Exampl
         )
     folder = data.parent if data.is_file() else data
     images = folder / "images" if (folder / "images").is_dir() else folder
-    examples, dropped = [], 0
+    examples = []
     for path in conversation_files(data):
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(records, list):
+                raise ValueError("the top level is not a list")
         except (OSError, ValueError) as exc:
             raise SystemExit(f"--data {path}: not a LLaVA conversation JSON list ({exc})") from None
-        for record in records:
-            try:
-                encoded = encode(record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise SystemExit(f"--data {path}: {exc}") from None
-            if encoded is None:
-                dropped += 1
-                continue
-            image = images / str(record["image"]) if encoded.images else None
-            examples.append(Example(encoded.input_ids, encoded.labels, image))
-    if dropped:
-        print(f"hpcai: {dropped} sample(s) left out: their image would be cut at max_length {max_length}", flush=True)
+        for number, record in enumerate(records):
+            if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+                raise SystemExit(f"--data {path}: sample {number} has no 'conversations' list")
+            image = images / str(record["image"]) if record.get("image") else None
+            examples.append(Example(record, image, estimated_length(record, parts.image_tokens)))
     if not examples:
-        raise SystemExit(f"--data {data}: no usable sample (max_length {max_length})")
+        raise SystemExit(f"--data {data}: no sample")
+    # The template and roles are checked on the first samples here, not after a queue wait in a worker.
+    for example in examples[:8]:
+        try:
+            encode(example.record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SystemExit(f"--data {data}: {exc}") from None
     return examples
 
 
@@ -229,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             layer_classes=layer_classes(parts.model),
             examples=load_examples(data, parts, args.max_length),
             z_loss_weight=args.z_loss_weight,
+            max_length=args.max_length,
         )
 
     return train(make_task, train_config(args))

@@ -136,11 +136,15 @@ def test_a_batch_without_supervised_tokens_gives_zero_not_nan(parts: dict[str, P
     from hpcai.train.llava import Example, LlavaTask
 
     p = composed(parts)
-    ids = [1, 2, 3, 4]
-    task = LlavaTask(parts=p, layer_classes=[], examples=[Example(ids, [IGNORE] * 4, None)], z_loss_weight=1e-4)
-    batch = task.batch([0], torch.device("cpu"))
+    record = {
+        "id": "q",
+        "conversations": [{"from": "human", "value": "A long question?"}, {"from": "gpt", "value": "Yes."}],
+    }
+    # max_length cuts the sample before the answer: nothing is left to supervise
+    task = LlavaTask(parts=p, layer_classes=[], examples=[Example(record, None, 8)], z_loss_weight=1e-4, max_length=4)
+    batch = task.collate([0])
     out = task.step(p.model, batch, SimpleNamespace(autocast=nullcontext))
-    assert float(out.loss.detach()) == 0.0 and out.tokens == 4
+    assert float(out.loss.detach()) == 0.0 and out.tokens == 4 and bool((batch["labels"] == IGNORE).all())
     out.loss.backward()  # still part of the graph: every rank runs the same collectives
 
 
@@ -181,11 +185,11 @@ def test_two_stages_export_a_model_transformers_loads_and_generates_with(tmp_pat
                                                    {"from": "gpt", "value": "Red."}]} for i in range(16)]  # fmt: skip
     (data / "text_only.json").write_text(json.dumps(text_only))
     second = tmp_path / "finetune"
-    result = launch("llava", second, params={**common, "stage": "finetune", "lr": 2e-3, "data": data,
+    result = launch("llava", second, params={**common, "stage": "finetune", "lr": 1e-3, "data": data,
                                              "model_path": first / "model"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     two = losses(second)
-    assert statistics.mean(two[:5]) < statistics.mean(one[:5]), (one[:5], two[:5])  # stage 1's projector kept
+    assert two[0] < 0.6 * one[0], (one[:3], two[:3])  # its first step already has stage 1's projector
     assert statistics.mean(two[-5:]) < 0.8 * statistics.mean(two[:5]), two
 
     model = LlavaForConditionalGeneration.from_pretrained(second / "model")
@@ -205,6 +209,6 @@ def test_two_stages_export_a_model_transformers_loads_and_generates_with(tmp_pat
     exported = load_llava(second / "model")
     task = LlavaTask(exported, [], load_examples(data, exported, 2048), z_loss_weight=0.0)
     with torch.no_grad():
-        loss = float(task.step(exported.model, task.batch(list(range(16)), torch.device("cpu")),
+        loss = float(task.step(exported.model, task.collate(list(range(16))),
                                SimpleNamespace(autocast=nullcontext)).loss)  # fmt: skip
     assert loss < statistics.mean(two[:5]) and abs(loss - statistics.mean(two[-5:])) < 0.5, (loss, two[-5:])
