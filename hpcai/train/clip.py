@@ -117,13 +117,14 @@ class ClipTask:
             tokens = pair.tokens[: self.context]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        pixels = torch.stack([self.transform(p.image) for p in chosen])
+        pixels = torch.stack([self.transform.pixels(p.image) for p in chosen])  # uint8, normalised in step
         return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
         offset = accelerator.process_index * batch["input_ids"].shape[0]
         with accelerator.autocast():
-            loss = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], offset)
+            pixels = self.transform.normalize(batch["pixel_values"])
+            loss = model(pixels, batch["input_ids"], batch["attention_mask"], offset)
         return StepOutput(loss=loss, tokens=int(batch["attention_mask"].sum()))
 
     @torch.no_grad()

@@ -34,6 +34,11 @@ class ImageTransform:
         return cls(size=size, mean=mean, std=std, pad_to_square=pad_to_square)  # type: ignore[arg-type]
 
     def __call__(self, path: Path) -> torch.Tensor:
+        return self.normalize(self.pixels(path))
+
+    def pixels(self, path: Path) -> torch.Tensor:
+        """The image as uint8 (3, size, size): a quarter of the bytes a worker hands over as float32, and
+        normalised on the device by `normalize` where it costs nothing."""
         from PIL import Image
 
         with Image.open(path) as img:
@@ -42,10 +47,13 @@ class ImageTransform:
                 rgb = expand_to_square(rgb, tuple(int(m * 255) for m in self.mean))
             rgb = rgb.resize((self.size, self.size), Image.Resampling.BICUBIC)
             data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-        pixels = data.view(self.size, self.size, 3).permute(2, 0, 1).float() / 255.0
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
+        return data.view(self.size, self.size, 3).permute(2, 0, 1).contiguous()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> float32, scaled to [0, 1] and normalised with the processor's mean and std."""
+        mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
 
 
 def expand_to_square(img: Any, background: tuple[int, ...]) -> Any:

@@ -146,7 +146,9 @@ class LlavaTask:
             mask[row, :n] = 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         # one image per sample that has one, in order; text-only samples have none
-        images = [self.parts.transform(e.image) for e, s in zip(chosen, samples, strict=True) if s.images and e.image]
+        images = [
+            self.parts.transform.pixels(e.image) for e, s in zip(chosen, samples, strict=True) if s.images and e.image
+        ]
         if images:
             batch["pixel_values"] = torch.stack(images)
         return batch
@@ -157,10 +159,12 @@ class LlavaTask:
         # Logits only where some sample of the batch has a supervised next token: never at image positions,
         # never a full-vocabulary logit tensor over the whole sequence.
         keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+        raw = batch.get("pixel_values")
+        pixels = self.parts.transform.normalize(raw) if raw is not None else None
         with accelerator.autocast():
             out = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values=batch.get("pixel_values"), logits_to_keep=keep,
+                pixel_values=pixels, logits_to_keep=keep,
             )  # fmt: skip
         logits = out.logits.float()
         chosen = targets[:, keep]
