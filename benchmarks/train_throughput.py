@@ -3,9 +3,13 @@
 On a GPU machine: bf16, FSDP2, one process per GPU, a realistic preset, e.g.
     python benchmarks/train_throughput.py --workload llava --preset clip-l336-qwen2-0.5b --gpus 1
 On CPU (what CI has): 2 processes, tiny presets -- figures that show the loop works, not speed.
-Prints median samples/s, tokens/s and peak memory over the steps after warm-up.
+Prints median samples/s, tokens/s (every processed token on every rank), MFU (on a GPU whose peak is
+known, or with HPCAI_PEAK_TFLOPS) and peak memory over the steps after warm-up. LLaVA samples are made
+`--seq` tokens long (576 image tokens at 336 px plus the conversation), so the realistic presets run at
+LLaVA's sequence lengths; on CPU `--preset clip-l336-qwen2-0.5b --steps 2 --batch 1` runs (slowly).
 
 Run: python benchmarks/train_throughput.py [--workload llava|clip] [--preset P] [--steps N] [--gpus G]
+     [--seq 1024] [--stage pretrain|finetune]
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def long_llava_data(directory: Path, samples: int, seq: int) -> Path:
+    """Synthetic LLaVA samples whose answers fill the sequence to about `seq` tokens."""
+    import json
+
+    from hpcai.train.synth import synth_llava
+
+    synth_llava(directory, samples=samples)
+    records = json.loads((directory / "conversations.json").read_text())
+    filler = "The shape sits on a grey background, drawn in one flat colour. "
+    for record in records:
+        record["conversations"][-1]["value"] += " " + filler * max(0, (seq - 576) // 12)
+    (directory / "conversations.json").write_text(json.dumps(records))
+    return directory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workload", choices=["llava", "clip"], default="llava")
@@ -31,10 +50,13 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs to use (0 = 2 CPU processes)")
     parser.add_argument("--batch", type=int, default=4, help="per-device batch size")
     parser.add_argument("--stage", default=None)
+    parser.add_argument("--seq", type=int, default=1024, help="LLaVA: tokens per sample (image + text)")
     args = parser.parse_args()
     processes = args.gpus or 2
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
+        samples = max(64, args.batch * processes * 4)
+        data = long_llava_data(Path(tmp) / "data", samples, args.seq) if args.workload == "llava" else None
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--machine_rank", "0",
             "--num_processes", str(processes), "--main_process_ip", "127.0.0.1",
@@ -45,8 +67,9 @@ def main() -> None:
             *([] if args.gpus else ["--fsdp_sync_module_states", "false"]),
             str(REPO / "workloads" / args.workload / "train.py"), "--run-dir", str(run), "--preset", args.preset,
             "--max_steps", str(args.steps), "--per_device_batch_size", str(args.batch),
-            "--checkpoint_every", str(args.steps * 10), "--samples", str(max(64, args.batch * processes * 4)),
+            "--checkpoint_every", str(args.steps * 10), "--samples", str(samples),
             *(["--stage", args.stage] if args.stage else []),
+            *(["--data", str(data), "--max_length", str(args.seq)] if data else []),
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
         if not args.gpus:
@@ -56,11 +79,14 @@ def main() -> None:
             sys.exit(result.stderr[-4000:])
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steady = rows[min(5, len(rows) - 1) :]
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
     device = f"{args.gpus} GPU(s), bf16" if args.gpus else "2 CPU processes, fp32"
     print(f"workload {args.workload}, preset {args.preset}, {device}, FSDP2, {len(rows)} steps")
     print(f"samples/s (median after warm-up): {statistics.median(r['samples_per_s'] for r in steady):.1f}")
     if steady[0]["tokens_per_s"] is not None:
         print(f"tokens/s  (median after warm-up): {statistics.median(r['tokens_per_s'] for r in steady):.0f}")
+    if mfus:
+        print(f"MFU       (median after warm-up): {100 * statistics.median(mfus):.1f}%")
     print(f"peak memory per process:          {max(r['peak_memory_gb'] for r in rows):.2f} GB")
     print(f"loss: {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
 

@@ -31,7 +31,7 @@ SQUASHFS_MOUNT = "/user-software"  # where LUMI's guide binds a packed venv insi
 MARKER_NAME = ".hpcai-env.json"
 BUILD_MARK = "HPCAI-ENV "
 # hpcai's `train` extra, as pyproject.toml pins it: used when the installed metadata cannot be read.
-_TRAIN_FALLBACK = ("torch==2.13.0", "accelerate==1.15.0", "transformers==5.23.0", "pillow>=10")
+_TRAIN_FALLBACK = ("torch==2.13.0", "accelerate==1.15.0", "transformers==5.23.0", "pillow>=10", "tensorboard>=2.16")
 _EXTRA = re.compile(r"""^(?P<req>[^;]+);\s*extra\s*==\s*["']train["']\s*$""")
 
 EnvKind = Literal["venv", "container", "modules", "own"]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 
-def make_accelerator(layer_classes: list[str]) -> Any:
+def make_accelerator(layer_classes: list[str], log_with: list[str] | None = None, project_dir: Any = None) -> Any:
     # The FSDP plugin reads its settings from the environment the launcher set; the layers to wrap depend
     # on the model family, so the workload supplies them unless the user did.
     if layer_classes and not os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP"):
@@ -22,7 +22,7 @@ def make_accelerator(layer_classes: list[str]) -> Any:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(log_with=log_with or None, project_dir=project_dir)
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if wants_fsdp and accelerator.state.distributed_type == DistributedType.MULTI_CPU:
         accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()

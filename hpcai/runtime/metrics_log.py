@@ -31,6 +31,7 @@ FIELDS = (
     "attempt_step",
     "step_s",
     "data_s",  # of step_s: waiting for the batch (0 when workers keep ahead)
+    "mfu",  # model FLOPs utilisation (hpcai.runtime.flops); null where the device's peak is unknown
 )
 
 

@@ -31,6 +31,7 @@ from hpcai.runtime.checkpoint import Checkpoints, step_of
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
 from hpcai.runtime.failure import record_failure
+from hpcai.runtime.flops import mfu, peak_flops
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 from hpcai.runtime.heartbeat import Heartbeat
 from hpcai.runtime.loader import step_batches, to_device
@@ -64,6 +65,9 @@ class TrainConfig:
     # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
     inject_spike_at: int = 0
     inject_spike_scale: float = 1.0
+    # Where the metrics also go (accelerate trackers): "tensorboard" (event files in <run dir>/tensorboard),
+    # "wandb" (offline, in <run dir>/wandb), "none".
+    tracker: str = "tensorboard"
     # DataLoader workers per rank that make batches ahead of the step (0: inline, on the critical path).
     data_workers: int = 0
     # Test hook, a workload option: after this step every rank stops progressing (once per run).
@@ -85,6 +89,8 @@ class StepOutput:
     # Every token this rank processed (padding excluded, image tokens included): tokens/s and MFU count
     # what the model computed, not only the supervised tokens.
     tokens: int | None = None
+    # Model FLOPs of this rank's step (hpcai.runtime.flops), for the MFU figure; None: not counted.
+    flops: float | None = None
 
 
 class Task(Protocol):
@@ -168,7 +174,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     heartbeat.beat("setup")
     set_seed(config.seed)
     task = make_task()
-    accelerator = make_accelerator(task.layer_classes)
+    log_with = _trackers(config)
+    accelerator = make_accelerator(task.layer_classes, log_with, config.run_dir / TRACKER_DIR.get(config.tracker, ""))
     world, rank = accelerator.num_processes, accelerator.process_index
     accelerator.print(f"hpcai: runtime from {Path(__file__).resolve().parents[1]}, {world} process(es)")
     if bound is not None:
@@ -228,7 +235,10 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     device = accelerator.device
     exit_code = 0
     every = progress_every(config.max_steps)
+    peak = peak_flops()
     since = time.perf_counter()
+    if log_with:
+        accelerator.init_trackers("hpcai", config=_tracked_config(config))
     batches = step_batches(task.collate, order, skips, start, config.max_steps, config.data_workers)
     try:
         for step in range(start, config.max_steps):
@@ -249,12 +259,14 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             # One collective for the loss and the tokens every rank processed.
-            tokens_here = float(out.tokens) if out.tokens is not None else 0.0
+            counts = [float(out.tokens or 0), float(out.flops or 0.0)]
             totals = accelerator.reduce(
-                torch.stack([out.loss.detach().float().reshape(()), torch.tensor(tokens_here, device=device)]),
+                torch.cat([out.loss.detach().float().reshape(1), torch.tensor(counts, device=device)]),
                 reduction="sum",
-            )
-            loss, tokens = (totals[0] / world).item(), (int(totals[1].item()) if out.tokens is not None else None)
+            ).tolist()
+            loss = totals[0] / world
+            tokens = int(totals[1]) if out.tokens is not None else None
+            step_flops = totals[2] if out.flops is not None else None
             if config.inject_nan_at == done and lr_scale == 1.0 and _nan_fires(config):
                 loss = float("nan")
             z_loss = (
@@ -278,7 +290,12 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 attempt_step=done - start,
                 step_s=round(elapsed, 6),
                 data_s=round(data_s, 6),
+                mfu=mfu(step_flops, elapsed, world, peak) if step_flops is not None else None,
             )
+            if log_with:
+                accelerator.log(_scalars(loss=loss, grad_norm=float(grad_norm), lr=float(scheduler.get_last_lr()[0]),
+                                         z_loss=z_loss, tokens_per_s=tokens / elapsed if tokens is not None else None,
+                                         step_s=elapsed, data_s=data_s), step=done)  # fmt: skip
             if done % every == 0 or done == config.max_steps:
                 rate = f", {tokens / elapsed:,.0f} tokens/s" if tokens is not None else ""
                 per_step = (time.perf_counter() - since) / every
@@ -341,6 +358,40 @@ def _export(task: Exports, model: torch.nn.Module, target: Path, accelerator: An
         aside.rename(target)
         accelerator.print(f"hpcai: exported the trained model to {target}")
     accelerator.wait_for_everyone()
+
+
+TRACKER_DIR = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _trackers(config: TrainConfig) -> list[str]:
+    """The accelerate trackers of this run; wandb is kept offline (compute nodes have no internet:
+    `wandb sync` from the login node uploads the run later)."""
+    import importlib.util
+
+    if config.tracker == "none":
+        return []
+    if importlib.util.find_spec(config.tracker) is None:
+        if config.tracker == "tensorboard":  # the default: metrics.jsonl has everything anyway
+            print("hpcai: tensorboard is not installed in the job's environment: no event files", flush=True)
+            return []
+        raise SystemExit(f"--tracker {config.tracker}: the job's Python has no '{config.tracker}' package; "
+                         f"install it in the job environment, or set tracker=tensorboard")  # fmt: skip
+    if config.tracker == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(config.run_dir / TRACKER_DIR["wandb"]))
+        (config.run_dir / TRACKER_DIR["wandb"]).mkdir(parents=True, exist_ok=True)
+    return [config.tracker]
+
+
+def _tracked_config(config: TrainConfig) -> dict[str, Any]:
+    """The run's settings as trackers take them (plain scalars)."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
+    values["run_dir"] = str(config.run_dir)
+    return values
+
+
+def _scalars(**values: float | None) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
 def _hung_before(run_dir: Path) -> bool:

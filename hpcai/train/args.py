@@ -36,6 +36,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--keep_checkpoints", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=256, help="synthetic samples when --data is empty")
+    parser.add_argument("--tracker", choices=["tensorboard", "wandb", "none"], default="tensorboard")
     parser.add_argument("--data_workers", type=int, default=2, help="DataLoader workers per rank (0: inline)")
     guard = parser.add_argument_group("spike guard (rollback policy)")
     guard.add_argument("--spike_guard", type=boolean, default=True)
@@ -70,6 +71,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         seed=args.seed,
         data_workers=args.data_workers,
+        tracker=args.tracker,
         lr_scale=lr_scale_from_env(),
         policy=RollbackPolicy(
             lr_factor=args.rollback_lr_factor,

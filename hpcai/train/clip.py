@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hpcai.runtime.flops import Shape, transformer_flops
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import common_parser, data_dir, train_config
 from hpcai.train.images import ImageTransform
@@ -105,6 +106,14 @@ class ClipTask:
     tokenizer: Any
     image_processor: Any
 
+    def __post_init__(self) -> None:
+        clip = self.model.clip
+        self.vision_shape = Shape.of(clip.vision_model, clip.config.vision_config)
+        self.text_shape = Shape.of(clip.text_model, clip.config.text_config)
+        vision = clip.config.vision_config
+        patches = (int(vision.image_size) // int(vision.patch_size)) ** 2
+        self.image_tokens = patches + (0 if self.model.siglip else 1)
+
     @property
     def num_samples(self) -> int:
         return len(self.pairs)
@@ -125,7 +134,11 @@ class ClipTask:
         with accelerator.autocast():
             pixels = self.transform.normalize(batch["pixel_values"])
             loss = model(pixels, batch["input_ids"], batch["attention_mask"], offset)
-        return StepOutput(loss=loss, tokens=int(batch["attention_mask"].sum()))
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        text_lengths = [self.context] * len(lengths) if self.model.siglip else lengths  # SigLIP reads the padding
+        flops = transformer_flops(self.vision_shape, [self.image_tokens] * len(lengths), 6.0, causal=False)
+        flops += transformer_flops(self.text_shape, text_lengths, 6.0)
+        return StepOutput(loss=loss, tokens=int(sum(lengths)), flops=flops)
 
     @torch.no_grad()
     def after_optimizer_step(self, model: torch.nn.Module) -> None:

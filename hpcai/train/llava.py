@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hpcai.runtime.flops import Shape, transformer_flops
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
 from hpcai.train.chat import IGNORE, Encoded, encode
@@ -112,6 +113,27 @@ class LlavaTask:
     z_loss_weight: float
     max_length: int = 2048
 
+    def __post_init__(self) -> None:
+        model = self.parts.model
+        inner = model.model
+        self.lm_shape = Shape.of(inner.language_model, model.config.text_config)
+        self.vision_shape = Shape.of(inner.vision_tower, model.config.vision_config)
+        self.projector_params = sum(p.numel() for p in inner.multi_modal_projector.parameters())
+        self.vocab = int(model.lm_head.weight.shape[0])
+        self.trains_lm = any(p.requires_grad for p in inner.language_model.parameters())
+        # the tower sees every patch (and CLIP's CLS token), whatever LLaVA keeps of its output
+        self.tower_tokens = self.parts.image_tokens + (1 if self.parts.vision_kind == "clip" else 0)
+
+    def flops(self, lengths: list[int], images: int, logit_positions: int) -> float:
+        """Model FLOPs of one rank's step (see hpcai.runtime.flops)."""
+        lm_factor = 6.0 if self.trains_lm else 4.0
+        return float(
+            transformer_flops(self.lm_shape, lengths, lm_factor)
+            + lm_factor * self.lm_shape.hidden * self.vocab * logit_positions
+            + transformer_flops(self.vision_shape, [self.tower_tokens] * images, 2.0, causal=False)
+            + 6.0 * self.projector_params * self.parts.image_tokens * images
+        )
+
     @property
     def model(self) -> Any:
         return self.parts.model
@@ -169,11 +191,14 @@ class LlavaTask:
         logits = out.logits.float()
         chosen = targets[:, keep]
         valid = chosen != IGNORE
-        tokens = int(batch["attention_mask"].sum())
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        tokens = int(sum(lengths))
+        images = 0 if pixels is None else int(pixels.shape[0])
+        flops = self.flops(lengths, images, logit_positions=int(chosen.numel()))
         if not bool(valid.any()):
             # Nothing to learn in this batch (all answers truncated away): a zero loss that still touches the
             # graph, not the NaN of an empty mean.
-            return StepOutput(loss=logits.sum() * 0.0, z_loss=None, tokens=tokens)
+            return StepOutput(loss=logits.sum() * 0.0, z_loss=None, tokens=tokens, flops=flops)
         picked = logits[valid]
         loss = F.cross_entropy(picked, chosen[valid])
         z_loss = None
@@ -181,7 +206,7 @@ class LlavaTask:
             # PaLM's z-loss: keeps the softmax normaliser log Z near 0, a guard against logit drift.
             z_loss = self.z_loss_weight * torch.logsumexp(picked, dim=-1).pow(2).mean()
             loss = loss + z_loss
-        return StepOutput(loss=loss, z_loss=z_loss, tokens=tokens)
+        return StepOutput(loss=loss, z_loss=z_loss, tokens=tokens, flops=flops)
 
     def export(self, state_dict: dict[str, Any], target: Path) -> None:
         export_llava(self.parts, state_dict, target)

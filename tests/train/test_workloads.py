@@ -73,6 +73,14 @@ def test_clip_losses_fall(tmp_path: Path, loss: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert falls(losses(run), 0.3), losses(run)
     assert "world_size" not in result.stderr.lower() or result.returncode == 0
+    # the metrics also went to TensorBoard event files (accelerate's tracker), one point per step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard" / "hpcai"))
+    events.Reload()
+    points = events.Scalars("loss")
+    assert [p.step for p in points] == list(range(1, 41))
+    assert [round(p.value, 4) for p in points] == [round(x, 4) for x in losses(run)]
 
 
 def test_resume_after_a_checkpoint_gives_identical_losses(tmp_path: Path) -> None:
