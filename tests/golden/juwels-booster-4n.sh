@@ -99,8 +99,8 @@ hpcai_begin_attempt
 
 module load Stages/2025 GCC Python
 
-if [ ! -e /p/project/training2410/hpcai/envs/py3-63405b0e4ec5/.hpcai-env.json ]; then
-  echo 'hpcai: the job environment /p/project/training2410/hpcai/envs/py3-63405b0e4ec5 on juwels-booster is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster juwels-booster (it runs pip on the login node; minutes), then submit again.' >&2
+if [ ! -e /p/project/training2410/hpcai/envs/py3-1e248999bebd/.hpcai-env.json ]; then
+  echo 'hpcai: the job environment /p/project/training2410/hpcai/envs/py3-1e248999bebd on juwels-booster is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster juwels-booster (it runs pip on the login node; minutes), then submit again.' >&2
   hpcai_event end 2
   exit 2
 fi
@@ -144,7 +144,7 @@ while :; do
   export MASTER_ADDR MASTER_PORT
 
   # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-  srun --nodes=4 --ntasks-per-node=1 --nodelist="$hpcai_nodelist" --kill-on-bad-exit=1 --cpu_bind=none bash -c 'exec /p/project/training2410/hpcai/envs/py3-63405b0e4ec5/bin/python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$SLURM_NODEID" --floor 180 --expect-heartbeats -- /p/project/training2410/hpcai/envs/py3-63405b0e4ec5/bin/python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /p/scratch/training2410/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
+  srun --nodes=4 --ntasks-per-node=1 --nodelist="$hpcai_nodelist" --kill-on-bad-exit=1 --cpu_bind=none bash -c 'exec /p/project/training2410/hpcai/envs/py3-1e248999bebd/bin/python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$SLURM_NODEID" --floor 180 --expect-heartbeats -- /p/project/training2410/hpcai/envs/py3-1e248999bebd/bin/python -m accelerate.commands.launch --num_machines 4 --machine_rank "$SLURM_NODEID" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /p/scratch/training2410/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --tracker tensorboard --data_workers 2 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
   hpcai_launcher_pid=$!
   while :; do
     rc=0
@@ -175,7 +175,7 @@ while :; do
   hpcai_why="$hpcai_outcome"
   case "$hpcai_outcome" in
     rollback | hang | failed)
-      if hpcai_verdict=$(/p/project/training2410/hpcai/envs/py3-63405b0e4ec5/bin/python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 4 --spares 0); then
+      if hpcai_verdict=$(/p/project/training2410/hpcai/envs/py3-1e248999bebd/bin/python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 4 --spares 0); then
         read -r hpcai_action _ hpcai_why <<< "$hpcai_verdict" || true
       fi
       case "$hpcai_action" in

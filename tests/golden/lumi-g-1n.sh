@@ -102,8 +102,8 @@ module purge
 module use /appl/local/laifs/modules
 module load lumi-aif-singularity-bindings
 
-if [ ! -e /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh ]; then
-  echo 'hpcai: the job environment /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh on lumi-g is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster lumi-g (it runs pip on the login node; minutes), then submit again.' >&2
+if [ ! -e /project/project_465000123/hpcai/envs/py3-5686ea4557b2.sqsh ]; then
+  echo 'hpcai: the job environment /project/project_465000123/hpcai/envs/py3-5686ea4557b2.sqsh on lumi-g is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster lumi-g (it runs pip on the login node; minutes), then submit again.' >&2
   hpcai_event end 2
   exit 2
 fi
@@ -149,7 +149,7 @@ while :; do
   export MASTER_ADDR MASTER_PORT
 
   # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-  srun --nodes=1 --ntasks-per-node=1 --nodelist="$hpcai_nodelist" --kill-on-bad-exit=1 bash -c 'exec singularity exec --bind /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh:/user-software:image-src=/ /appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/lumi-multitorch-full-u24r70f21m50t210-20260415_130625.sif /user-software/bin/python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$SLURM_NODEID" --floor 180 --expect-heartbeats -- /user-software/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 8 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /scratch/project_465000123/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
+  srun --nodes=1 --ntasks-per-node=1 --nodelist="$hpcai_nodelist" --kill-on-bad-exit=1 bash -c 'exec singularity exec --bind /project/project_465000123/hpcai/envs/py3-5686ea4557b2.sqsh:/user-software:image-src=/ /appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/lumi-multitorch-full-u24r70f21m50t210-20260415_130625.sif /user-software/bin/python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$SLURM_NODEID" --floor 180 --expect-heartbeats -- /user-software/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$SLURM_NODEID" --num_processes 8 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /scratch/project_465000123/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --tracker tensorboard --data_workers 2 --activation_checkpointing false --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
   hpcai_launcher_pid=$!
   while :; do
     rc=0
@@ -180,7 +180,7 @@ while :; do
   hpcai_why="$hpcai_outcome"
   case "$hpcai_outcome" in
     rollback | hang | failed)
-      if hpcai_verdict=$(singularity exec --bind /project/project_465000123/hpcai/envs/py3-e5531842d2f1.sqsh:/user-software:image-src=/ /appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/lumi-multitorch-full-u24r70f21m50t210-20260415_130625.sif /user-software/bin/python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 1 --spares 0); then
+      if hpcai_verdict=$(singularity exec --bind /project/project_465000123/hpcai/envs/py3-5686ea4557b2.sqsh:/user-software:image-src=/ /appl/local/laifs/containers/lumi-multitorch-u24r70f21m50t210-20260415_130625/lumi-multitorch-full-u24r70f21m50t210-20260415_130625.sif /user-software/bin/python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 1 --spares 0); then
         read -r hpcai_action _ hpcai_why <<< "$hpcai_verdict" || true
       fi
       case "$hpcai_action" in

@@ -91,8 +91,8 @@ module use /soft/modulefiles
 module load conda
 set +u; conda activate base; set -u
 
-if [ ! -e /eagle/MyProject/hpcai/envs/py3-1ed713276f3b/.hpcai-env.json ]; then
-  echo 'hpcai: the job environment /eagle/MyProject/hpcai/envs/py3-1ed713276f3b on polaris is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster polaris (it runs pip on the login node; minutes), then submit again.' >&2
+if [ ! -e /eagle/MyProject/hpcai/envs/py3-af041d06aedb/.hpcai-env.json ]; then
+  echo 'hpcai: the job environment /eagle/MyProject/hpcai/envs/py3-af041d06aedb on polaris is not built (or its build did not finish). Build it once from your machine: hpcai env build --cluster polaris (it runs pip on the login node; minutes), then submit again.' >&2
   hpcai_event end 2
   exit 2
 fi
@@ -137,7 +137,7 @@ while :; do
   export MASTER_ADDR MASTER_PORT
 
   # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-  mpiexec -n 1 --ppn 1 --depth=32 --cpu-bind depth bash -c 'exec /eagle/MyProject/hpcai/envs/py3-1ed713276f3b/bin/python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$PMI_RANK" --floor 180 --expect-heartbeats -- /eagle/MyProject/hpcai/envs/py3-1ed713276f3b/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$PMI_RANK" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 2048 --samples 256 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
+  mpiexec -n 1 --ppn 1 --depth=32 --cpu-bind depth bash -c 'exec /eagle/MyProject/hpcai/envs/py3-af041d06aedb/bin/python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$PMI_RANK" --floor 180 --expect-heartbeats -- /eagle/MyProject/hpcai/envs/py3-af041d06aedb/bin/python -m accelerate.commands.launch --num_machines 1 --machine_rank "$PMI_RANK" --num_processes 4 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/llava/train.py --run-dir "$HPCAI_RUN_DIR" --stage pretrain --preset tiny --trainable projector --max_steps 60 --per_device_batch_size 4 --lr 0.001 --warmup_steps 5 --weight_decay 0.0 --grad_clip 1.0 --z_loss_weight 0.0 --qk_norm false --max_length 2048 --samples 256 --tracker tensorboard --data_workers 2 --activation_checkpointing false --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
   hpcai_launcher_pid=$!
   while :; do
     rc=0
@@ -168,7 +168,7 @@ while :; do
   hpcai_why="$hpcai_outcome"
   case "$hpcai_outcome" in
     rollback | hang | failed)
-      if hpcai_verdict=$(/eagle/MyProject/hpcai/envs/py3-1ed713276f3b/bin/python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 1 --spares 0); then
+      if hpcai_verdict=$(/eagle/MyProject/hpcai/envs/py3-af041d06aedb/bin/python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 1 --spares 0); then
         read -r hpcai_action _ hpcai_why <<< "$hpcai_verdict" || true
       fi
       case "$hpcai_action" in
