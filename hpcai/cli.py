@@ -354,6 +354,9 @@ def data_synth(
     directory: Annotated[Path, typer.Argument(help="Folder to create.")],
     samples: Annotated[int, typer.Option("--samples", "-n", help="Number of samples.")] = 256,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+    shards: Annotated[
+        int, typer.Option("--shards", help="clip: tar shards of this many samples (img2dataset layout) instead")
+    ] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate a small data set in the real format, with learnable structure (for tests and trials)."""
@@ -373,7 +376,14 @@ def data_synth(
         raise HpcaiError(f"data synth: unknown kind '{kind}'. Use llava or clip.")
     if samples < 1:
         raise HpcaiError("--samples: give at least 1.")
-    index = makers[kind](directory, samples=samples, seed=seed)
+    if shards < 0 or (shards and kind != "clip"):
+        raise HpcaiError("--shards: a positive number of samples per shard, for clip only.")
+    if shards:
+        from hpcai.train.synth import synth_clip_shards
+
+        index = synth_clip_shards(directory, samples=samples, seed=seed, per_shard=shards)[0]
+    else:
+        index = makers[kind](directory, samples=samples, seed=seed)
     if json_out:
         print_json({"kind": kind, "directory": str(directory), "index": str(index), "samples": samples})
     else:

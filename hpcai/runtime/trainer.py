@@ -170,6 +170,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     from accelerate.utils import set_seed
 
     bound = bind_to_gpu_cpus()
+    # Samples are tokenized in forked DataLoader workers: the Rust tokenizer's own threads must be off.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     heartbeat = Heartbeat(config.run_dir, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
     heartbeat.beat("setup")
     set_seed(config.seed)

@@ -28,6 +28,7 @@ from hpcai.train.args import common_parser, data_dir, train_config
 from hpcai.train.images import ImageTransform
 from hpcai.train.losses import MAX_LOGIT_SCALE, gather, infonce_loss, sigmoid_loss
 from hpcai.train.parts import tiny_clip
+from hpcai.train.shards import Member, ShardError, image_text_samples, shard_files
 
 # Presets built locally: (architecture, shape). `vit-b16`: CLIP/SigLIP base shapes for GPU benchmarks.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -89,10 +90,20 @@ class Contrastive(torch.nn.Module):
         return infonce_loss(image, text, image_all, text_all, offset, self.logit_scale)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pair:
-    image: Path
-    tokens: list[int]
+    """An image and its caption: files (JSONL + folder) or members of a tar shard, read in the workers."""
+
+    image: Path | Member
+    caption: str | Member
+
+    def image_source(self) -> Path | bytes:
+        return self.image.read() if isinstance(self.image, Member) else self.image
+
+    def text(self) -> str:
+        return (
+            self.caption.read().decode("utf-8", errors="replace") if isinstance(self.caption, Member) else self.caption
+        )
 
 
 @dataclass
@@ -120,13 +131,15 @@ class ClipTask:
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         chosen = [self.pairs[i] for i in indices]
+        eos = self.tokenizer.eos_token or ""
+        encoded = self.tokenizer([p.text() + eos for p in chosen], add_special_tokens=False, truncation=True,
+                                 max_length=self.context)["input_ids"]  # fmt: skip
         ids = torch.full((len(chosen), self.context), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, pair in enumerate(chosen):
-            tokens = pair.tokens[: self.context]
+        for row, tokens in enumerate(encoded):
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        pixels = torch.stack([self.transform.pixels(p.image) for p in chosen])  # uint8, normalised in step
+        pixels = torch.stack([self.transform.pixels(p.image_source()) for p in chosen])  # uint8, normalised in step
         return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
@@ -158,25 +171,32 @@ class ClipTask:
         self.image_processor.save_pretrained(target)
 
 
-def load_pairs(data: Path, tokenizer: Any, context: int) -> list[Pair]:
+def load_pairs(data: Path) -> list[Pair]:
+    """Image-text pairs: tar shards (`*.tar`, img2dataset layout) when the folder has them, else JSONL
+    `{"image", "caption"}` lines beside an image folder."""
+    if data.is_dir() and shard_files(data):
+        try:
+            pairs = [Pair(image, caption) for image, caption in image_text_samples(data)]
+        except ShardError as exc:
+            raise SystemExit(f"--data {data}: {exc}") from None
+        if not pairs:
+            raise SystemExit(f"--data {data}: its shards hold no sample with both an image and a .txt caption")
+        return pairs
     files = [data] if data.is_file() else sorted(data.glob("*.jsonl"))
     if not files:
-        raise SystemExit(f"--data {data}: no image-text .jsonl file there")
+        raise SystemExit(f"--data {data}: no image-text .jsonl file and no .tar shard there")
     folder = data.parent if data.is_file() else data
     images = folder / "images" if (folder / "images").is_dir() else folder
-    records = []
+    pairs = []
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
                     record = json.loads(line)
-                    records.append((images / str(record["image"]), str(record["caption"])))
+                    pairs.append(Pair(images / str(record["image"]), str(record["caption"])))
                 except (ValueError, KeyError, TypeError) as exc:
                     raise SystemExit(f"--data {path}, line {number}: not an image-text pair ({exc})") from None
-    eos = tokenizer.eos_token or ""
-    encoded = tokenizer([caption + eos for _, caption in records], add_special_tokens=False, truncation=True,
-                        max_length=context)["input_ids"]  # fmt: skip
-    return [Pair(image, ids) for (image, _), ids in zip(records, encoded, strict=True)]
+    return pairs
 
 
 def load_model(args: Any) -> tuple[Any, Any, Any, bool]:
@@ -202,6 +222,40 @@ def load_model(args: Any) -> tuple[Any, Any, Any, bool]:
     return model, AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder), pretrained  # type: ignore[no-untyped-call]
 
 
+@torch.no_grad()
+def recall_at_1(model_folder: Path, data: Path, batch: int = 64) -> tuple[float, float]:
+    """Image -> text retrieval of a trained model over a held-out set: the fraction of images whose nearest
+    caption is their own text, and what picking a caption at random would score (captions may repeat)."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    processor = AutoImageProcessor.from_pretrained(model_folder)  # type: ignore[no-untyped-call]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    wrapped = Contrastive(model, "infonce", int(tokenizer.eos_token_id), pretrained=True).eval()
+    pairs = load_pairs(data)
+    vision = model.config.vision_config
+    task = ClipTask(
+        model=wrapped, layer_classes=[], pairs=pairs,
+        transform=ImageTransform.from_processor(processor, int(vision.image_size), pad_to_square=False),
+        context=int(model.config.text_config.max_position_embeddings), pad_token_id=int(tokenizer.pad_token_id),
+        tokenizer=tokenizer, image_processor=processor,
+    )  # fmt: skip
+    images, texts = [], []
+    for start in range(0, len(pairs), batch):
+        b = task.collate(list(range(start, min(start + batch, len(pairs)))))
+        image, text = wrapped.features(task.transform.normalize(b["pixel_values"]), b["input_ids"], b["attention_mask"])
+        images.append(image)
+        texts.append(text)
+    similarity = torch.cat(images) @ torch.cat(texts).t()
+    captions = [p.text() for p in pairs]
+    best = similarity.argmax(dim=1).tolist()
+    recall = sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(pairs)
+    chance = sum(captions.count(c) for c in captions) / len(pairs) ** 2
+    return recall, chance
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common_parser("CLIP / SigLIP contrastive training (hpcai workload)")
     parser.add_argument("--loss", choices=["infonce", "sigmoid"], default="")
@@ -224,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return ClipTask(
             model=wrapped,
             layer_classes=sorted(n for n in names if n.endswith("EncoderLayer")),
-            pairs=load_pairs(data, tokenizer, context),
+            pairs=load_pairs(data),
             transform=ImageTransform.from_processor(processor, int(vision.image_size), pad_to_square=False),
             context=context,
             pad_token_id=pad,

@@ -33,15 +33,17 @@ class ImageTransform:
         std = tuple(float(x) for x in getattr(processor, "image_std", CLIP_STD))
         return cls(size=size, mean=mean, std=std, pad_to_square=pad_to_square)  # type: ignore[arg-type]
 
-    def __call__(self, path: Path) -> torch.Tensor:
+    def __call__(self, path: Path | bytes) -> torch.Tensor:
         return self.normalize(self.pixels(path))
 
-    def pixels(self, path: Path) -> torch.Tensor:
+    def pixels(self, path: Path | bytes) -> torch.Tensor:
         """The image as uint8 (3, size, size): a quarter of the bytes a worker hands over as float32, and
         normalised on the device by `normalize` where it costs nothing."""
+        import io
+
         from PIL import Image
 
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
             rgb = img.convert("RGB")
             if self.pad_to_square and rgb.width != rgb.height:
                 rgb = expand_to_square(rgb, tuple(int(m * 255) for m in self.mean))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 COLORS = {
     "red": (220, 30, 30),
@@ -21,7 +22,7 @@ SHAPES = ("square", "circle", "triangle")
 IMAGE_SIZE = 64
 
 
-def _draw(color: tuple[int, int, int], shape: str, rng: random.Random, path: Path) -> None:
+def _image(color: tuple[int, int, int], shape: str, rng: random.Random) -> Any:
     from PIL import Image, ImageDraw
 
     grey = rng.randint(200, 250)
@@ -36,7 +37,11 @@ def _draw(color: tuple[int, int, int], shape: str, rng: random.Random, path: Pat
         draw.ellipse(box, fill=color)
     else:
         draw.polygon([(x + size // 2, y), (x, y + size), (x + size, y + size)], fill=color)
-    img.save(path, format="PNG")
+    return img
+
+
+def _draw(color: tuple[int, int, int], shape: str, rng: random.Random, path: Path) -> None:
+    _image(color, shape, rng).save(path, format="PNG")
 
 
 def _samples(directory: Path, samples: int, seed: int) -> list[tuple[str, str, str]]:
@@ -80,3 +85,19 @@ def synth_clip(directory: Path, samples: int = 256, seed: int = 0) -> Path:
         for name, color, shape in made:
             handle.write(json.dumps({"image": name, "caption": f"a {color} {shape}"}) + "\n")
     return path
+
+
+def synth_clip_shards(directory: Path, samples: int = 256, seed: int = 0, per_shard: int = 64) -> list[Path]:
+    """The same pairs as tar shards in the img2dataset layout (`key.png` + `key.txt`), each with its index."""
+    import io
+
+    from hpcai.train.shards import write_shards
+
+    rng = random.Random(seed)
+    made = []
+    for i in range(samples):
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        buffer = io.BytesIO()
+        _image(COLORS[color], shape, rng).save(buffer, format="PNG")
+        made.append((f"{i:09d}", {"png": buffer.getvalue(), "txt": f"a {color} {shape}".encode()}))
+    return write_shards(directory, made, per_shard)

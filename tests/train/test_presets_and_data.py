@@ -72,5 +72,8 @@ def test_data_synth_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["samples"] == 4
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 4
+    sharded = run_cli("data", "synth", "clip", str(tmp_path / "s"), "--samples", "5", "--shards", "2", "--json")
+    assert sharded.returncode == 0, sharded.stderr
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.tar")) == [f"shard-00000{i}.tar" for i in range(3)]
     bad = run_cli("data", "synth", "video", str(tmp_path / "v"))
     assert bad.returncode == 2 and "llava or clip" in bad.stderr

@@ -1,0 +1,134 @@
+"""Tar shards in the webdataset / img2dataset layout (`key.jpg` + `key.txt` (+ `key.json`) per sample),
+read by random access through an index of where each member's bytes lie.
+
+Why not stream them with the webdataset library: the runtime's batch order is a pure function of (seed,
+step) over the whole data set, which makes resume, rollback and skipped batches exact. Streaming shards
+in order resumes only approximately and shuffles within a buffer. An index (header scan once, or the
+`<shard>.idx.json` written beside it) gives the same order with a few reads per sample from a handful
+of big files -- what parallel filesystems serve well, unlike millions of small files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+INDEX_SUFFIX = ".idx.json"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+class ShardError(ValueError):
+    """A shard that cannot be read as a sample archive."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of one sample inside a shard: where its bytes are."""
+
+    shard: Path
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        handle = _open(self.shard)
+        handle.seek(self.offset)
+        data: bytes = handle.read(self.size)
+        if len(data) != self.size:
+            raise ShardError(f"{self.shard}: truncated (a member at byte {self.offset} ends past the file's end)")
+        return data
+
+
+_HANDLES: dict[tuple[int, Path], Any] = {}
+
+
+def _open(path: Path) -> Any:
+    """One open file per shard and process (DataLoader workers each open their own after the fork)."""
+    key = (os.getpid(), path)
+    handle = _HANDLES.get(key)
+    if handle is None:
+        handle = _HANDLES[key] = open(path, "rb")  # noqa: SIM115 -- kept open for the process's reads
+    return handle
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """webdataset's convention: the key is the path up to the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def index_shard(shard: Path) -> dict[str, dict[str, Member]]:
+    """Samples of one shard by key: {key: {ext: Member}}, from its index file or a header scan."""
+    sidecar = shard.with_name(shard.name + INDEX_SUFFIX)
+    if sidecar.is_file() and sidecar.stat().st_mtime >= shard.stat().st_mtime:
+        try:
+            raw = json.loads(sidecar.read_text())
+            return {k: {e: Member(shard, int(o), int(s)) for e, (o, s) in v.items()} for k, v in raw.items()}
+        except (ValueError, TypeError, AttributeError):
+            pass  # a damaged index is rebuilt from the tar itself
+    samples: dict[str, dict[str, Member]] = {}
+    try:
+        with tarfile.open(shard, "r:") as archive:
+            for info in archive:
+                if info.isfile():
+                    key, ext = split_key(info.name)
+                    samples.setdefault(key, {})[ext] = Member(shard, info.offset_data, info.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise ShardError(f"{shard}: not a readable tar shard ({exc})") from None
+    end = shard.stat().st_size
+    for members in samples.values():
+        for member in members.values():
+            if member.offset + member.size > end:
+                raise ShardError(f"{shard}: truncated (its last sample ends past the file's end); copy it again")
+    return samples
+
+
+def write_index(shard: Path) -> Path:
+    """Write `<shard>.idx.json` so later readers skip the header scan."""
+    samples = index_shard(shard)
+    sidecar = shard.with_name(shard.name + INDEX_SUFFIX)
+    tmp = sidecar.with_name(sidecar.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({k: {e: [m.offset, m.size] for e, m in v.items()} for k, v in samples.items()}))
+    os.replace(tmp, sidecar)
+    return sidecar
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.tar") if p.is_file())
+
+
+def image_text_samples(folder: Path) -> list[tuple[Member, Member]]:
+    """(image, caption) members of every sample in the folder's shards, in shard and key order; samples
+    without an image or a caption are skipped (img2dataset leaves failed downloads out the same way)."""
+    pairs = []
+    for shard in shard_files(folder):
+        for _key, members in sorted(index_shard(shard).items()):
+            image = next((members[e] for e in IMAGE_EXTS if e in members), None)
+            caption = members.get("txt")
+            if image is not None and caption is not None:
+                pairs.append((image, caption))
+    return pairs
+
+
+def write_shards(folder: Path, samples: list[tuple[str, dict[str, bytes]]], per_shard: int) -> list[Path]:
+    """Samples (key, {ext: bytes}) as `shard-NNNNNN.tar` files of `per_shard` samples, each with its index."""
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, start in enumerate(range(0, len(samples), per_shard)):
+        path = folder / f"shard-{number:06d}.tar"
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+            for key, files in samples[start : start + per_shard]:
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    info.mtime = 0
+                    archive.addfile(info, io.BytesIO(data))
+        write_index(path)
+        written.append(path)
+    return written
