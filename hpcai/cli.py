@@ -390,6 +390,40 @@ def data_synth(
         console.print(f"{samples} {kind} samples in {directory} (index: {index.name}); use --set data={directory}")
 
 
+models_app = typer.Typer(help="Pretrained models for the workloads.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("stage")
+def models_stage(
+    model: Annotated[str, typer.Argument(help="A Hugging Face id in your local cache (org/name) or a model folder.")],
+    cluster: ClusterOpt = None,
+    revision: Annotated[str, typer.Option("--revision", help="Cached revision (branch or commit).")] = "main",
+    to: Annotated[str | None, typer.Option("--to", help="Filesystem of the profile (scratch, work, fast...).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy a pretrained model to the cluster (compute nodes are offline) and print the path to pass as
+    model_path, vision_tower or language_model."""
+    from hpcai.models import resolve
+    from hpcai.service import default_cluster
+    from hpcai.stage_service import stage_paths
+
+    folder = resolve(model, revision)
+    (report,) = stage_paths(cluster or default_cluster(), [folder.path], filesystem=to, show_progress=not json_out,
+                            follow_links=True)  # fmt: skip  # a cache snapshot is links into blobs/
+    if json_out:
+        print_json({**folder.to_json(), **report.to_json()})
+        return
+    missing = [what for what, ok in (("tokenizer", folder.has_tokenizer), ("image processor", folder.has_processor))
+               if not ok]  # fmt: skip
+    kind = folder.model_type or "unknown type"
+    console.print(f"{model} ({kind}) -> {report.remote_path} ({report.files} files, {report.bytes_total / 1e6:.1f} MB)")
+    if missing:
+        console.print(f"  (no {' or '.join(missing)} in it: fine for a language model's weights or a vision tower "
+                      "only if the workload does not need it)")  # fmt: skip
+    console.print(f"  use it with: --set model_path={report.remote_path}  (or vision_tower= / language_model=)")
+
+
 env_app = typer.Typer(
     help="The job environment: a Python with torch >= 2.6 (FSDP2), accelerate and transformers on the cluster.",
     no_args_is_help=True,
