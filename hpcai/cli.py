@@ -292,6 +292,14 @@ def submit(
     run_id: RunIdOpt = None,
     run_dir: RunDirOpt = None,
     from_run: FromOpt = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            "--stages",
+            help="Several stages as one pipeline, e.g. pretrain,finetune: each starts from the previous one's "
+            "exported model; its job is submitted by the previous stage's job when that completes.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the script `render` would, submit nothing.")
     ] = False,
@@ -309,6 +317,15 @@ def submit(
     """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the plan, submit nothing)."""
     from hpcai.plan import execute, plan_submit
 
+    if stages is not None:
+        if stage is not None or from_run is not None or run_dir is not None or run_id is not None:
+            raise HpcaiError("--stages: give the stages there, without --stage, --from, --run-dir or --run-id.")
+        common = dict(nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
+                      partition=partition, qos=qos, account=account, name=name, container=container, env=env,
+                      set_=set_)  # fmt: skip
+        _submit_pipeline(workload, cluster, stages, common, dry_run=dry_run, json_out=json_out,
+                         force_budget=force_budget, preflight=not no_preflight)  # fmt: skip
+        return
     overrides = _overrides(
         workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
         partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
@@ -342,6 +359,55 @@ def submit(
         elif budget["note"] and budget["note"].startswith("budget not checked"):
             error_console.print(f"[yellow]{budget['note']}[/yellow]")
         console.print(result["run_id"])
+
+
+def _submit_pipeline(
+    workload: str, cluster: str | None, stages: str, common: dict[str, Any], *, dry_run: bool, json_out: bool,
+    force_budget: bool, preflight: bool,
+) -> None:  # fmt: skip
+    """`--stages a,b,...`: run a now; b is recorded WAITING with model_path = a's export, and a's job
+    submits it when a completes (and so on)."""
+    from hpcai.plan import execute, execute_waiting, plan_submit
+
+    names = [n.strip() for n in stages.split(",") if n.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise HpcaiError(f"--stages: give two or more different stages, comma-separated (e.g. pretrain,finetune), "
+                         f"not '{stages}'.")  # fmt: skip
+    plans = []
+    previous_dir: str | None = None
+    for number, name in enumerate(names):
+        assignments = list(common["set_"] or ())
+        if previous_dir is not None:
+            if any(a.split("=", 1)[0].strip() == "model_path" for a in assignments):
+                raise HpcaiError("--stages with --set model_path: the later stages start from the earlier ones' "
+                                 "models; give model_path to a single --stage run instead.")  # fmt: skip
+            assignments.append(f"model_path={previous_dir}/model")
+        overrides = _overrides(workload, **{**common, "set_": assignments}, stage=name, run_id=None, run_dir=None)
+        plan = plan_submit(workload, cluster, overrides)
+        if number == 0 and "model_path" not in plan.rendered.workload.spec.parameters:
+            raise HpcaiError(f"--stages: workload '{workload}' takes no model_path, so a stage cannot start from "
+                             "the previous one's model.")  # fmt: skip
+        plans.append(plan)
+        previous_dir = plan.rendered.job.run_dir.rstrip("/")
+    if dry_run:
+        if json_out:
+            print_json([p.to_json() for p in plans])
+            return
+        for plan in plans:
+            console.print(f"# ---- stage {plan.rendered.job.stage}: run {plan.rendered.job.run_id} ----", markup=False)
+            console.print(plan.rendered.script, markup=False, highlight=False)
+        return
+    first = execute(plans[0], force_budget=force_budget, show_progress=not json_out, preflight=preflight)
+    first.pop("budget")
+    results = [first]
+    for plan in plans[1:]:
+        results.append(execute_waiting(plan, after=results[-1]["run_id"], show_progress=not json_out))
+    if json_out:
+        print_json({"pipeline": results})
+        return
+    for result in results:
+        after = f"waits for {result['after']}" if result.get("after") else f"job {result['job_id']}"
+        console.print(f"{result['run_id']}  ({after})")
 
 
 data_app = typer.Typer(help="Data sets for the workloads.", no_args_is_help=True)

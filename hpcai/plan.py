@@ -168,6 +168,21 @@ def execute(
     return {**submitted, "budget": budget, "preflight": checked, "staged": [a.to_json() for a in plan.staging]}
 
 
+def execute_waiting(plan: SubmitPlan, *, after: str, show_progress: bool = True) -> dict[str, Any]:
+    """A pipeline's later stage: staged like any run (cheap: the same code is already there), then recorded
+    WAITING for run `after`, whose job submits it (hpcai.runs.submission.record_waiting_run)."""
+    from hpcai.runs.submission import record_waiting_run
+    from hpcai.stage_service import StageItem, stage_paths
+    from hpcai.store import Store
+
+    job = plan.rendered.job
+    if plan.staging:
+        items = [StageItem(a.local, a.keep_name) for a in plan.staging]
+        stage_paths(job.cluster, items, filesystem=plan.filesystem, show_progress=show_progress, account=job.account)
+    store = Store()
+    return record_waiting_run(plan.rendered, store.run(after), store)
+
+
 def _preflight(plan: SubmitPlan) -> dict[str, Any]:
     from hpcai.preflight import JobEnvironment, require_preflight, run_preflight
 

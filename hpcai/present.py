@@ -156,7 +156,13 @@ def show_workload(workload: Workload) -> None:
     console.print(f"outputs: metrics {spec.outputs.metrics}, checkpoints {spec.outputs.checkpoints}/")
 
 
-_STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SUBMITTING": "yellow"}
+_STATE_STYLE = {
+    "COMPLETED": "green",
+    "RUNNING": "cyan",
+    "PENDING": "yellow",
+    "SUBMITTING": "yellow",
+    "WAITING": "yellow",
+}
 
 
 def _elapsed(seconds: float | None) -> str:

@@ -31,6 +31,7 @@ from hpcai.jobenv import setup_lines
 from hpcai.jobspec import JobSpec
 from hpcai.paths import data_dir
 from hpcai.profiles import ClusterProfile
+from hpcai.rundir import JOB_ID_FILE, NEXT_STAGE_FILE
 from hpcai.runtime.watchdog import HANGS_DIR
 from hpcai.schedulers import script_fragments
 from hpcai.shellquote import Expr, join, quote, quote_with_variables
@@ -264,6 +265,8 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "exit_node_failed": EXIT_NODE_FAILED,
         "recovery_command": _recovery_command(job, profile),
         "emulated": profile.launch.emulate_nodes,
+        "next_stage_file": NEXT_STAGE_FILE,
+        "job_id_file": JOB_ID_FILE,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")
     return template.render(context)

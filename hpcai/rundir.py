@@ -24,6 +24,7 @@ from hpcai.runtime.failure import ERRORS_DIR
 ATTEMPTS_LOG = "attempts.jsonl"  # start/end/requeue/rollback/submitted events, written by the job script
 METRICS_LOG = "metrics.jsonl"  # one line per step, written by the runtime (rank 0)
 JOB_ID_FILE = "job_id"  # the job writes its own id first thing
+NEXT_STAGE_FILE = "next_stage"  # a pipeline's next run directory: submitted by this run's job when it completes
 SPEC_FILE = "spec.json"  # the resolved job, written at submit
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
@@ -51,6 +52,10 @@ class RunDir:
     @property
     def attempts(self) -> str:
         return self.path(ATTEMPTS_LOG)
+
+    @property
+    def next_stage(self) -> str:
+        return self.path(NEXT_STAGE_FILE)
 
     @property
     def job_id(self) -> str:

@@ -32,6 +32,17 @@ def cancel_run(store: Store, run_id: str) -> dict[str, Any]:
     attempt = store.attempts(run.id)[-1]
     if JobState(attempt.state).terminal:
         return {"run_id": run.id, "cancelled": False, "state": attempt.state, "message": "already finished"}
+    if attempt.job_id is None and attempt.state == JobState.WAITING.value:
+        # a pipeline stage not submitted yet: the previous stage's job must no longer submit it
+        from hpcai.rundir import RunDir
+        from hpcai.runs.submission import WAITS_FOR
+
+        previous = next((e.message for e in store.events(run.id) if e.kind == WAITS_FOR), None)
+        if previous is not None:
+            backends.get(run.cluster).transport.run(["rm", "-f", "--", RunDir(store.run(previous).run_dir).next_stage])
+        store.update_attempt(run.id, attempt.number, state=JobState.CANCELLED.value, reason="cancelled while waiting")
+        store.add_event(run.id, "cancel", "cancelled before its job was submitted")
+        return {"run_id": run.id, "cancelled": True, "job_id": None, "state": JobState.CANCELLED.value}
     if attempt.job_id is None:
         raise HpcaiError(
             f"run {run.id}: its job id is not known yet (submission in progress). Try again in a few seconds."

@@ -398,6 +398,9 @@ def _reconcile_lost_submissions(
             store.update_attempt(run.id, attempt.number, job_id=job_id, state=JobState.PENDING.value)
             store.add_event(run.id, "reconciled", f"found job {job_id} that the submitting CLI did not record")
             attempt = store.attempts(run.id)[attempt.number - 1]
+        elif attempt.job_id is None and attempt.state == JobState.WAITING.value:
+            if _waiting_stage_ended(store, run, attempt):
+                continue
         elif attempt.job_id is None and time.time() - attempt.submitted > LOST_SUBMISSION_S:
             store.update_attempt(
                 run.id,
@@ -408,3 +411,34 @@ def _reconcile_lost_submissions(
             continue
         result.append((run, attempt))
     return result
+
+
+def _waiting_stage_ended(store: Store, run: Run, attempt: Attempt) -> bool:
+    """A pipeline stage whose job the previous stage's job submits: it ends when that stage ended any other
+    way than COMPLETED, or completed without submitting it (after LOST_SUBMISSION_S)."""
+    from hpcai.runs.submission import WAITS_FOR
+
+    events = store.events(run.id)
+    previous = next((e.message for e in events if e.kind == WAITS_FOR), None)
+    if previous is None:
+        return False
+    latest = store.attempts(previous)[-1]
+    state = JobState(latest.state)
+    if not state.terminal:
+        return False
+    if state is not JobState.COMPLETED:
+        reason = f"not started: the previous stage, run {previous}, ended {state.value}"
+        store.update_attempt(run.id, attempt.number, state=JobState.CANCELLED.value, reason=reason)
+        store.add_event(run.id, "pipeline", f"previous stage {previous} ended {state.value}")
+        return True
+    noticed = next((e.time for e in events if e.kind == "previous-completed"), None)
+    if noticed is None:
+        store.add_event(run.id, "previous-completed", previous)
+    elif time.time() - noticed > LOST_SUBMISSION_S:
+        reason = (
+            f"run {previous} completed but its job did not submit this stage; submit it by hand: "
+            f"hpcai submit {run.workload} --stage {run.stage} --from {previous}"
+        )
+        store.update_attempt(run.id, attempt.number, state=JobState.FAILED.value, reason=reason)
+        return True
+    return False

@@ -97,3 +97,44 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
     store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")
     return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
+
+
+WAITS_FOR = "waits-for"  # the event naming a pipeline stage's previous run (its message is that run's id)
+
+
+def record_waiting_run(rendered: RenderedJob, after: Run, store: Store | None = None) -> dict[str, Any]:
+    """A pipeline's later stage: checked and written like any run, recorded as WAITING, and named in the
+    previous run's directory so that run's job submits it when it completes (see the job script). Its
+    `model_path` is what the previous stage will export, so only that input may be missing now."""
+    store = store or Store()
+    job = rendered.job
+    backend = Session.current().get(job.cluster)
+    produced = f"{after.run_dir.rstrip('/')}/model"
+    inputs = {
+        key: str(job.parameters[key])
+        for key in rendered.workload.spec.path_parameters()
+        if str(job.parameters.get(key, "")).startswith("/") and str(job.parameters[key]) != produced
+    }
+    store.check_run_id_free(job.run_id)
+    check_target(backend.transport, job.run_dir, inputs)
+    run = Run(
+        id=job.run_id, workload=job.workload, cluster=job.cluster, stage=job.stage, run_dir=job.run_dir,
+        spec=job.model_dump(), created=time.time(), state=JobState.WAITING.value,
+    )  # fmt: skip
+    store.create_run_checked(run)
+    store.add_event(run.id, WAITS_FOR, after.id)
+    store.update_attempt(run.id, 1, reason=f"waits for run {after.id} ({after.stage or after.workload}) to complete")
+    transport = backend.transport
+    try:
+        transport.makedirs(RunDir(job.run_dir).logs)
+        transport.write_text(RunDir(job.run_dir).script, rendered.script, mode=0o755)
+        transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n")
+        transport.write_text(RunDir(after.run_dir).next_stage, job.run_dir + "\n")
+    except OSError as exc:
+        reason = f"{exc.strerror or exc} ({exc.filename or job.run_dir})"
+        store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {reason}")
+        raise EnvironmentFailure(
+            f"submit: writing the pipeline's next stage failed: {reason}. Run {after.id} was submitted; submit the "
+            f"next stage by hand once it completes: hpcai submit {job.workload} --stage {job.stage} --from {after.id}"
+        ) from None
+    return {"run_id": run.id, "job_id": None, "cluster": job.cluster, "run_dir": job.run_dir, "after": after.id}

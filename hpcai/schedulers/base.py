@@ -14,6 +14,7 @@ from hpcai.transport.base import CommandResult, Transport
 
 class JobState(StrEnum):
     SUBMITTING = "SUBMITTING"  # recorded before the scheduler was asked; the job id may be unknown
+    WAITING = "WAITING"  # a pipeline's later stage: its job is submitted by the previous stage's job when it completes
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     COMPLETING = "COMPLETING"

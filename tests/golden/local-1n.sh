@@ -204,4 +204,23 @@ elif [ "$rc" -eq 87 ]; then
   hpcai_event gave_up "$rc"
   echo "hpcai: the spike guard gave up; see $HPCAI_RUN_DIR/GAVE_UP.json" >&2
 fi
+if [ "$rc" -eq 0 ] && [ -s "$HPCAI_RUN_DIR/next_stage" ]; then
+  # A pipeline (`submit --stages`): this stage completed, so the next one's job goes in now. Submitting it
+  # here rather than with a scheduler dependency (afterok) survives what replaces this stage's job on
+  # the way: a requeue under a new id, a resubmission without a failed node.
+  hpcai_next_dir=$(head -n 1 "$HPCAI_RUN_DIR/next_stage")
+  hpcai_submit_stage() {
+    # the scheduler's usual submission, of the next stage's script in its own run directory
+    local -x HPCAI_RUN_DIR="$1"
+    cd "$HPCAI_RUN_DIR" && <python> -m hpcai.schedulers.local "$HPCAI_RUN_DIR/job.sh" "$HPCAI_RUN_DIR" 3600
+  }
+  if hpcai_next=$(hpcai_submit_stage "$hpcai_next_dir"); then
+    hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
+    printf '%s\n' "$hpcai_next" > "$hpcai_next_dir/job_id"
+    printf '{"event": "next_stage", "job_id": "%s", "run_dir": "%s", "after": "%s", "time": "%s"}\n' \
+      "$hpcai_next" "$hpcai_next_dir" "$HPCAI_JOB_ID" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$HPCAI_RUN_DIR/attempts.jsonl"
+  else
+    echo "hpcai: could not submit the pipeline's next stage ($hpcai_next_dir); submit it with: hpcai resume RUN" >&2
+  fi
+fi
 exit "$rc"

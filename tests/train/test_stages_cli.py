@@ -53,3 +53,70 @@ def test_from_refuses_what_cannot_work(isolated_hpcai: Path) -> None:
     both = run_cli("render", "clip", "--from", clip_run, "--set", "model_path=/x")
     assert both.returncode == 2 and "give one of them" in both.stderr
     wait_terminal(Store(), clip_run, timeout=300)
+
+
+def test_stages_run_as_one_pipeline_submitted_by_the_first_stage(isolated_hpcai: Path) -> None:
+    """`--stages pretrain,finetune`: stage 1 queued now, stage 2 WAITING; stage 1's job submits stage 2
+    when it completes; stage 2 starts from stage 1's export; `status` follows both."""
+    result = run_cli("submit", "llava", "--stages", "pretrain,finetune", *SHORT, "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)["pipeline"]
+    assert first["job_id"] and second["job_id"] is None and second["after"] == first["run_id"]
+    store = Store()
+    waiting = run_cli("status", second["run_id"], "--json")
+    assert waiting.returncode == 0 and "WAITING" in waiting.stdout, waiting.stdout
+    assert wait_terminal(store, first["run_id"], timeout=300).state == "COMPLETED"
+    view = wait_terminal(store, second["run_id"], timeout=300)
+    assert view.state == "COMPLETED", view
+    one, two = Path(first["run_dir"]), Path(second["run_dir"])
+    assert (two / "model" / "config.json").is_file()
+    assert f"--model_path {one / 'model'}" in (two / "job.sh").read_text()
+    events = [json.loads(line) for line in (one / "attempts.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "next_stage" and e["run_dir"] == str(two) for e in events), events
+    assert losses(two)[0] < losses(one)[0] * 0.9  # stage 2 begins with stage 1's projector
+
+
+def test_a_pipeline_stops_where_a_stage_does_not_complete(isolated_hpcai: Path) -> None:
+    result = run_cli("submit", "llava", "--stages", "pretrain,finetune", "--set", "max_steps=500",
+                     "--set", "samples=64", "--json", timeout=180)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)["pipeline"]
+    store = Store()
+    cancelled = run_cli("cancel", first["run_id"], "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert wait_terminal(store, first["run_id"], timeout=120).state == "CANCELLED"
+    view = wait_terminal(store, second["run_id"], timeout=60)
+    assert view.state == "CANCELLED"
+    detail = json.loads(run_cli("status", second["run_id"], "--json").stdout)
+    assert f"run {first['run_id']}, ended CANCELLED" in json.dumps(detail)
+    assert not (Path(second["run_dir"]) / "job_id").exists()  # never submitted
+
+
+def test_cancelling_a_waiting_stage_takes_it_out_of_the_pipeline(isolated_hpcai: Path) -> None:
+    result = run_cli("submit", "llava", "--stages", "pretrain,finetune", *SHORT, "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)["pipeline"]
+    assert (Path(first["run_dir"]) / "next_stage").read_text().strip() == second["run_dir"]
+    cancelled = run_cli("cancel", second["run_id"], "--json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancelled"], cancelled.stderr
+    assert not (Path(first["run_dir"]) / "next_stage").exists()
+    store = Store()
+    assert wait_terminal(store, first["run_id"], timeout=300).state == "COMPLETED"
+    assert wait_terminal(store, second["run_id"], timeout=30).state == "CANCELLED"
+    assert not (Path(second["run_dir"]) / "job_id").exists()
+
+
+@pytest.mark.usefixtures("slurm_cluster", "isolated_hpcai")
+def test_a_pipeline_on_slurm_the_first_job_sbatches_the_second() -> None:
+    result = run_cli("submit", "llava", "-c", "local-slurm", "--stages", "pretrain,finetune", *SHORT, "--json",
+                     timeout=180)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)["pipeline"]
+    store = Store()
+    assert wait_terminal(store, first["run_id"], timeout=400).state == "COMPLETED"
+    view = wait_terminal(store, second["run_id"], timeout=400)
+    assert view.state == "COMPLETED", view
+    two = Path(second["run_dir"])
+    job = (two / "job_id").read_text().strip()
+    assert job.isdigit() and list((two / "logs").glob(f"slurm-{job}.out"))  # its own job, its own logs
+    assert (two / "model" / "config.json").is_file()
