@@ -32,11 +32,16 @@ class Encoded:
 def messages_of(record: dict[str, Any]) -> list[dict[str, str]]:
     """LLaVA's `conversations` ({"from": "human"|"gpt", "value"}) as chat messages."""
     messages = []
-    for turn in record["conversations"]:
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"sample {record.get('id') if isinstance(record, dict) else record!r}: no conversations list")
+    for turn in turns:
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise ValueError(f'sample {record.get("id")}: a turn is not {{"from": ..., "value": "text"}}')
         role = ROLES.get(str(turn.get("from", "")).lower())
         if role is None:
             raise ValueError(f"sample {record.get('id')}: turn from {turn.get('from')!r} (expected human or gpt)")
-        messages.append({"role": role, "content": str(turn["value"])})
+        messages.append({"role": role, "content": turn["value"]})
     return messages
 
 

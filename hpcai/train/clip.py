@@ -196,6 +196,10 @@ def load_pairs(data: Path) -> list[Pair]:
                     pairs.append(Pair(images / str(record["image"]), str(record["caption"])))
                 except (ValueError, KeyError, TypeError) as exc:
                     raise SystemExit(f"--data {path}, line {number}: not an image-text pair ({exc})") from None
+    looked = [p.image for p in pairs[:8] if isinstance(p.image, Path)]
+    if looked and not any(path.is_file() for path in looked):
+        raise SystemExit(f"--data {data}: none of the first pairs' images is there (e.g. {looked[0]}); images are "
+                         f"read from {images}: put them in an images/ folder beside the JSONL")  # fmt: skip
     return pairs
 
 

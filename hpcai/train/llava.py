@@ -112,6 +112,7 @@ class LlavaTask:
     examples: list[Example]
     z_loss_weight: float
     max_length: int = 2048
+    unusable: int = 0  # samples left out so far (in this process)
 
     def __post_init__(self) -> None:
         model = self.parts.model
@@ -146,16 +147,28 @@ class LlavaTask:
     def lengths(self) -> list[int]:
         return [e.length for e in self.examples]
 
-    def encoded(self, example: Example) -> Encoded:
+    def make(self, example: Example) -> tuple[Encoded, torch.Tensor | None]:
+        """One sample's ids, labels and image. A sample that cannot be made -- its image would be cut, its
+        image file is missing or unreadable, its conversation is malformed -- teaches nothing (one padding
+        token, no label) and is named on the job's output, rather than ending a run hours in."""
         p = self.parts
-        result = encode(example.record, p.tokenizer, p.image_token_id, p.image_tokens, self.max_length)
-        if result is None:  # its image would be cut (the estimate let it through): it teaches nothing
-            return Encoded([int(p.tokenizer.pad_token_id)], [IGNORE], 0)
-        return result
+        empty = Encoded([int(p.tokenizer.pad_token_id)], [IGNORE], 0)
+        try:
+            result = encode(example.record, p.tokenizer, p.image_token_id, p.image_tokens, self.max_length)
+            if result is None:
+                return empty, None
+            pixels = p.transform.pixels(example.image) if result.images and example.image is not None else None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.unusable += 1
+            if self.unusable <= 5:
+                name = example.record.get("id", "?") if isinstance(example.record, dict) else "?"
+                print(f"hpcai: sample {name} left out: {str(exc).splitlines()[0][:300]}", flush=True)
+            return empty, None
+        return result, pixels
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        chosen = [self.examples[i] for i in indices]
-        samples = [self.encoded(e) for e in chosen]
+        made = [self.make(self.examples[i]) for i in indices]
+        samples = [sample for sample, _ in made]
         width = max(len(s.input_ids) for s in samples)
         pad = int(self.parts.tokenizer.pad_token_id)
         ids = torch.full((len(samples), width), pad, dtype=torch.long)
@@ -168,9 +181,7 @@ class LlavaTask:
             mask[row, :n] = 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         # one image per sample that has one, in order; text-only samples have none
-        images = [
-            self.parts.transform.pixels(e.image) for e, s in zip(chosen, samples, strict=True) if s.images and e.image
-        ]
+        images = [pixels for _, pixels in made if pixels is not None]
         if images:
             batch["pixel_values"] = torch.stack(images)
         return batch
@@ -249,12 +260,19 @@ def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Exampl
             examples.append(Example(record, image, estimated_length(record, parts.image_tokens)))
     if not examples:
         raise SystemExit(f"--data {data}: no sample")
-    # The template and roles are checked on the first samples here, not after a queue wait in a worker.
+    # The template, the roles and where the images are: checked on the first samples here, not found out
+    # in the workers after a queue wait (there, one bad sample is left out, named, and training goes on).
     for example in examples[:8]:
         try:
             encode(example.record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length)
         except (KeyError, TypeError, ValueError) as exc:
             raise SystemExit(f"--data {data}: {exc}") from None
+    looked = [e.image for e in examples[:8] if e.image is not None]
+    if looked and not any(path.is_file() for path in looked):
+        raise SystemExit(
+            f"--data {data}: none of the first samples' images is there (e.g. {looked[0]}); images are read from "
+            f"{images}: put them in an images/ folder beside the JSON, or give the folder that holds both"
+        )
     return examples
 
 

@@ -212,3 +212,28 @@ def test_two_stages_export_a_model_transformers_loads_and_generates_with(tmp_pat
         loss = float(task.step(exported.model, task.collate(list(range(16))),
                                SimpleNamespace(autocast=nullcontext)).loss)  # fmt: skip
     assert loss < statistics.mean(two[:5]) and abs(loss - statistics.mean(two[-5:])) < 0.5, (loss, two[-5:])
+
+
+def test_a_bad_sample_is_left_out_and_named_and_missing_images_are_caught_at_start(
+    parts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hpcai.train.llava import LlavaTask, load_examples
+
+    synth_llava(tmp_path, samples=12)
+    records = json.loads((tmp_path / "conversations.json").read_text())
+    records[9]["conversations"][1] = {"from": "gpt", "value": None}  # malformed, past the checked first 8
+    records[10]["image"] = "gone.png"  # its file is missing
+    (tmp_path / "conversations.json").write_text(json.dumps(records))
+    p = composed(parts)
+    task = LlavaTask(p, [], load_examples(tmp_path, p, 2048), 0.0)
+    batch = task.collate(list(range(12)))
+    assert batch["pixel_values"].shape[0] == 10 and task.unusable == 2  # the other 10 samples are intact
+    assert bool((batch["labels"][9:11] == IGNORE).all())
+    out = capsys.readouterr().out
+    assert "sample synth-000009 left out" in out and "sample synth-000010 left out" in out
+
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    (wrong / "data.json").write_text(json.dumps(records))
+    with pytest.raises(SystemExit, match="none of the first samples' images is there"):
+        load_examples(wrong, p, 2048)
