@@ -80,9 +80,19 @@ def run(command: list[str], *, run_dir: Path, node_rank: int, k: float, floor: f
     stopped = threading.Event()
 
     def forward(signum: int, _frame: object) -> None:
+        first = not stopped.is_set()
         stopped.set()  # told to stop from outside (srun after another task failed, scancel, walltime)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(launcher.pid, signum)
+        if first:
+            # Said at once: srun's SIGKILL follows its SIGTERM within KillWait (often seconds), sooner than a
+            # launcher with data workers may take to stop, and a task with no end record reads as a node
+            # that died. The record below is replaced by the full one if the agent lives that long.
+            with contextlib.suppress(OSError):
+                _write(base.with_suffix(".json"), {**identity, "event": "node_end", "rc": 128 + signum,
+                                                   "stopped": True, "hang": False, "provisional": True,
+                                                   "last_step": _last_step(read_heartbeats(beats_dir)),
+                                                   "time": time.time()})  # fmt: skip
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)

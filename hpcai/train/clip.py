@@ -27,7 +27,7 @@ from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import common_parser, data_dir, train_config
 from hpcai.train.images import ImageTransform
 from hpcai.train.losses import MAX_LOGIT_SCALE, gather, infonce_loss, sigmoid_loss
-from hpcai.train.parts import tiny_clip
+from hpcai.train.parts import parts_cache, tiny_clip
 from hpcai.train.shards import Member, ShardError, image_text_samples, shard_files
 
 # Presets built locally: (architecture, shape). `vit-b16`: CLIP/SigLIP base shapes for GPU benchmarks.
@@ -219,7 +219,7 @@ def load_model(args: Any) -> tuple[Any, Any, Any, bool]:
             )
     elif args.preset in PRESETS:
         kind, shape = PRESETS[args.preset]
-        folder, pretrained = tiny_clip(Path(args.run_dir) / "parts", kind, args.seed, shape, args.preset), False
+        folder, pretrained = tiny_clip(parts_cache(), kind, args.seed, shape, args.preset), False
     else:
         raise SystemExit(f"--preset: unknown '{args.preset}'; choose one of {', '.join(PRESETS)}")
     model = AutoModel.from_pretrained(folder, dtype=_torch.float32)

@@ -24,7 +24,7 @@ from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
 from hpcai.train.chat import IGNORE, Encoded, encode
 from hpcai.train.compose import LlavaParts, PartError, compose, export_llava, from_preset, load_llava
-from hpcai.train.parts import corpus, tiny_llava_parts
+from hpcai.train.parts import corpus, parts_cache, tiny_llava_parts
 
 # Tiny parts built locally in the real formats (vision tower, LM): (vision kind, LM family).
 TINY: dict[str, tuple[str, str]] = {"tiny": ("clip", "llama"), "tiny-siglip": ("siglip", "qwen2"),
@@ -56,7 +56,7 @@ def load_parts(args: Any) -> LlavaParts:
             return compose(Path(args.vision_tower), Path(args.language_model))
         if args.preset in TINY:
             vision, lm = TINY[args.preset]
-            tower, language = tiny_llava_parts(Path(args.run_dir) / "parts", vision, lm, seed=args.seed)
+            tower, language = tiny_llava_parts(parts_cache(), vision, lm, seed=args.seed)
             return compose(tower, language)
         if args.preset in PRESETS:
             return from_preset(PRESETS[args.preset], corpus(args.seed))

@@ -186,6 +186,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     complete one wins the rename, so nobody reads a half-written folder."""
     if target.exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     mine = target.parent / f".{target.name}-{os.getpid()}"
     shutil.rmtree(mine, ignore_errors=True)
     mine.mkdir(parents=True)
@@ -197,14 +198,27 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
+PARTS_VERSION = 1  # bump when what the builders make changes: cached folders of another version are not used
+
+
+def parts_cache() -> Path:
+    """Where tiny parts are kept between runs (they are deterministic for a seed): $HPCAI_PARTS_CACHE, else
+    $XDG_CACHE_HOME/hpcai/parts (~/.cache/...). Every run built its own before: seconds of CPU per rank."""
+    configured = os.environ.get("HPCAI_PARTS_CACHE")
+    base = Path(configured) if configured else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "hpcai" / "parts"
+    return base.expanduser() / f"v{PARTS_VERSION}"
+
+
 def tiny_llava_parts(root: Path, vision: str, lm: str, seed: int = 0) -> tuple[Path, Path]:
     """Tiny vision tower and LM folders under `root` (built once): (vision_tower, language_model)."""
     texts = corpus(seed)
     tower = build_once(root / f"vision-{vision}", lambda d: build_vision(d, vision))
-    language = build_once(root / f"lm-{lm}", lambda d: build_lm(d, lm, texts, seed))
+    language = build_once(root / f"lm-{lm}-seed{seed}", lambda d: build_lm(d, lm, texts, seed))
     return tower, language
 
 
 def tiny_clip(root: Path, kind: str, seed: int = 0, shape: dict[str, Any] | None = None, name: str = "") -> Path:
     """A tiny (or `shape`d) CLIPModel/SiglipModel folder under `root`, built once."""
-    return build_once(root / (name or f"{kind}-model"), lambda d: build_clip(d, kind, corpus(seed), shape))
+    return build_once(
+        root / f"{name or kind + '-model'}-seed{seed}", lambda d: build_clip(d, kind, corpus(seed), shape)
+    )
