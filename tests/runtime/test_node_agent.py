@@ -75,3 +75,34 @@ def test_a_killed_agent_leaves_no_end_record(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 0
     _, end = records(tmp_path)
     assert end is not None and end["hang"] is False
+
+
+SLOW_TO_STOP = """
+import os, signal, sys, time
+from pathlib import Path
+signal.signal(signal.SIGTERM, lambda *_: None)  # a launcher whose teardown outlasts srun's KillWait
+folder = Path(os.environ["HPCAI_HEARTBEAT_DIR"])
+folder.mkdir(parents=True, exist_ok=True)
+(folder / "rank-0.json").write_text('{"pid": %d, "rank": 0, "phase": "step", "step": 7, "step_s": 0.1, "time": %f}'
+                                    % (os.getpid(), time.time()))
+Path(sys.argv[1]).write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_a_task_killed_soon_after_it_was_told_to_stop_is_still_marked_stopped(tmp_path: Path) -> None:
+    """srun sends SIGTERM, then SIGKILL after KillWait: the agent says it was stopped from outside before
+    its launcher has finished stopping, so the recovery does not read the task as a dead node."""
+    command = [sys.executable, "-m", "hpcai.runtime.node_agent", "--run-dir", str(tmp_path), "--node-rank", "1",
+               "--floor", "600", "--", sys.executable, "-c", SLOW_TO_STOP, str(tmp_path / "ready")]  # fmt: skip
+    env = {**os.environ, "HPCAI_JOB_ID": "77", "HPCAI_ATTEMPT": "2"}
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "ready").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the agent and its launcher, before the launcher stopped
+    proc.wait(timeout=30)
+    _start, end = records(tmp_path)
+    assert end is not None and end["stopped"] is True and end["provisional"] is True and end["last_step"] == 7
