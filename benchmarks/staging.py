@@ -1,9 +1,12 @@
 """Staging against a real sshd on 127.0.0.1, side by side with rsync in one run:
 1. time to stage 1 GB (one file): hpcai / rsync ratio (hpcai with its rsync fast path, and SFTP only);
-2. time for a no-op re-stage of 10,000 small files: hpcai / rsync ratio.
+2. time for a no-op re-stage of 10,000 small files: hpcai / rsync ratio;
+3. a data set of many small files (50,000 x 20 KB = 1 GB): rsync, hpcai's first stage, and
+   `hpcai stage --pack` (packing included), with the number of files each creates on the target.
 
 Starts its own sshd (tests/infra/sshd.sh) on a free port; needs openssh-server and rsync.
-Run: python benchmarks/staging.py [--size-mb 1024] [--files 10000]
+Run: python benchmarks/staging.py [--size-mb 1024] [--files 10000] [--pack-files 50000 --pack-kb 20]
+(--only pack runs part 3 alone)
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--pack-files", type=int, default=50_000)
+    parser.add_argument("--pack-kb", type=int, default=20)
+    parser.add_argument("--only", choices=["all", "pack"], default="all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -67,8 +73,11 @@ def main() -> None:
                 subprocess.run(["rsync", "-a", "-e", " ".join(ssh), str(path), destination], check=True)
 
             (root / "remote").mkdir()
-            for name in ("rsync-big", "rsync-small"):
+            for name in ("rsync-big", "rsync-small", "rsync-many"):
                 (root / "remote" / name).mkdir()
+            if args.only == "pack":
+                many_files(root, args, ssh, config, rsync, hpcai_stage)
+                return
             t_rsync = timed(lambda: rsync(big, "rsync-big"))
             t_hpcai = timed(lambda: hpcai_stage(big, "store-fast", True))
             t_sftp = timed(lambda: hpcai_stage(big, "store-sftp", False))
@@ -83,9 +92,49 @@ def main() -> None:
             print(f"no-op re-stage of {args.files} small files:")
             print(f"  rsync                  {n_rsync:7.2f} s")
             print(f"  hpcai                  {n_hpcai:7.2f} s  ratio hpcai/rsync {n_hpcai / n_rsync:.2f}")
+            many_files(root, args, ssh, config, rsync, hpcai_stage)
         finally:
             subprocess.run([str(REPO / "tests/infra/sshd.sh"), "stop", str(root / "sshd")], env=env)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def many_files(root: Path, args: argparse.Namespace, ssh: list[str], config: Path, rsync, hpcai_stage) -> None:  # type: ignore[no-untyped-def]
+    """Part 3: many small files, plain and packed, against rsync."""
+    from hpcai.staging import HashCache, Stager
+    from hpcai.staging.pack import pack
+    from hpcai.transport.ssh import SshTransport
+
+    many = root / "many"
+    for i in range(args.pack_files):
+        folder = many / "images" / f"{i // 1000:03d}"
+        if i % 1000 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{i:06d}.jpg").write_bytes(os.urandom(args.pack_kb << 10))
+    (many / "data.json").write_text("[]")
+    total_mb = args.pack_files * args.pack_kb / 1024
+
+    def packed_stage() -> None:
+        packed = pack(many, cache=root / "pack-cache")
+        transport = SshTransport("hpcai-test", config_path=config)
+        Stager(transport, str(root / "remote" / "store-packed"), rsync_target="hpcai-test:",
+               rsync_ssh=ssh).stage(packed.folder, HashCache(root / "hashes-packed.json"))  # fmt: skip
+        transport.close()
+
+    def count(path: Path) -> int:
+        return sum(1 for p in path.rglob("*") if p.is_file())
+
+    t_rsync = timed(lambda: rsync(many, "rsync-many"))
+    t_plain = timed(lambda: hpcai_stage(many, "store-many", True))
+    t_pack = timed(packed_stage)
+    files = args.pack_files + 1
+    print(f"first stage of {args.pack_files} files of {args.pack_kb} KB ({total_mb:.0f} MB):")
+    print(f"  rsync                  {t_rsync:7.2f} s  {files} files on the target")
+    print(f"  hpcai                  {t_plain:7.2f} s  ratio hpcai/rsync {t_plain / t_rsync:.2f}")
+    packed_files = count(next((root / "pack-cache").iterdir()))
+    print(
+        f"  hpcai --pack           {t_pack:7.2f} s  ratio hpcai/rsync {t_pack / t_rsync:.2f}, {packed_files} files "
+        f"on the target ({100 * packed_files / files:.2f}% of rsync's)"
+    )
 
 
 if __name__ == "__main__":

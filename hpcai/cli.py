@@ -6,15 +6,12 @@ Nothing here imports torch, accelerate or transformers: `hpcai --help` must stay
 from __future__ import annotations
 
 import shlex
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from hpcai import __version__
 from hpcai.errors import EnvironmentFailure, HpcaiError
@@ -172,25 +169,17 @@ def _root(
 @clusters_app.command("list")
 def clusters_list(json_out: JsonOpt = False) -> None:
     """List the cluster profiles (shipped and your own)."""
-    from hpcai.profiles import load_all_profiles
+    from hpcai.profile_index import profile_summaries
 
-    profiles = load_all_profiles()
+    summaries = profile_summaries()
     if json_out:
-        print_json(
-            [
-                {
-                    "name": n,
-                    "scheduler": p.scheduler,
-                    "accelerator": p.accelerator,
-                    "description": p.description,
-                }
-                for n, p in profiles.items()
-            ]
-        )
+        print_json([{k: s[k] for k in ("name", "scheduler", "accelerator", "description")} for s in summaries])
         return
+    from rich.table import Table
+
     table = Table("cluster", "scheduler", "accelerator", "GPUs/node", "description")
-    for name, prof in profiles.items():
-        table.add_row(name, prof.scheduler, prof.accelerator, str(prof.node.gpus), prof.description)
+    for s in summaries:
+        table.add_row(s["name"], s["scheduler"], s["accelerator"], str(s["gpus_per_node"]), s["description"])
     console.print(table)
 
 
@@ -213,6 +202,8 @@ def clusters_show(
 @workloads_app.command("list")
 def workloads_list(json_out: JsonOpt = False) -> None:
     """List the workloads."""
+    from rich.table import Table
+
     from hpcai.workloads import load_workload, workload_names
 
     loaded = [load_workload(n) for n in workload_names()]
@@ -545,6 +536,8 @@ def env_check(
     On the login node by default; `--job` also submits a one-node job of a few seconds (the `envcheck`
     workload) that reports what a compute node sees, GPUs included. Exits 2 when jobs could not train
     with it, naming the fix."""
+    from rich.text import Text
+
     from hpcai.env_service import check_environment, check_in_job, require_ok
 
     result = check_environment(cluster, account=account, container=container, workload=workload)
@@ -569,6 +562,8 @@ def env_check(
 
 
 def _print_env_check(result: dict[str, object]) -> None:
+    from rich.text import Text
+
     console.print(f"{result['cluster']}: jobs use {result['environment']}")
     if not result["checked"]:
         console.print(Text.assemble(("warning:", "yellow"), f" not checked on the login node: {result['summary']}"))
@@ -595,6 +590,8 @@ def spikes_scan(
     """Run the spike detector over a finished (or anyone's) run and list what it would have flagged.
 
     Excursions that pass the statistics but stay below --floor are outliers: counted, not listed."""
+    from rich.table import Table
+
     from hpcai.monitor.history import read_history
     from hpcai.monitor.policy import RollbackPolicy, needs_rollback
     from hpcai.monitor.spikes import DetectorConfig, SpikeDetector
@@ -675,7 +672,7 @@ def status(
 
     rates = StepRate()
     max_steps: dict[str, int | None] = {}  # a run's spec does not change: read it once, not every poll
-    with Live(console=console, auto_refresh=False) as live:
+    with Live(console=console.real, auto_refresh=False) as live:
         while True:
             views, _ = run_status(store, run)
             now = time.monotonic()
@@ -759,15 +756,22 @@ def stage(
     follow_links: Annotated[
         bool, typer.Option("--follow-links", help="Stage what links pointing outside the folder point to.")
     ] = False,
+    pack: Annotated[
+        bool, typer.Option("--pack", help="Stage a folder of many small files as tar shards (+ its manifests).")
+    ] = False,
+    shard_size: Annotated[str, typer.Option("--shard-size", help="Target shard size with --pack.")] = "256M",
     json_out: JsonOpt = False,
 ) -> None:
     """Copy data, containers or code to the cluster: only what changed moves, resumable, verified."""
-    from hpcai.service import default_cluster
-    from hpcai.stage_service import stage_paths
+    from rich.text import Text
 
+    from hpcai.service import default_cluster
+    from hpcai.stage_service import parse_bytes, stage_paths
+
+    shard_bytes = parse_bytes(shard_size, option="--shard-size")
     reports = stage_paths(
         cluster or default_cluster(), paths, filesystem=to, show_progress=not json_out, verify=verify,
-        follow_links=follow_links,
+        follow_links=follow_links, pack=pack, shard_bytes=shard_bytes,
     )  # fmt: skip
     if json_out:
         print_json([r.to_json() for r in reports])
@@ -778,6 +782,9 @@ def stage(
         repaired = "; damaged or missing files repaired" if r.repaired else ""
         size = f"{r.bytes_total / 1e6:.1f} MB"
         console.print(f"{r.source} -> {r.remote_path} ({r.files} files{links}, {size}; {sent}{repaired})")
+        if r.packed is not None:
+            console.print(f"  packed: {r.packed['files_before']} files as {r.packed['shards']} shard(s) + manifests "
+                          f"({r.packed['files_after']} files on the cluster); pass data={r.remote_path}")  # fmt: skip
         for warning in r.warnings:
             console.print(Text.assemble(("warning:", "yellow"), f" {warning}"))
 
@@ -814,6 +821,31 @@ def resume(
             f"run {result['run_id']}: attempt {result['attempt']} submitted as job {result['job_id']}, "
             f"from {start}, LR x{result['lr_scale']:g}"
         )
+
+
+@app.command()
+def sync(
+    run: RunArg,
+    python: Annotated[
+        str | None, typer.Option("--python", help="Interpreter with wandb on the login node (default: the job's).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Upload a run's offline Weights & Biases runs (tracker=wandb) from the login node; only new ones."""
+    from contextlib import nullcontext
+
+    from hpcai.runs.sync import sync_run
+    from hpcai.store import Store
+
+    with console.status(f"wandb sync of run {run}...") if not json_out else nullcontext():
+        result = sync_run(Store(), run, python=python)
+    if json_out:
+        print_json(result)
+        return
+    for folder in result["synced"]:
+        console.print(f"uploaded {folder}")
+    if result["already_synced"]:
+        console.print(f"{len(result['already_synced'])} offline run(s) were uploaded before; not sent again")
 
 
 @app.command()
@@ -892,6 +924,9 @@ def nodes(
 
     A node is left out after one failure of its own (its task died with it, a device/NCCL/RCCL error) or
     two hangs, for 3 days from the failure; --clear forgets it sooner (after the site repaired it)."""
+    from rich.table import Table
+    from rich.text import Text
+
     from hpcai.nodes import exclusions
     from hpcai.profiles import resolve_alias
     from hpcai.store import Store
@@ -940,6 +975,12 @@ from hpcai.cli_onboarding import register as _register_onboarding  # noqa: E402 
 _register_onboarding(app)
 
 
+def _sqlite_error() -> type[Exception]:
+    import sqlite3
+
+    return sqlite3.Error
+
+
 def main() -> None:
     from hpcai.session import Session
 
@@ -955,7 +996,7 @@ def main() -> None:
     except HpcaiError as exc:
         print_error(str(exc))
         raise SystemExit(exc.exit_code) from None
-    except sqlite3.Error as exc:  # the store broke after it opened (disk full, file damaged meanwhile)
+    except _sqlite_error() as exc:  # the store broke after it opened (disk full, file damaged meanwhile)
         from hpcai.store import store_failure, store_path
 
         failure = store_failure(store_path(), exc)

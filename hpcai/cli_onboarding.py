@@ -6,9 +6,6 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.prompt import Confirm, Prompt
-from rich.table import Table
-from rich.text import Text
 
 from hpcai.errors import HpcaiError
 from hpcai.output import console, print_json
@@ -23,12 +20,16 @@ _MARK = {"pass": ("✔ pass", "green"), "warn": ("! warn", "yellow"), "fail": ("
 
 
 def _print_check(check: Any) -> None:
+    from rich.text import Text
+
     console.print(Text.assemble(_MARK[check.status], "  ", (f"{check.name:<11}", "bold"), f" {check.summary}"))
     if check.fix:
         console.print(Text.assemble(f"{'':19}", ("fix:", "cyan"), f" {check.fix}"))
 
 
 def _print_summary(checks: list[Any]) -> None:
+    from rich.text import Text
+
     failed = [c.name for c in checks if c.status == "fail"]
     if not failed:
         console.print("all checks passed.")
@@ -54,6 +55,8 @@ def doctor(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
 
 def _doctor_in_words(cluster: str) -> list[Any]:
     """Run the doctor, printing each check as it finishes, then the summary line."""
+    from rich.text import Text
+
     from hpcai.onboarding.doctor import run_doctor
 
     console.print(Text.assemble(("hpcai doctor", "bold"), f" for {cluster}"))
@@ -74,6 +77,9 @@ def budget(
     """What is left of your allocations, and what a job would cost.
 
     Runs the site's own accounting command (saldo, jutil, lumi-allocations, sbank) on the login node."""
+    from rich.table import Table
+    from rich.text import Text
+
     from hpcai.budget.query import find_allocation, job_cost, query_allocations
     from hpcai.profiles import load_profile, resolve_alias
     from hpcai.service import default_cluster
@@ -162,6 +168,9 @@ def onboard(
     Writes the ~/.ssh/config entry as a marked block (with a backup; your own lines are never touched) and
     config.toml (comments kept). In a terminal it asks for what the flags do not give; with --yes or --json
     it asks nothing."""
+    from rich.prompt import Confirm, Prompt
+    from rich.text import Text
+
     from hpcai.onboarding.onboard import OnboardRequest
     from hpcai.onboarding.onboard import onboard as do_onboard
     from hpcai.profiles import load_profile
@@ -173,10 +182,10 @@ def onboard(
         if choices and cluster is None and question == "Cluster":
             for name in choices:
                 console.print(f"  {name:<18} {load_profile(name).description}")
-        return Prompt.ask(question, default=default, choices=choices, console=console) or ""
+        return Prompt.ask(question, default=default, choices=choices, console=console.real) or ""
 
     def confirm(question: str, default: bool) -> bool:
-        return Confirm.ask(question, default=default, console=console)
+        return Confirm.ask(question, default=default, console=console.real)
 
     result = do_onboard(
         request,

@@ -188,4 +188,4 @@ def _spinner(show: bool, text: str) -> AbstractContextManager[Status | None]:
         return nullcontext()
     from hpcai.output import console
 
-    return console.status(text)
+    return console.real.status(text)

@@ -118,6 +118,10 @@ def _plan_staging(
         key, _, value = item.partition("=")
         path = Path(value).expanduser()
         if remote and key in STAGED_PARAMETERS and value and path.exists():
+            if key == "data" and profile.pack_data and path.is_dir():
+                from hpcai.staging.pack import pack
+
+                path = pack(path).folder  # the site caps files per project: shards, not one file per sample
             new_set.append(f"{key}={stage(key, path)}")
         else:
             new_set.append(item)
@@ -184,12 +188,13 @@ def execute_waiting(plan: SubmitPlan, *, after: str, show_progress: bool = True)
 
 
 def _preflight(plan: SubmitPlan) -> dict[str, Any]:
-    from hpcai.preflight import JobEnvironment, require_preflight, run_preflight
+    from hpcai.preflight import JobEnvironment, job_extras, require_preflight, run_preflight
 
     rendered = plan.rendered
     job = rendered.job
     backend = Session.current().get(job.cluster)
-    result = run_preflight(backend.transport, JobEnvironment.of(job, rendered.profile), rendered.workload)
+    environment = JobEnvironment.of(job, rendered.profile)
+    result = run_preflight(backend.transport, environment, rendered.workload, extras=job_extras(job.parameters))
     if not result.checked:
         Session.current().warn(f"pre-flight on {job.cluster} skipped: {result.summary}")
     require_preflight(result, job, rendered.workload)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,9 +75,14 @@ class PreflightResult:
                 "cached": self.cached}  # fmt: skip
 
 
-def requirements(workload: Workload) -> list[tuple[str, tuple[int, ...] | None]]:
+def job_extras(parameters: Mapping[str, object]) -> tuple[str, ...]:
+    """Packages a job needs beyond its workload's because of how it was asked to run (tracker=wandb)."""
+    return ("wandb",) if parameters.get("tracker") == "wandb" else ()
+
+
+def requirements(workload: Workload, extras: tuple[str, ...] = ()) -> list[tuple[str, tuple[int, ...] | None]]:
     found = []
-    for item in workload.spec.requires:
+    for item in (*workload.spec.requires, *extras):
         match = _REQUIREMENT.fullmatch(item.strip())
         if match is None:
             continue
@@ -111,7 +117,7 @@ class JobEnvironment:
         return cls(job.cluster, profile, job.python, job.container, built)
 
 
-def probe_command(env: JobEnvironment, workload: Workload) -> str:
+def probe_command(env: JobEnvironment, workload: Workload, extras: tuple[str, ...] = ()) -> str:
     """The shell command that sets up the job's environment as its script does and runs the probe."""
     from hpcai.jobenv import setup_lines
     from hpcai.render import container_prefix
@@ -121,7 +127,7 @@ def probe_command(env: JobEnvironment, workload: Workload) -> str:
         lines.append(f"if [ ! -e {quote(env.built.marker)} ]; then echo {quote(MISSING)}; exit 0; fi")
     lines += setup_lines(env.profile, env.container is not None)
     words = container_prefix(env.profile, env.container, env.built.mount if env.built else None)
-    words += [env.python, "-c", _PROBE, *(name for name, _ in requirements(workload))]
+    words += [env.python, "-c", _PROBE, *(name for name, _ in requirements(workload, extras))]
     lines.append(join(words))
     return "\n".join(lines)
 
@@ -166,13 +172,18 @@ def _remember(key: str, versions: dict[str, str]) -> None:
 
 
 def run_preflight(
-    transport: Transport, env: JobEnvironment, workload: Workload, *, use_cache: bool = True
+    transport: Transport,
+    env: JobEnvironment,
+    workload: Workload,
+    *,
+    use_cache: bool = True,
+    extras: tuple[str, ...] = (),
 ) -> PreflightResult:
-    needed = requirements(workload)
+    needed = requirements(workload, extras)
     if not needed:
         return PreflightResult(True, True, "the workload needs no Python packages checked")
     profile = env.profile
-    command = probe_command(env, workload)
+    command = probe_command(env, workload, extras)
     key = _cache_key(env.cluster, command)
     entry = _cached(key) if use_cache else None
     built = env.built
@@ -237,7 +248,7 @@ def require_preflight(result: PreflightResult, job: JobSpec, workload: Workload)
             f"pre-flight: {result.summary} Nothing was queued. (--no-preflight skips this check; the job would "
             "then stop at its start.)"
         )
-    packages = " ".join(f"'{item}'" for item in workload.spec.requires)
+    packages = " ".join(f"'{item}'" for item in (*workload.spec.requires, *job_extras(job.parameters)))
     env = job.environment
     if env.built_by_hpcai:
         how = (

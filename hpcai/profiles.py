@@ -7,13 +7,12 @@ the shipped one (so a user can change one value when a site changes), a file of 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpcai.errors import ConfigError, NotFoundError, closest
-from hpcai.paths import config_dir, data_dir
+from hpcai.profile_files import profile_names, profile_source, shipped_profile_dir, user_profile_dir
 from hpcai.walltime import parse_walltime
 from hpcai.yamlfiles import deep_merge, load_model, read_yaml_mapping
 
@@ -335,6 +334,11 @@ class ClusterProfile(Strict):
     pbs: PbsSettings | None = None
     budget: Budget = Budget()
     quota: Quota = Quota()
+    pack_data: bool = Field(
+        default=False,
+        description="Stage a local data folder given to submit (--set data=DIR) packed into tar shards, as "
+        "`hpcai stage --pack` does: for sites that cap the number of files per project",
+    )
     sources: list[str] = Field(default=[], description="Where these facts come from")
 
     @field_validator("env")
@@ -390,35 +394,6 @@ class ClusterProfile(Strict):
 
     def qos_named(self, name: str) -> Qos | None:
         return next((q for q in self.qos if q.name == name), None)
-
-
-def shipped_profile_dir() -> Path:
-    return data_dir("clusters")
-
-
-def user_profile_dir() -> Path:
-    return config_dir() / "clusters"
-
-
-def _yaml_files(directory: Path) -> dict[str, Path]:
-    if not directory.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))}
-
-
-def profile_names() -> list[str]:
-    return sorted(set(_yaml_files(shipped_profile_dir())) | set(_yaml_files(user_profile_dir())))
-
-
-_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def profile_source(name: str) -> list[Path]:
-    """The files that make up profile `name`: the shipped one and/or the user's override."""
-    if not _PROFILE_NAME.fullmatch(name):
-        return []
-    files = [d[name] for d in (_yaml_files(shipped_profile_dir()), _yaml_files(user_profile_dir())) if name in d]
-    return files
 
 
 def resolve_alias(name: str) -> str:
@@ -483,4 +458,13 @@ def expand_path(pattern: str, values: dict[str, str], *, field: str) -> str:
         raise ConfigError(f"{field}: the path '{pattern}' needs {{{missing}}}, which is not known: {hint}.") from exc
 
 
-__all__ = ["ClusterProfile", "ConfigError", "load_all_profiles", "load_profile", "profile_names"]
+__all__ = [
+    "ClusterProfile",
+    "ConfigError",
+    "load_all_profiles",
+    "load_profile",
+    "profile_names",
+    "profile_source",
+    "shipped_profile_dir",
+    "user_profile_dir",
+]

@@ -67,12 +67,20 @@ def stage_paths(
     verify: bool = False,
     follow_links: bool = False,
     account: str | None = None,
+    pack: bool = False,
+    shard_bytes: int | None = None,
 ) -> list[StageReport]:
-    """Stage files or folders over the session's connection to the cluster, with one progress bar."""
+    """Stage files or folders over the session's connection to the cluster, with one progress bar. With
+    `pack`, each folder is first packed into tar shards (hpcai.staging.pack) and the packed copy staged."""
     cluster = resolve_alias(cluster)
     profile = load_profile(cluster)
     fs_name, root = store_root(cluster, profile, filesystem, account)
     items = [p if isinstance(p, StageItem) else StageItem(p.expanduser(), keep_name) for p in paths]
+    packed: dict[int, Any] = {}
+    originals = [item.path for item in items]
+    if pack:
+        packed = _pack_items(items, shard_bytes, show_progress)
+        items = [StageItem(packed[i].folder, item.keep_name) if i in packed else item for i, item in enumerate(items)]
     transport = Session.current().get(cluster).transport
     cache = HashCache()
     total = sum(_size(item.path) for item in items)
@@ -83,10 +91,13 @@ def stage_paths(
             f"{fs_name} deletes files unused for {fs.purge_days} days: staged copies there can vanish before a "
             f"long run ends; re-staging is cheap (only missing files move), or stage with --to to a safer one."
         )
+    inodes = _inode_warning(transport, profile, fs_name, root, sum(_count_files(item.path) for item in items))
+    if inodes is not None:
+        warnings.append(inodes)
     reports = []
     with Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=error_console, disable=not show_progress, transient=True,
+        TimeRemainingColumn(), console=error_console.real, disable=not show_progress, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task(f"staging to {cluster}:{fs_name}", total=total)
         stager = _stager(transport, root, lambda n: bar.advance(task, n), fs.share_with_group)
@@ -96,9 +107,92 @@ def stage_paths(
                                       follow_links=follow_links)  # fmt: skip
                 report.warnings = warnings
                 reports.append(report)
+            for i, done in packed.items():
+                reports[i].source = str(originals[i])
+                reports[i].packed = {
+                    "files_before": done.files_before, "files_after": done.files_after, "shards": done.shards,
+                    "packed_copy": str(done.folder), "reused": done.reused,
+                }  # fmt: skip
         finally:
             cache.save()
     return reports
+
+
+def _pack_items(items: list[StageItem], shard_bytes: int | None, show_progress: bool) -> dict[int, Any]:
+    """Pack every folder among the items (files stay as they are); {item index: Packed}."""
+    from hpcai.staging.pack import DEFAULT_SHARD_BYTES, pack
+
+    found = {}
+    folders = [(i, item) for i, item in enumerate(items) if item.path.is_dir()]
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=error_console.real, disable=not show_progress, transient=True,
+    ) as bar:  # fmt: skip
+        for i, item in folders:
+            task = bar.add_task(f"packing {item.path.name}", total=_size(item.path))
+
+            def advance(n: int, task: Any = task) -> None:
+                bar.advance(task, n)
+
+            found[i] = pack(item.path, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, progress=advance)
+    return found
+
+
+def parse_bytes(text: str, *, option: str) -> int:
+    """`256M`, `1G`, `500000`: a size in bytes (K/M/G/T are powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B").rstrip("I"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        value = 0
+    if value < 1 << 20:
+        raise HpcaiError(f"{option} {text}: give a size of 1M or more, e.g. 256M or 1G.")
+    return value
+
+
+def _count_files(path: Path) -> int:
+    """Files and folders under a path: the inodes a stage of it can take on the cluster at most."""
+    try:
+        return 1 if path.is_file() else 1 + sum(1 for _ in path.rglob("*"))
+    except OSError:
+        return 0
+
+
+def _inode_warning(transport: Transport, profile: ClusterProfile, fs_name: str, root: str, files: int) -> str | None:
+    """A warning when staging `files` more files could take the filesystem's file (inode) quota past the
+    profile's warning level -- parallel filesystems cap files per project (LUMI 2M, JUWELS 3-4M) and a
+    data set of small images reaches that long before its bytes do. Measured as doctor does (the site's
+    quota tool, else `df -i`); nothing is said when it cannot be measured."""
+    from hpcai.quota import df_usage, parse_lumi_quota, usage_for
+
+    if files < 1000:
+        return None
+    quota = profile.quota
+    try:
+        if quota.format == "lumi-quota" and quota.query:
+            import shlex
+
+            result = transport.run(shlex.split(quota.query), timeout=60)
+            usage = usage_for(parse_lumi_quota(result.stdout), root) if result.ok else None
+        else:
+            probe = transport.run(["sh", "-c", 'p="$1"; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; echo "$p"',
+                                   "sh", root], timeout=30)  # fmt: skip
+            usage = df_usage(transport, probe.stdout.strip() or "/") if probe.ok else None
+    except HpcaiError:
+        return None
+    if usage is None or usage.files_used is None or not usage.files_max:
+        return None
+    after = 100 * (usage.files_used + files) / usage.files_max
+    if after < quota.warn_percent:
+        return None
+    return (
+        f"{fs_name} holds {usage.files_used:,.0f} of its {usage.files_max:,.0f} files (inodes); this stage can add up "
+        f"to {files:,} ({after:.0f}% then). Pack folders of many small files into shards (`hpcai stage --pack`: "
+        "a few files per GB instead of one per sample), or free files there."
+    )
 
 
 def _size(path: Path) -> int:

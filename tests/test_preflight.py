@@ -87,3 +87,18 @@ def test_doctor_runs_the_same_check(isolated_hpcai: Path) -> None:
     check = checks["job-environment"]
     assert check["status"] == "fail" and "torch cannot be imported" in check["summary"]
     assert report.returncode == 1
+
+
+def test_tracker_wandb_needs_wandb_in_the_jobs_python(isolated_hpcai: Path, tmp_path: Path) -> None:
+    """The offline wandb tracker is imported by the job: a Python without it is refused before queueing."""
+    report = {"python": "3.12.1", "executable": "/site/python", "fsdp2": True, "modules": {
+        "torch": {"version": "2.13.0"}, "accelerate": {"version": "1.15.0"}, "transformers": {"version": "5.23.0"},
+        "wandb": {"error": "ModuleNotFoundError: No module named 'wandb'"}}}  # fmt: skip
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho 'HPCAI-PREFLIGHT {json.dumps(report)}'\n")
+    fake.chmod(0o755)
+    cluster = local_cluster_with_python(isolated_hpcai / "config", "nowandb", str(fake))
+    result = run_cli("submit", "clip", "--cluster", cluster, "--set", "tracker=wandb", "--run-id", "w")
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "wandb cannot be imported" in message and "'wandb'" in message, message
+    assert "Traceback" not in result.stderr and Store().runs() == []

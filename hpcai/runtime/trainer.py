@@ -70,6 +70,10 @@ class TrainConfig:
     tracker: str = "tensorboard"
     # DataLoader workers per rank that make batches ahead of the step (0: inline, on the critical path).
     data_workers: int = 0
+    # Steps between host syncs: the loss, grad norm and stop flag are read back (one collective), metrics
+    # written and the spike guard consulted every `sync_every` steps and before every checkpoint; the
+    # GPU runs ahead in between. 0: automatic (10 on a GPU; 1 on a CPU, which has no queue to run ahead).
+    sync_every: int = 0
     # Test hook, a workload option: after this step every rank stops progressing (once per run).
     inject_hang_at: int = 0
     # Test hook, a workload option: after this step the last node dies -- its node task (the node agent)
@@ -86,11 +90,6 @@ class TrainConfig:
 class StepOutput:
     loss: torch.Tensor
     z_loss: torch.Tensor | None = None
-    # Every token this rank processed (padding excluded, image tokens included): tokens/s and MFU count
-    # what the model computed, not only the supervised tokens.
-    tokens: int | None = None
-    # Model FLOPs of this rank's step (hpcai.runtime.flops), for the MFU figure; None: not counted.
-    flops: float | None = None
 
 
 class Task(Protocol):
@@ -107,6 +106,12 @@ class Task(Protocol):
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """The CPU tensors of one rank's batch (run in a DataLoader worker: no CUDA, no collectives)."""
+        ...
+
+    def work(self, batch: dict[str, torch.Tensor]) -> tuple[int, float]:
+        """Every token this rank's step processes (padding excluded, image tokens included) and its model
+        FLOPs (hpcai.runtime.flops), read from the CPU batch: tokens/s and MFU count what the model computed,
+        and counting costs no device sync."""
         ...
 
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput: ...
@@ -242,11 +247,15 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     if log_with:
         accelerator.init_trackers("hpcai", config=_tracked_config(config))
     batches = step_batches(task.collate, order, skips, start, config.max_steps, config.data_workers)
+    sync_every = config.sync_every or (10 if device.type == "cuda" else 1)
+    window: list[_StepRecord] = []
+    window_began = time.perf_counter()
     try:
         for step in range(start, config.max_steps):
             began = time.perf_counter()
             model.train()
-            batch = to_device(next(batches), device)
+            cpu_batch = next(batches)
+            batch = to_device(cpu_batch, device)
             data_s = time.perf_counter() - began
             out = task.step(model, batch, accelerator)
             accelerator.backward(out.loss)
@@ -257,61 +266,68 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 after_step(model)
             if config.inject_spike_at == step + 1 and lr_scale == 1.0:
                 _corrupt(model, config.inject_spike_scale)
+            lr = float(scheduler.get_last_lr()[0])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            # One collective for the loss and the tokens every rank processed.
-            counts = [float(out.tokens or 0), float(out.flops or 0.0)]
-            totals = accelerator.reduce(
-                torch.cat([out.loss.detach().float().reshape(1), torch.tensor(counts, device=device)]),
-                reduction="sum",
-            ).tolist()
-            loss = totals[0] / world
-            tokens = int(totals[1]) if out.tokens is not None else None
-            step_flops = totals[2] if out.flops is not None else None
-            if config.inject_nan_at == done and lr_scale == 1.0 and _nan_fires(config):
-                loss = float("nan")
-            z_loss = (
-                accelerator.reduce(out.z_loss.detach(), reduction="mean").item() if out.z_loss is not None else None
-            )
-            elapsed = time.perf_counter() - began
-            heartbeat.beat("step", done, elapsed)
+            tokens, flops = task.work(cpu_batch)
+            z = out.z_loss.detach().float().reshape(1) if out.z_loss is not None else torch.zeros(1, device=device)
+            values = torch.cat([out.loss.detach().float().reshape(1), _local(grad_norm).float().reshape(1), z,
+                                torch.tensor([float(tokens), float(flops)], device=device)])  # fmt: skip
+            window.append(_StepRecord(done, values, out.z_loss is not None, lr, data_s))
+            heartbeat.beat("step", done, time.perf_counter() - began)
             if config.inject_hang_at == done and not _hung_before(config.run_dir):
                 _hang_forever(accelerator, done)
             if config.inject_crash_at == done:
                 _crash_last_node(config.run_dir, done)
-            metrics.write(
-                step=done,
-                loss=loss,
-                grad_norm=float(grad_norm),
-                lr=scheduler.get_last_lr()[0],
-                samples_per_s=config.per_device_batch_size * world / elapsed,
-                tokens_per_s=tokens / elapsed if tokens is not None else None,
-                z_loss=z_loss,
-                peak_memory_gb=_peak_memory_gb(),
-                attempt_step=done - start,
-                step_s=round(elapsed, 6),
-                data_s=round(data_s, 6),
-                mfu=mfu(step_flops, elapsed, world, peak) if step_flops is not None else None,
-            )
-            if log_with:
-                accelerator.log(_scalars(loss=loss, grad_norm=float(grad_norm), lr=float(scheduler.get_last_lr()[0]),
-                                         z_loss=z_loss, tokens_per_s=tokens / elapsed if tokens is not None else None,
-                                         step_s=elapsed, data_s=data_s), step=done)  # fmt: skip
-            if done % every == 0 or done == config.max_steps:
-                rate = f", {tokens / elapsed:,.0f} tokens/s" if tokens is not None else ""
-                per_step = (time.perf_counter() - since) / every
-                accelerator.print(f"hpcai: step {done}/{config.max_steps} loss {loss:.4f}{rate}, {per_step:.2f} s/step")
-                since = time.perf_counter()
-            if guard is not None:
-                steps_saved = [step_of(p) for p in checkpoints.complete()]
-                verdict = guard.observe(done, loss, float(grad_norm), steps_saved, lr_scale)
-                if verdict is not None:
-                    accelerator.print(f"hpcai: spike guard: {verdict.reason}")
-                    exit_code = EXIT_ROLLBACK if verdict.action == "rollback" else EXIT_GAVE_UP
-                    break
-            stop_now = _agree(accelerator, stop.requested())
-            if done % config.checkpoint_every == 0 or done == config.max_steps or stop_now:
+            due_checkpoint = done % config.checkpoint_every == 0 or done == config.max_steps
+            if len(window) < sync_every and not due_checkpoint:
+                continue
+            # The host sync: one collective for the window's values and every rank's stop flag.
+            rows, stop_now = _reduce_window(accelerator, window, stop.requested())
+            elapsed = (time.perf_counter() - window_began) / len(window)
+            verdict = None
+            for record, row in zip(window, rows, strict=True):
+                loss, norm = row[0] / world, row[1] / world
+                z_loss = row[2] / world if record.has_z_loss else None
+                step_tokens, step_flops = int(row[3]), row[4]
+                if config.inject_nan_at == record.step and lr_scale == 1.0 and _nan_fires(config):
+                    loss = float("nan")
+                metrics.write(
+                    step=record.step,
+                    loss=loss,
+                    grad_norm=norm,
+                    lr=record.lr,
+                    samples_per_s=config.per_device_batch_size * world / elapsed,
+                    tokens_per_s=step_tokens / elapsed,
+                    z_loss=z_loss,
+                    peak_memory_gb=_peak_memory_gb(),
+                    attempt_step=record.step - start,
+                    step_s=round(elapsed, 6),
+                    data_s=round(record.data_s, 6),
+                    mfu=mfu(step_flops, elapsed, world, peak),
+                )
+                if log_with:
+                    accelerator.log(_scalars(loss=loss, grad_norm=norm, lr=record.lr, z_loss=z_loss,
+                                             tokens_per_s=step_tokens / elapsed, step_s=elapsed,
+                                             data_s=record.data_s), step=record.step)  # fmt: skip
+                if record.step % every == 0 or record.step == config.max_steps:
+                    per_step = (time.perf_counter() - since) / every
+                    accelerator.print(f"hpcai: step {record.step}/{config.max_steps} loss {loss:.4f}, "
+                                      f"{step_tokens / elapsed:,.0f} tokens/s, {per_step:.2f} s/step")  # fmt: skip
+                    since = time.perf_counter()
+                if guard is not None:
+                    steps_saved = [step_of(p) for p in checkpoints.complete()]
+                    verdict = guard.observe(record.step, loss, norm, steps_saved, lr_scale)
+                    if verdict is not None:
+                        break
+            window = []
+            window_began = time.perf_counter()
+            if verdict is not None:
+                accelerator.print(f"hpcai: spike guard: {verdict.reason}")
+                exit_code = EXIT_ROLLBACK if verdict.action == "rollback" else EXIT_GAVE_UP
+                break
+            if due_checkpoint or stop_now:
                 trainer_state = {
                     "step": done,
                     "scheduler": scheduler.state_dict(),
@@ -325,6 +341,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 heartbeat.beat("step", done)
                 timeline.record("checkpoint", step=done, seconds=round(time.perf_counter() - saving, 6))
                 accelerator.print(f"hpcai: checkpoint {path.name}")
+                window_began = time.perf_counter()
             if stop_now and done < config.max_steps:
                 if accelerator.is_main_process:
                     (config.run_dir / REQUEUE_MARKER).write_text(f"{done}\n")
@@ -490,7 +507,31 @@ def _peak_memory_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
 
 
-def _agree(accelerator: Any, flag: bool) -> bool:
-    """True on every rank when any rank saw the stop request, so all ranks stop at the same step."""
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+@dataclass(frozen=True)
+class _StepRecord:
+    """A step trained but not yet read back: its values stay on the device until the window's sync."""
+
+    step: int
+    values: torch.Tensor  # loss, grad norm, z-loss, tokens, FLOPs (this rank's)
+    has_z_loss: bool
+    lr: float
+    data_s: float
+
+
+def _local(value: torch.Tensor) -> torch.Tensor:
+    """The grad norm as a plain tensor: a DTensor (FSDP2 over one mesh) gathered -- a collective on every rank,
+    not a host sync -- else the tensor itself."""
+    full_tensor = getattr(value, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else value
+
+
+def _reduce_window(accelerator: Any, window: list[_StepRecord], stop_requested: bool) -> tuple[list[list[float]], bool]:
+    """The window's values summed over ranks, and whether any rank saw the stop request (so all ranks stop
+    at the same step): one collective and one device-to-host copy for the whole window."""
+    device = window[0].values.device
+    flat = torch.cat([torch.stack([r.values for r in window]).reshape(-1),
+                      torch.tensor([1.0 if stop_requested else 0.0], device=device)])  # fmt: skip
+    totals = accelerator.reduce(flat, reduction="sum").tolist()
+    width = window[0].values.numel()
+    rows = [totals[i * width : (i + 1) * width] for i in range(len(window))]
+    return rows, totals[-1] > 0

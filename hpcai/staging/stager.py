@@ -62,6 +62,7 @@ class StageReport:
     repaired: bool = False
     via: dict[str, int] = field(default_factory=dict)  # files sent per method
     warnings: list[str] = field(default_factory=list)
+    packed: dict[str, Any] | None = None  # `stage --pack`: files before and after, shards, the packed copy
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -32,6 +32,11 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--weight_decay", type=float, default=0.0)
     parser.add_argument("--grad_clip", type=float, default=1.0)
     parser.add_argument("--activation_checkpointing", type=boolean, default=False)
+    parser.add_argument("--activation_checkpointing_every", type=int, default=1,
+                        help="with activation checkpointing: every N-th block recomputes (1: all)")  # fmt: skip
+    parser.add_argument("--compile", type=boolean, default=False, help="torch.compile each transformer block")
+    parser.add_argument("--sync_every", type=int, default=0,
+                        help="steps between host syncs (metrics, guard, stop); 0: 10 on GPU, 1 on CPU")  # fmt: skip
     parser.add_argument("--checkpoint_every", type=int, default=20)
     parser.add_argument("--keep_checkpoints", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -71,6 +76,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         seed=args.seed,
         data_workers=args.data_workers,
+        sync_every=args.sync_every,
         tracker=args.tracker,
         lr_scale=lr_scale_from_env(),
         policy=RollbackPolicy(

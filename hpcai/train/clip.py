@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from hpcai.runtime.flops import Shape, transformer_flops
 from hpcai.runtime.trainer import StepOutput, train
+from hpcai.train import speed
 from hpcai.train.args import common_parser, data_dir, train_config
-from hpcai.train.images import ImageTransform
+from hpcai.train.images import ImageFiles, ImageTransform, check_images_exist
 from hpcai.train.losses import MAX_LOGIT_SCALE, gather, infonce_loss, sigmoid_loss
 from hpcai.train.parts import parts_cache, tiny_clip
 from hpcai.train.shards import Member, ShardError, image_text_samples, shard_files
@@ -147,11 +148,15 @@ class ClipTask:
         with accelerator.autocast():
             pixels = self.transform.normalize(batch["pixel_values"])
             loss = model(pixels, batch["input_ids"], batch["attention_mask"], offset)
+        return StepOutput(loss=loss)
+
+    def work(self, batch: dict[str, torch.Tensor]) -> tuple[int, float]:
+        """Tokens and model FLOPs of one rank's step, from its CPU batch (no device sync)."""
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         text_lengths = [self.context] * len(lengths) if self.model.siglip else lengths  # SigLIP reads the padding
         flops = transformer_flops(self.vision_shape, [self.image_tokens] * len(lengths), 6.0, causal=False)
         flops += transformer_flops(self.text_shape, text_lengths, 6.0)
-        return StepOutput(loss=loss, tokens=int(sum(lengths)), flops=flops)
+        return int(sum(lengths)), flops
 
     @torch.no_grad()
     def after_optimizer_step(self, model: torch.nn.Module) -> None:
@@ -185,21 +190,19 @@ def load_pairs(data: Path) -> list[Pair]:
     files = [data] if data.is_file() else sorted(data.glob("*.jsonl"))
     if not files:
         raise SystemExit(f"--data {data}: no image-text .jsonl file and no .tar shard there")
-    folder = data.parent if data.is_file() else data
-    images = folder / "images" if (folder / "images").is_dir() else folder
+    images = ImageFiles(data)
     pairs = []
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
                     record = json.loads(line)
-                    pairs.append(Pair(images / str(record["image"]), str(record["caption"])))
+                    pairs.append(Pair(images.resolve(str(record["image"])), str(record["caption"])))
                 except (ValueError, KeyError, TypeError) as exc:
                     raise SystemExit(f"--data {path}, line {number}: not an image-text pair ({exc})") from None
-    looked = [p.image for p in pairs[:8] if isinstance(p.image, Path)]
-    if looked and not any(path.is_file() for path in looked):
-        raise SystemExit(f"--data {data}: none of the first pairs' images is there (e.g. {looked[0]}); images are "
-                         f"read from {images}: put them in an images/ folder beside the JSONL")  # fmt: skip
+    check_images_exist(data, [p.image for p in pairs[:8]], "JSONL", images)
+    if images.packed is not None:
+        print(f"hpcai: images read from {images.where}", flush=True)
     return pairs
 
 
@@ -272,16 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         wrapped = Contrastive(model, loss, int(tokenizer.eos_token_id), pretrained)
-        if args.activation_checkpointing:
-            model.gradient_checkpointing_enable()
         names = {type(m).__name__ for m in wrapped.modules()}
+        layers = sorted(n for n in names if n.endswith("EncoderLayer"))
+        speed.apply(model, layers, compile=args.compile, checkpointing=args.activation_checkpointing,
+                    every=args.activation_checkpointing_every)  # fmt: skip
         vision = model.config.vision_config
         context = int(model.config.text_config.max_position_embeddings)
         # SigLIP was trained on texts padded to their full length and pools the last position.
         pad = int(tokenizer.pad_token_id)
         return ClipTask(
             model=wrapped,
-            layer_classes=sorted(n for n in names if n.endswith("EncoderLayer")),
+            layer_classes=layers,
             pairs=load_pairs(data),
             transform=ImageTransform.from_processor(processor, int(vision.image_size), pad_to_square=False),
             context=context,

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from hpcai.train.shards import Member
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,3 +74,50 @@ def expand_to_square(img: Any, background: tuple[int, ...]) -> Any:
 def load_image(path: Path, size: int) -> torch.Tensor:
     """CLIP-normalised, padded to square: for models without a processor (the random-weight presets)."""
     return ImageTransform(size)(path)
+
+
+def image_folder(data: Path) -> Path:
+    """Where a data set's relative image paths point: an `images/` folder beside the data file (or inside the
+    data folder) when there is one, else that folder itself."""
+    folder = data.parent if data.is_file() else data
+    return folder / "images" if (folder / "images").is_dir() else folder
+
+
+class ImageFiles:
+    """A manifest's image names resolved to files: in the folder (`images/` beside the manifest, else the
+    manifest's folder), or -- for a data set staged with `hpcai stage --pack` -- to members of the tar shards
+    beside it, by the same names (an `images/` prefix the packing kept is tried first)."""
+
+    def __init__(self, data: Path):
+        from hpcai.train.shards import packed_files
+
+        self.data = data
+        self.folder = image_folder(data)
+        self.packed = packed_files(data)
+
+    def resolve(self, name: str) -> Path | Member:
+        if self.packed is not None:
+            found = self.packed.get(f"images/{name}") or self.packed.get(name)
+            if found is not None:
+                return found
+        return self.folder / name
+
+    @property
+    def where(self) -> str:
+        if self.packed is not None:
+            return f"the {len(self.packed)} files packed in {self.packed.folder}"
+        return str(self.folder)
+
+
+def image_bytes_or_path(image: Path | Member) -> Path | bytes:
+    return image if isinstance(image, Path) else image.read()
+
+
+def check_images_exist(data: Path, first: list[Path | Member], beside: str, files: ImageFiles) -> None:
+    """Refuse at start when none of the first samples' images exists -- a wrong folder, not one missing file
+    (a few missing files are left out and named in the workers)."""
+    if first and not any(not isinstance(image, Path) or image.is_file() for image in first):
+        raise SystemExit(
+            f"--data {data}: none of the first samples' images is there (e.g. {first[0]}); images are read from "
+            f"{files.where}: put them in an images/ folder beside the {beside}, or give the folder that holds both"
+        )

@@ -21,10 +21,13 @@ import torch.nn.functional as F
 
 from hpcai.runtime.flops import Shape, transformer_flops
 from hpcai.runtime.trainer import StepOutput, train
+from hpcai.train import speed
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
 from hpcai.train.chat import IGNORE, Encoded, encode
 from hpcai.train.compose import LlavaParts, PartError, compose, export_llava, from_preset, load_llava
+from hpcai.train.images import ImageFiles, check_images_exist, image_bytes_or_path
 from hpcai.train.parts import corpus, parts_cache, tiny_llava_parts
+from hpcai.train.shards import Member
 
 # Tiny parts built locally in the real formats (vision tower, LM): (vision kind, LM family).
 TINY: dict[str, tuple[str, str]] = {"tiny": ("clip", "llama"), "tiny-siglip": ("siglip", "qwen2"),
@@ -101,7 +104,7 @@ class Example:
     tokenize up front on every rank); `length` is an estimate for length-grouped batching."""
 
     record: dict[str, Any]
-    image: Path | None
+    image: Path | Member | None  # a file, or a member of a packed data set's shards
     length: int
 
 
@@ -157,7 +160,8 @@ class LlavaTask:
             result = encode(example.record, p.tokenizer, p.image_token_id, p.image_tokens, self.max_length)
             if result is None:
                 return empty, None
-            pixels = p.transform.pixels(example.image) if result.images and example.image is not None else None
+            image = example.image
+            pixels = p.transform.pixels(image_bytes_or_path(image)) if result.images and image is not None else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.unusable += 1
             if self.unusable <= 5:
@@ -179,19 +183,27 @@ class LlavaTask:
             ids[row, :n] = torch.tensor(sample.input_ids)
             labels[row, :n] = torch.tensor(sample.labels)
             mask[row, :n] = 1
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        # Logits only where some sample of the batch has a supervised next token: never at image positions,
+        # never a full-vocabulary logit tensor over the whole sequence. Chosen here, on the CPU: on the device
+        # it would be a host sync (a data-dependent shape) every step.
+        keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "logits_to_keep": keep}
         # one image per sample that has one, in order; text-only samples have none
         images = [pixels for _, pixels in made if pixels is not None]
         if images:
             batch["pixel_values"] = torch.stack(images)
         return batch
 
+    def work(self, batch: dict[str, torch.Tensor]) -> tuple[int, float]:
+        """Tokens and model FLOPs of one rank's step, from its CPU batch (no device sync)."""
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        images = int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0
+        positions = int(batch["logits_to_keep"].numel()) * int(batch["input_ids"].shape[0])
+        return int(sum(lengths)), self.flops(lengths, images, logit_positions=positions)
+
     def step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], accelerator: Any) -> StepOutput:
         model.model.vision_tower.eval()  # type: ignore[union-attr]  # frozen: no dropout, fixed statistics
-        targets = batch["labels"][:, 1:]
-        # Logits only where some sample of the batch has a supervised next token: never at image positions,
-        # never a full-vocabulary logit tensor over the whole sequence.
-        keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+        keep = batch["logits_to_keep"]
         raw = batch.get("pixel_values")
         pixels = self.parts.transform.normalize(raw) if raw is not None else None
         with accelerator.autocast():
@@ -200,24 +212,22 @@ class LlavaTask:
                 pixel_values=pixels, logits_to_keep=keep,
             )  # fmt: skip
         logits = out.logits.float()
-        chosen = targets[:, keep]
-        valid = chosen != IGNORE
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        tokens = int(sum(lengths))
-        images = 0 if pixels is None else int(pixels.shape[0])
-        flops = self.flops(lengths, images, logit_positions=int(chosen.numel()))
-        if not bool(valid.any()):
+        if keep.shape[0] == 0:
             # Nothing to learn in this batch (all answers truncated away): a zero loss that still touches the
-            # graph, not the NaN of an empty mean.
-            return StepOutput(loss=logits.sum() * 0.0, z_loss=None, tokens=tokens, flops=flops)
-        picked = logits[valid]
-        loss = F.cross_entropy(picked, chosen[valid])
+            # graph, not the NaN of an empty mean. (The shape is known on the host: no sync.)
+            return StepOutput(loss=logits.sum() * 0.0, z_loss=None)
+        chosen = batch["labels"][:, 1:][:, keep]
+        valid = (chosen != IGNORE).float()
+        # Means over the supervised positions by masking, not by boolean indexing (a host sync).
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss = F.cross_entropy(flat, chosen.reshape(-1), ignore_index=IGNORE, reduction="sum") / valid.sum()
         z_loss = None
         if self.z_loss_weight > 0:
             # PaLM's z-loss: keeps the softmax normaliser log Z near 0, a guard against logit drift.
-            z_loss = self.z_loss_weight * torch.logsumexp(picked, dim=-1).pow(2).mean()
+            log_z = torch.logsumexp(flat, dim=-1).reshape(valid.shape)
+            z_loss = self.z_loss_weight * (log_z.pow(2) * valid).sum() / valid.sum()
             loss = loss + z_loss
-        return StepOutput(loss=loss, z_loss=z_loss, tokens=tokens, flops=flops)
+        return StepOutput(loss=loss, z_loss=z_loss)
 
     def export(self, state_dict: dict[str, Any], target: Path) -> None:
         export_llava(self.parts, state_dict, target)
@@ -243,8 +253,7 @@ def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Exampl
             f"--max_length {max_length}: an image alone takes {parts.image_tokens} tokens in this model; LLaVA-1.5 "
             "uses 2048 (set max_length=2048)"
         )
-    folder = data.parent if data.is_file() else data
-    images = folder / "images" if (folder / "images").is_dir() else folder
+    images = ImageFiles(data)
     examples = []
     for path in conversation_files(data):
         try:
@@ -256,7 +265,7 @@ def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Exampl
         for number, record in enumerate(records):
             if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
                 raise SystemExit(f"--data {path}: sample {number} has no 'conversations' list")
-            image = images / str(record["image"]) if record.get("image") else None
+            image = images.resolve(str(record["image"])) if record.get("image") else None
             examples.append(Example(record, image, estimated_length(record, parts.image_tokens)))
     if not examples:
         raise SystemExit(f"--data {data}: no sample")
@@ -267,12 +276,9 @@ def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Exampl
             encode(example.record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length)
         except (KeyError, TypeError, ValueError) as exc:
             raise SystemExit(f"--data {data}: {exc}") from None
-    looked = [e.image for e in examples[:8] if e.image is not None]
-    if looked and not any(path.is_file() for path in looked):
-        raise SystemExit(
-            f"--data {data}: none of the first samples' images is there (e.g. {looked[0]}); images are read from "
-            f"{images}: put them in an images/ folder beside the JSON, or give the folder that holds both"
-        )
+    check_images_exist(data, [e.image for e in examples[:8] if e.image is not None], "JSON", images)
+    if images.packed is not None:
+        print(f"hpcai: images read from {images.where}", flush=True)
     return examples
 
 
@@ -293,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     def make_task() -> LlavaTask:
         parts = load_parts(args)
         set_trainable(parts.model, trainable)
-        if args.activation_checkpointing:
-            parts.model.gradient_checkpointing_enable()
+        layers = layer_classes(parts.model)
+        speed.apply(parts.model, layers, compile=args.compile, checkpointing=args.activation_checkpointing,
+                    every=args.activation_checkpointing_every)  # fmt: skip
         return LlavaTask(
             parts=parts,
-            layer_classes=layer_classes(parts.model),
+            layer_classes=layers,
             examples=load_examples(data, parts, args.max_length),
             z_loss_weight=args.z_loss_weight,
             max_length=args.max_length,

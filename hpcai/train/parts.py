@@ -190,7 +190,16 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     mine = target.parent / f".{target.name}-{os.getpid()}"
     shutil.rmtree(mine, ignore_errors=True)
     mine.mkdir(parents=True)
-    build(mine)
+    # Building draws on the random generators; the caller's state is restored so a run that built the parts
+    # initialises the rest of its model exactly as a run that found them built (the same losses either way).
+    import random
+
+    import torch
+
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        build(mine)
+    random.setstate(python_state)
     try:
         os.rename(mine, target)
     except OSError:

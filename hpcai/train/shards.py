@@ -64,10 +64,17 @@ def split_key(name: str) -> tuple[str, str]:
 def index_shard(shard: Path) -> dict[str, dict[str, Member]]:
     """Samples of one shard by key: {key: {ext: Member}}, from its index file or a header scan."""
     sidecar = shard.with_name(shard.name + INDEX_SUFFIX)
-    if sidecar.is_file() and sidecar.stat().st_mtime >= shard.stat().st_mtime:
+    if sidecar.is_file():
         try:
             raw = json.loads(sidecar.read_text())
-            return {k: {e: Member(shard, int(o), int(s)) for e, (o, s) in v.items()} for k, v in raw.items()}
+            # The index names the shard's size: a copy (staged, rsynced: new mtimes) keeps it valid; a shard
+            # rewritten since does not. An index of the first format has no size: trusted when not older.
+            if isinstance(raw.get("members"), dict) and isinstance(raw.get("shard_bytes"), int):
+                fresh, raw = raw["shard_bytes"] == shard.stat().st_size, raw["members"]
+            else:
+                fresh = sidecar.stat().st_mtime >= shard.stat().st_mtime
+            if fresh:
+                return {k: {e: Member(shard, int(o), int(s)) for e, (o, s) in v.items()} for k, v in raw.items()}
         except (ValueError, TypeError, AttributeError):
             pass  # a damaged index is rebuilt from the tar itself
     samples: dict[str, dict[str, Member]] = {}
@@ -92,7 +99,8 @@ def write_index(shard: Path) -> Path:
     samples = index_shard(shard)
     sidecar = shard.with_name(shard.name + INDEX_SUFFIX)
     tmp = sidecar.with_name(sidecar.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({k: {e: [m.offset, m.size] for e, m in v.items()} for k, v in samples.items()}))
+    members = {k: {e: [m.offset, m.size] for e, m in v.items()} for k, v in samples.items()}
+    tmp.write_text(json.dumps({"shard_bytes": shard.stat().st_size, "members": members}))
     os.replace(tmp, sidecar)
     return sidecar
 
@@ -132,3 +140,30 @@ def write_shards(folder: Path, samples: list[tuple[str, dict[str, bytes]]], per_
         write_index(path)
         written.append(path)
     return written
+
+
+class PackedFiles:
+    """Files of a packed data set (`hpcai stage --pack`: `shards/*.tar` beside the manifests), found by the
+    path the manifest names them by."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._members: dict[str, dict[str, Member]] = {}
+        for shard in shard_files(folder):
+            self._members.update(index_shard(shard))
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def get(self, name: str) -> Member | None:
+        key, ext = split_key(name.lstrip("/").removeprefix("./"))
+        return self._members.get(key, {}).get(ext)
+
+
+def packed_files(data: Path) -> PackedFiles | None:
+    """The packed files beside a data set's manifest, or None when it is not packed."""
+    folder = (data.parent if data.is_file() else data) / PACKED_DIR
+    return PackedFiles(folder) if folder.is_dir() and shard_files(folder) else None
+
+
+PACKED_DIR = "shards"  # hpcai.staging.pack.SHARDS_DIR

@@ -144,7 +144,7 @@ def test_a_batch_without_supervised_tokens_gives_zero_not_nan(parts: dict[str, P
     task = LlavaTask(parts=p, layer_classes=[], examples=[Example(record, None, 8)], z_loss_weight=1e-4, max_length=4)
     batch = task.collate([0])
     out = task.step(p.model, batch, SimpleNamespace(autocast=nullcontext))
-    assert float(out.loss.detach()) == 0.0 and out.tokens == 4 and bool((batch["labels"] == IGNORE).all())
+    assert float(out.loss.detach()) == 0.0 and task.work(batch)[0] == 4 and bool((batch["labels"] == IGNORE).all())
     out.loss.backward()  # still part of the graph: every rank runs the same collectives
 
 
@@ -173,7 +173,7 @@ def test_two_stages_export_a_model_transformers_loads_and_generates_with(tmp_pat
     result = launch("llava", first, params={**common, "stage": "pretrain", "lr": 3e-3})
     assert result.returncode == 0, result.stderr[-3000:]
     one = losses(first)
-    assert statistics.mean(one[-5:]) < 0.7 * statistics.mean(one[:5]), one
+    assert statistics.mean(one[-5:]) < 0.8 * statistics.mean(one[:5]), one
     assert (first / "model" / "config.json").is_file() and not (first / ".model.partial").exists()
     # every processed token on every rank: 2 ranks x 4 samples x (16 image tokens + the text) per step
     for row in metrics(first)[5:]:
@@ -237,3 +237,30 @@ def test_a_bad_sample_is_left_out_and_named_and_missing_images_are_caught_at_sta
     (wrong / "data.json").write_text(json.dumps(records))
     with pytest.raises(SystemExit, match="none of the first samples' images is there"):
         load_examples(wrong, p, 2048)
+
+
+def test_the_masked_loss_equals_the_mean_over_supervised_positions(parts: dict[str, Path]) -> None:
+    """The loss is computed by masking (no host sync for a data-dependent shape): the same number as
+    cross-entropy over the supervised positions picked out, z-loss included."""
+    import torch
+    import torch.nn.functional as F
+
+    from hpcai.train.llava import Example, LlavaTask
+
+    p = composed(parts)
+    records = [
+        {"id": str(n), "conversations": [{"from": "human", "value": "Say something " * n},
+                                         {"from": "gpt", "value": "Sure, here it is " * (n + 1)}]}
+        for n in (1, 3)
+    ]  # fmt: skip
+    task = LlavaTask(parts=p, layer_classes=[], examples=[Example(r, None, 40) for r in records],
+                     z_loss_weight=1e-3, max_length=64)  # fmt: skip
+    batch = task.collate([0, 1])
+    out = task.step(p.model, batch, SimpleNamespace(autocast=nullcontext))
+    with torch.no_grad():
+        logits = p.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    picked = logits[targets != IGNORE]
+    reference = F.cross_entropy(picked, targets[targets != IGNORE])
+    reference = reference + 1e-3 * torch.logsumexp(picked, dim=-1).pow(2).mean()
+    assert float(out.loss.detach()) == pytest.approx(float(reference), rel=1e-5)

@@ -77,3 +77,24 @@ def test_data_synth_command(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "s").glob("*.tar")) == [f"shard-00000{i}.tar" for i in range(3)]
     bad = run_cli("data", "synth", "video", str(tmp_path / "v"))
     assert bad.returncode == 2 and "llava or clip" in bad.stderr
+
+
+def test_building_the_tiny_parts_leaves_the_callers_random_state_alone(tmp_path: Path) -> None:
+    """A run that builds the cached parts must initialise the rest of its model as a run that found them
+    (a first run on a machine gave other losses than every later one)."""
+    import random
+
+    import torch
+
+    from hpcai.train.parts import tiny_llava_parts
+
+    torch.manual_seed(7)
+    random.seed(7)
+    tiny_llava_parts(tmp_path / "cache", "clip", "qwen2")
+    after_building = (torch.rand(3), random.random())
+    torch.manual_seed(7)
+    random.seed(7)
+    tiny_llava_parts(tmp_path / "cache", "clip", "qwen2")  # found, not built
+    assert (torch.rand(3), random.random())[1] == after_building[1]
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(3), after_building[0])

@@ -149,3 +149,27 @@ def test_a_rank_that_dies_of_an_exception_says_why(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "hpcai: step 20/20 loss " in done.stdout and "tokens/s" in done.stdout and "s/step" in done.stdout
     assert not (tmp_path / "ok" / "errors").exists()
+
+
+def test_compile_selective_checkpointing_and_deferred_sync_train_the_same_steps(tmp_path: Path) -> None:
+    """torch.compile per block, activation checkpointing on every 2nd block and a host sync every 4 steps
+    (the GPU setting) change how fast a step runs, not what it computes: the same losses step by step, every
+    step in the metrics, the checkpoint at the end after the window's sync."""
+    params = {"max_steps": 6, "checkpoint_every": 6, "samples": 48, "lr": 2e-3, "stage": "finetune",
+              "z_loss_weight": 1e-4}  # fmt: skip
+    plain = launch("llava", tmp_path / "plain", params=params)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    options = {"compile": True, "activation_checkpointing": True, "activation_checkpointing_every": 2, "sync_every": 4}
+    fast = launch("llava", tmp_path / "fast", params={**params, **options}, timeout=600)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    output = fast.stdout + fast.stderr
+    assert "compiled" in output and "blocks (torch.compile" in output
+    import re
+
+    recomputed = re.search(r"activation checkpointing on (\d+) of (\d+) blocks", output)
+    assert recomputed is not None and 0 < int(recomputed.group(1)) < int(recomputed.group(2))
+    rows = metrics(tmp_path / "fast")
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(r["tokens_per_s"] > 0 and r["z_loss"] > 0 for r in rows)
+    assert losses(tmp_path / "fast") == pytest.approx(losses(tmp_path / "plain"), rel=2e-3)
+    assert (tmp_path / "fast" / "checkpoints" / "latest").read_text().strip() == "step-00000006"
