@@ -114,10 +114,11 @@ def many_files(root: Path, args: argparse.Namespace, ssh: list[str], config: Pat
     total_mb = args.pack_files * args.pack_kb / 1024
 
     def packed_stage() -> None:
-        packed = pack(many, cache=root / "pack-cache")
+        hashes = HashCache(root / "hashes-packed.json")
+        packed = pack(many, cache=root / "pack-cache", hashes=hashes)
         transport = SshTransport("hpcai-test", config_path=config)
         Stager(transport, str(root / "remote" / "store-packed"), rsync_target="hpcai-test:",
-               rsync_ssh=ssh).stage(packed.folder, HashCache(root / "hashes-packed.json"))  # fmt: skip
+               rsync_ssh=ssh).stage(packed.folder, hashes)  # fmt: skip
         transport.close()
 
     def count(path: Path) -> int:

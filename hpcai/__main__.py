@@ -1,3 +1,3 @@
-from hpcai.cli import main
+from hpcai.entry import main
 
 main()

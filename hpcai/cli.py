@@ -21,23 +21,6 @@ if TYPE_CHECKING:  # pydantic models load only for the commands that need them: 
     from hpcai.jobspec import Overrides
 
 
-def _hide_flag_types() -> None:
-    """Typer 0.2x prints `<bool>` after every plain flag in help (`--json <bool>`), which reads as if the
-    flag took a value. A flag's type says nothing a user needs: show none."""
-    import typer.core
-
-    original = typer.core.TyperOption.display_type_rich
-
-    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
-        if getattr(self, "is_flag", False) and self.metavar is None:
-            return None
-        return original(self, ctx)
-
-    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
-
-
-_hide_flag_types()
-
 app = typer.Typer(
     name="hpcai",
     help="From a EuroHPC allocation to multimodal training that survives loss spikes, walltime and node failures.",
@@ -153,7 +136,7 @@ def _overrides(
 
 def _version_callback(value: bool) -> None:
     if value:
-        console.print(f"hpcai {__version__}")
+        sys.stdout.write(f"hpcai {__version__}\n")  # not rich: its console is a third of the start-up
         raise typer.Exit()
 
 
@@ -975,10 +958,21 @@ from hpcai.cli_onboarding import register as _register_onboarding  # noqa: E402 
 _register_onboarding(app)
 
 
-def _sqlite_error() -> type[Exception]:
-    import sqlite3
+def _keep_only_the_invoked_command(root: typer.Typer, argv: list[str]) -> None:
+    """Typer builds every command of the app at each start (51 signatures, every annotation evaluated: a
+    third of `hpcai clusters list`); only the invoked one is needed. Pruned to it when argv names one; a
+    bare `hpcai`, `--help` or a typo keeps them all (the help and "no such command" list every name)."""
+    if not argv or argv[0].startswith("-"):
+        return
+    from typer.main import get_command_name
 
-    return sqlite3.Error
+    def name(command: Any) -> str:
+        return str(command.name or get_command_name(command.callback.__name__))
+
+    commands = [c for c in root.registered_commands if name(c) == argv[0]]
+    groups = [g for g in root.registered_groups if g.name == argv[0]]
+    if commands or groups:
+        root.registered_commands, root.registered_groups = commands, groups
 
 
 def main() -> None:
@@ -992,20 +986,29 @@ def main() -> None:
             reconfigure(errors="backslashreplace")
     try:
         with Session():  # one connection per cluster for the whole command, closed at its end
-            app()
+            everything = (app.registered_commands, app.registered_groups)
+            try:
+                _keep_only_the_invoked_command(app, sys.argv[1:])
+                app()
+            finally:  # the app is a module global: main() may run again in the same process (tests)
+                app.registered_commands, app.registered_groups = everything
     except HpcaiError as exc:
         print_error(str(exc))
         raise SystemExit(exc.exit_code) from None
-    except _sqlite_error() as exc:  # the store broke after it opened (disk full, file damaged meanwhile)
-        from hpcai.store import store_failure, store_path
-
-        failure = store_failure(store_path(), exc)
-        print_error(str(failure))
-        raise SystemExit(failure.exit_code) from None
     except KeyboardInterrupt:
         print_error("interrupted.")
         raise SystemExit(130) from None
-    except OSError as exc:  # the last net: a file or folder this machine refused (space, permissions, names)
+    except Exception as exc:
+        sqlite3 = sys.modules.get("sqlite3")  # loaded by whatever opened the store; not imported for --version
+        if sqlite3 is not None and isinstance(exc, sqlite3.Error):  # the store broke after it opened
+            from hpcai.store import store_failure, store_path
+
+            failure = store_failure(store_path(), exc)
+            print_error(str(failure))
+            raise SystemExit(failure.exit_code) from None
+        if not isinstance(exc, OSError):
+            raise
+        # the last net: a file or folder this machine refused (space, permissions, names)
         where = f" ({exc.filename})" if exc.filename else ""
         print_error(f"{exc.strerror or exc}{where}. Nothing else went wrong; fix that and run the same command again.")
         raise SystemExit(3) from None

@@ -121,7 +121,7 @@ def _plan_staging(
             if key == "data" and profile.pack_data and path.is_dir():
                 from hpcai.staging.pack import pack
 
-                path = pack(path).folder  # the site caps files per project: shards, not one file per sample
+                path = pack(path, hashes=cache).folder  # the site caps files per project: shards, not a file a sample
             new_set.append(f"{key}={stage(key, path)}")
         else:
             new_set.append(item)

@@ -10,10 +10,10 @@ from rich.text import Text
 
 from hpcai.output import console
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the models load only where a profile or workload is shown: `status` stays fast
+    from hpcai.profiles import ClusterProfile
     from hpcai.runs.views import RunView
-from hpcai.profiles import ClusterProfile
-from hpcai.workloads import ParameterRule, Workload
+    from hpcai.workloads import ParameterRule, Workload
 
 
 def show_profile(name: str, profile: ClusterProfile, files: list[Path]) -> None:

@@ -78,11 +78,11 @@ def stage_paths(
     items = [p if isinstance(p, StageItem) else StageItem(p.expanduser(), keep_name) for p in paths]
     packed: dict[int, Any] = {}
     originals = [item.path for item in items]
+    cache = HashCache()
     if pack:
-        packed = _pack_items(items, shard_bytes, show_progress)
+        packed = _pack_items(items, shard_bytes, show_progress, cache)
         items = [StageItem(packed[i].folder, item.keep_name) if i in packed else item for i, item in enumerate(items)]
     transport = Session.current().get(cluster).transport
-    cache = HashCache()
     total = sum(_size(item.path) for item in items)
     warnings = []
     fs = profile.filesystems[fs_name]
@@ -118,7 +118,9 @@ def stage_paths(
     return reports
 
 
-def _pack_items(items: list[StageItem], shard_bytes: int | None, show_progress: bool) -> dict[int, Any]:
+def _pack_items(
+    items: list[StageItem], shard_bytes: int | None, show_progress: bool, hashes: HashCache
+) -> dict[int, Any]:
     """Pack every folder among the items (files stay as they are); {item index: Packed}."""
     from hpcai.staging.pack import DEFAULT_SHARD_BYTES, pack
 
@@ -134,7 +136,7 @@ def _pack_items(items: list[StageItem], shard_bytes: int | None, show_progress: 
             def advance(n: int, task: Any = task) -> None:
                 bar.advance(task, n)
 
-            found[i] = pack(item.path, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, progress=advance)
+            found[i] = pack(item.path, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, progress=advance, hashes=hashes)
     return found
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from hpcai.profiles import ClusterProfile
+from typing import TYPE_CHECKING
+
 from hpcai.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError, ScriptFragments
 from hpcai.transport.base import Transport
+
+if TYPE_CHECKING:  # the profile models (pydantic) load only when a cluster is used, not for `status` of none
+    from hpcai.profiles import ClusterProfile
 
 
 def scheduler_for(profile: ClusterProfile, transport: Transport) -> Scheduler:

@@ -79,6 +79,12 @@ class HashCache:
         self.dirty = True
         return digest.hexdigest()
 
+    def remember(self, file: Path, digest: str) -> None:
+        """A digest computed while the file was written (a packed shard): no second read to hash it."""
+        info = file.stat()
+        self.data[json.dumps(str(file.absolute()))] = [info.st_size, info.st_mtime_ns, digest]
+        self.dirty = True
+
     def save(self) -> None:
         if self.dirty:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ def test_packing_keeps_manifests_shards_the_rest_and_is_deterministic(tmp_path: 
     data = tmp_path / "data"
     synth_llava(data, samples=40)
     (data / "images" / "odd name $(touch pwned).png").write_bytes(b"not really a png")
+    deep = data / "images" / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    (deep / "long.png").write_bytes(os.urandom(3000))  # a member name past ustar's 100 bytes
     first = pack(data, shard_bytes=1 << 14, cache=tmp_path / "cache1")
     files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file())
     assert first.files_before == len(files) and not first.reused
@@ -33,6 +36,17 @@ def test_packing_keeps_manifests_shards_the_rest_and_is_deterministic(tmp_path: 
             found = members.get(name)
             assert found is not None and found.read() == (data / name).read_bytes(), name
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    # plain tar readers see the same members and bytes (webdataset, `tar -x`)
+    import tarfile
+
+    seen = {}
+    for shard in shards:
+        with tarfile.open(shard) as archive:
+            for info in archive:
+                handle = archive.extractfile(info)
+                assert handle is not None and info.mtime == 0 and info.uid == 0
+                seen[info.name] = handle.read()
+    assert seen == {name: (data / name).read_bytes() for name in files if name != manifest}
     # the same folder packs to the same bytes (a re-stage sends nothing); an unchanged one is not repacked
     second = pack(data, shard_bytes=1 << 14, cache=tmp_path / "cache2")
     assert [p.read_bytes() for p in shard_files(second.folder / SHARDS_DIR)] == [p.read_bytes() for p in shards]
@@ -151,3 +165,22 @@ def test_a_stage_of_many_files_warns_near_the_inode_quota(tmp_path: Path) -> Non
     assert warning is not None and "hpcai stage --pack" in warning and "50,000" in warning
     assert _inode_warning(LocalTransport(), profile, "scratch", str(tmp_path), 50_000) is None  # far from full
     assert _inode_warning(LocalTransport(), strict, "scratch", str(tmp_path), 10) is None  # a handful of files
+
+
+def test_a_file_changed_while_packing_leaves_no_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpcai.staging.pack as packing
+
+    data = tmp_path / "data"
+    synth_clip(data, samples=4)
+    original = packing._groups
+
+    def grow_one(members, shard_bytes):  # type: ignore[no-untyped-def]
+        groups = original(members, shard_bytes)
+        with open(groups[0][0].path, "ab") as handle:  # written to after it was listed
+            handle.write(b"more")
+        return groups
+
+    monkeypatch.setattr(packing, "_groups", grow_one)
+    with pytest.raises(HpcaiError, match="changed while it was packed"):
+        pack(data, cache=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no half-written pack
