@@ -52,7 +52,9 @@ def test_injected_spike_is_rolled_back_by_the_job_and_the_run_completes(
     if cluster == "local-slurm":
         request.getfixturevalue("slurm_cluster")
     run_id = f"spike-{cluster}"
-    store = submit(cluster, run_id)
+    # on Slurm with a host sync every 4 steps (the GPU default is 10): the guard reads the window's losses
+    # at its end, before any checkpoint, and still rolls back to the checkpoint before the spike
+    store = submit(cluster, run_id, *(["sync_every=4"] if cluster == "local-slurm" else []))
     detail = settle(store, run_id)
     attempts = detail["attempts"]
     assert isinstance(attempts, list) and len(attempts) == 2, attempts
