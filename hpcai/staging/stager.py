@@ -205,7 +205,7 @@ class Stager:
         damaged: set[str] = set()
         for start in range(0, len(names), 2000):
             chunk = names[start : start + 2000]
-            result = self._run(remote.SUMS_IN, f"{self.root}/objects", *chunk)
+            result = self._sums(f"{self.root}/objects", chunk, probe.python)
             sums = _parse_sums(result.stdout)
             damaged |= {name for name in chunk if sums.get(name) != wanted[name]}
         if tree is None:
@@ -273,11 +273,11 @@ class Stager:
         for entry, arrived in large:
             part, verified = self._send_one(entry, arrived, scan.files[entry.path], report)
             if verified:
-                self._install([(part, entry)], verified=True)
+                self._install([(part, entry)], verified=True, python=python)
             else:
                 checked.append((part, entry))
         if checked:
-            self._install(checked, verified=False)
+            self._install(checked, verified=False, python=python)
 
     def _send_tar(self, batch: list[Entry], scan: Scan, report: StageReport, python: bool) -> None:
         """Many small files in one stream: no round trip per file. Checked and installed on the cluster
@@ -339,7 +339,14 @@ class Stager:
         if self.progress:
             self.progress(local.stat().st_size - arrived)
 
-    def _install(self, parts: list[tuple[str, Entry]], *, verified: bool) -> None:
+    def _sums(self, folder: str, names: list[str], python: bool) -> CommandResult:
+        """sha256 of files on the cluster: by its python3 where it has one (hashlib: the CPU's SHA
+        extensions), else sha256sum."""
+        if python:
+            return self.transport.run(["python3", "-c", remote.SUMS_IN_PY, folder, *names], timeout=3600)
+        return self._run(remote.SUMS_IN, folder, *names, timeout=3600)
+
+    def _install(self, parts: list[tuple[str, Entry]], *, verified: bool, python: bool = False) -> None:
         """sha256 of every part on the cluster (unless rsync checked it), then one script moves the good
         ones into place read-only; a part that does not match is removed and reported."""
         names = [part.rsplit("/", 1)[1] for part, _ in parts]
@@ -348,7 +355,7 @@ class Stager:
             sums = {name: e.sha256 for name, (_, e) in zip(names, parts, strict=True)}
         else:
             for start in range(0, len(names), 500):
-                result = self._run(remote.SUMS_IN, f"{self.root}/objects/tmp", *names[start : start + 500])
+                result = self._sums(f"{self.root}/objects/tmp", names[start : start + 500], python)
                 sums.update(_parse_sums(result.stdout))
         lines = ['cd "$1" || exit 3']
         bad = []
