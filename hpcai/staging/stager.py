@@ -46,6 +46,7 @@ from hpcai.transport.base import CommandResult, Transport, TransportError
 
 LARGE_FILE_BYTES = 64 << 20  # from this size on, a file travels alone (resumable; rsync when possible)
 TAR_BATCH_BYTES = 256 << 20  # one tar stream carries at most this much (a drop loses at most one batch)
+RSYNC_PARALLEL = 4  # large files sent by rsync at once
 
 
 @dataclass
@@ -269,15 +270,39 @@ class Stager:
                 batch = []
         if batch:
             self._send_tar(batch, scan, report, python)
+        by_rsync = [(e, a) for e, a in large if self.rsync_target and not e.sparse and a < e.size]
+        verified = self._rsync_many(by_rsync, scan, report)
         checked: list[tuple[str, Entry]] = []  # parts whose bytes the cluster must still check
         for entry, arrived in large:
-            part, verified = self._send_one(entry, arrived, scan.files[entry.path], report)
-            if verified:
-                self._install([(part, entry)], verified=True, python=python)
-            else:
-                checked.append((part, entry))
+            if (entry, arrived) not in by_rsync:
+                checked.append((self._send_one(entry, arrived, scan.files[entry.path], report), entry))
+        # one command installs every part rsync checked, one checks and installs the rest
+        if verified:
+            self._install(verified, verified=True, python=python)
         if checked:
             self._install(checked, verified=False, python=python)
+
+    def _rsync_many(self, items: list[tuple[Entry, int]], scan: Scan, report: StageReport) -> list[tuple[str, Entry]]:
+        """Large files by rsync, RSYNC_PARALLEL at a time: each rsync is its own process and SSH connection,
+        so ciphers and checksums of several files use several cores. A failure stops the stage once the
+        others have ended; what arrived stays as parts the next stage resumes from."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = [(self._part(entry), entry) for entry, _ in items]
+        if items:
+            with ThreadPoolExecutor(max_workers=RSYNC_PARALLEL) as pool:
+                futures = [pool.submit(self._rsync, scan.files[e.path], part, arrived)
+                           for (e, arrived), (part, _) in zip(items, parts, strict=True)]  # fmt: skip
+                for future in futures:
+                    future.result()
+        for entry, arrived in items:
+            report.via["rsync"] = report.via.get("rsync", 0) + 1
+            report.bytes_sent += entry.size - arrived
+            report.objects_sent += 1
+        return parts
+
+    def _part(self, entry: Entry) -> str:
+        return f"{self.root}/objects/tmp/{entry.sha256}.{self.writer}.part"
 
     def _send_tar(self, batch: list[Entry], scan: Scan, report: StageReport, python: bool) -> None:
         """Many small files in one stream: no round trip per file. Checked and installed on the cluster
@@ -306,22 +331,19 @@ class Stager:
         report.bytes_sent += sum(e.size for e in batch)
         report.via["tar"] = report.via.get("tar", 0) + len(batch)
 
-    def _send_one(self, entry: Entry, arrived: int, local: Path, report: StageReport) -> tuple[str, bool]:
-        """Upload one large object to our part, resuming after what arrived; returns the part and whether
-        the transfer tool itself checked the whole file (rsync --append-verify, when it moved bytes)."""
-        part = f"{self.root}/objects/tmp/{entry.sha256}.{self.writer}.part"
-        if self.rsync_target and not entry.sparse and arrived < entry.size:
-            self._rsync(local, part, arrived)
-            method, verified = "rsync", True
-        elif arrived < entry.size:
+    def _send_one(self, entry: Entry, arrived: int, local: Path, report: StageReport) -> str:
+        """Upload one large object to our part by SFTP (or a local copy), resuming after what arrived;
+        returns the part, which the cluster then checks (rsync's own check is in `_rsync_many`)."""
+        part = self._part(entry)
+        if arrived < entry.size:
             self.transport.put_file(str(local), part, offset=arrived, progress=self.progress, sparse=entry.sparse)
-            method, verified = ("sftp" if self.transport.__class__.__name__ == "SshTransport" else "copy"), False
+            method = "sftp" if self.transport.__class__.__name__ == "SshTransport" else "copy"
         else:  # it had all arrived before: only the check is left
-            method, verified = "resumed", False
+            method = "resumed"
         report.via[method] = report.via.get(method, 0) + 1
         report.bytes_sent += entry.size - arrived
         report.objects_sent += 1
-        return part, verified
+        return part
 
     def _rsync(self, local: Path, part: str, arrived: int) -> None:
         # `--` ends rsync's options and the local path is absolute: no file name can become an option.
