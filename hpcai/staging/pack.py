@@ -82,6 +82,12 @@ def _listing(source: Path) -> tuple[list[_File], list[_File]]:
                 members.append(entry)
     if (source / SHARDS_DIR).exists():
         raise HpcaiError(f"--pack {source}: it already has a {SHARDS_DIR}/ folder; it looks packed. Stage it as is.")
+    tars = [f.name for f in members if "/" not in f.name and f.name.endswith(".tar")]
+    if tars:
+        raise HpcaiError(
+            f"--pack {source}: it holds tar shards already ({tars[0]}...; img2dataset's layout, which the clip "
+            "workload reads as they are). Stage it without --pack."
+        )
     return manifests, members
 
 
@@ -112,6 +118,7 @@ def pack(
     if target.is_dir():
         shards = len(list((target / SHARDS_DIR).glob("*.tar")))
         return Packed(target, len(manifests) + len(members), _count(target), shards, reused=True)
+    _remove_abandoned(target.parent, source.name)
     aside = target.parent / f".{source.name}.{os.getpid()}.partial"
     shutil.rmtree(aside, ignore_errors=True)
     (aside / SHARDS_DIR).mkdir(parents=True)
@@ -139,6 +146,22 @@ def pack(
             for name, digest in digests.items():
                 hashes.remember(target / SHARDS_DIR / name, digest)
     return Packed(target, len(manifests) + len(members), _count(target), len(groups), reused=False)
+
+
+def _remove_abandoned(folder: Path, name: str) -> None:
+    """Half-written packs of processes that are gone (a killed `hpcai stage --pack`)."""
+    if not folder.is_dir():
+        return
+    for partial in folder.glob(f".{name}.*.partial"):
+        pid = partial.name[len(name) + 2 : -len(".partial")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process: not ours to touch)
 
 
 def _groups(members: list[_File], shard_bytes: int) -> list[list[_File]]:

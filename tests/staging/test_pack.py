@@ -51,6 +51,12 @@ def test_packing_keeps_manifests_shards_the_rest_and_is_deterministic(tmp_path: 
     second = pack(data, shard_bytes=1 << 14, cache=tmp_path / "cache2")
     assert [p.read_bytes() for p in shard_files(second.folder / SHARDS_DIR)] == [p.read_bytes() for p in shards]
     assert pack(data, shard_bytes=1 << 14, cache=tmp_path / "cache1").reused
+    # a pack killed half-way (its process gone) leaves a partial folder: the next pack removes it
+    abandoned = second.folder.parent / f".{data.name}.999999999.partial"
+    abandoned.mkdir()
+    second.folder.rename(second.folder.with_name("moved"))
+    pack(data, shard_bytes=1 << 14, cache=tmp_path / "cache2")
+    assert not abandoned.exists()
 
 
 def test_a_copied_index_stays_valid_and_a_changed_shard_is_rescanned(tmp_path: Path) -> None:
@@ -86,6 +92,12 @@ def test_what_cannot_be_packed_is_refused_with_the_fix(tmp_path: Path) -> None:
         pack(packed, cache=tmp_path / "cache")
     with pytest.raises(HpcaiError, match="single file"):
         pack(data / "pairs.jsonl", cache=tmp_path / "cache")
+    sharded = tmp_path / "img2dataset"
+    from hpcai.train.synth import synth_clip_shards
+
+    synth_clip_shards(sharded, samples=8, per_shard=4)
+    with pytest.raises(HpcaiError, match="holds tar shards already"):
+        pack(sharded, cache=tmp_path / "cache")
 
 
 def test_both_workloads_read_packed_images_as_they_read_files(tmp_path: Path) -> None:
