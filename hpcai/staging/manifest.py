@@ -79,6 +79,13 @@ class HashCache:
         self.dirty = True
         return digest.hexdigest()
 
+    def known(self, file: Path, info: os.stat_result) -> bool:
+        """Whether the file's digest is cached for its current size and mtime (no read needed)."""
+        cached = self.data.get(json.dumps(str(file.absolute())))
+        if not cached:
+            return False
+        return bool(cached[0] == info.st_size and cached[1] == info.st_mtime_ns)
+
     def remember(self, file: Path, digest: str) -> None:
         """A digest computed while the file was written (a packed shard): no second read to hash it."""
         info = file.stat()

@@ -183,3 +183,51 @@ def test_remote_job_runs_the_staged_workload_code_and_runtime(
     assert view.state == "COMPLETED"
     out = next(Path(view.run_dir, "logs").glob("slurm-*.out")).read_text()
     assert f"hpcai: runtime from {spec['python_path']}/hpcai" in out
+
+
+def test_one_large_file_goes_by_rsync_while_it_is_hashed(
+    remote: SshTransport, sshd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash pass overlaps the transfer: the part sent while hashing becomes the object; when the cluster
+    already has the content it is dropped; a file changed meanwhile is never installed from it."""
+    import hpcai.staging.stager as staging
+
+    monkeypatch.setattr(staging, "LARGE_FILE_BYTES", 100_000)
+    big = tmp_path / "weights.bin"
+    big.write_bytes(os.urandom(3_000_000))
+    config = ssh_config(tmp_path, sshd)
+    ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    store = tmp_path / "cluster" / "store"
+    stager = Stager(remote, str(store), rsync_target="hpcai-test:", rsync_ssh=ssh)
+    adopted = []
+    original_adopt = staging._EarlyTransfer.adopt
+
+    def spy(self, entries, owner):  # type: ignore[no-untyped-def]
+        result = original_adopt(self, entries, owner)
+        adopted.append(result)
+        return result
+
+    monkeypatch.setattr(staging._EarlyTransfer, "adopt", spy)
+    report = stager.stage(big, HashCache(tmp_path / "h1.json"))
+    assert report.via == {"rsync": 1} and len(adopted) == 1 and adopted[0]  # sent early, installed
+    assert Path(report.remote_path).read_bytes() == big.read_bytes()
+    assert not list((store / "objects" / "tmp").glob("*.part"))
+    # another machine's hash cache (cold) and a store that has it: the early copy is dropped, nothing sent
+    again = stager.stage(big, HashCache(tmp_path / "h2.json"))
+    assert again.objects_sent == 0 and len(adopted) == 2 and not list((store / "objects" / "tmp").glob("*.part"))
+
+    # a file changed while it was sent and hashed: its early part is not trusted
+    original_rsync = Stager._rsync
+
+    def rsync_then_touch(self, local, part, arrived):  # type: ignore[no-untyped-def]
+        original_rsync(self, local, part, arrived)
+        if "/early-" in part:
+            os.utime(local, ns=(1, 1))
+
+    monkeypatch.setattr(Stager, "_rsync", rsync_then_touch)
+    changed = tmp_path / "changed.bin"
+    changed.write_bytes(os.urandom(2_000_000))
+    report = stager.stage(changed, HashCache(tmp_path / "h3.json"))
+    assert adopted[-1] == [] and report.via == {"rsync": 1}  # sent again the ordinary way
+    assert Path(report.remote_path).read_bytes() == changed.read_bytes()
+    assert not list((store / "objects" / "tmp").glob("*.part"))
