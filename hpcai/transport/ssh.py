@@ -378,11 +378,13 @@ class SshTransport(Transport):
             try:
                 channel.settimeout(timeout)
                 channel.exec_command(command)
+                # As memoryviews: paramiko's sendall re-slices what is left after every packet, which for
+                # bytes copies the rest each time -- quadratic: 8.8 s for one 39 MB chunk, 0.25 s as a view.
                 if isinstance(input, bytes):
-                    channel.sendall(input)
+                    channel.sendall(memoryview(input))
                 elif input is not None:
                     for chunk in input:
-                        channel.sendall(chunk)
+                        channel.sendall(memoryview(chunk))
                 channel.shutdown_write()
                 out = channel.makefile("rb").read().decode("utf-8", errors="replace")
                 err = channel.makefile_stderr("rb").read().decode("utf-8", errors="replace")
