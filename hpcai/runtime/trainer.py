@@ -270,11 +270,10 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            tokens, flops = task.work(cpu_batch)
+            tokens, flops = task.work(cpu_batch)  # host numbers: they join the device values at the sync
             z = out.z_loss.detach().float().reshape(1) if out.z_loss is not None else torch.zeros(1, device=device)
-            values = torch.cat([out.loss.detach().float().reshape(1), _local(grad_norm).float().reshape(1), z,
-                                torch.tensor([float(tokens), float(flops)], device=device)])  # fmt: skip
-            window.append(_StepRecord(done, values, out.z_loss is not None, lr, data_s))
+            values = torch.cat([out.loss.detach().float().reshape(1), _local(grad_norm).float().reshape(1), z])
+            window.append(_StepRecord(done, values, out.z_loss is not None, lr, data_s, float(tokens), float(flops)))
             heartbeat.beat("step", done, time.perf_counter() - began)
             if config.inject_hang_at == done and not _hung_before(config.run_dir):
                 _hang_forever(accelerator, done)
@@ -512,10 +511,12 @@ class _StepRecord:
     """A step trained but not yet read back: its values stay on the device until the window's sync."""
 
     step: int
-    values: torch.Tensor  # loss, grad norm, z-loss, tokens, FLOPs (this rank's)
+    values: torch.Tensor  # loss, grad norm, z-loss (this rank's, on the device)
     has_z_loss: bool
-    lr: float
+    lr: float  # the learning rate this step's update used
     data_s: float
+    tokens: float  # this rank's, counted on the host
+    flops: float
 
 
 def _local(value: torch.Tensor) -> torch.Tensor:
@@ -529,9 +530,12 @@ def _reduce_window(accelerator: Any, window: list[_StepRecord], stop_requested: 
     """The window's values summed over ranks, and whether any rank saw the stop request (so all ranks stop
     at the same step): one collective and one device-to-host copy for the whole window."""
     device = window[0].values.device
-    flat = torch.cat([torch.stack([r.values for r in window]).reshape(-1),
-                      torch.tensor([1.0 if stop_requested else 0.0], device=device)])  # fmt: skip
+    # The host's numbers go to the device once per window (a copy from pageable memory waits for the
+    # stream: once per step it would be the very sync this avoids).
+    host = [x for r in window for x in (r.tokens, r.flops)] + [1.0 if stop_requested else 0.0]
+    flat = torch.cat([torch.stack([r.values for r in window]).reshape(-1), torch.tensor(host, device=device)])
     totals = accelerator.reduce(flat, reduction="sum").tolist()
     width = window[0].values.numel()
-    rows = [totals[i * width : (i + 1) * width] for i in range(len(window))]
-    return rows, totals[-1] > 0
+    counts = totals[len(window) * width :]
+    rows = [totals[i * width : (i + 1) * width] + counts[2 * i : 2 * i + 2] for i in range(len(window))]
+    return rows, counts[-1] > 0
