@@ -95,10 +95,7 @@ def stage_paths(
     if inodes is not None:
         warnings.append(inodes)
     reports = []
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=error_console.real, disable=not show_progress, transient=True,
-    ) as bar:  # fmt: skip
+    with _progress(show_progress, TimeRemainingColumn()) as bar:
         task = bar.add_task(f"staging to {cluster}:{fs_name}", total=total)
         stager = _stager(transport, root, lambda n: bar.advance(task, n), fs.share_with_group)
         try:
@@ -126,10 +123,7 @@ def _pack_items(
 
     found = {}
     folders = [(i, item) for i, item in enumerate(items) if item.path.is_dir()]
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=error_console.real, disable=not show_progress, transient=True,
-    ) as bar:  # fmt: skip
+    with _progress(show_progress) as bar:
         for i, item in folders:
             task = bar.add_task(f"packing {item.path.name}", total=_size(item.path))
 
@@ -153,6 +147,13 @@ def parse_bytes(text: str, *, option: str) -> int:
     if value < 1 << 20:
         raise HpcaiError(f"{option} {text}: give a size of 1M or more, e.g. 256M or 1G.")
     return value
+
+
+def _progress(show: bool, *extra: Any) -> Progress:
+    """A transient byte-count bar on stderr (packing, staging)."""
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), *extra, console=error_console.real, disable=not show,
+                    transient=True)  # fmt: skip
 
 
 def _count_files(path: Path) -> int:

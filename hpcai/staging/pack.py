@@ -17,7 +17,6 @@ unchanged folder is not packed again.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -117,7 +116,7 @@ def pack(
     target = (cache or pack_cache()) / key / source.name
     if target.is_dir():
         shards = len(list((target / SHARDS_DIR).glob("*.tar")))
-        return Packed(target, len(manifests) + len(members), _count(target), shards, reused=True)
+        return Packed(target, len(manifests) + len(members), _files_after(manifests, shards), shards, reused=True)
     _remove_abandoned(target.parent, source.name)
     aside = target.parent / f".{source.name}.{os.getpid()}.partial"
     shutil.rmtree(aside, ignore_errors=True)
@@ -145,7 +144,8 @@ def pack(
         if hashes is not None:
             for name, digest in digests.items():
                 hashes.remember(target / SHARDS_DIR / name, digest)
-    return Packed(target, len(manifests) + len(members), _count(target), len(groups), reused=False)
+    return Packed(target, len(manifests) + len(members), _files_after(manifests, len(groups)), len(groups),
+                  reused=False)  # fmt: skip
 
 
 def _remove_abandoned(folder: Path, name: str) -> None:
@@ -184,7 +184,7 @@ def _write_shard(shard: Path, group: list[_File], progress: Callable[[int], None
     """One tar file (readable by tar, tarfile and webdataset) with its `.idx.json`; returns its sha256.
     Headers are made here rather than by tarfile: tarfile's per-member Python cost was most of a pack of
     50,000 small files. The index is written from the offsets as they are laid down (no re-scan)."""
-    from hpcai.train.shards import INDEX_SUFFIX, split_key
+    from hpcai.train.shards import save_index, split_key
 
     digest = hashlib.sha256()
     members: dict[str, dict[str, list[int]]] = {}
@@ -217,8 +217,7 @@ def _write_shard(shard: Path, group: list[_File], progress: Callable[[int], None
         pad = -(offset + 2 * BLOCK) % RECORD
         if pad:
             emit(b"\0" * pad)
-    index = shard.with_name(shard.name + INDEX_SUFFIX)
-    index.write_text(json.dumps({"shard_bytes": shard.stat().st_size, "members": members}))
+    save_index(shard, members)
     return digest.hexdigest()
 
 
@@ -248,5 +247,6 @@ def _header(name: str, size: int) -> bytes:
     return bytes(block)
 
 
-def _count(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file())
+def _files_after(manifests: list[_File], shards: int) -> int:
+    """Files of the packed copy: the manifests, and each shard with its index."""
+    return len(manifests) + 2 * shards

@@ -97,9 +97,13 @@ def index_shard(shard: Path) -> dict[str, dict[str, Member]]:
 def write_index(shard: Path) -> Path:
     """Write `<shard>.idx.json` so later readers skip the header scan."""
     samples = index_shard(shard)
+    return save_index(shard, {k: {e: [m.offset, m.size] for e, m in v.items()} for k, v in samples.items()})
+
+
+def save_index(shard: Path, members: dict[str, dict[str, list[int]]]) -> Path:
+    """The index file's one writer: {key: {ext: [offset, size]}} with the shard's size (see index_shard)."""
     sidecar = shard.with_name(shard.name + INDEX_SUFFIX)
     tmp = sidecar.with_name(sidecar.name + f".{os.getpid()}.tmp")
-    members = {k: {e: [m.offset, m.size] for e, m in v.items()} for k, v in samples.items()}
     tmp.write_text(json.dumps({"shard_bytes": shard.stat().st_size, "members": members}))
     os.replace(tmp, sidecar)
     return sidecar
