@@ -389,6 +389,11 @@ class SshTransport(Transport):
                 out = channel.makefile("rb").read().decode("utf-8", errors="replace")
                 err = channel.makefile_stderr("rb").read().decode("utf-8", errors="replace")
                 code = channel.recv_exit_status()
+                link = channel.get_transport()
+                if code == -1 and (link is None or not link.is_active()):
+                    # paramiko ends a channel whose link died as if the command had exited -1: the command may
+                    # have run or not, and that is a dropped link, not a result.
+                    raise EOFError("the link closed before the command's exit status came")
             except TimeoutError:
                 return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:g} s")
             finally:

@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -138,9 +140,24 @@ def test_a_dropped_connection_is_reestablished_but_sbatch_is_never_repeated(sshd
     transport._client.get_transport().sock.close()  # type: ignore[union-attr]  # the link drops
     assert transport.run(["echo", "again"]).stdout == "again\n"
     assert transport.connects == 2
-    transport._client.get_transport().sock.close()  # type: ignore[union-attr]
+
+    # A link seen dead before anything was sent: a fresh login is safe even for a command that must not repeat.
+    client_transport = transport._client.get_transport()  # type: ignore[union-attr]
+    client_transport.sock.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while client_transport.is_active() and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    assert transport.run(["echo", "fresh"], idempotent=False).stdout == "fresh\n"
+    assert transport.connects == 3
+
+    # The link drops while the command runs: it may have done its work, so it is not sent again.
+    marker = tmp_path / "submitted"
+    running = transport._client.get_transport()  # type: ignore[union-attr]
+    threading.Timer(0.5, running.sock.close).start()  # type: ignore[union-attr]
     with pytest.raises(SshError, match="not repeated"):
-        transport.run(["echo", "submit"], idempotent=False)
+        transport.run(["sh", "-c", f"echo once >> {marker}; sleep 3"], idempotent=False)
+    assert marker.read_text() == "once\n"
+    assert transport.connects == 3
 
 
 def test_remote_submit_status_logs_follow_and_cancel(
