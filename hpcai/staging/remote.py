@@ -64,8 +64,8 @@ exit $rc
 
 # Materialise with one process instead of a process per file (2,000 links: 1.4 s by `ln` through a shell,
 # a few ms here), where the login node has python3 (every site hpcai knows). argv: store root, building,
-# target, umask (octal), repair (0/1); stdin: NUL-separated records, `F place variant base mode` or
-# `L place link-target`, paths as raw bytes.
+# target, umask (octal), repair (0/1); stdin: NUL-separated records, `I part object` (a checked upload to
+# install first), `F place variant base mode` or `L place link-target`, paths as raw bytes.
 MATERIALISE_PY = r"""
 import os, shutil, sys
 root, building, target = (os.fsencode(a) for a in sys.argv[1:4])
@@ -78,6 +78,13 @@ made = set()
 i = 0
 while i < len(fields) - 1:
     kind = fields[i]
+    if kind == b"I":  # a part checked on its way here becomes its object, read-only
+        part, obj = os.path.join(objects, b"tmp", fields[i + 1]), os.path.join(objects, fields[i + 2])
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        os.chmod(part, 0o444)
+        os.replace(part, obj)
+        i += 3
+        continue
     if kind == b"F":
         place, variant, base, mode = fields[i + 1 : i + 5]
         i += 5
@@ -175,6 +182,54 @@ for name in sys.argv[2:]:
         sys.stderr.write("%s: %s\\n" % (name, exc))
         continue
     sys.stdout.write("%s  %s\\n" % (digest.hexdigest(), name))
+"""
+
+# stdin: a file's bytes from offset $2 on. $1 the part, $2 the offset (bytes already in the part), $3 umask.
+# Appends to the part while hashing the part's first $2 bytes and then the stream: the cluster's sha256
+# of the whole part is ready when the last byte lands (no second pass over it). A refused write (full disk,
+# quota) keeps what was written, drains the rest of the stream so the sender finishes, and exits 5.
+STREAM_PART_PY = r"""
+import hashlib, os, sys
+part, offset = sys.argv[1], int(sys.argv[2])
+os.umask(int(sys.argv[3], 8))
+digest, size, error = hashlib.sha256(), 0, None
+try:
+    os.makedirs(os.path.dirname(part), exist_ok=True)
+    out = open(part, "r+b" if offset else "wb")
+except OSError as exc:
+    sys.stderr.write("%s\n" % exc)
+    sys.exit(3)
+while size < offset:
+    chunk = out.read(min(1 << 20, offset - size))
+    if not chunk:
+        sys.stderr.write("the part is shorter than %d bytes\n" % offset)
+        sys.exit(4)
+    digest.update(chunk)
+    size += len(chunk)
+out.seek(offset)
+out.truncate()
+stream = sys.stdin.buffer
+read = getattr(stream, "read1", stream.read)
+while True:
+    chunk = read(1 << 20)
+    if not chunk:
+        break
+    if error is None:  # after a refused write the rest is drained, so the sender finishes
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            error = exc
+            continue
+        digest.update(chunk)
+        size += len(chunk)
+try:
+    out.close()
+except OSError as exc:
+    error = error or exc
+if error is not None:
+    sys.stderr.write("%s\n" % error)
+    sys.exit(5)
+sys.stdout.write("%s %d\n" % (digest.hexdigest(), size))
 """
 
 # $1 a tree: one digest over the sha256 of every file (names unescaped, `sha256sum -z`).

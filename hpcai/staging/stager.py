@@ -44,6 +44,7 @@ from hpcai.staging.manifest import (
     tree_id,
 )
 from hpcai.transport.base import CommandResult, Transport, TransportError
+from hpcai.transport.local import LocalTransport
 
 LARGE_FILE_BYTES = 64 << 20  # from this size on, a file travels alone (resumable; rsync when possible)
 TAR_BATCH_BYTES = 256 << 20  # one tar stream carries at most this much (a drop loses at most one batch)
@@ -152,7 +153,7 @@ class Stager:
         if verify:
             damaged, content_ok = self._verify_remote(target if intact else None, entries, source, probe)
             intact = intact and content_ok and not damaged
-        adopted = early.adopt(entries, self) if early is not None else []
+        adopted = early.adopt(entries, self, probe) if early is not None else []
         if intact:
             for part, _ in adopted:  # sent for nothing: the cluster had it (hashed elsewhere)
                 self.transport.run(["rm", "-f", "--", part])
@@ -167,20 +168,27 @@ class Stager:
             variant = variant_path(entry)
             if variant != base and (probe.objects.get(variant, entry.size) != entry.size or not good):
                 damaged.add(variant)  # a mode copy is remade from its (re-sent) object
+        checked_parts: list[tuple[str, Entry]] = []  # parts already checked, installed with the tree
         for part, entry in adopted:  # sent while it was hashed
             if needed.pop(entry.sha256, None) is not None:
-                report.via["rsync"] = report.via.get("rsync", 0) + 1
-                report.bytes_sent += entry.size
+                assert early is not None
+                method = "rsync" if early.thread is not None else "stream"
+                report.via[method] = report.via.get(method, 0) + 1
+                report.bytes_sent += entry.size - early.resumed
+                report.resumed_bytes += early.resumed
                 report.objects_sent += 1
-                self._install([(part, entry)], verified=True, python=probe.python)
+                checked_parts.append((part, entry))
             else:
                 self.transport.run(["rm", "-f", "--", part])
         to_send = self._claim_parts(list(needed.values()), probe, report)
         self._check_space(to_send, report, probe)
-        self._send(to_send, scan, report, probe.python)
+        checked_parts += self._send(to_send, scan, report, probe.python)
+        if not probe.python:
+            self._install(checked_parts, verified=True)
+            checked_parts = []
         report.repaired = probe.tree_digest not in (None, expected) or bool(damaged)
         self._materialise(source, entries, target, damaged, repair=probe.tree_digest is not None,
-                          python=probe.python)  # fmt: skip
+                          python=probe.python, install=checked_parts)  # fmt: skip
         return report
 
     def _run(self, script: str, *args: str, input: bytes | None = None, timeout: float = 600) -> CommandResult:
@@ -250,7 +258,8 @@ class Stager:
             if usable:
                 size, name = usable[0]
                 ours = f"{entry.sha256}.{self.writer}.part"
-                lines.append(f"mv -f tmp/{shlex.quote(name)} tmp/{ours} 2>/dev/null && echo {entry.sha256}")
+                take = "true" if name == ours else f"mv -f tmp/{shlex.quote(name)} tmp/{ours} 2>/dev/null"
+                lines.append(f"{take} && echo {entry.sha256}")
                 plans.append((entry, size))
             else:
                 plans.append((entry, 0))
@@ -273,7 +282,11 @@ class Stager:
                 "space (quota), or stage to another filesystem with --to."
             )
 
-    def _send(self, to_send: list[tuple[Entry, int]], scan: Scan, report: StageReport, python: bool) -> None:
+    def _send(
+        self, to_send: list[tuple[Entry, int]], scan: Scan, report: StageReport, python: bool
+    ) -> list[tuple[str, Entry]]:
+        """Sends what is missing; returns the parts already checked (by rsync or while streamed), which the
+        caller installs."""
         small: list[Entry] = []
         large: list[tuple[Entry, int]] = []
         for entry, arrived in to_send:
@@ -293,13 +306,15 @@ class Stager:
         verified = self._rsync_many(by_rsync, scan, report)
         checked: list[tuple[str, Entry]] = []  # parts whose bytes the cluster must still check
         for entry, arrived in large:
-            if (entry, arrived) not in by_rsync:
+            if (entry, arrived) in by_rsync:
+                continue
+            if python and not entry.sparse and not isinstance(self.transport, LocalTransport):
+                verified.append((self._stream_one(entry, arrived, scan.files[entry.path], report), entry))
+            else:
                 checked.append((self._send_one(entry, arrived, scan.files[entry.path], report), entry))
-        # one command installs every part rsync checked, one checks and installs the rest
-        if verified:
-            self._install(verified, verified=True, python=python)
-        if checked:
+        if checked:  # one command checks and installs them
             self._install(checked, verified=False, python=python)
+        return verified
 
     def _rsync_many(self, items: list[tuple[Entry, int]], scan: Scan, report: StageReport) -> list[tuple[str, Entry]]:
         """Large files by rsync, RSYNC_PARALLEL at a time: each rsync is its own process and SSH connection,
@@ -356,6 +371,33 @@ class Stager:
         report.bytes_sent += sum(e.size for e in batch)
         report.via["tar"] = report.via.get("tar", 0) + len(batch)
 
+    def _stream_one(self, entry: Entry, arrived: int, local: Path, report: StageReport) -> str:
+        """Upload one large object over an SSH command's own channel into our part, the cluster hashing it as
+        it lands (no second pass there; faster than paramiko's SFTP, which waits on its write acks). A
+        dropped link resumes from what arrived, twice at most. Returns the part, checked."""
+        part = self._part(entry)
+        start = arrived
+        for attempt in range(3):
+            try:
+                digest, size = stream_part(self.transport, local, part, start, umask=self.umask,
+                                           progress=self.progress)  # fmt: skip
+                break
+            except TransportError:  # the link dropped (a refused write is an exit status, not this)
+                if attempt == 2:
+                    raise
+                result = self._run('wc -c < "$1"', part)
+                start = int(result.stdout.strip()) if result.ok and result.stdout.strip().isdigit() else 0
+        if digest != entry.sha256 or size != entry.size:
+            self.transport.run(["rm", "-f", "--", part])
+            raise TransportError(
+                f"stage: {readable(entry.path)} arrived corrupted: its sha256 on the cluster differs from this "
+                "machine's. The partial copy was removed; run the same command again."
+            )
+        report.via["stream"] = report.via.get("stream", 0) + 1
+        report.bytes_sent += entry.size - arrived
+        report.objects_sent += 1
+        return part
+
     def _send_one(self, entry: Entry, arrived: int, local: Path, report: StageReport) -> str:
         """Upload one large object to our part by SFTP (or a local copy), resuming after what arrived;
         returns the part, which the cluster then checks (rsync's own check is in `_rsync_many`)."""
@@ -370,12 +412,15 @@ class Stager:
         report.objects_sent += 1
         return part
 
-    def _rsync(self, local: Path, part: str, arrived: int) -> None:
+    def _rsync(self, local: Path, part: str, arrived: int, *, make_folder: bool = False) -> None:
         # `--` ends rsync's options and the local path is absolute: no file name can become an option.
         # -s (--protect-args) keeps the remote path from the remote shell.
         command = ["rsync", "--partial", "--append-verify", "--inplace", "-s", "-q"]
         if self.rsync_ssh:
             command += ["-e", shlex.join(self.rsync_ssh)]
+        if make_folder:  # the part's folder made by the remote rsync's own command line: no round trip
+            folder = part.rsplit("/", 1)[0]
+            command += [f"--rsync-path=umask {self.umask} && mkdir -p -- {shlex.quote(folder)} && rsync"]
         command += ["--", str(local.absolute()), f"{self.rsync_target}{part}"]
         result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
@@ -394,6 +439,8 @@ class Stager:
         return self._run(remote.SUMS_IN, folder, *names, timeout=3600)
 
     def _install(self, parts: list[tuple[str, Entry]], *, verified: bool, python: bool = False) -> None:
+        if not parts:
+            return
         """sha256 of every part on the cluster (unless rsync checked it), then one script moves the good
         ones into place read-only; a part that does not match is removed and reported."""
         names = [part.rsplit("/", 1)[1] for part, _ in parts]
@@ -424,8 +471,9 @@ class Stager:
             raise TransportError(f"stage: installing on the cluster failed: {result.stderr.strip()[-300:]}")
 
     def _materialise(self, source: Path, entries: list[Entry], target: str, damaged: set[str], *,
-                     repair: bool, python: bool) -> None:  # fmt: skip
-        """One script links the objects into a fresh folder and renames it into place."""
+                     repair: bool, python: bool, install: list[tuple[str, Entry]]) -> None:  # fmt: skip
+        """One script links the objects into a fresh folder and renames it into place; with python3 there,
+        the same command first installs the checked parts (`install`: one round trip less)."""
         cleanup = b"".join(b'rm -f "$1/objects"/' + shlex.quote(v).encode() + b"\n" for v in sorted(damaged)
                            if "." in v)  # fmt: skip
         if cleanup:
@@ -433,6 +481,8 @@ class Stager:
         building = f"{target}.building-{self.writer}"
         if python:
             records = []
+            for part, entry in install:
+                records += [b"I", part.rsplit("/", 1)[1].encode(), object_path(entry.sha256).encode()]
             for entry in entries:
                 place = encode_name(placed_name(entry, source))
                 if entry.link is not None:
@@ -472,13 +522,16 @@ class Stager:
 
 
 class _EarlyTransfer:
-    """One large file whose sha256 is not cached yet goes by rsync while this machine hashes it: the hash
-    pass (about 0.8 s per GB) overlaps the transfer instead of preceding it. The bytes land in a part named
-    after the file's path, size and mtime; once the hash is known the part becomes the object -- if the file
-    did not change meanwhile (same size and mtime before and after both read it), else it is dropped and
-    the file goes the ordinary way. Only for a single file with rsync on both ends (containers, weights)."""
+    """One large file whose sha256 is not cached yet is sent while this machine hashes it, instead of after:
+    - with rsync on both ends, rsync sends it while the scan hashes it (about 0.8 s per GB, overlapped);
+    - otherwise it is streamed to the cluster and hashed here in the same pass, before the scan, which then
+      finds the hash cached (one read of the file, no separate hash pass on either end).
+    The bytes land in a part named after the file's path, size and mtime; once the hash is known the part
+    becomes the object -- if the file did not change meanwhile (same size and mtime before and after both
+    read it), else it is dropped and the file goes the ordinary way. Only for a single file (containers,
+    weights), never over a local "cluster" (a copy is as fast as it gets)."""
 
-    def __init__(self, stager: Stager, local: Path, info: os.stat_result) -> None:
+    def __init__(self, stager: Stager, local: Path, info: os.stat_result, cache: HashCache) -> None:
         import threading
 
         token = hashlib.sha256(f"{local.absolute()}\0{info.st_size}\0{info.st_mtime_ns}".encode(
@@ -486,12 +539,22 @@ class _EarlyTransfer:
         self.local, self.info = local, info
         self.part = f"{stager.root}/objects/tmp/early-{token}.part"
         self.error: BaseException | None = None
-        # The part's folder is made here, before the thread starts: the connection is then used by one
-        # thread at a time (the rsync has its own).
-        made = stager.transport.run(["sh", "-c", 'umask "$1" && mkdir -p -- "$2"', "sh", stager.umask,
-                                     self.part.rsplit("/", 1)[0]])  # fmt: skip
-        if not made.ok:
-            self.error = TransportError(made.stderr.strip()[-300:] or "mkdir failed")
+        self.sha256: str | None = None  # the streamed variant's: this machine's and the cluster's agree
+        self.resumed = 0  # bytes an earlier try of the streamed variant had sent
+        self.corrupt = False  # the part is not a prefix of the file
+        self.thread: threading.Thread | None = None
+        if stager.rsync_target is None:
+            self._stream(stager, cache)
+            return
+        # The part's folder: made by rsync's remote command where its path needs no quoting beyond shlex's
+        # (a login shell may be csh), else here, before the thread starts, so that the connection is used by
+        # one thread at a time (the rsync has its own).
+        self.make_folder = re.fullmatch(r"[A-Za-z0-9_./+-]+", self.part) is not None
+        if not self.make_folder:
+            made = stager.transport.run(["sh", "-c", 'umask "$1" && mkdir -p -- "$2"', "sh", stager.umask,
+                                         self.part.rsplit("/", 1)[0]])  # fmt: skip
+            if not made.ok:
+                self.error = TransportError(made.stderr.strip()[-300:] or "mkdir failed")
         self.thread = threading.Thread(target=self._send, args=(stager,), daemon=True)
         self.thread.start()
 
@@ -501,38 +564,128 @@ class _EarlyTransfer:
             info = source.stat()
         except OSError:
             return None
-        if (stager.rsync_target is None or not source.is_file() or source.is_symlink()
+        if (isinstance(stager.transport, LocalTransport) or not source.is_file() or source.is_symlink()
                 or info.st_size < LARGE_FILE_BYTES or info.st_blocks * 512 < info.st_size
                 or cache.known(source, info)):  # fmt: skip
             return None
-        return cls(stager, source, info)
+        return cls(stager, source, info, cache)
 
     def _send(self, stager: Stager) -> None:
         if self.error is not None:
             return
         try:
-            stager._rsync(self.local, self.part, 0)
+            stager._rsync(self.local, self.part, 0, make_folder=self.make_folder)
         except BaseException as exc:  # reported by adopt(): the file then goes the ordinary way
             self.error = exc
 
-    def finish(self) -> bool:
-        """Wait for the transfer; whether it completed."""
-        self.thread.join()
-        return self.error is None
+    def _stream(self, stager: Stager, cache: HashCache) -> None:
+        # An earlier try's part of this very file (same path, size and mtime) is resumed: the prefix is
+        # hashed on both ends, only the rest is sent.
+        arrived = stager._run('wc -c < "$1" 2>/dev/null || echo 0', self.part).stdout.strip()
+        offset = int(arrived) if arrived.isdigit() and int(arrived) <= self.info.st_size else 0
+        self.resumed = offset
+        if stager.progress and offset:
+            stager.progress(offset)
+        digest = hashlib.sha256()
+        try:
+            sha, size = stream_part(stager.transport, self.local, self.part, offset, umask=stager.umask,
+                                    progress=stager.progress, digest=digest)  # fmt: skip
+        except TransportError as exc:  # no python3 there, a drop, a full disk: the ordinary way says what
+            self.error = exc
+            return
+        if sha != digest.hexdigest() or size != self.info.st_size:
+            self.error = TransportError("the streamed copy differs from the file")
+            self.corrupt = True
+        elif self._unchanged():
+            self.sha256 = sha
+            cache.remember(self.local, sha)
 
-    def adopt(self, entries: list[Entry], stager: Stager) -> list[tuple[str, Entry]]:
-        """[(part, entry)] when the part holds exactly the hashed file, else [] (the part removed)."""
-        done = self.finish()
-        files = [e for e in entries if e.link is None]
+    def _unchanged(self) -> bool:
         try:
             now = self.local.stat()
-            unchanged = (now.st_size, now.st_mtime_ns) == (self.info.st_size, self.info.st_mtime_ns)
         except OSError:
-            unchanged = False
-        if done and unchanged and len(files) == 1 and files[0].size == self.info.st_size:
+            return False
+        return (now.st_size, now.st_mtime_ns) == (self.info.st_size, self.info.st_mtime_ns)
+
+    def finish(self) -> bool:
+        """Wait for the transfer; whether it completed."""
+        if self.thread is not None:
+            self.thread.join()
+        return self.error is None
+
+    def adopt(self, entries: list[Entry], stager: Stager, probe: Probe) -> list[tuple[str, Entry]]:
+        """[(part, entry)] when the part holds exactly the hashed file, else []. A transfer broken off
+        (the file unchanged) leaves a prefix of it: that part is handed to the ordinary way as an upload in
+        progress (listed in `probe.parts`), which goes on from there; any other part is removed."""
+        done = self.finish()
+        files = [e for e in entries if e.link is None]
+        same_file = len(files) == 1 and files[0].size == self.info.st_size and self._unchanged()
+        if done and same_file and (self.thread is not None or self.sha256 == files[0].sha256):
             return [(self.part, files[0])]
+        if same_file and not self.corrupt:
+            ordinary = stager._part(files[0])
+            moved = stager._run('mv -f -- "$1" "$2" 2>/dev/null && wc -c < "$2"', self.part, ordinary)
+            if moved.ok and moved.stdout.strip().isdigit():
+                probe.parts[ordinary.rsplit("/", 1)[1]] = int(moved.stdout.strip())
+            return []
         stager.transport.run(["rm", "-f", "--", self.part])
         return []
+
+
+def stream_part(
+    transport: Transport,
+    local: Path,
+    part: str,
+    offset: int,
+    *,
+    umask: str,
+    progress: Callable[[int], None] | None = None,
+    digest: Any = None,
+) -> tuple[str, int]:
+    """Send `local` from `offset` on into `part` on the cluster through one command's standard input; the
+    cluster hashes the part as it writes. With `digest` (a hashlib object), the bytes read are hashed here
+    too, by a helper thread while the next chunk is sent (hashlib releases the GIL). Returns the cluster's
+    (sha256 of the whole part, its size)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def chunks() -> Iterator[bytes]:
+        pending: Future[None] | None = None
+        with ThreadPoolExecutor(max_workers=1) as hasher:
+            try:
+                with open(local, "rb") as handle:
+                    if digest is not None:  # the part's prefix, already there, is this file's too
+                        while handle.tell() < offset and (chunk := handle.read(min(1 << 20, offset - handle.tell()))):
+                            digest.update(chunk)
+                    handle.seek(offset)
+                    while chunk := handle.read(1 << 20):
+                        if digest is not None:
+                            if pending is not None:
+                                pending.result()
+                            pending = hasher.submit(digest.update, chunk)
+                        yield chunk
+                        if progress:
+                            progress(len(chunk))
+            except OSError as exc:
+                raise HpcaiError(
+                    f"stage: {readable(str(local))} could not be read while it was staged ({exc}). Stage again once "
+                    "nothing writes to it."
+                ) from None
+            if pending is not None:
+                pending.result()
+
+    argv = ["python3", "-c", remote.STREAM_PART_PY, part, str(offset), umask]
+    result = transport.run(argv, input=chunks(), timeout=3600)
+    reason = result.stderr.strip()[-300:] or f"exit status {result.returncode}"
+    if result.returncode == 5:
+        raise TransportError(
+            f"stage: the cluster refused to store {readable(str(local))}: {reason}. Its disk or your quota is "
+            "probably full: free space (or stage elsewhere with --to) and run the same command again; it goes on "
+            "from what arrived."
+        )
+    sha, _, size = result.stdout.strip().partition(" ")
+    if not result.ok or not size.isdigit():
+        raise TransportError(f"stage: sending {readable(str(local))} to the cluster failed: {reason}.")
+    return sha, int(size)
 
 
 def plan_stage(

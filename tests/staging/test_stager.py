@@ -73,8 +73,10 @@ def test_a_transfer_cut_off_midway_resumes_without_resending(
         if sent[0] >= 3 << 20 and remote._client is not None:
             remote._client.get_transport().sock.close()  # type: ignore[union-attr]  # the link drops
 
+    cache = HashCache(tmp_path / "h.json")
     with pytest.raises((HpcaiError, OSError, EOFError, Exception)):
-        Stager(remote, root, progress=cut_after_3mb).stage(big, HashCache(tmp_path / "h.json"))
+        Stager(remote, root, progress=cut_after_3mb).stage(big, cache)
+    cache.save()  # as `hpcai stage` does, however the stage ended
     remote.close()
     parts = list((tmp_path / "cluster" / "store" / "objects" / "tmp").glob("*.part"))
     assert len(parts) == 1 and 0 < parts[0].stat().st_size < 8 << 20  # a partial copy is left
@@ -202,8 +204,8 @@ def test_one_large_file_goes_by_rsync_while_it_is_hashed(
     adopted = []
     original_adopt = staging._EarlyTransfer.adopt
 
-    def spy(self, entries, owner):  # type: ignore[no-untyped-def]
-        result = original_adopt(self, entries, owner)
+    def spy(self, entries, owner, probe):  # type: ignore[no-untyped-def]
+        result = original_adopt(self, entries, owner, probe)
         adopted.append(result)
         return result
 
@@ -219,8 +221,8 @@ def test_one_large_file_goes_by_rsync_while_it_is_hashed(
     # a file changed while it was sent and hashed: its early part is not trusted
     original_rsync = Stager._rsync
 
-    def rsync_then_touch(self, local, part, arrived):  # type: ignore[no-untyped-def]
-        original_rsync(self, local, part, arrived)
+    def rsync_then_touch(self, local, part, arrived, **kwargs):  # type: ignore[no-untyped-def]
+        original_rsync(self, local, part, arrived, **kwargs)
         if "/early-" in part:
             os.utime(local, ns=(1, 1))
 
@@ -229,5 +231,63 @@ def test_one_large_file_goes_by_rsync_while_it_is_hashed(
     changed.write_bytes(os.urandom(2_000_000))
     report = stager.stage(changed, HashCache(tmp_path / "h3.json"))
     assert adopted[-1] == [] and report.via == {"rsync": 1}  # sent again the ordinary way
+    assert Path(report.remote_path).read_bytes() == changed.read_bytes()
+    assert not list((store / "objects" / "tmp").glob("*.part"))
+
+
+def test_without_rsync_one_large_file_is_streamed_and_hashed_in_one_pass(
+    remote: SshTransport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No rsync: the file is read once, hashed here and on the cluster as it is sent; the scan then finds the
+    hash cached. A stage broken off mid-file (Ctrl-C: no hash known yet) goes on from what arrived, and a
+    file changed while it was sent is never installed from that copy."""
+    import hpcai.staging.stager as staging
+
+    monkeypatch.setattr(staging, "LARGE_FILE_BYTES", 100_000)
+    big = tmp_path / "weights.bin"
+    big.write_bytes(os.urandom(6 << 20))
+    store = tmp_path / "cluster" / "store"
+    reads = []
+    original_sha256 = HashCache.sha256
+
+    def counting(self, file, info=None):  # type: ignore[no-untyped-def]
+        reads.append(not self.known(file, info or file.stat()))  # whether the scan reads the file to hash it
+        return original_sha256(self, file, info)
+
+    monkeypatch.setattr(HashCache, "sha256", counting)
+    sent = [0]
+
+    def interrupt_after_2mb(n: int) -> None:
+        sent[0] += n
+        if sent[0] >= 2 << 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Stager(remote, str(store), progress=interrupt_after_2mb).stage(big, HashCache(tmp_path / "h1.json"))
+    remote.close()
+    reads.clear()
+    report = Stager(remote, str(store)).stage(big, HashCache(tmp_path / "h1.json"))  # still a cold cache
+    assert reads == [False]  # the scan found the hash the stream computed: the file was read once
+    assert report.via == {"stream": 1} and 0 < report.resumed_bytes < 6 << 20  # what arrived (not what was in flight)
+    assert report.bytes_sent == (6 << 20) - report.resumed_bytes
+    assert Path(report.remote_path).read_bytes() == big.read_bytes()
+    assert not list((store / "objects" / "tmp").glob("*.part"))
+    # another machine's cold cache and a store that has it: the early copy is dropped, nothing installed
+    again = Stager(remote, str(store)).stage(big, HashCache(tmp_path / "h2.json"))
+    assert again.objects_sent == 0 and not list((store / "objects" / "tmp").glob("*.part"))
+
+    original_stream = staging.stream_part
+
+    def stream_then_touch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = original_stream(*args, **kwargs)
+        if "/early-" in args[2]:
+            os.utime(args[1], ns=(1, 1))
+        return result
+
+    monkeypatch.setattr(staging, "stream_part", stream_then_touch)
+    changed = tmp_path / "changed.bin"
+    changed.write_bytes(os.urandom(2_000_000))
+    report = Stager(remote, str(store)).stage(changed, HashCache(tmp_path / "h3.json"))
+    assert report.via == {"stream": 1} and report.bytes_sent == 2_000_000  # sent again the ordinary way
     assert Path(report.remote_path).read_bytes() == changed.read_bytes()
     assert not list((store / "objects" / "tmp").glob("*.part"))
