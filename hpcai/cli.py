@@ -743,6 +743,9 @@ def stage(
         bool, typer.Option("--pack", help="Stage a folder of many small files as tar shards (+ its manifests).")
     ] = False,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Target shard size with --pack.")] = "256M",
+    squashfs: Annotated[
+        bool, typer.Option("--squashfs", help="Stage a folder as one SquashFS image (needs mksquashfs here).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Copy data, containers or code to the cluster: only what changed moves, resumable, verified."""
@@ -754,7 +757,7 @@ def stage(
     shard_bytes = parse_bytes(shard_size, option="--shard-size")
     reports = stage_paths(
         cluster or default_cluster(), paths, filesystem=to, show_progress=not json_out, verify=verify,
-        follow_links=follow_links, pack=pack, shard_bytes=shard_bytes,
+        follow_links=follow_links, pack=pack, shard_bytes=shard_bytes, squashfs=squashfs,
     )  # fmt: skip
     if json_out:
         print_json([r.to_json() for r in reports])
@@ -768,6 +771,11 @@ def stage(
         if r.packed is not None:
             console.print(f"  packed: {r.packed['files_before']} files as {r.packed['shards']} shard(s) + manifests "
                           f"({r.packed['files_after']} files on the cluster); pass data={r.remote_path}")  # fmt: skip
+        if r.squashfs is not None:
+            console.print(f"  one SquashFS image holding {r.squashfs['files_before']} files. Mount it where the job "
+                          f"runs: in its container with --bind {r.squashfs['bind']} (Apptainer, Singularity; the "
+                          f"folder is then /data), or with `squashfuse {r.remote_path} DIR` on a node that has "
+                          "squashfuse.", soft_wrap=True)  # fmt: skip
         for warning in r.warnings:
             console.print(Text.assemble(("warning:", "yellow"), f" {warning}"))
 

@@ -69,9 +69,13 @@ def stage_paths(
     account: str | None = None,
     pack: bool = False,
     shard_bytes: int | None = None,
+    squashfs: bool = False,
 ) -> list[StageReport]:
     """Stage files or folders over the session's connection to the cluster, with one progress bar. With
-    `pack`, each folder is first packed into tar shards (hpcai.staging.pack) and the packed copy staged."""
+    `pack`, each folder is first packed into tar shards (hpcai.staging.pack) and the packed copy staged;
+    with `squashfs`, each folder is staged as one SquashFS image (hpcai.staging.squash)."""
+    if pack and squashfs:
+        raise HpcaiError("stage: --pack and --squashfs are two ways to do the same thing; choose one.")
     cluster = resolve_alias(cluster)
     profile = load_profile(cluster)
     fs_name, root = store_root(cluster, profile, filesystem, account)
@@ -82,6 +86,8 @@ def stage_paths(
     if pack:
         packed = _pack_items(items, shard_bytes, show_progress, cache)
         items = [StageItem(packed[i].folder, item.keep_name) if i in packed else item for i, item in enumerate(items)]
+    squashed: dict[int, Any] = _squash_items(items, show_progress) if squashfs else {}
+    items = [StageItem(squashed[i].image) if i in squashed else item for i, item in enumerate(items)]
     transport = Session.current().get(cluster).transport
     total = sum(_size(item.path) for item in items)
     warnings = []
@@ -110,6 +116,14 @@ def stage_paths(
                     "files_before": done.files_before, "files_after": done.files_after, "shards": done.shards,
                     "packed_copy": str(done.folder), "reused": done.reused,
                 }  # fmt: skip
+            for i, image in squashed.items():
+                from hpcai.staging.squash import container_bind
+
+                reports[i].source = str(originals[i])
+                reports[i].squashfs = {
+                    "files_before": image.files_before, "image": str(image.image), "reused": image.reused,
+                    "bind": container_bind(reports[i].remote_path, "/data"),
+                }  # fmt: skip
         finally:
             cache.save()
     return reports
@@ -131,6 +145,24 @@ def _pack_items(
                 bar.advance(task, n)
 
             found[i] = pack(item.path, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, progress=advance, hashes=hashes)
+    return found
+
+
+def _squash_items(items: list[StageItem], show_progress: bool) -> dict[int, Any]:
+    """Every folder among the items as a SquashFS image (files stay as they are); {item index: Squashed}."""
+    from hpcai.staging.squash import squash
+
+    found = {}
+    with _progress(show_progress) as bar:
+        for i, item in enumerate(items):
+            if not item.path.is_dir():
+                continue
+            task = bar.add_task(f"building {item.path.name}.sqfs", total=_size(item.path))
+
+            def advance(n: int, task: Any = task) -> None:
+                bar.advance(task, n)
+
+            found[i] = squash(item.path, progress=advance)
     return found
 
 
@@ -194,7 +226,8 @@ def _inode_warning(transport: Transport, profile: ClusterProfile, fs_name: str, 
     return (
         f"{fs_name} holds {usage.files_used:,.0f} of its {usage.files_max:,.0f} files (inodes); this stage can add up "
         f"to {files:,} ({after:.0f}% then). Pack folders of many small files into shards (`hpcai stage --pack`: "
-        "a few files per GB instead of one per sample), or free files there."
+        "a few files per GB instead of one per sample; or `--squashfs`: one file, mounted by the job), or free files "
+        "there."
     )
 
 

@@ -66,6 +66,7 @@ class StageReport:
     via: dict[str, int] = field(default_factory=dict)  # files sent per method
     warnings: list[str] = field(default_factory=list)
     packed: dict[str, Any] | None = None  # `stage --pack`: files before and after, shards, the packed copy
+    squashfs: dict[str, Any] | None = None  # `stage --squashfs`: files in the image, the local image, a bind
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
