@@ -117,7 +117,7 @@ def pack(
     if target.is_dir():
         shards = len(list((target / SHARDS_DIR).glob("*.tar")))
         return Packed(target, len(manifests) + len(members), _files_after(manifests, shards), shards, reused=True)
-    _remove_abandoned(target.parent, source.name)
+    remove_abandoned(target.parent, source.name)
     aside = target.parent / f".{source.name}.{os.getpid()}.partial"
     shutil.rmtree(aside, ignore_errors=True)
     (aside / SHARDS_DIR).mkdir(parents=True)
@@ -148,8 +148,9 @@ def pack(
                   reused=False)  # fmt: skip
 
 
-def _remove_abandoned(folder: Path, name: str) -> None:
-    """Half-written packs of processes that are gone (a killed `hpcai stage --pack`)."""
+def remove_abandoned(folder: Path, name: str) -> None:
+    """Half-written `.<name>.<pid>.partial` folders or files of processes that are gone (a killed
+    `hpcai stage --pack` or `--squashfs`)."""
     if not folder.is_dir():
         return
     for partial in folder.glob(f".{name}.*.partial"):
@@ -159,7 +160,10 @@ def _remove_abandoned(folder: Path, name: str) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
         except OSError:
             pass  # alive (another user's process: not ours to touch)
 

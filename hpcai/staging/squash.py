@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcai.errors import HpcaiError
+from hpcai.staging.pack import remove_abandoned
 
 SQUASH_VERSION = 1  # bump when the bytes a folder squashes to change
 MKSQUASHFS_FLAGS = ["-noappend", "-no-xattrs", "-all-root", "-mkfs-time", "0", "-all-time", "0", "-noD", "-noF",
@@ -95,6 +96,7 @@ def squash(source: Path, *, cache: Path | None = None, progress: Callable[[int],
     if image.is_file():
         return Squashed(image, files, reused=True)
     image.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(image.parent, image.name)
     partial = image.parent / f".{image.name}.{os.getpid()}.partial"
     command = [
         mksquashfs,
@@ -105,14 +107,13 @@ def squash(source: Path, *, cache: Path | None = None, progress: Callable[[int],
         str(os.cpu_count() or 1),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    shown = 0
-    while process.poll() is None:  # the image grows about as the data is read: that is the progress
-        time.sleep(0.2)
-        if progress is not None and partial.exists():
-            grown = min(partial.stat().st_size, size) - shown
-            if grown > 0:
-                progress(grown)
-                shown += grown
+    try:
+        shown = _follow(process, partial, size, progress)
+    except BaseException:  # Ctrl-C: no half-built image is left behind
+        process.kill()
+        process.wait()
+        partial.unlink(missing_ok=True)
+        raise
     error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
     if process.returncode != 0:
         partial.unlink(missing_ok=True)
@@ -124,6 +125,22 @@ def squash(source: Path, *, cache: Path | None = None, progress: Callable[[int],
         progress(size - shown)
     os.replace(partial, image)  # a concurrent build of the same folder wrote the same bytes
     return Squashed(image, files, reused=False)
+
+
+def _follow(process: subprocess.Popen[bytes], partial: Path, size: int, progress: Callable[[int], None] | None) -> int:
+    """Wait for mksquashfs; the image grows about as the data is read, which is the progress shown.
+    Returns the bytes reported."""
+    shown = 0
+    while process.poll() is None:
+        time.sleep(0.2)
+        try:
+            grown = min(partial.stat().st_size, size) - shown
+        except FileNotFoundError:
+            continue
+        if progress is not None and grown > 0:
+            progress(grown)
+            shown += grown
+    return shown
 
 
 def container_bind(image: str, mount: str) -> str:

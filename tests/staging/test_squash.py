@@ -58,8 +58,24 @@ def test_an_image_is_reproducible_cached_and_holds_the_folder(tmp_path: Path, mo
         assert tree(mnt) == tree(data)
         assert os.readlink(mnt / "link.json") == "odd name $(touch pwned).txt"
     os.utime(data / "odd name $(touch pwned).txt", ns=(1, 1))
-    assert not squash(data, cache=tmp_path / "cache1").reused  # a changed folder is built again
+    changed = squash(data, cache=tmp_path / "cache1")
+    assert not changed.reused and changed.image != first.image  # a changed folder is built again
     assert not list((tmp_path / "cache1").rglob("*.partial"))
+    # a build broken off (Ctrl-C) leaves no partial image; one left by a killed process is cleared
+    import hpcai.staging.squash as squash_module
+
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(squash_module, "_follow", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            squash(data, cache=tmp_path / "cache2")
+    assert not list((tmp_path / "cache2").rglob("*.partial"))
+    changed.image.unlink()
+    stale = changed.image.parent / f".{changed.image.name}.999999999.partial"
+    stale.write_bytes(b"half an image")
+    assert not squash(data, cache=tmp_path / "cache1").reused and not stale.exists()
     monkeypatch.chdir(tmp_path)  # a folder whose relative name reads like an option is still a folder
     shutil.copytree(data, tmp_path / "-noappend")
     assert squash(Path("-noappend"), cache=tmp_path / "cache3").image.name == "-noappend.sqfs"
