@@ -48,6 +48,8 @@ class Overrides(BaseModel):
     # Set by staging, not typed by users: where the workload code and the hpcai package are on the cluster.
     code_dir: str | None = None
     python_path: str | None = None
+    # Set by staging: data images the job's container mounts (`IMAGE:/hpcai-data/KEY:image-src=/`).
+    binds: tuple[str, ...] = ()
 
 
 class JobSpec(BaseModel):
@@ -78,6 +80,7 @@ class JobSpec(BaseModel):
     parameters: dict[str, Scalar]
     code_dir: str
     python_path: str | None = None
+    binds: tuple[str, ...] = ()  # data images mounted in the container (pack_data: squashfs)
     entrypoint: str
     python: str
     environment: JobEnv = JobEnv()
@@ -414,6 +417,12 @@ def resolve_jobspec(
             "out, or add a `container:` section to the profile."
         )
     environment = resolve(profile, placeholders=placeholders, container=container, own_python=settings.python)
+    if overrides.binds and environment.image is None:
+        raise ValidationError(
+            f"pack_data: squashfs (profile '{cluster}'): the data is staged as a SquashFS image that the job's "
+            "container mounts, and this job runs without a container. Give --container IMAGE (or set "
+            "environment.default: container in the profile), or set pack_data: true (tar shards, no mount needed)."
+        )
     name = sanitize_job_name(overrides.name or f"hpcai-{workload.name}" + (f"-{stage}" if stage else ""))
     # Ask for the checkpoint early enough, but never before a quarter of the walltime has passed.
     lead = max(10, min(spec.checkpoint_lead_s, walltime_s // 4))
@@ -438,6 +447,7 @@ def resolve_jobspec(
         parameters=parameters,
         code_dir=code_dir,
         python_path=overrides.python_path,
+        binds=overrides.binds,
         entrypoint=spec.entrypoint,
         python=environment.python,
         environment=environment,

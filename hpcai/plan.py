@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcai.errors import HpcaiError
+from hpcai.errors import HpcaiError, ValidationError
 from hpcai.jobspec import Overrides
 from hpcai.rundir import RunDir
 from hpcai.service import RenderedJob, prepare_job
 from hpcai.session import Session
 
 STAGED_PARAMETERS = ("data", "model_path")  # --set values that name local paths to stage
+DATA_MOUNT = "/hpcai-data"  # where the container mounts data staged as SquashFS images (pack_data: squashfs)
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,24 @@ def _plan_staging(
         return remote
 
     new_set = []
+    binds: list[str] = []
     for item in overrides.set:
         key, _, value = item.partition("=")
         path = Path(value).expanduser()
         if remote and key in STAGED_PARAMETERS and value and path.exists():
+            if key == "data" and profile.pack_data == "squashfs" and path.is_dir():
+                from hpcai.staging.squash import container_bind, squash
+
+                image = stage(key, squash(path).image)  # one file on the cluster, mounted by the container
+                if any(c in image for c in ":,"):
+                    raise ValidationError(
+                        f"pack_data: squashfs: the staged image's path {image} holds ':' or ',', which a container "
+                        "bind cannot carry. Stage to a filesystem whose path has neither (data_filesystem), or set "
+                        "pack_data: true."
+                    )
+                binds.append(container_bind(image, f"{DATA_MOUNT}/{key}"))
+                new_set.append(f"{key}={DATA_MOUNT}/{key}")
+                continue
             if key == "data" and profile.pack_data and path.is_dir():
                 from hpcai.staging.pack import pack
 
@@ -128,7 +143,7 @@ def _plan_staging(
     container = overrides.container
     if remote and container and Path(container).expanduser().is_file():
         container = stage("container", Path(container).expanduser())
-    update: dict[str, object] = {"set": tuple(new_set), "container": container}
+    update: dict[str, object] = {"set": tuple(new_set), "container": container, "binds": tuple(binds)}
     if profile.launch.python != "current":
         # The job runs the workload code and the hpcai runtime from staged copies, not the laptop's.
         import hpcai

@@ -334,10 +334,11 @@ class ClusterProfile(Strict):
     pbs: PbsSettings | None = None
     budget: Budget = Budget()
     quota: Quota = Quota()
-    pack_data: bool = Field(
+    pack_data: bool | Literal["squashfs"] = Field(
         default=False,
-        description="Stage a local data folder given to submit (--set data=DIR) packed into tar shards, as "
-        "`hpcai stage --pack` does: for sites that cap the number of files per project",
+        description="Stage a local data folder given to submit (--set data=DIR) packed: `true`, into tar shards, "
+        "as `hpcai stage --pack` does; `squashfs`, as one SquashFS image the job's container mounts at "
+        "/hpcai-data/data (as `hpcai stage --squashfs`). For sites that cap the number of files per project",
     )
     sources: list[str] = Field(default=[], description="Where these facts come from")
 
@@ -374,6 +375,8 @@ class ClusterProfile(Strict):
             )
         if self.environment.default == "container" and (self.environment.image is None or self.container is None):
             raise ValueError("environment.default: container needs environment.image and a `container:` section")
+        if self.pack_data == "squashfs" and self.container is None:
+            raise ValueError("pack_data: squashfs needs a `container:` section (the job's container mounts the image)")
         if self.environment.pack == "squashfs" and self.container is None:
             raise ValueError("environment.pack: squashfs needs a `container:` section (the venv is built in it)")
         if self.scheduler == "pbs" and self.pbs is None:

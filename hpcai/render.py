@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jinja2
@@ -137,9 +138,12 @@ def _accelerate_flags(job: JobSpec, workload: Workload) -> list[object]:
     return flags
 
 
-def container_prefix(profile: ClusterProfile, image: str | None, mount: str | None = None) -> list[object]:
+def container_prefix(
+    profile: ClusterProfile, image: str | None, mount: str | None = None, data: Sequence[str] = ()
+) -> list[object]:
     """`<runtime> exec [flags] [--bind ...] IMAGE`, the words that run a command in the job's container
-    (`mount`: the packed job environment's bind); none when the job has no container."""
+    (`mount`: the packed job environment's bind; `data`: the data images' binds); none when the job has
+    no container."""
     if image is None or profile.container is None:
         return []
     words: list[object] = [profile.container.runtime, "exec", *profile.container.flags]
@@ -147,6 +151,8 @@ def container_prefix(profile: ClusterProfile, image: str | None, mount: str | No
         words += ["--bind", ",".join(profile.container.binds)]
     if mount is not None:
         words += ["--bind", mount]
+    for bind in data:
+        words += ["--bind", bind]
     return [*words, image]
 
 
@@ -194,7 +200,7 @@ def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
 def _per_node(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
     """What runs on each node. A workload on the hpcai runtime (accelerate) runs under the node agent
     (hpcai.runtime.node_agent): its hang watchdog, and the records the recovery decision reads."""
-    words = container_prefix(profile, job.container, job.environment.mount)
+    words = container_prefix(profile, job.container, job.environment.mount, job.binds)
     if workload.spec.launcher != "accelerate":
         return [*words, *_node_command(job, profile, workload)]
     floor = job.parameters.get("hang_timeout_s", 180)
@@ -222,7 +228,7 @@ def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> s
 
 
 def _recovery_command(job: JobSpec, profile: ClusterProfile) -> str:
-    words = container_prefix(profile, job.container, job.environment.mount)
+    words = container_prefix(profile, job.container, job.environment.mount, job.binds)
     return join([*words, job.python, "-m", "hpcai.runtime.recovery"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,39 @@ def test_a_cluster_path_that_does_not_exist_there_is_refused_before_queueing(
     assert result.returncode == 2 and "not found where the job runs" in result.stderr, result.stderr
     assert "data=/no/such/dataset" in result.stderr and "Traceback" not in result.stderr
     assert Store().runs() == []
+
+
+def test_pack_data_squashfs_stages_one_image_that_the_container_mounts(
+    remote_site: str, sshd: Path, tmp_path: Path, isolated_hpcai: Path
+) -> None:
+    """A profile with `pack_data: squashfs`: submit stages a local data folder as one SquashFS image, the job
+    reads it at /hpcai-data/data through its container's bind, and the image (not the mount point, which
+    exists only inside the container) is what must exist before queueing. Without a container: exit 2."""
+    import shutil
+
+    if shutil.which("mksquashfs") is None:
+        pytest.skip("needs squashfs-tools")
+    profile = isolated_hpcai / "config" / "clusters" / f"{remote_site}.yaml"
+    site = yaml.safe_load(profile.read_text())
+    site["pack_data"] = "squashfs"
+    profile.write_text(yaml.safe_dump(site))
+    data = tmp_path / "data"
+    assert run_cli("data", "synth", "llava", str(data), "--samples", "8").returncode == 0
+    args = ["llava", "--cluster", remote_site, "--set", f"data={data}", "--run-id", "squashed", "--json"]
+    bare = run_cli("submit", *args, "--dry-run")
+    assert bare.returncode == 2 and "runs without a container" in bare.stderr and "Traceback" not in bare.stderr
+    container = tmp_path / "image.sif"
+    container.write_bytes(os.urandom(50_000))
+    dry = run_cli("submit", *args, "--container", str(container), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    image = next(a for a in plan["staging"] if a["what"] == "data")
+    assert image["remote_path"].endswith("/data.sqfs") and image["files"] == 1
+    assert plan["job"]["parameters"]["data"] == "/hpcai-data/data"
+    assert f"--bind {image['remote_path']}:/hpcai-data/data:image-src=/" in plan["script"]
+    submitted = run_cli("submit", *args, "--container", str(container))
+    assert submitted.returncode == 0, submitted.stderr  # the image was found where the job runs
+    assert Store().run("squashed").spec == plan["job"]
+    listing = subprocess.run(["unsquashfs", "-l", image["remote_path"]], capture_output=True, text=True).stdout
+    assert "squashfs-root/conversations.json" in listing and "squashfs-root/images/" in listing
+    assert run_cli("cancel", "squashed").returncode == 0

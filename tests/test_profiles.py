@@ -132,3 +132,15 @@ def test_broken_path_pattern_is_a_config_error(pattern: str) -> None:
 
     with pytest.raises(ConfigError, match=r"filesystems\.scratch\.path"):
         expand_path(pattern, {"user": "jdoe"}, field="filesystems.scratch.path")
+
+
+def test_pack_data_takes_true_or_squashfs_and_squashfs_needs_a_container(isolated_hpcai: Path) -> None:
+    (_user_clusters(isolated_hpcai) / "lumi-g.yaml").write_text("pack_data: squashfs\n")
+    assert load_profile("lumi-g").pack_data == "squashfs"  # LUMI's profile has a container runtime
+    shipped = Path(__file__).resolve().parent.parent / "clusters" / "local-slurm.yaml"
+    (_user_clusters(isolated_hpcai) / "bare.yaml").write_text(shipped.read_text() + "\npack_data: squashfs\n")
+    with pytest.raises(ConfigError, match=r"bare\.yaml.*pack_data: squashfs needs a `container:` section"):
+        load_profile("bare")
+    (_user_clusters(isolated_hpcai) / "bare.yaml").write_text(shipped.read_text() + "\npack_data: zip\n")
+    with pytest.raises(ConfigError, match="pack_data"):
+        load_profile("bare")

@@ -228,8 +228,8 @@ def check_quota(doctor: Doctor) -> None:
     if status != "pass":
         fix = (
             "Free space or files there: delete old runs and checkpoints (`hpcai list`, then remove their run "
-            "directories), stage data sets of many small files packed (`hpcai stage --pack`: inodes), or ask the site "
-            "for more quota."
+            "directories), stage data sets of many small files packed (`hpcai stage --pack`, or `--squashfs`: few "
+            "inodes), or ask the site for more quota."
         )
     doctor.add(Check("quota", status, "; ".join(bad) + ".", fix, {"filesystems": measured}))
 

@@ -53,12 +53,22 @@ def check_target(transport: Transport, run_dir: str, inputs: dict[str, str]) -> 
         )
 
 
+def on_the_cluster(path: str, binds: tuple[str, ...]) -> str:
+    """Where a path the job reads is on the cluster's filesystem: under a mounted data image, the image
+    (what must exist before queueing), else the path itself."""
+    for bind in binds:
+        source, destination = bind.split(":")[:2]
+        if path == destination or path.startswith(destination + "/"):
+            return source
+    return path
+
+
 def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
     store = store or Store()
     job = rendered.job
     backend = Session.current().get(job.cluster)
     inputs = {
-        key: str(job.parameters[key])
+        key: on_the_cluster(str(job.parameters[key]), job.binds)
         for key in rendered.workload.spec.path_parameters()
         if str(job.parameters.get(key, "")).startswith("/")
     }

@@ -115,11 +115,9 @@ def test_status_over_ssh_reads_every_run_directory_in_one_round_trip(
     from hpcai.runs.views import status
     from hpcai.session import Session
     from hpcai.store import Run, Store
-    from tests.transport.test_ssh import ssh_config
+    from tests.transport.test_ssh import reach_over_ssh
 
-    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
-    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
-    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    reach_over_ssh(monkeypatch, sshd, tmp_path, isolated_hpcai, slurm_cluster)
     store = Store()
     for i in range(40):
         run_dir = tmp_path / "runs" / f"r{i}"

@@ -19,7 +19,7 @@ from hpcai.errors import HpcaiError
 from hpcai.staging import HashCache, Stager
 from hpcai.transport.base import TransportError
 from hpcai.transport.ssh import SshTransport
-from tests.transport.test_ssh import ssh_config
+from tests.transport.test_ssh import reach_over_ssh, ssh_config
 
 HOSTILE = [
     b'--rsh=sh -c "touch PWN"',
@@ -324,9 +324,7 @@ def test_stage_command_refuses_a_fifo_with_exit_2_and_verifies_on_request(
 
     from tests.conftest import run_cli
 
-    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
-    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
-    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    reach_over_ssh(monkeypatch, sshd, tmp_path, isolated_hpcai, slurm_cluster)
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.txt").write_text("a\n")

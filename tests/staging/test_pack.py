@@ -128,12 +128,10 @@ def test_packed_stage_over_ssh_then_the_job_reads_the_shards_and_learns(
     from tests.conftest import run_cli
     from tests.helpers import wait_terminal
     from tests.train.launch import losses
-    from tests.transport.test_ssh import ssh_config
+    from tests.transport.test_ssh import reach_over_ssh
 
-    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "laptop-cache"))
-    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
-    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    reach_over_ssh(monkeypatch, sshd, tmp_path, isolated_hpcai, slurm_cluster)
     data = tmp_path / "laptop-data"
     assert run_cli("data", "synth", "llava", str(data), "--samples", "64").returncode == 0
     args = ("stage", str(data), "--cluster", slurm_cluster, "--pack", "--shard-size", "256M", "--json")

@@ -106,12 +106,10 @@ def test_squashfs_stage_over_ssh_is_one_file_and_the_workload_reads_it_mounted(
     from hpcai.train.clip import load_pairs
     from hpcai.train.images import ImageTransform, image_bytes_or_path
     from tests.conftest import run_cli
-    from tests.transport.test_ssh import ssh_config
+    from tests.transport.test_ssh import reach_over_ssh
 
-    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "laptop-cache"))
-    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
-    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    reach_over_ssh(monkeypatch, sshd, tmp_path, isolated_hpcai, slurm_cluster)
     data = tmp_path / "laptop-data"
     synth_clip(data, samples=16)
     args = ("stage", str(data), "--cluster", slurm_cluster, "--squashfs", "--json")

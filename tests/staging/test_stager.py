@@ -11,7 +11,7 @@ import pytest
 from hpcai.errors import HpcaiError
 from hpcai.staging import HashCache, Stager
 from hpcai.transport.ssh import SshTransport
-from tests.transport.test_ssh import ssh_config
+from tests.transport.test_ssh import reach_over_ssh, ssh_config
 
 
 @pytest.fixture
@@ -116,9 +116,7 @@ def test_stage_command_and_submit_with_local_data_refers_to_the_staged_copy(
     from tests.conftest import run_cli
     from tests.helpers import wait_terminal
 
-    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(ssh_config(tmp_path, sshd)))
-    (isolated_hpcai / "config").mkdir(parents=True, exist_ok=True)
-    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    reach_over_ssh(monkeypatch, sshd, tmp_path, isolated_hpcai, slurm_cluster)
     data = tmp_path / "laptop-data"
     assert run_cli("data", "synth", "llava", str(data), "--samples", "16").returncode == 0
     staged = json.loads(run_cli("stage", str(data), "--cluster", slurm_cluster, "--json").stdout)

@@ -44,6 +44,16 @@ Host hpcai-behind-jump
     return path
 
 
+def reach_over_ssh(monkeypatch: pytest.MonkeyPatch, sshd: Path, tmp_path: Path, hpcai_home: Path, cluster: str) -> Path:
+    """hpcai on this "laptop" reaches `cluster` through the test sshd (its config.toml names the host);
+    returns the SSH config used."""
+    config = ssh_config(tmp_path, sshd)
+    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(config))
+    (hpcai_home / "config").mkdir(parents=True, exist_ok=True)
+    (hpcai_home / "config" / "config.toml").write_text(f'[clusters.{cluster}]\nssh_host = "hpcai-test"\n')
+    return config
+
+
 def fingerprint_of(pub: Path) -> str:
     return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout.split()[1]
 
@@ -168,9 +178,7 @@ def test_remote_submit_status_logs_follow_and_cancel(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = ssh_config(tmp_path, sshd)
-    monkeypatch.setenv("HPCAI_SSH_CONFIG", str(config))
-    (isolated_hpcai / "config" / "config.toml").write_text(f'[clusters.{slurm_cluster}]\nssh_host = "hpcai-test"\n')
+    reach_over_ssh(monkeypatch, sshd, tmp_path, isolated_hpcai, slurm_cluster)
     store = Store()
     run_id = submit_probe(store, slurm_cluster, lines=600, interval=0.1)
     backends = Session()
