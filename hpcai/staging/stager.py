@@ -683,7 +683,8 @@ def stream_part(
             "probably full: free space (or stage elsewhere with --to) and run the same command again; it goes on "
             "from what arrived."
         )
-    sha, _, size = result.stdout.strip().partition(" ")
+    lines = result.stdout.strip().splitlines() or [""]
+    sha, _, size = lines[-1].partition(" ")  # the last line: a chatty login shell may print before it
     if not result.ok or not size.isdigit():
         raise TransportError(f"stage: sending {readable(str(local))} to the cluster failed: {reason}.")
     return sha, int(size)
