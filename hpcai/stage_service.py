@@ -116,9 +116,9 @@ def stage_paths(
                     "files_before": done.files_before, "files_after": done.files_after, "shards": done.shards,
                     "packed_copy": str(done.folder), "reused": done.reused,
                 }  # fmt: skip
-            for i, image in squashed.items():
-                from hpcai.staging.squash import container_bind
+            from hpcai.staging.squash import container_bind
 
+            for i, image in squashed.items():
                 reports[i].source = str(originals[i])
                 reports[i].squashfs = {
                     "files_before": image.files_before, "image": str(image.image), "reused": image.reused,

@@ -68,6 +68,12 @@ class StageReport:
     packed: dict[str, Any] | None = None  # `stage --pack`: files before and after, shards, the packed copy
     squashfs: dict[str, Any] | None = None  # `stage --squashfs`: files in the image, the local image, a bind
 
+    def count(self, method: str, objects: int, sent: int) -> None:
+        """`objects` objects went to the cluster by `method`, `sent` bytes of them over the link."""
+        self.via[method] = self.via.get(method, 0) + objects
+        self.objects_sent += objects
+        self.bytes_sent += sent
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -174,10 +180,8 @@ class Stager:
             if needed.pop(entry.sha256, None) is not None:
                 assert early is not None
                 method = "rsync" if early.thread is not None else "stream"
-                report.via[method] = report.via.get(method, 0) + 1
-                report.bytes_sent += entry.size - early.resumed
+                report.count(method, 1, entry.size - early.resumed)
                 report.resumed_bytes += early.resumed
-                report.objects_sent += 1
                 checked_parts.append((part, entry))
             else:
                 self.transport.run(["rm", "-f", "--", part])
@@ -337,9 +341,7 @@ class Stager:
                     "the one hashed). Stage again once nothing writes to it."
                 )
         for entry, arrived in items:
-            report.via["rsync"] = report.via.get("rsync", 0) + 1
-            report.bytes_sent += entry.size - arrived
-            report.objects_sent += 1
+            report.count("rsync", 1, entry.size - arrived)
         return parts
 
     def _part(self, entry: Entry) -> str:
@@ -368,9 +370,7 @@ class Stager:
                 f"stage: {len(bad)} of {len(batch)} file(s) did not arrive intact ({names}): {detail}.{full} What "
                 "arrived intact is kept; run the same command again."
             )
-        report.objects_sent += len(batch)
-        report.bytes_sent += sum(e.size for e in batch)
-        report.via["tar"] = report.via.get("tar", 0) + len(batch)
+        report.count("tar", len(batch), sum(e.size for e in batch))
 
     def _stream_one(self, entry: Entry, arrived: int, local: Path, report: StageReport) -> str:
         """Upload one large object over an SSH command's own channel into our part, the cluster hashing it as
@@ -383,21 +383,25 @@ class Stager:
                 digest, size = stream_part(self.transport, local, part, start, umask=self.umask,
                                            progress=self.progress)  # fmt: skip
                 break
-            except TransportError:  # the link dropped (a refused write is an exit status, not this)
+            except StreamRefused:  # the cluster answered (a full disk...): sending again would not help
+                raise
+            except TransportError:  # the link dropped: go on from what arrived
                 if attempt == 2:
                     raise
-                result = self._run('wc -c < "$1"', part)
-                start = int(result.stdout.strip()) if result.ok and result.stdout.strip().isdigit() else 0
+                start = self._part_size(part)
         if digest != entry.sha256 or size != entry.size:
             self.transport.run(["rm", "-f", "--", part])
             raise TransportError(
                 f"stage: {readable(entry.path)} arrived corrupted: its sha256 on the cluster differs from this "
                 "machine's. The partial copy was removed; run the same command again."
             )
-        report.via["stream"] = report.via.get("stream", 0) + 1
-        report.bytes_sent += entry.size - arrived
-        report.objects_sent += 1
+        report.count("stream", 1, entry.size - arrived)
         return part
+
+    def _part_size(self, part: str) -> int:
+        """Bytes in an upload part on the cluster (0 when there is none)."""
+        size = self._run('wc -c < "$1" 2>/dev/null || echo 0', part).stdout.strip()
+        return int(size) if size.isdigit() else 0
 
     def _send_one(self, entry: Entry, arrived: int, local: Path, report: StageReport) -> str:
         """Upload one large object to our part by SFTP (or a local copy), resuming after what arrived;
@@ -405,12 +409,10 @@ class Stager:
         part = self._part(entry)
         if arrived < entry.size:
             self.transport.put_file(str(local), part, offset=arrived, progress=self.progress, sparse=entry.sparse)
-            method = "sftp" if self.transport.__class__.__name__ == "SshTransport" else "copy"
+            method = "copy" if isinstance(self.transport, LocalTransport) else "sftp"
         else:  # it had all arrived before: only the check is left
             method = "resumed"
-        report.via[method] = report.via.get(method, 0) + 1
-        report.bytes_sent += entry.size - arrived
-        report.objects_sent += 1
+        report.count(method, 1, entry.size - arrived)
         return part
 
     def _rsync(self, local: Path, part: str, arrived: int, *, make_folder: bool = False) -> None:
@@ -440,10 +442,10 @@ class Stager:
         return self._run(remote.SUMS_IN, folder, *names, timeout=3600)
 
     def _install(self, parts: list[tuple[str, Entry]], *, verified: bool, python: bool = False) -> None:
-        if not parts:
-            return
         """sha256 of every part on the cluster (unless rsync checked it), then one script moves the good
         ones into place read-only; a part that does not match is removed and reported."""
+        if not parts:
+            return
         names = [part.rsplit("/", 1)[1] for part, _ in parts]
         sums: dict[str, str] = {}
         if verified:
@@ -582,8 +584,8 @@ class _EarlyTransfer:
     def _stream(self, stager: Stager, cache: HashCache) -> None:
         # An earlier try's part of this very file (same path, size and mtime) is resumed: the prefix is
         # hashed on both ends, only the rest is sent.
-        arrived = stager._run('wc -c < "$1" 2>/dev/null || echo 0', self.part).stdout.strip()
-        offset = int(arrived) if arrived.isdigit() and int(arrived) <= self.info.st_size else 0
+        arrived = stager._part_size(self.part)
+        offset = arrived if arrived <= self.info.st_size else 0
         self.resumed = offset
         if stager.progress and offset:
             stager.progress(offset)
@@ -633,6 +635,11 @@ class _EarlyTransfer:
         return []
 
 
+class StreamRefused(TransportError):
+    """The cluster ran the streamed upload and refused it (a full disk, an unwritable part): not a dropped
+    link, so sending again would not help."""
+
+
 def stream_part(
     transport: Transport,
     local: Path,
@@ -678,7 +685,7 @@ def stream_part(
     result = transport.run(argv, input=chunks(), timeout=3600)
     reason = result.stderr.strip()[-300:] or f"exit status {result.returncode}"
     if result.returncode == 5:
-        raise TransportError(
+        raise StreamRefused(
             f"stage: the cluster refused to store {readable(str(local))}: {reason}. Its disk or your quota is "
             "probably full: free space (or stage elsewhere with --to) and run the same command again; it goes on "
             "from what arrived."
@@ -686,7 +693,7 @@ def stream_part(
     lines = result.stdout.strip().splitlines() or [""]
     sha, _, size = lines[-1].partition(" ")  # the last line: a chatty login shell may print before it
     if not result.ok or not size.isdigit():
-        raise TransportError(f"stage: sending {readable(str(local))} to the cluster failed: {reason}.")
+        raise StreamRefused(f"stage: sending {readable(str(local))} to the cluster failed: {reason}.")
     return sha, int(size)
 
 

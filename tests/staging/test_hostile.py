@@ -271,9 +271,18 @@ def test_a_full_disk_stops_with_its_fix_and_free_space_counts_only_what_moves(
     monkeypatch.setattr(stager_module.Stager, "_check_space", lambda *a: None)
     monkeypatch.setattr(stager_module, "LARGE_FILE_BYTES", 1 << 20)
     (data / "d.bin").write_bytes(os.urandom(3 << 20))
+    streamed = []
+    original_stream = stager_module.stream_part
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        streamed.append(args[2])
+        return original_stream(*args, **kwargs)
+
+    monkeypatch.setattr(stager_module, "stream_part", counted)
     with pytest.raises(TransportError, match="disk or your quota is probably full") as caught:
         Stager(remote, root).stage(data, cache)
     assert caught.value.exit_code == 3
+    assert len(streamed) == 1  # the cluster said no: the file is not sent again to the full disk
     (data / "d.bin").unlink()
     many = tmp_path / "many"
     many.mkdir()
