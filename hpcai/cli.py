@@ -67,6 +67,63 @@ FromOpt = Annotated[
 ]
 
 
+TargetArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A workload's name (hpcai workloads list), or your own script: ./train.py -- ARGS.", show_default=False
+    ),
+]
+ProgramArgs = Annotated[
+    list[str] | None,
+    typer.Argument(help="Your program's own arguments, after --, passed byte for byte.", show_default=False),
+]
+ModuleOpt = Annotated[str | None, typer.Option("--module", "-m", help="Run an installed module: -m pkg.mod -- ARGS.")]
+LauncherOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--launcher", help="Your program's launcher: torchrun (default), accelerate, srun (a task per GPU), python."
+    ),
+]
+AccelerateConfigOpt = Annotated[
+    Path | None, typer.Option("--accelerate-config", help="Your accelerate config file (with --launcher accelerate).")
+]
+ResumeArgsOpt = Annotated[
+    str | None,
+    typer.Option("--resume-args", help="Added on every later attempt, e.g. '--resume_from_checkpoint {checkpoint}'."),
+]
+CheckpointPatternOpt = Annotated[
+    str | None,
+    typer.Option("--checkpoint-pattern", help="Glob of your checkpoints in the run folder, e.g. 'out/checkpoint-*'."),
+]
+MetricsPatternOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-pattern", help="Regex with (?P<loss>...) (and (?P<step>...)) for your output's loss lines."
+    ),
+]
+StopSignalOpt = Annotated[
+    str | None, typer.Option("--stop-signal", help="Sent to your program before walltime (USR1).")
+]
+StopGraceOpt = Annotated[int | None, typer.Option("--stop-grace", help="Seconds from that signal to SIGTERM (120).")]
+HangTimeoutOpt = Annotated[
+    int | None, typer.Option("--hang-timeout", help="Seconds without output or progress that make a hang (1800).")
+]
+
+
+def _program(target: str | None, args: list[str] | None, **options: Any) -> Any:
+    """The Workload of `submit ./train.py` / `-m pkg.mod`, or the workload name TARGET."""
+    from hpcai.userapp import program_workload
+
+    workload = program_workload(target, list(args or ()), **options)
+    if workload is not None:
+        return workload
+    if target is None:
+        raise HpcaiError(
+            "submit: name a workload (hpcai workloads list) or your script: hpcai submit ./train.py -- ARGS"
+        )
+    return target
+
+
 def _from_run(from_run: str | None, workload: str, cluster: str | None, set_: list[str] | None) -> list[str]:
     """`--from RUN` as the parameter it stands for: model_path=<RUN's run dir>/model, on RUN's cluster."""
     assignments = list(set_ or ())
@@ -214,7 +271,17 @@ def workloads_show(name: Annotated[str, typer.Argument(help="Workload name.")], 
 
 @app.command()
 def render(
-    workload: Annotated[str, typer.Argument(help="Workload name (hpcai workloads list).")],
+    target: TargetArg = None,
+    program_args: ProgramArgs = None,
+    module: ModuleOpt = None,
+    launcher: LauncherOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
+    resume_args: ResumeArgsOpt = None,
+    checkpoint_pattern: CheckpointPatternOpt = None,
+    metrics_pattern: MetricsPatternOpt = None,
+    stop_signal: StopSignalOpt = None,
+    stop_grace: StopGraceOpt = None,
+    hang_timeout: HangTimeoutOpt = None,
     cluster: ClusterOpt = None,
     nodes: NodesOpt = None,
     spare_nodes: SpareOpt = None,
@@ -234,22 +301,37 @@ def render(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the script here.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print (or write with -o) the complete batch script for WORKLOAD on a cluster: the one `submit` would
-    submit, staged paths included."""
+    """Print (or write with -o) the complete batch script for WORKLOAD (or your script) on a cluster: the one
+    `submit` would submit, staged paths included."""
     from hpcai.plan import plan_submit
+
+    chosen = _program(target, program_args, module=module, launcher=launcher, accelerate_config=accelerate_config,
+                      resume_args=resume_args, checkpoint_pattern=checkpoint_pattern, metrics_pattern=metrics_pattern,
+                      stop_signal=stop_signal, stop_grace_s=stop_grace, hang_timeout_s=hang_timeout)  # fmt: skip
+    workload = chosen if isinstance(chosen, str) else chosen.name
 
     overrides = _overrides(
         workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
         partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
         set_=_from_run(from_run, workload, cluster, set_), run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
-    plan = plan_submit(workload, cluster, overrides)
+    plan = plan_submit(chosen, cluster, overrides)
     _emit_script(plan.rendered.script, plan.to_json(), output, json_out)
 
 
 @app.command()
 def submit(
-    workload: Annotated[str, typer.Argument(help="Workload name (hpcai workloads list).")],
+    target: TargetArg = None,
+    program_args: ProgramArgs = None,
+    module: ModuleOpt = None,
+    launcher: LauncherOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
+    resume_args: ResumeArgsOpt = None,
+    checkpoint_pattern: CheckpointPatternOpt = None,
+    metrics_pattern: MetricsPatternOpt = None,
+    stop_signal: StopSignalOpt = None,
+    stop_grace: StopGraceOpt = None,
+    hang_timeout: HangTimeoutOpt = None,
     cluster: ClusterOpt = None,
     nodes: NodesOpt = None,
     spare_nodes: SpareOpt = None,
@@ -288,10 +370,18 @@ def submit(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Submit WORKLOAD to a cluster and record the run (with --dry-run: print the plan, submit nothing)."""
+    """Submit WORKLOAD -- or your own script, `./train.py -- ARGS` or `-m pkg.mod -- ARGS` -- to a cluster and
+    record the run (with --dry-run: print the plan, submit nothing)."""
     from hpcai.plan import execute, plan_submit
 
+    chosen = _program(target, program_args, module=module, launcher=launcher, accelerate_config=accelerate_config,
+                      resume_args=resume_args, checkpoint_pattern=checkpoint_pattern, metrics_pattern=metrics_pattern,
+                      stop_signal=stop_signal, stop_grace_s=stop_grace, hang_timeout_s=hang_timeout)  # fmt: skip
+    workload = chosen if isinstance(chosen, str) else chosen.name
+
     if stages is not None:
+        if not isinstance(chosen, str):
+            raise HpcaiError("--stages: stages belong to a named workload; your own program runs as one job.")
         if stage is not None or from_run is not None or run_dir is not None or run_id is not None:
             raise HpcaiError("--stages: give the stages there, without --stage, --from, --run-dir or --run-id.")
         common = dict(nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
@@ -305,7 +395,7 @@ def submit(
         partition=partition, qos=qos, account=account, name=name, container=container, stage=stage, env=env,
         set_=_from_run(from_run, workload, cluster, set_), run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
-    plan = plan_submit(workload, cluster, overrides)
+    plan = plan_submit(chosen, cluster, overrides)
     if dry_run:
         _emit_script(plan.rendered.script, plan.to_json(), None, json_out)
         if not json_out:

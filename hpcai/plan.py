@@ -18,6 +18,7 @@ from hpcai.jobspec import Overrides
 from hpcai.rundir import RunDir
 from hpcai.service import RenderedJob, prepare_job
 from hpcai.session import Session
+from hpcai.workloads import Workload
 
 STAGED_PARAMETERS = ("data", "model_path")  # --set values that name local paths to stage
 DATA_MOUNT = "/hpcai-data"  # where the container mounts data staged as SquashFS images (pack_data: squashfs)
@@ -59,7 +60,7 @@ class SubmitPlan:
         }
 
 
-def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> SubmitPlan:
+def plan_submit(workload: str | Workload, cluster: str | None, overrides: Overrides) -> SubmitPlan:
     """Everything the submission will do, worked out on this machine; nothing is sent or submitted."""
     from hpcai.budget.query import job_cost
     from hpcai.profiles import load_profile, resolve_alias
@@ -76,7 +77,8 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
     remote = load_user_config().for_cluster(name).ssh_host is not None
     rendered = prepare_job(workload, name, resolved)  # every option checked before staging is planned
     if remote or profile.launch.python != "current":
-        resolved, actions, filesystem = _plan_staging(name, workload, overrides, remote=remote)
+        resolved, actions, filesystem = _plan_staging(name, rendered.workload, overrides, remote=remote)
+        workload = _with_staged_config(rendered.workload, actions)
         rendered = prepare_job(workload, name, resolved)
     job = rendered.job
     scheduler = scheduler_for(profile, LocalTransport())  # only asked for its command line
@@ -90,8 +92,18 @@ def plan_submit(workload: str, cluster: str | None, overrides: Overrides) -> Sub
     )
 
 
+def _with_staged_config(workload: Workload, actions: list[StageAction]) -> Workload:
+    """A user's accelerate config file, as staged: the job reads the cluster's copy."""
+    app = workload.spec.app
+    staged = [a.remote_path for a in actions if a.what == "accelerate config"]
+    if app is None or not staged:
+        return workload
+    spec = workload.spec.model_copy(update={"app": app.model_copy(update={"accelerate_config": staged[0]})})
+    return workload.model_copy(update={"spec": spec})
+
+
 def _plan_staging(
-    cluster: str, workload: str, overrides: Overrides, *, remote: bool
+    cluster: str, workload: Workload, overrides: Overrides, *, remote: bool
 ) -> tuple[Overrides, list[StageAction], str]:
     """On a cluster reached over SSH: local data/model_path/container, and for site profiles the workload
     code and the hpcai package, are staged; the job refers to the staged copies. On the login node itself
@@ -147,10 +159,12 @@ def _plan_staging(
     if profile.launch.python != "current":
         # The job runs the workload code and the hpcai runtime from staged copies, not the laptop's.
         import hpcai
-        from hpcai.workloads import load_workload
 
-        update["code_dir"] = stage("workload code", load_workload(workload).directory)
+        update["code_dir"] = stage("workload code", workload.directory)
         update["python_path"] = stage("hpcai package", Path(hpcai.__file__).resolve().parent, keep_name=True)
+    app = workload.spec.app
+    if remote and app is not None and app.accelerate_config:
+        stage("accelerate config", Path(app.accelerate_config))
     cache.save()
     return overrides.model_copy(update=update), actions, fs_name
 

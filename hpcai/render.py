@@ -176,6 +176,8 @@ def environment_guard(job: JobSpec) -> list[str]:
 
 def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
     """The node's launcher and its arguments (without the container words)."""
+    if workload.spec.app is not None:
+        return _app_command(job, profile, workload)
     machine_rank = Expr(f'"${profile.launch.machine_rank_var}"')
     words: list[object]
     if workload.spec.launcher == "accelerate":
@@ -197,25 +199,80 @@ def _node_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
     return words
 
 
+def _app_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
+    """A user's own program under its launcher, with nothing added that the user did not ask for (no FSDP,
+    no precision): the allocation's shape and the rendezvous only."""
+    app = workload.spec.app
+    assert app is not None
+    launcher = workload.spec.launcher
+    machine_rank = Expr(f'"${profile.launch.machine_rank_var}"')
+    program: list[object] = [f"{job.code_dir}/{app.script}"] if app.script else [str(app.module)]
+    words: list[object]
+    if launcher == "accelerate":
+        words = [job.python, "-m", "accelerate.commands.launch"]
+        if app.accelerate_config:
+            words += ["--config_file", app.accelerate_config]
+        elif job.num_processes > 1:
+            words += ["--multi_gpu"]  # accelerate's name for "start N processes"; on CPU: ACCELERATE_USE_CPU
+        words += ["--num_machines", job.nodes, "--machine_rank", machine_rank, "--num_processes", job.num_processes]
+        words += ["--main_process_ip", Expr('"$MASTER_ADDR"'), "--main_process_port", Expr('"$MASTER_PORT"')]
+        words += [*(["--module"] if app.module else []), *program]
+    elif launcher == "torchrun":
+        words = [job.python, "-m", "torch.distributed.run", "--nnodes", job.nodes, "--node_rank", machine_rank]
+        words += ["--nproc_per_node", job.processes_per_node]
+        words += ["--master_addr", Expr('"$MASTER_ADDR"'), "--master_port", Expr('"$MASTER_PORT"')]
+        words += [*(["--module"] if app.module else []), *program]
+    else:  # python, srun: the program itself (srun starts one task per GPU)
+        words = [job.python, *(["-m"] if app.module else []), *program]
+    return [*words, *app.args]
+
+
+def _supervisor(job: JobSpec, workload: Workload, node_rank: Expr) -> list[object]:
+    app = workload.spec.app
+    assert app is not None
+    words: list[object] = [job.python, "-m", "hpcai.runtime.supervisor", "--run-dir", Expr('"$HPCAI_RUN_DIR"')]
+    words += ["--node-rank", node_rank, "--launcher", workload.spec.launcher]
+    words += ["--stop-signal", app.stop_signal, "--grace", app.stop_grace_s]
+    for word in app.resume_args:
+        words.append(f"--resume-arg={word}")  # one word each: an argument starting with - stays a value
+    if app.checkpoint_pattern:
+        words.append(f"--checkpoint-pattern={app.checkpoint_pattern}")
+    if app.metrics_pattern:
+        words.append(f"--metrics-pattern={app.metrics_pattern}")
+    return [*words, "--"]
+
+
 def _per_node(job: JobSpec, profile: ClusterProfile, workload: Workload) -> list[object]:
     """What runs on each node. A workload on the hpcai runtime (accelerate) runs under the node agent
-    (hpcai.runtime.node_agent): its hang watchdog, and the records the recovery decision reads."""
+    (hpcai.runtime.node_agent): its hang watchdog, and the records the recovery decision reads. A user's
+    own program runs under the node agent too, through its supervisor (hpcai.runtime.supervisor)."""
     words = container_prefix(profile, job.container, job.environment.mount, job.binds)
-    if workload.spec.launcher != "accelerate":
+    app = workload.spec.app
+    if workload.spec.launcher != "accelerate" and app is None:
         return [*words, *_node_command(job, profile, workload)]
-    floor = job.parameters.get("hang_timeout_s", 180)
     rank = Expr(f'"${profile.launch.machine_rank_var}"')
+    if app is not None and workload.spec.launcher == "srun":
+        rank = Expr('"$SLURM_PROCID"')  # one task per GPU: each its own agent and supervisor
+    floor = app.hang_timeout_s if app is not None else job.parameters.get("hang_timeout_s", 180)
     agent = [job.python, "-m", "hpcai.runtime.node_agent", "--run-dir", Expr('"$HPCAI_RUN_DIR"'), "--node-rank", rank,
              "--floor", floor]  # fmt: skip
     if "hang_timeout_s" in job.parameters:  # on the hpcai runtime: no heartbeat at all in time is a hang too
         agent.append("--expect-heartbeats")
     agent.append("--")
-    return [*words, *agent, *_node_command(job, profile, workload)]
+    supervised = _supervisor(job, workload, rank) if app is not None else []
+    return [*words, *agent, *supervised, *_node_command(job, profile, workload)]
+
+
+def _srun_rank_env() -> str:
+    """What programs started by srun read besides SLURM_*: torch.distributed's env:// variables."""
+    return 'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" WORLD_SIZE="$SLURM_NTASKS"; '
 
 
 def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
-    per_node = "bash -c " + quote("exec " + join(_per_node(job, profile, workload)))
     launch = profile.launch
+    if workload.spec.app is not None and workload.spec.launcher == "srun":
+        return _srun_tasks_line(job, profile, workload)
+    per_node = "bash -c " + quote("exec " + join(_per_node(job, profile, workload)))
     if launch.launcher == "srun":
         if launch.emulate_nodes:
             placement: list[object] = ["--nodes=1", f"--ntasks={job.nodes}", f"--ntasks-per-node={job.nodes}"]
@@ -225,6 +282,29 @@ def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> s
     if launch.launcher == "mpiexec":
         return join(["mpiexec", "-n", job.nodes, "--ppn", 1, *launch.launcher_flags]) + " " + per_node
     return per_node
+
+
+def _srun_tasks_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> str:
+    """`--launcher srun` for a user's program: one task per GPU (per CPU process on CPU), each with the
+    SLURM_* variables and RANK/LOCAL_RANK/WORLD_SIZE; on PBS, mpiexec's equivalent."""
+    per_task = "bash -c " + quote(_srun_rank_env() + "exec " + join(_per_node(job, profile, workload)))
+    launch = profile.launch
+    tasks = job.num_processes
+    if launch.launcher == "mpiexec":
+        env = (
+            'export SLURM_PROCID="${PMI_RANK:-${PALS_RANKID:-0}}" '
+            'SLURM_LOCALID="${PMI_LOCAL_RANK:-${PALS_LOCAL_RANKID:-0}}" '
+            f"SLURM_NTASKS={tasks}; "
+        )
+        command = env + _srun_rank_env() + "exec " + join(_per_node(job, profile, workload))
+        per_task = "bash -c " + quote(command)
+        return join(["mpiexec", "-n", tasks, "--ppn", job.processes_per_node, *launch.launcher_flags]) + " " + per_task
+    if launch.emulate_nodes:
+        placement: list[object] = ["--nodes=1", f"--ntasks={tasks}", f"--ntasks-per-node={tasks}"]
+    else:
+        placement = [f"--nodes={job.nodes}", f"--ntasks-per-node={job.processes_per_node}"]
+        placement.append(Expr('--nodelist="$hpcai_nodelist"'))
+    return join(["srun", *placement, "--kill-on-bad-exit=1", *launch.launcher_flags]) + " " + per_task
 
 
 def _recovery_command(job: JobSpec, profile: ClusterProfile) -> str:

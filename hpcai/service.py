@@ -26,11 +26,13 @@ def default_cluster() -> str:
     return load_user_config().default_cluster
 
 
-def prepare_job(workload_name: str, cluster: str | None, overrides: Overrides) -> RenderedJob:
+def prepare_job(workload_name: str | Workload, cluster: str | None, overrides: Overrides) -> RenderedJob:
+    """`workload_name`: a workload's name, or a Workload (a user's own program, hpcai.userapp)."""
     config = load_user_config()
     cluster_name = resolve_alias(cluster or config.default_cluster)
     profile = load_profile(cluster_name)
-    workload = load_workload(workload_name)
+    workload = load_workload(workload_name) if isinstance(workload_name, str) else workload_name
+    _check_launcher(workload, profile, cluster_name)
     job = resolve_jobspec(
         cluster=cluster_name,
         profile=profile,
@@ -59,3 +61,14 @@ def _excluded_nodes(cluster: str) -> list[str]:
         return excluded_nodes(store, cluster)
     finally:
         store.close()
+
+
+def _check_launcher(workload: Workload, profile: ClusterProfile, cluster: str) -> None:
+    from hpcai.errors import ValidationError
+
+    if workload.spec.launcher == "srun" and profile.launch.launcher not in ("srun", "mpiexec"):
+        raise ValidationError(
+            f"--launcher srun: cluster '{cluster}' starts its jobs without srun or mpiexec "
+            f"({profile.launch.launcher}), so there is nothing to start one task per GPU. "
+            "Use --launcher torchrun or accelerate there."
+        )

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcai.appspec import AppSpec
 from hpcai.errors import NotFoundError, closest
 from hpcai.paths import config_dir, data_dir
 from hpcai.walltime import parse_walltime
@@ -63,10 +64,12 @@ class Outputs(Strict):
 class WorkloadSpec(Strict):
     description: str
     entrypoint: str = Field(description="Training script, relative to the workload's folder")
-    launcher: Literal["accelerate", "python"] = Field(
+    launcher: Literal["accelerate", "torchrun", "srun", "python"] = Field(
         default="accelerate",
         description="accelerate: `accelerate launch` with FSDP, one process per GPU; python: one plain "
-        "process per node (preprocessing, probes), given --machine_rank and --num_machines",
+        "process per node (preprocessing, probes), given --machine_rank and --num_machines. For your own "
+        "program (`app:`): accelerate and torchrun start one process per GPU with nothing added, srun one "
+        "task per GPU, python one process per node",
     )
     parameters: dict[str, Scalar] = Field(description="Defaults, overridable with --set KEY=VALUE")
     requires: list[str] = Field(
@@ -86,6 +89,9 @@ class WorkloadSpec(Strict):
         default=None,
         description="For workloads without the hpcai runtime: a regex with named groups step and loss "
         "(optionally grad_norm) that `hpcai watch` reads from the job's output",
+    )
+    app: AppSpec | None = Field(
+        default=None, description="Your own program (script or module) instead of an hpcai runtime entrypoint"
     )
     checkpoint_lead_s: int = Field(
         default=300, ge=10, description="Seconds before walltime at which the job is told to checkpoint"

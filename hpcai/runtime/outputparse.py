@@ -1,0 +1,146 @@
+"""Reading a user's program from its output (standard library only): progress and loss, and the failing
+rank's own exception.
+
+Progress: HF Trainer / TRL log dicts (`{'loss': 1.23, 'grad_norm': ..., 'learning_rate': ...}`, numbers
+quoted or not), tqdm counters (`12/100 [`, the step of the next loss dict), `step N ... loss: x` prints,
+and a user's regex with named groups `loss` (and `step`, `grad_norm`, `lr`). Lines may carry torch's
+`[rankN]: ` prefix. Nothing read is evaluated: numbers are parsed by regex and float().
+
+Exceptions: the first Python traceback in the output whose exception is not a launcher's wrapper
+(torchrun's ChildFailedError, accelerate's CalledProcessError), with the rank from its `[rankN]:` prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_RANK_PREFIX = re.compile(r"^\[(?:default)?rank(\d+)\]:\s?")
+_TQDM = re.compile(r"(?<![\d/])(\d{1,12})/(\d{1,12}) \[")
+_NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+_DICT_ITEM = re.compile(r"""['"]([A-Za-z_/]+)['"]\s*:\s*['"]?(""" + _NUMBER + r""")['"]?""")
+_DICT_LOSS = re.compile(r"""\{\s*['"]loss['"]\s*:""")
+_PLAIN_LOSS = re.compile(r"(?<![A-Za-z0-9])(?:train[_/ ])?loss\s*[:=]\s*(" + _NUMBER + ")", re.IGNORECASE)
+_PLAIN_STEP = re.compile(r"(?<![A-Za-z0-9_])(?:global[_ ])?(?:step|iter|iteration)\s*[:=#]?\s*(\d{1,12})\b", re.I)
+_MAX_STEP = 10**12  # a step beyond this is not a step (a planted or garbled line)
+WRAPPERS = ("ChildFailedError", "CalledProcessError")
+
+
+def strip_rank(line: str) -> tuple[int | None, str]:
+    match = _RANK_PREFIX.match(line)
+    if match is None:
+        return None, line
+    return int(match.group(1)), line[match.end() :]
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class Observation:
+    step: int
+    loss: float
+    grad_norm: float | None = None
+    lr: float | None = None
+
+
+class ProgressParser:
+    """Feed it the program's output lines; it returns an Observation for each line that reports a loss."""
+
+    def __init__(self, pattern: re.Pattern[str] | None = None) -> None:
+        self.pattern = pattern
+        self.hint: int | None = None  # the newest tqdm count: the step the next loss belongs to
+        self.last_step = 0
+
+    def _step(self, explicit: int | None) -> int:
+        step = explicit if explicit is not None and 0 < explicit < _MAX_STEP else self.hint
+        if step is None or step <= 0:
+            step = self.last_step + 1
+        self.last_step = step
+        return step
+
+    def feed(self, raw: str) -> Observation | None:
+        _, line = strip_rank(raw)
+        if len(line) > 10_000:
+            return None
+        counts = _TQDM.findall(line)
+        if counts:
+            done = int(counts[-1][0])
+            if 0 < done < _MAX_STEP:
+                self.hint = done
+        if self.pattern is not None:
+            match = self.pattern.search(line)
+            if match is None:
+                return None
+            groups = match.groupdict()
+            loss = _number(groups.get("loss"))
+            if loss is None:
+                return None
+            step_text = groups.get("step")
+            explicit = int(step_text) if step_text is not None and step_text.isdigit() else None
+            return Observation(self._step(explicit), loss, _number(groups.get("grad_norm")), _number(groups.get("lr")))
+        if _DICT_LOSS.search(line):
+            items = {key: value for key, value in _DICT_ITEM.findall(line)}
+            loss = _number(items.get("loss"))
+            if loss is None:
+                return None
+            step_text = items.get("step") or items.get("global_step")
+            explicit = int(float(step_text)) if step_text is not None and _number(step_text) is not None else None
+            return Observation(
+                self._step(explicit), loss, _number(items.get("grad_norm")), _number(items.get("learning_rate"))
+            )
+        match = _PLAIN_LOSS.search(line)
+        if match is None:
+            return None
+        loss = _number(match.group(1))
+        if loss is None:
+            return None
+        step_match = _PLAIN_STEP.search(line)
+        return Observation(self._step(int(step_match.group(1)) if step_match else None), loss)
+
+
+_FRAME = re.compile(r'^\s+File "([^"]{1,4096})", line (\d+)')
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failure|Fault)?)(?::\s?(.*))?$")
+
+
+@dataclass(frozen=True)
+class RankException:
+    rank: int | None
+    type: str
+    message: str
+    where: str | None
+
+
+def find_exception(lines: list[str]) -> RankException | None:
+    """The first traceback's exception that is not a launcher's wrapper, in output order."""
+    open_blocks: dict[int | None, list[str]] = {}  # rank -> frames seen, while inside its traceback
+    for raw in lines:
+        rank, line = strip_rank(raw.rstrip("\r\n"))
+        if line.startswith("Traceback (most recent call last):"):
+            open_blocks[rank] = []
+            continue
+        if rank not in open_blocks:
+            continue
+        frame = _FRAME.match(line)
+        if frame is not None:
+            name = frame.group(1).rsplit("/", 1)[-1]
+            open_blocks[rank].append(f"{name}:{frame.group(2)}")
+            continue
+        if not line or line[0].isspace() or line.startswith(("^", "~")):
+            continue  # source lines, carets
+        frames = open_blocks.pop(rank)
+        match = _EXCEPTION.match(line)
+        if match is None:
+            continue
+        kind = match.group(1)
+        if kind.rsplit(".", 1)[-1] in WRAPPERS:
+            continue
+        return RankException(rank, kind, (match.group(2) or "").strip()[:500], frames[-1] if frames else None)
+    return None
