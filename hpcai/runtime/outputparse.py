@@ -60,9 +60,12 @@ class ProgressParser:
         self.last_step = 0
 
     def _step(self, explicit: int | None) -> int:
-        step = explicit if explicit is not None and 0 < explicit < _MAX_STEP else self.hint
-        if step is None or step <= 0:
-            step = self.last_step + 1
+        """A step the line names is taken as it is; otherwise the tqdm count, which lags (tqdm redraws at
+        most every 0.1 s), so never behind the step after the last one seen."""
+        if explicit is not None and 0 < explicit < _MAX_STEP:
+            step = explicit
+        else:
+            step = max(self.hint or 0, self.last_step + 1)
         self.last_step = step
         return step
 
