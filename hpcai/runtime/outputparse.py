@@ -54,10 +54,11 @@ class Observation:
 class ProgressParser:
     """Feed it the program's output lines; it returns an Observation for each line that reports a loss."""
 
-    def __init__(self, pattern: re.Pattern[str] | None = None) -> None:
+    def __init__(self, pattern: re.Pattern[str] | None = None, start_step: int = 0) -> None:
+        """`start_step`: the step of the checkpoint the program resumed from (its next step is the one after)."""
         self.pattern = pattern
         self.hint: int | None = None  # the newest tqdm count: the step the next loss belongs to
-        self.last_step = 0
+        self.last_step = start_step
 
     def _step(self, explicit: int | None) -> int:
         """A step the line names is taken as it is; otherwise the tqdm count, which lags (tqdm redraws at

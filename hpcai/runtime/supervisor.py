@@ -29,6 +29,7 @@ import glob
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -61,6 +62,12 @@ def newest_checkpoint(run_dir: Path, pattern: str) -> str | None:
         return (int(numbers[-1]) if numbers else -1, path.stat().st_mtime)
 
     return str(max(matches, key=key)) if matches else None
+
+
+def checkpoint_step(path: str | None) -> int:
+    """The step in a checkpoint's name (checkpoint-500 -> 500), 0 when it names none."""
+    numbers = re.findall(r"\d+", Path(path).name) if path else []
+    return int(numbers[-1]) if numbers and len(numbers[-1]) <= 12 else 0
 
 
 def resume_words(words: list[str], *, run_dir: Path, attempt: int, pattern: str | None) -> list[str]:
@@ -106,11 +113,12 @@ class Supervisor:
         pattern: re.Pattern[str] | None,
         stop_signal: str,
         grace_s: float,
+        start_step: int = 0,
     ) -> None:
         self.command, self.run_dir, self.node_rank, self.launcher = command, run_dir, node_rank, launcher
         self.stop_signal = getattr(signal, f"SIG{stop_signal}")
         self.grace_s = grace_s
-        self.parser = ProgressParser(pattern)
+        self.parser = ProgressParser(pattern, start_step)
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.lock = threading.Lock()
         self.stop_requested = threading.Event()
@@ -159,28 +167,34 @@ class Supervisor:
             # Output is life, progress or not: the watchdog's limit then counts from the last line.
             self.beat("step" if self.last_progress else "setup")
 
-    def pump(self, source: int, sink: Any) -> None:
-        """Copy one stream to ours as it comes; split it into lines (\\n or \\r, for tqdm) for on_line."""
-        pending = b""
-        while True:
-            try:
-                chunk = os.read(source, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            with contextlib.suppress(OSError, ValueError):
-                sink.write(chunk)
-                sink.flush()
-            pending += chunk
-            parts = re.split(rb"[\r\n]", pending)
-            pending = parts.pop()[-65536:]
-            for part in parts:
-                if part:
-                    self.on_line(part.decode("utf-8", "replace"))
-        if pending:
-            self.on_line(pending.decode("utf-8", "replace"))
-        os.close(source)
+    def pump(self, streams: dict[int, Any]) -> None:
+        """Copy the program's stdout and stderr to ours as they come, and split them into lines (\\n or \\r,
+        for tqdm) for on_line. One loop for both, stdout's data first at each wake-up: a trainer prints a
+        step's loss (stdout) after its progress bar moved (stderr), so the bar's count is not read ahead of
+        the loss line it belongs to (two threads would race)."""
+        pending = {fd: b"" for fd in streams}
+        open_fds = list(streams)
+        while open_fds:
+            ready, _, _ = select.select(open_fds, [], [])
+            for fd in sorted(ready, key=open_fds.index):
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    open_fds.remove(fd)
+                    if pending[fd]:
+                        self.on_line(pending[fd].decode("utf-8", "replace"))
+                    os.close(fd)
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    streams[fd].write(chunk)
+                    streams[fd].flush()
+                parts = re.split(rb"[\r\n]", pending[fd] + chunk)
+                pending[fd] = parts.pop()[-65536:]
+                for part in parts:
+                    if part:
+                        self.on_line(part.decode("utf-8", "replace"))
 
     # -- signals ---------------------------------------------------------------------------------------
     def workers(self) -> list[int]:
@@ -298,10 +312,8 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, forward)
         signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=self.dump_stacks, daemon=True).start())
-        pumps = [
-            threading.Thread(target=self.pump, args=(out_r, sys.stdout.buffer), daemon=True),
-            threading.Thread(target=self.pump, args=(err_r, sys.stderr.buffer), daemon=True),
-        ]
+        streams = {out_r: sys.stdout.buffer, err_r: sys.stderr.buffer}
+        pumps = [threading.Thread(target=self.pump, args=(streams,), daemon=True)]
         stopper = threading.Thread(target=self.watch_stop, daemon=True)
         for thread in [*pumps, stopper]:
             thread.start()
@@ -343,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command after --")
     attempt = int(os.environ.get("HPCAI_ATTEMPT", "1") or 1) if os.environ.get("HPCAI_ATTEMPT", "").isdigit() else 1
     extra = resume_words(args.resume_arg, run_dir=args.run_dir, attempt=attempt, pattern=args.checkpoint_pattern)
+    resumed = newest_checkpoint(args.run_dir, args.checkpoint_pattern) if extra and args.checkpoint_pattern else None
     if extra:
         print(f"hpcai: attempt {attempt}: resuming with {' '.join(extra)}", file=sys.stderr, flush=True)
     pattern = re.compile(args.metrics_pattern) if args.metrics_pattern else None
@@ -354,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         pattern=pattern,
         stop_signal=args.stop_signal,
         grace_s=args.grace,
+        start_step=checkpoint_step(resumed),
     )
     return supervisor.run()
 

@@ -57,7 +57,7 @@ def test_stop_file_sends_the_signal_then_leaves_the_requeue_marker(tmp_path: Pat
         assert time.monotonic() < deadline
         time.sleep(0.1)
     (tmp_path / "STOP").touch()
-    out, err = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=30)
     assert b"got USR1, saving" in out
     assert (tmp_path / "REQUEUE").exists()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,121 @@
+"""An unchanged third-party training program (TRL's SFT script, installed from the package registry) run
+by `hpcai submit -m trl.scripts.sft -- ARGS` under torchrun: loss visible in status, a walltime stop ->
+requeue -> resume by the program's own --resume_from_checkpoint, a failure named by the rank's exception.
+On `local` (2 processes) and on the test Slurm (2 emulated nodes, 1 process each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcai.jobspec import Overrides
+from hpcai.runs.submission import submit_run
+from hpcai.runs.views import status
+from hpcai.schedulers.local import read_job
+from hpcai.service import prepare_job
+from hpcai.store import Store
+from hpcai.userapp import program_workload
+from tests.helpers import wait_for, wait_terminal
+
+pytest.importorskip("trl", reason="TRL is the third-party program these tests run (the `train` extra)")
+
+OPTIONS: dict[str, object] = dict(launcher="torchrun", accelerate_config=None, metrics_pattern=None,
+                                  stop_signal=None, stop_grace_s=5, hang_timeout_s=None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2-shaped causal LM folder and a JSONL text data set, made here (nothing downloads)."""
+    from hpcai.train.parts import build_lm, corpus
+
+    root = tmp_path_factory.mktemp("sft")
+    build_lm(root / "model", "qwen2", corpus(0, 400), 0, pretrain_steps=0)
+    (root / "data").mkdir()
+    with open(root / "data" / "train.jsonl", "w") as out:
+        for text in corpus(1, 400):
+            out.write(json.dumps({"text": text}) + "\n")
+    return root
+
+
+def _sft(root: Path, *, data: str = "data", steps: int = 200) -> list[str]:
+    return ["--model_name_or_path", str(root / "model"), "--dataset_name", str(root / data), "--output_dir", "out",
+            "--max_steps", str(steps), "--save_steps", "20", "--logging_steps", "1", "--use_cpu", "true",
+            "--per_device_train_batch_size", "4", "--max_length", "64", "--report_to", "none"]  # fmt: skip
+
+
+def _submit(store: Store, cluster: str, run_id: str, args: list[str], nodes: int | None = None) -> None:
+    workload = program_workload(None, args, module="trl.scripts.sft", checkpoint_pattern="out/checkpoint-*",
+                                resume_args="--resume_from_checkpoint {checkpoint}", **OPTIONS)  # type: ignore[arg-type]  # fmt: skip
+    assert workload is not None
+    submit_run(prepare_job(workload, cluster, Overrides(run_id=run_id, nodes=nodes, time="00:30:00")), store)
+
+
+def _steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _walltime_signal(cluster: str, job_id: str) -> None:
+    """What the scheduler does before walltime: USR1 to the batch script."""
+    if cluster == "local":
+        job = read_job(job_id)
+        assert job is not None
+        os.kill(int(job["job_pid"]), signal.SIGUSR1)
+    else:
+        subprocess.run(["scancel", "-s", "USR1", "-b", job_id], check=True)
+
+
+def _walltime_requeue_resume(cluster: str, tiny_sft: Path, nodes: int | None) -> None:
+    store = Store()
+    run_id = f"sft-walltime-{cluster}"
+    _submit(store, cluster, run_id, _sft(tiny_sft), nodes=nodes)
+    view = wait_for(store, run_id, {"RUNNING"}, timeout=180)
+    run_dir = Path(view.run_dir)
+    deadline = time.monotonic() + 240
+    while not list((run_dir / "out").glob("checkpoint-*")) or len(_steps(run_dir)) < 25:
+        assert time.monotonic() < deadline, (run_dir / "logs").iterdir()
+        time.sleep(0.5)
+    assert view.job_id
+    _walltime_signal(cluster, view.job_id)
+    final = wait_terminal(store, run_id, timeout=400)
+    assert final.state == "COMPLETED", final
+    events = [json.loads(x)["event"] for x in (run_dir / "attempts.jsonl").read_text().splitlines()]
+    assert events[:3] == ["start", "end", "requeue"] and events[-1] == "end"
+    log = "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").iterdir()))
+    assert "hpcai: walltime is near: sending SIGUSR1" in log
+    resumed = [line for line in log.splitlines() if "resuming with --resume_from_checkpoint" in line]
+    assert resumed, log[-3000:]
+    checkpoint = int(resumed[0].rsplit("checkpoint-", 1)[1])
+    steps = _steps(run_dir)
+    # The second attempt went on from the checkpoint (its first step is the one after it), not from 0.
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] == checkpoint + 1 and steps[-1] == 200
+    (row,), _ = status(store, run_id)
+    assert row.step == 200 and row.loss is not None
+
+
+def test_trl_sft_unchanged_survives_a_walltime_requeue_on_local(tiny_sft: Path) -> None:
+    _walltime_requeue_resume("local", tiny_sft, nodes=None)
+
+
+def test_trl_sft_unchanged_survives_a_walltime_requeue_on_slurm(slurm_cluster: str, tiny_sft: Path) -> None:
+    _walltime_requeue_resume(slurm_cluster, tiny_sft, nodes=2)
+
+
+def test_a_failing_program_is_named_by_its_ranks_exception(tiny_sft: Path) -> None:
+    store = Store()
+    _submit(store, "local", "sft-fails", _sft(tiny_sft, data="no-such-data", steps=20))
+    final = wait_terminal(store, "sft-fails", timeout=180)
+    assert final.state == "FAILED"
+    errors = list((Path(final.run_dir) / "errors").glob("rank-*.json"))
+    assert errors
+    record = json.loads(errors[0].read_text())
+    assert record["type"] == "FileNotFoundError" and "no-such-data" in record["message"]
+    (row,), _ = status(store, "sft-fails")
+    assert row.reason is not None and row.reason.startswith("FileNotFoundError"), row.reason
