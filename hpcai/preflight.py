@@ -53,7 +53,10 @@ for name in sys.argv[1:]:
             except BaseException:
                 out["fsdp2"] = False
         else:
-            version = importlib.metadata.version(name)
+            try:
+                version = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                version = "?"  # importable, installed under another distribution name (a user's module)
         out["modules"][name] = {"version": version}
     except BaseException as exc:
         out["modules"][name] = {"error": (type(exc).__name__ + ": " + str(exc))[:300]}

@@ -12,6 +12,8 @@ from hpcai.appspec import AppSpec, check_app
 from hpcai.errors import ValidationError
 from hpcai.workloads import Resources, Workload, WorkloadSpec
 
+_LAUNCHER_NEEDS = {"torchrun": ["torch"], "accelerate": ["accelerate"]}
+
 
 def app_name(app: AppSpec) -> str:
     """The workload's name in the store and in run ids: the script's stem or the module's last part."""
@@ -31,6 +33,9 @@ def app_workload(app: AppSpec, launcher: str, *, directory: Path, time: str = "0
         resources=Resources(time=time),
         checkpoint_lead_s=300,
         app=app,
+        # What the pre-flight checks the job's Python imports before queueing: the launcher, and the
+        # program's top-level package when it is a module (a script's own imports are its business).
+        requires=[*_LAUNCHER_NEEDS.get(launcher, []), *([str(app.module).split(".")[0]] if app.module else [])],
     )
     return Workload(name=app_name(app), directory=directory.resolve(), spec=spec)
 

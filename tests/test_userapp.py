@@ -135,3 +135,9 @@ def test_dry_run_json_shows_the_program_and_its_launcher(tmp_path: Path) -> None
     assert plan["job"]["workload"] == "train"
     assert "torch.distributed.run" in plan["script"] and "--epochs 3" in plan["script"]
     assert sys.executable in plan["script"] or "python" in plan["script"]
+
+
+def test_a_module_the_jobs_python_cannot_import_is_refused_before_queueing(tmp_path: Path) -> None:
+    result = run_cli("submit", "-m", "no_such_pkg.train", "--cluster", "local", "--", "--x", "1")
+    assert result.returncode == 2, result.stdout
+    assert "no_such_pkg cannot be imported" in result.stderr and "Nothing was queued" in result.stderr

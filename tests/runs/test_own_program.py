@@ -43,7 +43,7 @@ def tiny_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _sft(root: Path, *, data: str = "data", steps: int = 200) -> list[str]:
+def _sft(root: Path, *, data: str = "data", steps: int = 120) -> list[str]:
     return ["--model_name_or_path", str(root / "model"), "--dataset_name", str(root / data), "--output_dir", "out",
             "--max_steps", str(steps), "--save_steps", "20", "--logging_steps", "1", "--use_cpu", "true",
             "--per_device_train_batch_size", "4", "--max_length", "64", "--report_to", "none"]  # fmt: skip
@@ -95,9 +95,9 @@ def _walltime_requeue_resume(cluster: str, tiny_sft: Path, nodes: int | None) ->
     steps = _steps(run_dir)
     # The second attempt went on from the checkpoint (its first step is the one after it), not from 0.
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] == checkpoint + 1 and steps[-1] == 200
+    assert steps[restart] == checkpoint + 1 and steps[-1] == 120
     (row,), _ = status(store, run_id)
-    assert row.step == 200 and row.loss is not None
+    assert row.step == 120 and row.loss is not None
 
 
 def test_trl_sft_unchanged_survives_a_walltime_requeue_on_local(tiny_sft: Path) -> None:
