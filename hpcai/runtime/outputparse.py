@@ -12,6 +12,7 @@ Exceptions: the first Python traceback in the output whose exception is not a la
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -23,6 +24,14 @@ _DICT_LOSS = re.compile(r"""\{\s*['"]loss['"]\s*:""")
 _PLAIN_LOSS = re.compile(r"(?<![A-Za-z0-9])(?:train[_/ ])?loss\s*[:=]\s*(" + _NUMBER + ")", re.IGNORECASE)
 _PLAIN_STEP = re.compile(r"(?<![A-Za-z0-9_])(?:global[_ ])?(?:step|iter|iteration)\s*[:=#]?\s*(\d{1,12})\b", re.I)
 _MAX_STEP = 10**12  # a step beyond this is not a step (a planted or garbled line)
+# What hpcai's own callbacks print on rank 0 (hpcai.integrations): exact steps, preferred over guesses.
+EXACT_PREFIX = "hpcai-metrics "
+
+
+def exact_line(step: int, loss: float, grad_norm: float | None, lr: float | None) -> str:
+    return EXACT_PREFIX + json.dumps({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr})
+
+
 WRAPPERS = ("ChildFailedError", "CalledProcessError")
 
 
@@ -49,6 +58,7 @@ class Observation:
     loss: float
     grad_norm: float | None = None
     lr: float | None = None
+    exact: bool = False  # from an hpcai callback's line, not a guess from the program's own output
 
 
 class ProgressParser:
@@ -59,6 +69,7 @@ class ProgressParser:
         self.pattern = pattern
         self.hint: int | None = None  # the newest tqdm count: the step the next loss belongs to
         self.last_step = start_step
+        self.exact = False  # an hpcai callback reports the steps: every other pattern is ignored
 
     def _step(self, explicit: int | None) -> int:
         """A step the line names is taken as it is; otherwise the tqdm count, which lags (tqdm redraws at
@@ -73,6 +84,11 @@ class ProgressParser:
     def feed(self, raw: str) -> Observation | None:
         _, line = strip_rank(raw)
         if len(line) > 10_000:
+            return None
+        at = line.find(EXACT_PREFIX)  # after a progress bar's redraw on the same terminal line, maybe
+        if at >= 0:
+            return self._exact(line[at + len(EXACT_PREFIX) :])
+        if self.exact:
             return None
         counts = _TQDM.findall(line)
         if counts:
@@ -108,6 +124,20 @@ class ProgressParser:
             return None
         step_match = _PLAIN_STEP.search(line)
         return Observation(self._step(int(step_match.group(1)) if step_match else None), loss)
+
+    def _exact(self, text: str) -> Observation | None:
+        try:
+            data = json.loads(text)
+            step, loss = data["step"], float(data["loss"])
+            grad_norm = float(data["grad_norm"]) if data.get("grad_norm") is not None else None
+            lr = float(data["lr"]) if data.get("lr") is not None else None
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < _MAX_STEP:
+            return None
+        self.exact = True
+        self.last_step = step
+        return Observation(step, loss, grad_norm, lr, exact=True)
 
 
 _FRAME = re.compile(r'^\s+File "([^"]{1,4096})", line (\d+)')

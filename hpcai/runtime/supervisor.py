@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcai.exitcodes import REQUEUE_MARKER
+from hpcai.runtime.api import read_pending_decision
 from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE
 from hpcai.runtime.metrics_log import MetricsLog
@@ -49,6 +50,7 @@ from hpcai.runtime.outputparse import ProgressParser, RankException, find_except
 STOP_FILE = "STOP"
 KILL_AFTER_TERM_S = 30.0
 TAIL_LINES = 2000  # output lines kept for finding the exception
+GUESS_DELAY_S = 2.0  # how long a metric read from the program's own output waits for an exact one
 
 
 def newest_checkpoint(run_dir: Path, pattern: str) -> str | None:
@@ -64,6 +66,21 @@ def newest_checkpoint(run_dir: Path, pattern: str) -> str | None:
     return str(max(matches, key=key)) if matches else None
 
 
+def resume_checkpoint(run_dir: Path, pattern: str | None) -> str | None:
+    """What `{checkpoint}` names: the checkpoint a pending rollback decided on (hpcai.runtime.api, the HF
+    callback), else the newest match of the pattern."""
+    if not pattern:
+        return None
+    plan = read_pending_decision(run_dir)
+    if plan is not None:
+        matches = [Path(p) for p in glob.glob(str(run_dir / pattern))]
+        chosen = [p for p in matches if checkpoint_step(str(p)) == plan.checkpoint_step and p.exists()]
+        chosen = [p for p in chosen if run_dir.resolve() in p.resolve().parents]
+        if chosen:
+            return str(chosen[0])
+    return newest_checkpoint(run_dir, pattern)
+
+
 def checkpoint_step(path: str | None) -> int:
     """The step in a checkpoint's name (checkpoint-500 -> 500), 0 when it names none."""
     numbers = re.findall(r"\d+", Path(path).name) if path else []
@@ -75,7 +92,7 @@ def resume_words(words: list[str], *, run_dir: Path, attempt: int, pattern: str 
     needs `{checkpoint}` while none exists is left out with the option word before it."""
     if attempt <= 1 or not words:
         return []
-    checkpoint = newest_checkpoint(run_dir, pattern) if pattern else None
+    checkpoint = resume_checkpoint(run_dir, pattern)
     out: list[str] = []
     for word in words:
         if "{checkpoint}" in word and checkpoint is None:
@@ -131,6 +148,7 @@ class Supervisor:
         self.last_progress: tuple[int, float] | None = None  # (step, monotonic time)
         self.step_s: float | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.guesses: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
 
     # -- heartbeat and metrics -------------------------------------------------------------------------
     def beat(self, phase: str) -> None:
@@ -161,11 +179,22 @@ class Supervisor:
                 if self.last_progress is not None and seen.step > self.last_progress[0]:
                     self.step_s = round(now - self.last_progress[1], 3)  # between observations: what the watchdog needs
                 self.last_progress = (seen.step, now)
-                self.metrics.write(
-                    step=seen.step, loss=seen.loss, grad_norm=seen.grad_norm, lr=seen.lr, step_s=self.step_s
-                )
+                record = {"step": seen.step, "loss": seen.loss, "grad_norm": seen.grad_norm, "lr": seen.lr,
+                          "step_s": self.step_s}  # fmt: skip
+                if seen.exact:
+                    self.guesses.clear()  # the program's callback speaks: what was guessed meanwhile goes
+                    self.metrics.write(**record)
+                else:
+                    self.guesses.append((now, record))
+            self.flush_guesses(now - GUESS_DELAY_S)
             # Output is life, progress or not: the watchdog's limit then counts from the last line.
             self.beat("step" if self.last_progress else "setup")
+
+    def flush_guesses(self, before: float) -> None:
+        """Write the guessed observations older than `before` (a trainer prints its log dict just before
+        the callback's exact line: a guess is held a moment so the exact one can replace it)."""
+        while self.guesses and self.guesses[0][0] <= before:
+            self.metrics.write(**self.guesses.popleft()[1])
 
     def pump(self, streams: dict[int, Any]) -> None:
         """Copy the program's stdout and stderr to ours as they come, and split them into lines (\\n or \\r,
@@ -214,6 +243,8 @@ class Supervisor:
     def watch_stop(self) -> None:
         stop = self.run_dir / STOP_FILE
         while not self.done.wait(0.5):
+            with self.lock:
+                self.flush_guesses(time.monotonic() - GUESS_DELAY_S)
             if stop.exists() and not self.stop_requested.is_set():
                 self.stop_requested.set()
                 print(
@@ -333,6 +364,8 @@ class Supervisor:
             )
         elif status != 0:
             self.record_exception()
+        with self.lock:
+            self.flush_guesses(float("inf"))
         self.beat("done")
         self.metrics.close()
         return status
@@ -355,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command after --")
     attempt = int(os.environ.get("HPCAI_ATTEMPT", "1") or 1) if os.environ.get("HPCAI_ATTEMPT", "").isdigit() else 1
     extra = resume_words(args.resume_arg, run_dir=args.run_dir, attempt=attempt, pattern=args.checkpoint_pattern)
-    resumed = newest_checkpoint(args.run_dir, args.checkpoint_pattern) if extra and args.checkpoint_pattern else None
+    resumed = resume_checkpoint(args.run_dir, args.checkpoint_pattern) if extra else None
     if extra:
         print(f"hpcai: attempt {attempt}: resuming with {' '.join(extra)}", file=sys.stderr, flush=True)
     pattern = re.compile(args.metrics_pattern) if args.metrics_pattern else None

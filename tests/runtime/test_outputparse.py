@@ -82,3 +82,16 @@ def test_only_a_wrapper_or_no_traceback_gives_nothing() -> None:
         is None
     )
     assert find_exception(["error: everything is fine"]) is None
+
+
+def test_hpcais_own_lines_are_exact_and_silence_the_guesses() -> None:
+    from hpcai.runtime.outputparse import exact_line
+
+    parser = ProgressParser()
+    assert parser.feed("  5%|5         | 9/80 [00:00<00:02]{'loss': 2.0}") is not None  # a guess
+    seen = parser.feed("  2%|2    | 2/80 [00:00<00:02, 37.63it/s]" + exact_line(7, 1.5, 2.0, 1e-4))
+    assert seen is not None and (seen.step, seen.loss, seen.grad_norm, seen.lr) == (7, 1.5, 2.0, 1e-4)
+    assert parser.feed("{'loss': 3.0, 'grad_norm': 1.0}") is None
+    assert parser.feed('hpcai-metrics {"step": -1, "loss": 1}') is None
+    assert parser.feed('hpcai-metrics {"step": true, "loss": 1}') is None
+    assert parser.feed("hpcai-metrics not json") is None
