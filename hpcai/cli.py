@@ -124,6 +124,39 @@ def _program(target: str | None, args: list[str] | None, **options: Any) -> Any:
     return target
 
 
+@app.command()
+def init(
+    target: TargetArg = None,
+    program_args: ProgramArgs = None,
+    module: ModuleOpt = None,
+    launcher: LauncherOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
+    resume_args: ResumeArgsOpt = None,
+    checkpoint_pattern: CheckpointPatternOpt = None,
+    metrics_pattern: MetricsPatternOpt = None,
+    stop_signal: StopSignalOpt = None,
+    stop_grace: StopGraceOpt = None,
+    hang_timeout: HangTimeoutOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing workload.yaml.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write workload.yaml beside your script (./train.py, or -m pkg.mod in this folder): launcher, arguments,
+    resume and metrics settings and typed parameters, every field explained. Submit it with
+    `hpcai submit ./workload.yaml`."""
+    from hpcai.userapp import write_workload_file
+
+    chosen = _program(target, program_args, module=module, launcher=launcher, accelerate_config=accelerate_config,
+                      resume_args=resume_args, checkpoint_pattern=checkpoint_pattern, metrics_pattern=metrics_pattern,
+                      stop_signal=stop_signal, stop_grace_s=stop_grace, hang_timeout_s=hang_timeout)  # fmt: skip
+    if isinstance(chosen, str):
+        raise HpcaiError(f"hpcai init: '{chosen}' is a workload's name; give your script (./train.py) or -m pkg.mod.")
+    path = write_workload_file(chosen, force=force)
+    if json_out:
+        print_json({"workload_file": str(path), "name": chosen.name})
+    else:
+        console.print(f"wrote {path}; submit it with: hpcai submit {path} --cluster CLUSTER", markup=False)
+
+
 def _from_run(from_run: str | None, workload: str, cluster: str | None, set_: list[str] | None) -> list[str]:
     """`--from RUN` as the parameter it stands for: model_path=<RUN's run dir>/model, on RUN's cluster."""
     assignments = list(set_ or ())

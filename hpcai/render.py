@@ -224,7 +224,11 @@ def _app_command(job: JobSpec, profile: ClusterProfile, workload: Workload) -> l
         words += [*(["--module"] if app.module else []), *program]
     else:  # python, srun: the program itself (srun starts one task per GPU)
         words = [job.python, *(["-m"] if app.module else []), *program]
-    return [*words, *app.args]
+    params: list[object] = []
+    for key, value in job.parameters.items():
+        if value != "":  # an empty string means "not set": the program's own default applies
+            params += [f"--{key}", value]
+    return [*words, *app.args, *params]
 
 
 def _supervisor(job: JobSpec, workload: Workload, node_rank: Expr) -> list[object]:

@@ -73,6 +73,14 @@ def program_workload(
         "--stop-grace": stop_grace_s,
         "--hang-timeout": hang_timeout_s,
     }
+    if target is not None and module is None and (found := workload_file(target)) is not None:
+        workload = load_program_workload(found)
+        app = workload.spec.app
+        assert app is not None
+        if args:  # `submit ./workload.yaml -- MORE`: after the file's own arguments
+            spec = workload.spec.model_copy(update={"app": app.model_copy(update={"args": [*app.args, *args]})})
+            workload = workload.model_copy(update={"spec": spec})
+        return workload
     if module is None and not is_program(target):
         given = [name for name, value in program_options.items() if value is not None]
         if args or given:
@@ -120,3 +128,111 @@ def program_workload(
         field = ".".join(str(p) for p in first["loc"])
         raise ValidationError(f"--{field.replace('_', '-')}: {first['msg']}.") from exc
     return app_workload(app, launcher or "torchrun", directory=directory)
+
+
+WORKLOAD_FILE = "workload.yaml"
+
+
+def workload_file(target: str) -> Path | None:
+    """`submit ./workload.yaml` or `submit ./folder/` (holding one): the file; None otherwise."""
+    path = Path(target).expanduser()
+    if path.name == WORKLOAD_FILE and path.is_file():
+        return path
+    if path.is_dir() and (path / WORKLOAD_FILE).is_file():
+        return path / WORKLOAD_FILE
+    return None
+
+
+def load_program_workload(path: Path) -> Workload:
+    """A program's workload.yaml (written by `hpcai init`): its folder is the code folder."""
+    from hpcai.yamlfiles import load_model, read_yaml_mapping
+
+    spec = load_model(WorkloadSpec, read_yaml_mapping(path), str(path))
+    if spec.app is None:
+        raise ValidationError(
+            f"{path}: has no `app:` section, so it names no program of yours. Put a built-in-style workload in "
+            "~/.config/hpcai/workloads/<name>/ and submit it by name, or write this one with `hpcai init ./train.py`."
+        )
+    directory = path.parent.resolve()
+    if spec.app.accelerate_config is not None:
+        config = (directory / Path(spec.app.accelerate_config).expanduser()).resolve()
+        if not config.is_file():
+            raise ValidationError(
+                f"{path}: app.accelerate_config: {config} does not exist. Fix the path or remove the field."
+            )
+        spec = spec.model_copy(update={"app": spec.app.model_copy(update={"accelerate_config": str(config)})})
+    assert spec.app is not None
+    check_app(spec.app, spec.launcher, str(directory))
+    return Workload(name=app_name(spec.app) if directory.name in ("", ".") else _clean(directory.name),
+                    directory=directory, spec=spec)  # fmt: skip
+
+
+def _clean(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._") or "app"
+    return cleaned if cleaned[0].isalpha() else f"app-{cleaned}"
+
+
+def _yaml(value: object) -> str:
+    import json
+
+    return json.dumps(value)  # JSON scalars and lists are YAML
+
+
+def render_workload_file(workload: Workload) -> str:
+    """A workload.yaml for the program, every field explained (what `hpcai init` writes)."""
+    app = workload.spec.app
+    assert app is not None
+    what = f"script: {_yaml(app.script)}" if app.script else f"module: {_yaml(app.module)}"
+    return f"""\
+# hpcai workload for your own program, written by `hpcai init`. Submit it with
+#   hpcai submit {WORKLOAD_FILE} --cluster CLUSTER [--set KEY=VALUE ...] [-- MORE_ARGS]
+# description and entrypoint are required; every other field can be left out (its default is shown).
+description: {_yaml(workload.spec.description)}
+entrypoint: {_yaml(app.script or "")}   # the script, relative to this folder ("" for a module)
+# How the program starts on each node: torchrun (one process per GPU), accelerate (accelerate launch,
+# one per GPU, your --accelerate-config if any), srun (one Slurm task per GPU), python (one per node).
+launcher: {_yaml(workload.spec.launcher)}
+# Typed defaults passed to the program as --KEY VALUE after `args`; change one with --set KEY=VALUE.
+# Example: parameters: {{lr: 1.0e-4, epochs: 3}}
+parameters: {{}}
+# Python packages the job's Python must import, checked before queueing (e.g. "transformers>=4.50").
+requires: {_yaml(workload.spec.requires)}
+resources:
+  nodes: {workload.spec.resources.nodes}      # default node count (-N)
+  time: {_yaml(workload.spec.resources.time)}   # default walltime (--time)
+app:
+  {what}
+  # The program's own arguments, passed byte for byte before the parameters.
+  args: {_yaml(app.args)}
+  # Added on every attempt after the first (walltime requeue, rollback, node failure). Placeholders:
+  # {{checkpoint}} the newest match of checkpoint_pattern (left out with its option while none exists),
+  # {{run_dir}} the run directory, {{attempt}} the attempt number.
+  resume_args: {_yaml(app.resume_args)}
+  # Where the program writes its checkpoints, relative to the run directory (the job runs there).
+  checkpoint_pattern: {_yaml(app.checkpoint_pattern)}
+  # A regex naming (?P<loss>...) and optionally (?P<step>...) for output lines hpcai does not read by itself
+  # (HF Trainer/TRL dicts, tqdm counters and "step N ... loss: x" it reads without one).
+  metrics_pattern: {_yaml(app.metrics_pattern)}
+  # Sent to the program before walltime (USR1, USR2, TERM, INT, HUP), then SIGTERM after stop_grace_s.
+  stop_signal: {_yaml(app.stop_signal)}
+  stop_grace_s: {app.stop_grace_s}
+  # No output line for this long (or 10x the usual time between progress lines) is a hang.
+  hang_timeout_s: {app.hang_timeout_s}
+  # Your accelerate config file (launcher: accelerate), absolute or relative to this folder.
+  accelerate_config: {_yaml(app.accelerate_config)}
+"""
+
+
+def write_workload_file(workload: Workload, *, force: bool) -> Path:
+    """`hpcai init`: workload.yaml beside the script (in the current folder for a module)."""
+    target = workload.directory / WORKLOAD_FILE
+    if target.exists() and not force:
+        raise ValidationError(
+            f"hpcai init: {target} exists already. Edit it, or pass --force to replace it with a new one."
+        )
+    text = render_workload_file(workload)
+    import yaml
+
+    WorkloadSpec.model_validate(yaml.safe_load(text))  # what init writes loads back as it is
+    target.write_text(text, encoding="utf-8")
+    return target

@@ -141,3 +141,30 @@ def test_a_module_the_jobs_python_cannot_import_is_refused_before_queueing(tmp_p
     result = run_cli("submit", "-m", "no_such_pkg.train", "--cluster", "local", "--", "--x", "1")
     assert result.returncode == 2, result.stdout
     assert "no_such_pkg cannot be imported" in result.stderr and "Nothing was queued" in result.stderr
+
+
+def test_init_writes_a_workload_file_that_submits_with_typed_parameters(tmp_path: Path) -> None:
+    from hpcai.store import Store
+    from tests.helpers import wait_terminal
+
+    script = tmp_path / "train.py"
+    script.write_text("import json, sys\nprint('ARGV' + json.dumps(sys.argv[1:]))\nprint('step 1 loss: 0.5')\n")
+    made = run_cli("init", str(script), "--launcher", "python", "--resume-args", "--resume {checkpoint}",
+                   "--checkpoint-pattern", "ck/*", "--", "--fixed", "a b")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    workload_file = tmp_path / "workload.yaml"
+    text = workload_file.read_text()
+    assert 'resume_args: ["--resume", "{checkpoint}"]' in text and "# How the program starts" in text
+    again = run_cli("init", str(script))
+    assert again.returncode == 2 and "exists already" in again.stderr and "--force" in again.stderr
+    workload_file.write_text(text.replace("parameters: {}", "parameters: {epochs: 3}"))
+    bad = run_cli("submit", str(workload_file), "--set", "epochs=many")
+    assert bad.returncode == 2 and "epochs" in bad.stderr
+    done = run_cli("submit", str(tmp_path), "--set", "epochs=5", "--json", "--", "--more")
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    final = wait_terminal(Store(), run_id, timeout=120)
+    assert final.state == "COMPLETED" and final.loss == 0.5
+    out = "".join(p.read_text() for p in (Path(final.run_dir) / "logs").glob("*.out"))
+    argv = json.loads(next(x for x in out.splitlines() if x.startswith("ARGV"))[4:])
+    assert argv == ["--fixed", "a b", "--more", "--epochs", "5"]
