@@ -119,3 +119,30 @@ def test_a_failing_program_is_named_by_its_ranks_exception(tiny_sft: Path) -> No
     assert record["type"] == "FileNotFoundError" and "no-such-data" in record["message"]
     (row,), _ = status(store, "sft-fails")
     assert row.reason is not None and row.reason.startswith("FileNotFoundError"), row.reason
+
+
+def test_srun_launcher_starts_a_task_per_process_with_its_rank(slurm_cluster: str, tmp_path: Path) -> None:
+    """`--launcher srun`: one Slurm task per process, each with SLURM_PROCID and torch's RANK/WORLD_SIZE
+    (as open_clip-style programs read them), each under its own supervisor; task 0's loss reaches status."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import json, os\n"
+        "keys = ['SLURM_PROCID', 'SLURM_NTASKS', 'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']\n"
+        "seen = {k: os.environ.get(k) for k in keys}\n"
+        "os.makedirs('ranks', exist_ok=True)\n"
+        "open(f\"ranks/{seen['RANK']}.json\", 'w').write(json.dumps(seen))\n"
+        "print(f\"step 1 loss: {0.25 + int(seen['RANK'])}\", flush=True)\n"
+    )
+    options = {**OPTIONS, "launcher": "srun", "module": None, "resume_args": None, "checkpoint_pattern": None}
+    workload = program_workload(str(script), [], **options)  # type: ignore[arg-type]
+    assert workload is not None
+    store = Store()
+    submit_run(prepare_job(workload, slurm_cluster, Overrides(run_id="srun-ranks", nodes=2, time="00:05:00")), store)
+    final = wait_terminal(store, "srun-ranks", timeout=240)
+    assert final.state == "COMPLETED", final
+    ranks = {int(p.stem): json.loads(p.read_text()) for p in (Path(final.run_dir) / "ranks").glob("*.json")}
+    assert sorted(ranks) == [0, 1]
+    for rank, seen in ranks.items():
+        assert seen["SLURM_PROCID"] == str(rank) and seen["WORLD_SIZE"] == "2" and seen["SLURM_NTASKS"] == "2"
+        assert seen["MASTER_ADDR"] and seen["MASTER_PORT"]
+    assert final.loss == 0.25  # task 0 writes the metrics
