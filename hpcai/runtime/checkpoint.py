@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -141,9 +142,21 @@ class Checkpoints:
         marker = json.loads((path / MARKER).read_text())
         rng_file = path / f"rng-rank{self.rank}.pt"
         if marker.get("world_size") == self.world_size and rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        trainer: dict[str, Any] = torch.load(path / "trainer.pt", weights_only=False)
+            set_rng_state(read_tensors(rng_file))
+        trainer: dict[str, Any] = read_tensors(path / "trainer.pt")
         return trainer
+
+
+def read_tensors(path: Path) -> Any:
+    """A torch file from a run folder, which anyone in the project group may have written: tensors and
+    plain containers only (`weights_only`), never an unpickled object that could run code."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(
+            f"{path} holds something other than tensors and plain values (refused: loading it could run code). "
+            "If you did not put it there, someone else did; resume from another checkpoint."
+        ) from exc
 
 
 def _require_every_weight(shards: Path, model_state: dict[str, Any]) -> None:

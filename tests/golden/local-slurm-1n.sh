@@ -24,6 +24,13 @@ hpcai_now() {
   now="${now/,/.}"
   printf '%s' "${now:-$(date +%s)}"
 }
+# A counter the job keeps in the run directory, read as digits only: the file may have been written by
+# someone else, and bash evaluates array subscripts inside $(( )) (a command in one would run).
+hpcai_count() {
+  local value
+  value=$(head -c 20 "$1" 2>/dev/null | head -n 1 || true)
+  if [[ "$value" =~ ^[0-9]{1,9}$ ]]; then printf '%s' "$((10#$value))"; else printf '0'; fi
+}
 # The newest complete checkpoint's name (what the next attempt resumes from), or nothing.
 hpcai_latest_checkpoint() {
   tr -cd 'A-Za-z0-9_-' < "$HPCAI_RUN_DIR/checkpoints/latest" 2>/dev/null | head -c 64 || true
@@ -74,7 +81,7 @@ rm -f "$HPCAI_RUN_DIR/STOP" "$HPCAI_RUN_DIR/REQUEUE" "$HPCAI_RUN_DIR/GAVE_UP.jso
 hpcai_begin_attempt() {
   : > "$HPCAI_RUN_DIR/.attempt-start"
   hpcai_event start
-  hpcai_attempts=$(( $(cat "$HPCAI_RUN_DIR/attempt_count" 2>/dev/null || echo 0) + 1 ))
+  hpcai_attempts=$(( $(hpcai_count "$HPCAI_RUN_DIR/attempt_count") + 1 ))
   printf '%s\n' "$hpcai_attempts" > "$HPCAI_RUN_DIR/attempt_count"
   export HPCAI_ATTEMPT="$hpcai_attempts"
   if [ "$hpcai_attempts" -gt 30 ]; then
@@ -179,7 +186,7 @@ done
 hpcai_release_lease  # training is over: the next attempt (requeue, rollback) may take the lease
 
 if [ "$rc" -eq 85 ]; then
-  requeues=$(( $(cat "$HPCAI_RUN_DIR/requeues" 2>/dev/null || echo 0) + 1 ))
+  requeues=$(( $(hpcai_count "$HPCAI_RUN_DIR/requeues") + 1 ))
   if [ "$requeues" -le 20 ]; then
     printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
     hpcai_event requeue "$rc"
@@ -214,13 +221,21 @@ if [ "$rc" -eq 0 ] && [ -s "$HPCAI_RUN_DIR/next_stage" ]; then
   # A pipeline (`submit --stages`): this stage completed, so the next one's job goes in now. Submitting it
   # here rather than with a scheduler dependency (afterok) survives what replaces this stage's job on
   # the way: a requeue under a new id, a resubmission without a failed node.
-  hpcai_next_dir=$(head -n 1 "$HPCAI_RUN_DIR/next_stage")
+  hpcai_next_dir=$(head -c 4096 "$HPCAI_RUN_DIR/next_stage" | head -n 1)
+  # Only a sibling run directory of this one, named as hpcai names them: the file may have been planted.
+  if ! [[ "$hpcai_next_dir" =~ ^/[A-Za-z0-9_./+@=,-]+$ ]] || [[ "$hpcai_next_dir" == *..* ]] \
+    || [ "$(dirname "$hpcai_next_dir")" != "$(dirname "$HPCAI_RUN_DIR")" ]; then
+    echo "hpcai: $HPCAI_RUN_DIR/next_stage does not name a run directory beside this one; not submitting it" >&2
+    hpcai_next_dir=""
+  fi
   hpcai_submit_stage() {
     # the scheduler's usual submission, of the next stage's script in its own run directory
     local -x HPCAI_RUN_DIR="$1"
     cd "$HPCAI_RUN_DIR" && env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable "$HPCAI_RUN_DIR/job.sh"
   }
-  if hpcai_next=$(hpcai_submit_stage "$hpcai_next_dir"); then
+  if [ -z "$hpcai_next_dir" ]; then
+    :  # refused above
+  elif hpcai_next=$(hpcai_submit_stage "$hpcai_next_dir"); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
     printf '%s\n' "$hpcai_next" > "$hpcai_next_dir/job_id"
     printf '{"event": "next_stage", "job_id": "%s", "run_dir": "%s", "after": "%s", "time": "%s"}\n' \
