@@ -9,7 +9,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -115,7 +115,7 @@ def _refresh_cluster(
     for run, attempt in items:
         status = statuses.get(attempt.job_id or "")
         if status is None or status.state is JobState.UNKNOWN:
-            lineage_grew |= _follow_lineage(store, reader, run)
+            lineage_grew |= _follow_lineage(store, reader, run, backend.scheduler.valid_job_id)
             continue
         if status.state.terminal and status.exit_code is None:
             status = _complete_missing_exit(store, reader, run, status)
@@ -143,7 +143,7 @@ def _refresh_cluster(
                 store.add_event(run.id, "state", f"attempt {attempt.number} (job {attempt.job_id}): {status.state}")
             if changes.get("state") == JobState.NODE_FAIL.value and attempt.job_id:
                 _note_node_fail(store, backend.transport, run, attempt.job_id)
-        lineage_grew |= _follow_lineage(store, reader, run)
+        lineage_grew |= _follow_lineage(store, reader, run, backend.scheduler.valid_job_id)
         if status.state.terminal and status.exit_code == EXIT_GAVE_UP:
             _note_give_up(store, reader, run, store.attempts(run.id)[-1])
     if lineage_grew:  # ask about the new attempts right away
@@ -213,7 +213,7 @@ def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
+def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id: Callable[[object], bool]) -> bool:
     """Attempts the job started by itself, learnt from the run directory's attempt log and decisions and
     recorded in the store: relaunches inside the allocation (same job id) and next jobs it submitted
     (rollbacks, hangs, failed nodes). Returns True when a new attempt was added. Nodes the job found
@@ -225,8 +225,8 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run) -> bool:
         e
         for e in read_jsonl(transport, RunDir(run.run_dir).attempts)
         if e.get("event") in {"submitted", "relaunch"}
-        and isinstance(e.get("job_id"), str | int) and str(e["job_id"]).strip()
-    ]  # fmt: skip
+        and isinstance(e.get("job_id"), str | int) and valid_job_id(str(e["job_id"]).strip())
+    ]  # fmt: skip  # an id that is not the scheduler's (a planted "-uroot") never reaches the store
     if not log:
         return False
     decisions = [
@@ -386,7 +386,7 @@ def _reconcile_lost_submissions(
     found: dict[str, str] = {}
     for run, _ in lost:
         text = files.read_text(RunDir(run.run_dir).job_id)
-        if text and text.strip():
+        if text and backend.scheduler.valid_job_id(text.strip()):  # the file may have been planted
             found[run.run_dir] = text.strip()
     missing = [r.run_dir for r, _ in lost if r.run_dir not in found]
     if missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -84,6 +85,35 @@ class Scheduler(ABC):
     label: str = ""  # the scheduler's name for people ("Slurm", "PBS")
     queue_noun: str = "queue"  # what it calls a queue ("partition" on Slurm)
     probe_fix: str = ""  # what to check when `queues` fails (doctor's fix line)
+
+    # What this scheduler's job ids look like. Every id read from a file or from scheduler output is checked
+    # against it before it reaches a command line: a run folder may have been written by someone else, and
+    # an "id" such as -uroot would be an option (scancel -uroot cancels every job of the user).
+    job_id_pattern: re.Pattern[str] = re.compile(r"[0-9]{1,12}")
+
+    def valid_job_id(self, job_id: object) -> bool:
+        return isinstance(job_id, str) and self.job_id_pattern.fullmatch(job_id) is not None
+
+    def check_job_id(self, job_id: object) -> str:
+        if not self.valid_job_id(job_id):
+            shown = repr(job_id)[:80]
+            raise SchedulerError(
+                f"{shown} is not a {self.label or self.kind} job id; it was not passed to the scheduler. It came from "
+                "the run's records, which may have been altered by someone else: check the run directory's "
+                "attempts.jsonl and job_id files."
+            )
+        return str(job_id)
+
+    def valid_ids(self, job_ids: Sequence[str]) -> list[str]:
+        """The ids fit to ask the scheduler about (once each); the others are said in `warnings`."""
+        wanted = list(dict.fromkeys(job_ids))
+        bad = [j for j in wanted if not self.valid_job_id(j)]
+        if bad:
+            self.warnings.append(
+                f"ignored {len(bad)} recorded job id(s) that are not {self.label or self.kind} job ids (e.g. "
+                f"{bad[0]!r:.60}): the run's records may have been altered by someone else"
+            )
+        return [j for j in wanted if j not in bad]
 
     def __init__(self, transport: Transport, *, retries: int = 4, backoff_s: float = 0.5) -> None:
         self.transport = transport

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -107,6 +108,7 @@ def kill_job_processes(job_id: str, group: int, *, wait_s: float = 3.0) -> bool:
 
 class LocalScheduler(Scheduler):
     kind = "local"
+    job_id_pattern = re.compile(r"L[0-9a-f]{8}")
 
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["hpcai-local-runner", script_path]  # a detached process on this machine
@@ -142,7 +144,8 @@ class LocalScheduler(Scheduler):
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         self.calls += 1
-        return {job_id: self._status(job_id) for job_id in dict.fromkeys(job_ids)}
+        valid = set(self.valid_ids(job_ids))
+        return {j: self._status(j) if j in valid else JobStatus(j, JobState.UNKNOWN) for j in dict.fromkeys(job_ids)}
 
     def _status(self, job_id: str) -> JobStatus:
         data = read_job(job_id)
@@ -182,6 +185,7 @@ class LocalScheduler(Scheduler):
         return JobStatus(job_id, JobState.NODE_FAIL, None, reason, _iso(data.get("started")), _iso(data["ended"]))
 
     def cancel(self, job_id: str) -> None:
+        self.check_job_id(job_id)
         self.calls += 1
         with job_lock(job_id):
             data = read_job(job_id)
@@ -199,7 +203,7 @@ class LocalScheduler(Scheduler):
             write_job(data)
 
     def requeue(self, job_id: str) -> None:
-        data = read_job(job_id)
+        data = read_job(self.check_job_id(job_id))
         if data is None:
             raise SchedulerError(f"no local job {job_id}")
         self.cancel(job_id)

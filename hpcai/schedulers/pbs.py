@@ -7,6 +7,7 @@ jobs as `C` without an exit status. The exit code then comes from the job's own 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from hpcai.exitcodes import SCRIPT_NAME
@@ -62,6 +63,7 @@ def _status(job_id: str, attrs: dict[str, str]) -> JobStatus:
 class PbsScheduler(Scheduler):
     kind = "pbs"
     label = "PBS"
+    job_id_pattern = re.compile(r"[0-9]{1,12}(\[[0-9]*\])?(\.[A-Za-z0-9][A-Za-z0-9.-]{0,254})?")  # 123.server
     queue_noun = "queue"
     probe_fix = "Check that you are on a login node of the cluster and that PBS answers (`qstat -Q`)."
 
@@ -84,14 +86,14 @@ class PbsScheduler(Scheduler):
         if not result.ok:
             raise failure("qsub", result)
         job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""
-        if not job_id:
+        if not self.valid_job_id(job_id):
             raise failure("qsub (no job id printed)", result)
         return job_id
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        wanted = list(dict.fromkeys(job_ids))
+        wanted = self.valid_ids(job_ids)
         if not wanted:
-            return {}
+            return {j: JobStatus(j, JobState.UNKNOWN) for j in job_ids}
         result = self.command(["qstat", "-f", *wanted])
         # qstat exits non-zero when some job is unknown but still prints the known ones.
         parsed = parse_qstat_full(result.stdout)
@@ -100,19 +102,19 @@ class PbsScheduler(Scheduler):
             if not unknown_only:
                 raise failure("qstat", result)
         by_short = {key.split(".")[0]: attrs for key, attrs in parsed.items()}
-        statuses = {}
+        statuses = {j: JobStatus(j, JobState.UNKNOWN) for j in job_ids}
         for job_id in wanted:
             attrs = parsed.get(job_id) or by_short.get(job_id.split(".")[0])
             statuses[job_id] = _status(job_id, attrs) if attrs else JobStatus(job_id, JobState.UNKNOWN)
         return statuses
 
     def cancel(self, job_id: str) -> None:
-        result = self.command(["qdel", job_id])
+        result = self.command(["qdel", self.check_job_id(job_id)])
         if not result.ok and "nknown" not in result.stderr + result.stdout:
             raise failure("qdel", result)
 
     def requeue(self, job_id: str) -> None:
-        result = self.command(["qrerun", job_id])
+        result = self.command(["qrerun", self.check_job_id(job_id)])
         if not result.ok:
             raise failure("qrerun", result)
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from hpcai.exitcodes import EXCLUDE_FILE, SCRIPT_NAME
@@ -33,6 +34,7 @@ def _time(text: str) -> str | None:
 class SlurmScheduler(Scheduler):
     kind = "slurm"
     label = "Slurm"
+    job_id_pattern = re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?")  # a job, or one task of an array
     queue_noun = "partition"
     probe_fix = (
         "Check that you are on a login node of the cluster and that Slurm answers (`sinfo`); during "
@@ -52,15 +54,15 @@ class SlurmScheduler(Scheduler):
         result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
         if not result.ok:
             raise failure("sbatch", result)
-        job_id = result.stdout.strip().splitlines()[-1].split(";")[0]
-        if not job_id.isdigit():
+        job_id = result.stdout.strip().splitlines()[-1].split(";")[0] if result.stdout.strip() else ""
+        if not self.valid_job_id(job_id):
             raise failure("sbatch (unexpected output)", result)
         return job_id
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        wanted = list(dict.fromkeys(job_ids))
+        wanted = self.valid_ids(job_ids)
         if not wanted:
-            return {}
+            return {j: JobStatus(j, JobState.UNKNOWN) for j in job_ids}
         found: dict[str, JobStatus] = {}
         result = self.command(["squeue", "-h", "-t", "all", "-o", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
         if result.ok:
@@ -77,7 +79,7 @@ class SlurmScheduler(Scheduler):
         ask = [j for j in wanted if j not in found or found[j].state.terminal]
         if ask:
             found.update(self._sacct(ask))
-        return {j: found.get(j, JobStatus(j, JobState.UNKNOWN)) for j in wanted}
+        return {j: found.get(j, JobStatus(j, JobState.UNKNOWN)) for j in dict.fromkeys(job_ids)}
 
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         result = self.command(["sacct", "-X", "-P", "-n", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)])
@@ -107,12 +109,12 @@ class SlurmScheduler(Scheduler):
         return statuses
 
     def cancel(self, job_id: str) -> None:
-        result = self.command(["scancel", job_id])
+        result = self.command(["scancel", self.check_job_id(job_id)])
         if not result.ok:
             raise failure("scancel", result)
 
     def requeue(self, job_id: str) -> None:
-        result = self.command(["scontrol", "requeue", job_id])
+        result = self.command(["scontrol", "requeue", self.check_job_id(job_id)])
         if not result.ok:
             raise failure("scontrol requeue", result)
         # Without this the requeued job waits about two minutes (Reason=BeginTime).
