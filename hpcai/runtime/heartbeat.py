@@ -42,7 +42,7 @@ class Heartbeat:
         if self.path is None:
             return
         record = {"pid": os.getpid(), "rank": self.rank, "local_rank": self.local_rank, "phase": phase,
-                  "step": step, "step_s": step_s, "time": time.time()}  # fmt: skip
+                  "step": step, "step_s": step_s, "time": time.time(), "mono": time.monotonic()}  # fmt: skip
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.path)

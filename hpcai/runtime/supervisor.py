@@ -163,6 +163,7 @@ class Supervisor:
             "step": step,
             "step_s": self.step_s,
             "time": time.time(),
+            "mono": time.monotonic(),
         }
         with contextlib.suppress(OSError):
             self.beat_path.parent.mkdir(parents=True, exist_ok=True)

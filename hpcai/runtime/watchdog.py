@@ -61,6 +61,16 @@ def read_heartbeats(folder: Path) -> list[dict[str, Any]]:
     return beats
 
 
+def beat_age(beat: dict[str, Any], now_mono: float) -> float:
+    """Seconds since a heartbeat, on the monotonic clock (CLOCK_MONOTONIC is one clock for every process
+    of a node): a step of the wall clock (NTP, an administrator) must not make a healthy rank look hung.
+    A beat without one (an older writer) falls back to the wall clock."""
+    mono = beat.get("mono")
+    if isinstance(mono, int | float) and not isinstance(mono, bool) and 0 <= mono <= now_mono + 1:
+        return now_mono - float(mono)
+    return time.time() - float(beat["time"])
+
+
 def limit_for(phase: str, median_step_s: float | None, *, k: float, floor: float) -> float:
     step_limit = max(k * (median_step_s or 0.0), floor)
     if phase == "step":
@@ -177,7 +187,7 @@ def watch(
     too: stuck before the runtime's first line (an `import torch` on a sick filesystem, a dead mount)."""
     poll = poll_s if poll_s is not None else max(0.5, min(5.0, floor / 20))
     step_times: dict[tuple[int, int], float] = {}  # (rank, step) -> that step's duration
-    launched = time.time()
+    launched = time.monotonic()
     while _alive(launcher_pid):
         beats = read_heartbeats(folder)
         live = [b for b in beats if b.get("phase") != "done"]
@@ -187,17 +197,18 @@ def watch(
         if live:
             recent = sorted(step_times)[-200:]
             median = statistics.median(step_times[key] for key in recent) if recent else None
-            newest = max(live, key=lambda b: float(b["time"]))
-            stalled = time.time() - float(newest["time"])
+            now = time.monotonic()
+            newest = min(live, key=lambda b: beat_age(b, now))
+            stalled = beat_age(newest, now)
             limit = limit_for(str(newest.get("phase")), median, k=k, floor=floor)
             if stalled > limit:
                 return declare_hang(live, run_dir=run_dir, job=job, node_rank=node_rank, stalled_s=stalled,
                                     limit_s=limit, median_step_s=median)  # fmt: skip
-        elif expect_heartbeats and not beats and time.time() - launched > setup_limit_s:
+        elif expect_heartbeats and not beats and time.monotonic() - launched > setup_limit_s:
             workers = [{"pid": pid, "rank": None, "phase": "startup", "step": None, "time": launched}
                        for pid in _descendants(launcher_pid)]  # fmt: skip
             return declare_hang(workers or [{"pid": launcher_pid, "phase": "startup", "time": launched}],
-                                run_dir=run_dir, job=job, node_rank=node_rank, stalled_s=time.time() - launched,
+                                run_dir=run_dir, job=job, node_rank=node_rank, stalled_s=time.monotonic() - launched,
                                 limit_s=setup_limit_s, median_step_s=None)  # fmt: skip
         time.sleep(poll)
     return None

@@ -131,3 +131,35 @@ def test_an_injected_hang_is_detected_and_the_training_relaunched_in_the_same_jo
     assert _wait(clean_run["run_id"])["state"] == "COMPLETED"
     assert _losses(run_dir) == _losses(Path(clean_run["run_dir"]))
     assert not any(Path("/dev/shm").glob(f"hpcai-{first['job_id']}-*")) or not os.access("/dev/shm", os.W_OK)
+
+
+def test_a_wall_clock_step_does_not_make_a_healthy_rank_hung(tmp_path: Path) -> None:
+    """The wall clock jumps 600 s ahead (NTP, an administrator) while a rank beats normally: its heartbeat's
+    wall time looks 600 s old, its monotonic time is fresh. No hang; a beat old on the monotonic clock is."""
+    folder = tmp_path / "hb"
+    folder.mkdir()
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    beat = {"pid": worker.pid, "rank": 0, "phase": "step", "step": 5, "step_s": 0.1,
+            "time": time.time() - 600, "mono": time.monotonic()}  # fmt: skip
+    import threading
+
+    def beating() -> None:  # a healthy rank: a beat every 0.2 s, its wall time 600 s behind the new clock
+        while worker.poll() is None:
+            (folder / "rank-0.json").write_text(
+                json.dumps({**beat, "time": time.time() - 600, "mono": time.monotonic()})
+            )
+            time.sleep(0.2)
+
+    (folder / "rank-0.json").write_text(json.dumps(beat))
+    beater = threading.Thread(target=beating)
+    beater.start()
+    record = watch(folder, tmp_path, launcher_pid=worker.pid, job="9", node_rank=0, k=10, floor=2.0, poll_s=0.1)
+    beater.join()
+    assert record is None
+    assert not (tmp_path / "hangs").exists()
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    (folder / "rank-0.json").write_text(json.dumps({**beat, "pid": worker.pid, "time": time.time(),
+                                                    "mono": time.monotonic() - 100}))  # fmt: skip
+    record = watch(folder, tmp_path, launcher_pid=worker.pid, job="9", node_rank=0, k=10, floor=2.0, poll_s=0.1)
+    assert record is not None and record["stalled_s"] >= 100
+    worker.wait(timeout=30)
