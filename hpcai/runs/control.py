@@ -11,9 +11,11 @@ from typing import Any
 from hpcai.errors import HpcaiError
 from hpcai.rundir import RunDir
 from hpcai.runs.reconcile import refresh
+from hpcai.runs.submission import settle_unclear_submission
 from hpcai.schedulers import JobState
 from hpcai.store import Attempt, Run, Store
 from hpcai.transport import Transport
+from hpcai.transport.base import OutcomeUnknown
 
 
 def pick_attempt(store: Store, run: Run, number: int | None) -> Attempt:
@@ -194,6 +196,8 @@ def resume_run(
             backend.transport.write_text(RunDir(run.run_dir).rollback, json.dumps(decision, indent=2) + "\n")
             backend.transport.append_text(RunDir(run.run_dir).decisions, json.dumps(decision) + "\n")
         job_id = backend.scheduler.submit(RunDir(run.run_dir).script, run.run_dir, walltime_s=walltime)
+    except OutcomeUnknown as exc:
+        job_id = settle_unclear_submission(store, backend, run, number, exc)
     except HpcaiError as exc:
         store.update_attempt(run.id, number, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
         raise

@@ -23,13 +23,11 @@ from hpcai.exitcodes import (
 )
 from hpcai.rundir import RunDir
 from hpcai.runfiles import FileReader, Prefetched
+from hpcai.runs.submission import LOST_SUBMISSION_S
 from hpcai.schedulers import JobState, JobStatus
 from hpcai.session import Backend, Session
 from hpcai.store import Attempt, Run, Store
 from hpcai.transport.base import Transport
-
-# How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.
-LOST_SUBMISSION_S = 300
 
 
 def _attempt_log_exit_code(transport: FileReader, run_dir: str, job_id: str) -> int | None:
@@ -385,15 +383,18 @@ def _reconcile_lost_submissions(
         return items
     found: dict[str, str] = {}
     for run, _ in lost:
-        text = files.read_text(RunDir(run.run_dir).job_id)
-        if text and backend.scheduler.valid_job_id(text.strip()):  # the file may have been planted
-            found[run.run_dir] = text.strip()
+        text = (files.read_text(RunDir(run.run_dir).job_id) or "").strip()
+        earlier = {a.job_id for a in store.attempts(run.id) if a.job_id}
+        if backend.scheduler.valid_job_id(text) and text not in earlier:  # planted, or an earlier attempt's
+            found[run.run_dir] = text
     missing = [r.run_dir for r, _ in lost if r.run_dir not in found]
     if missing:
         found.update(backend.scheduler.find_jobs(missing))
     result = []
     for run, attempt in items:
-        if attempt.job_id is None and run.run_dir in found:
+        earlier = {a.job_id for a in store.attempts(run.id) if a.job_id}
+        if attempt.job_id is None and found.get(run.run_dir) not in (None, *earlier):
+            # (the job_id file and the directory's newest job may still be an earlier attempt's)
             job_id = found[run.run_dir]
             store.update_attempt(run.id, attempt.number, job_id=job_id, state=JobState.PENDING.value)
             store.add_event(run.id, "reconciled", f"found job {job_id} that the submitting CLI did not record")

@@ -11,9 +11,10 @@ from hpcai.errors import EnvironmentFailure, HpcaiError, ValidationError
 from hpcai.rundir import RunDir
 from hpcai.schedulers import JobState
 from hpcai.service import RenderedJob
-from hpcai.session import Session
+from hpcai.session import Backend, Session
 from hpcai.store import Run, Store
 from hpcai.transport import Transport
+from hpcai.transport.base import OutcomeUnknown
 
 # One command on the target: input paths that are missing, then what the run directory already holds.
 _PROBE_TARGET = r"""
@@ -94,6 +95,8 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
         transport.write_text(script_path, rendered.script, mode=0o755)
         transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n")
         job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s)
+    except OutcomeUnknown as exc:
+        job_id = settle_unclear_submission(store, backend, run, 1, exc)
     except (HpcaiError, OSError) as exc:
         reason = str(exc) if isinstance(exc, HpcaiError) else f"{exc.strerror or exc} ({exc.filename or job.run_dir})"
         store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {reason}")
@@ -107,6 +110,34 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
     store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")
     return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
+
+
+# How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.
+LOST_SUBMISSION_S = 300
+
+
+def settle_unclear_submission(store: Store, backend: Backend, run: Run, number: int, exc: Exception) -> str:
+    """sbatch/qsub may have queued the job although it reported a failure (a controller time-out, a link
+    that dropped while it ran). Never submitted again blindly: the scheduler is asked for a job working in
+    the run directory that no earlier attempt had; found, it is this attempt's; not found, the attempt
+    stays SUBMITTING for `status` to settle (it keeps asking, and declares the submission lost after
+    LOST_SUBMISSION_S, when `hpcai resume` may submit again)."""
+    store.add_event(run.id, "submit-unclear", str(exc))
+    known = {a.job_id for a in store.attempts(run.id) if a.job_id}
+    try:
+        found = backend.scheduler.find_jobs([run.run_dir]).get(run.run_dir)
+    except HpcaiError:
+        found = None
+    if found is not None and found not in known:
+        store.update_attempt(run.id, number, job_id=found, state=JobState.PENDING.value)
+        store.add_event(run.id, "reconciled", f"job {found} was queued although the scheduler reported: {exc}")
+        return found
+    raise OutcomeUnknown(
+        f"submit: {exc}. The job may have been queued all the same, so nothing is submitted again: run "
+        f"{run.id} stays SUBMITTING, and `hpcai status {run.id}` asks the scheduler for its job and records it. "
+        f"If none appears within {LOST_SUBMISSION_S // 60} minutes the submission is marked as lost; then "
+        f"`hpcai resume {run.id}` submits it."
+    ) from None
 
 
 WAITS_FOR = "waits-for"  # the event naming a pipeline stage's previous run (its message is that run's id)

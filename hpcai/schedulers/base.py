@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hpcai.errors import EnvironmentFailure, HpcaiError
-from hpcai.transport.base import CommandResult, Transport
+from hpcai.transport.base import CommandResult, OutcomeUnknown, Transport
 
 
 class JobState(StrEnum):
@@ -64,6 +64,20 @@ class JobStatus:
 
 class SchedulerError(HpcaiError):
     """A scheduler command failed for a reason that retrying does not fix (it refused the request)."""
+
+
+class SubmissionUnclear(SchedulerError, OutcomeUnknown):
+    """sbatch/qsub failed in a way that does not say whether the job was queued (a controller time-out)."""
+
+
+def unclear(what: str, result: CommandResult) -> bool:
+    """Whether a failed submission (`what`) may still have queued the job: the controller timed out."""
+    return not result.ok and any(marker in result.stderr + result.stdout for marker in TRANSIENT_MARKERS)
+
+
+def last_line(result: CommandResult) -> str:
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    return lines[-1][:300] if lines else f"exit code {result.returncode}"
 
 
 class SchedulerUnavailable(SchedulerError, EnvironmentFailure):
@@ -132,7 +146,9 @@ class Scheduler(ABC):
             self.calls += 1
             result = self.transport.run(argv, timeout=timeout, idempotent=idempotent)
             transient = any(marker in result.stderr for marker in TRANSIENT_MARKERS)
-            if result.ok or not transient or not transient_ok or attempt == self.retries:
+            # A command that must not run twice (sbatch, qsub) is never repeated: "Socket timed out" may
+            # come after the controller queued the job (five jobs for one submit, none tracked).
+            if result.ok or not transient or not transient_ok or not idempotent or attempt == self.retries:
                 return result
             self._sleep(delay)
             delay *= 2

@@ -11,7 +11,16 @@ import re
 from collections.abc import Sequence
 
 from hpcai.exitcodes import SCRIPT_NAME
-from hpcai.schedulers.base import JobState, JobStatus, Scheduler, ScriptFragments, failure
+from hpcai.schedulers.base import (
+    JobState,
+    JobStatus,
+    Scheduler,
+    ScriptFragments,
+    SubmissionUnclear,
+    failure,
+    last_line,
+    unclear,
+)
 
 # PBS job_state letters. F (finished, qstat -x) and C (completed, Torque) carry Exit_status when known.
 _STATES = {
@@ -83,6 +92,8 @@ class PbsScheduler(Scheduler):
 
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
         result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
+        if unclear("qsub", result):
+            raise SubmissionUnclear(f"qsub did not say whether the job was queued: {last_line(result)}")
         if not result.ok:
             raise failure("qsub", result)
         job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""

@@ -11,7 +11,16 @@ import re
 from collections.abc import Sequence
 
 from hpcai.exitcodes import EXCLUDE_FILE, SCRIPT_NAME
-from hpcai.schedulers.base import JobState, JobStatus, Scheduler, ScriptFragments, failure
+from hpcai.schedulers.base import (
+    JobState,
+    JobStatus,
+    Scheduler,
+    ScriptFragments,
+    SubmissionUnclear,
+    failure,
+    last_line,
+    unclear,
+)
 
 _SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%Z"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,Start,End,WorkDir"
@@ -52,6 +61,8 @@ class SlurmScheduler(Scheduler):
 
     def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
         result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
+        if unclear("sbatch", result):
+            raise SubmissionUnclear(f"sbatch did not say whether the job was queued: {last_line(result)}")
         if not result.ok:
             raise failure("sbatch", result)
         job_id = result.stdout.strip().splitlines()[-1].split(";")[0] if result.stdout.strip() else ""
@@ -133,14 +144,14 @@ class SlurmScheduler(Scheduler):
         if result.ok:
             for line in result.stdout.splitlines():
                 job_id, _, workdir = line.partition("|")
-                if workdir in wanted:
+                if workdir in wanted and self.valid_job_id(job_id):
                     found.setdefault(workdir, job_id)
         missing = wanted - set(found)
         if missing:
             history = self.command(["sacct", "-X", "-P", "-n", "-o", "JobID,WorkDir", "-S", "now-7days"])
             for line in history.stdout.splitlines() if history.ok else []:
                 job_id, _, workdir = line.partition("|")
-                if workdir in missing:
+                if workdir in missing and self.valid_job_id(job_id):
                     found[workdir] = job_id  # the newest job of that directory wins
         return found
 

@@ -12,6 +12,11 @@ from hpcai.errors import EnvironmentFailure
 Input = bytes | Iterable[bytes] | None
 
 
+class OutcomeUnknown(EnvironmentFailure):
+    """A command that must not run twice (sbatch, qsub) may or may not have run: the link dropped or the
+    scheduler timed out while it ran. Never repeated blindly: the scheduler is asked what it holds first."""
+
+
 class TransportError(EnvironmentFailure):
     """The link to the cluster failed (dropped, refused, full disk, session limit): nothing the user
     typed is wrong, and running the same command again resumes. Exit code 3."""

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import paramiko
 
-from hpcai.transport.base import CommandResult, Input, Transport, TransportError
+from hpcai.transport.base import CommandResult, Input, OutcomeUnknown, Transport, TransportError
 from hpcai.transport.certs import CertificateInfo, parse_certificate, parse_certificate_file
 from hpcai.transport.known_hosts import CertificateFirstTransport, KnownHosts
 
@@ -37,6 +37,10 @@ T = TypeVar("T")
 
 class SshError(TransportError):
     """The connection could not be made safely, or it failed; the message says what to do (exit 3)."""
+
+
+class SshOutcomeUnknown(SshError, OutcomeUnknown):
+    """The link dropped while a command that must not run twice was running."""
 
 
 class SshRefused(SshError):
@@ -326,7 +330,7 @@ class SshTransport(Transport):
                         f"{self.target.alias}: the server refused the operation ({exc.__class__.__name__}: {exc})."
                     ) from None
                 if not idempotent or attempt == self.retries:
-                    raise SshError(
+                    raise (SshError if idempotent else SshOutcomeUnknown)(
                         f"{self.target.alias}: the connection dropped ({exc.__class__.__name__}: {exc})"
                         + ("" if idempotent else "; the command was not repeated, as it must not run twice")
                         + ". Run hpcai again; `hpcai status` finds what was submitted."
