@@ -7,6 +7,26 @@ from dataclasses import dataclass
 
 from hpcai.runfiles import FileReader
 
+MAX_STEP = 10**12  # a larger "step" is not one: a damaged or planted line (SQLite holds 64-bit integers)
+
+
+def valid_step(value: object) -> int | None:
+    """A step number as the runtime writes one (an int, 0 <= step < MAX_STEP), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_STEP:
+        return value
+    return None
+
+
+def number_or_none(value: object) -> float | None:
+    """A JSON number as a float (nan and inf included, as the runtime writes them as strings too), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in {"nan", "inf", "-inf", "infinity", "-infinity"}:
+        return float(value)
+    return None
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -22,8 +42,7 @@ def last_progress(transport: FileReader, path: str, max_bytes: int = 16384) -> P
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            loss = record.get("loss")
-            value = float(loss) if isinstance(loss, int | float) else None
-            return Progress(record["step"], value)
+        step = valid_step(record.get("step")) if isinstance(record, dict) else None
+        if step is not None:
+            return Progress(step, number_or_none(record.get("loss")))
     return None

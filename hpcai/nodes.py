@@ -14,6 +14,8 @@ day, and a node left out longer only lengthens queue waits); `hpcai nodes clear`
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -64,9 +66,14 @@ def record_from_node_log(store: Store, cluster: str, run_id: str, records: list[
         when = record.get("time")
         if not NODE_NAME.fullmatch(node) or not isinstance(when, int | float) or isinstance(when, bool):
             continue
-        why = str(record.get("why") or "failed")[:300]
-        source = f"{run_id}/{record.get('job_id')}/{record.get('attempt')}/{record.get('node_rank')}"
         since = float(when)
+        if not math.isfinite(since) or since <= 0:
+            continue  # not a time (1e400 reads as inf)
+        # A failure cannot have happened in the future: a planted or clock-skewed "time" would keep the
+        # node excluded for centuries.
+        since = min(since, time.time())
+        why = str(record.get("why") or "failed")[:300]
+        source = f"{run_id}/{record.get('job_id')}/{record.get('attempt')}/{record.get('node_rank')}"[:300]
         entries.append(BadNode(cluster=cluster, node=node, reason=why, run_id=run_id, source=source,
                                hang=why.startswith("hang"), since=since, expires=since + NODE_EXCLUSION_S))  # fmt: skip
     return store.record_bad_nodes(entries)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hpcai.errors import HpcaiError
+from hpcai.metrics import valid_step
 from hpcai.rundir import RunDir
 from hpcai.runs.reconcile import read_jsonl
 from hpcai.session import Session
@@ -33,7 +35,7 @@ class PlotData:
 def _float(value: object) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
 
 
@@ -44,6 +46,9 @@ def load_plot_data(store: Store, run_id: str) -> PlotData:
     if not rows:
         raise HpcaiError(f"run {run.id}: no metrics yet ({run.run_dir}/metrics.jsonl is empty or missing).")
     segments: list[Segment] = [Segment()]
+    rows = [r for r in rows if valid_step(r.get("step")) is not None]  # a damaged or planted line is left out
+    if not rows:
+        raise HpcaiError(f"run {run.id}: no readable metrics line ({run.run_dir}/metrics.jsonl).")
     for row in rows:
         step = int(row["step"])
         if segments[-1].steps and step <= segments[-1].steps[-1]:
@@ -53,12 +58,15 @@ def load_plot_data(store: Store, run_id: str) -> PlotData:
         grad = row.get("grad_norm")
         segments[-1].grad_norms.append(_float(grad) if grad is not None else None)
     events = read_jsonl(transport, RunDir(run.run_dir).events)
-    spikes = sorted({(str(e["kind"]), int(e["onset_step"])) for e in events if e.get("status") != "open"})
-    rollbacks = [
-        (int((d.get("event") or {}).get("onset_step", d["checkpoint_step"])), int(d["checkpoint_step"]))
-        for d in read_jsonl(transport, RunDir(run.run_dir).decisions)
-        if d.get("action") == "rollback"
-    ]
+    onsets = {(str(e.get("kind"))[:20], valid_step(e.get("onset_step"))) for e in events if e.get("status") != "open"}
+    spikes = sorted((kind, onset) for kind, onset in onsets if onset is not None)
+    rollbacks: list[tuple[int, int]] = []
+    for d in read_jsonl(transport, RunDir(run.run_dir).decisions):
+        event: dict[str, Any] = d["event"] if isinstance(d.get("event"), dict) else {}
+        target = valid_step(d.get("checkpoint_step"))
+        onset = valid_step(event.get("onset_step", d.get("checkpoint_step")))
+        if d.get("action") == "rollback" and target is not None and onset is not None:
+            rollbacks.append((onset, target))
     return PlotData(run.id, segments, spikes, rollbacks)
 
 
