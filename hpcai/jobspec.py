@@ -86,6 +86,13 @@ class JobSpec(BaseModel):
     environment: JobEnv = JobEnv()
     mixed_precision: str
     signal_lead_s: int
+    # The run folder is the project group's to read (the filesystem's share_with_group): modes 0750/0640;
+    # else private, 0700/0600. Never group- or world-writable, whatever the umask of whoever submits.
+    share_with_group: bool = False
+
+    @property
+    def umask(self) -> str:
+        return "027" if self.share_with_group else "077"
 
     @property
     def allocated_nodes(self) -> int:
@@ -453,6 +460,7 @@ def resolve_jobspec(
         environment=environment,
         mixed_precision=precision,
         signal_lead_s=lead,
+        share_with_group=fs.share_with_group,
     )
 
 

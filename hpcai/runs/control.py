@@ -195,7 +195,8 @@ def resume_run(
         if decision is not None:
             backend.transport.write_text(RunDir(run.run_dir).rollback, json.dumps(decision, indent=2) + "\n")
             backend.transport.append_text(RunDir(run.run_dir).decisions, json.dumps(decision) + "\n")
-        job_id = backend.scheduler.submit(RunDir(run.run_dir).script, run.run_dir, walltime_s=walltime)
+        umask = "027" if run.spec.get("share_with_group") is True else "077"
+        job_id = backend.scheduler.submit(RunDir(run.run_dir).script, run.run_dir, walltime_s=walltime, umask=umask)
     except OutcomeUnknown as exc:
         job_id = settle_unclear_submission(store, backend, run, number, exc)
     except HpcaiError as exc:

@@ -64,6 +64,17 @@ def on_the_cluster(path: str, binds: tuple[str, ...]) -> str:
     return path
 
 
+_MAKE_RUN_DIR = 'umask "$1" && mkdir -p -- "$2/logs" && chmod "$3" -- "$2" "$2/logs"'
+
+
+def make_run_dir(transport: Transport, run_dir: str, umask: str) -> None:
+    """The run folder and its logs, 0700 (0750 shared with the group) whatever the submitter's umask."""
+    mode = "0750" if umask == "027" else "0700"
+    result = transport.run(["sh", "-c", _MAKE_RUN_DIR, "sh", umask, run_dir, mode], timeout=60)
+    if not result.ok:
+        raise OSError(0, result.stderr.strip() or f"mkdir failed (exit code {result.returncode})", run_dir)
+
+
 def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
     store = store or Store()
     job = rendered.job
@@ -91,10 +102,11 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
     transport = backend.transport
     script_path = RunDir(job.run_dir).script
     try:
-        transport.makedirs(RunDir(job.run_dir).logs)
-        transport.write_text(script_path, rendered.script, mode=0o755)
-        transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n")
-        job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s)
+        make_run_dir(transport, job.run_dir, job.umask)
+        private = 0o640 if job.share_with_group else 0o600
+        transport.write_text(script_path, rendered.script, mode=private | 0o100)
+        transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n", mode=private)
+        job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s, umask=job.umask)
     except OutcomeUnknown as exc:
         job_id = settle_unclear_submission(store, backend, run, 1, exc)
     except (HpcaiError, OSError) as exc:
@@ -167,10 +179,11 @@ def record_waiting_run(rendered: RenderedJob, after: Run, store: Store | None = 
     store.update_attempt(run.id, 1, reason=f"waits for run {after.id} ({after.stage or after.workload}) to complete")
     transport = backend.transport
     try:
-        transport.makedirs(RunDir(job.run_dir).logs)
-        transport.write_text(RunDir(job.run_dir).script, rendered.script, mode=0o755)
-        transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n")
-        transport.write_text(RunDir(after.run_dir).next_stage, job.run_dir + "\n")
+        make_run_dir(transport, job.run_dir, job.umask)
+        private = 0o640 if job.share_with_group else 0o600
+        transport.write_text(RunDir(job.run_dir).script, rendered.script, mode=private | 0o100)
+        transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n", mode=private)
+        transport.write_text(RunDir(after.run_dir).next_stage, job.run_dir + "\n", mode=private)
     except OSError as exc:
         reason = f"{exc.strerror or exc} ({exc.filename or job.run_dir})"
         store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {reason}")

@@ -155,8 +155,14 @@ class Scheduler(ABC):
         raise AssertionError("unreachable")
 
     @abstractmethod
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
-        """Submit the script; return the job id."""
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
+        """Submit the script; return the job id. The scheduler creates the job's log files with the
+        submitting process's umask (Slurm's SLURM_UMASK): `umask` keeps them private whatever the user's."""
+
+    def under_umask(self, argv: list[str], umask: str) -> list[str]:
+        if umask not in ("077", "027"):
+            raise ValueError(f"umask {umask!r}")
+        return ["sh", "-c", f'umask {umask} && exec "$@"', "sh", *argv]
 
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         """The command `submit` runs (shown by `submit --dry-run`)."""

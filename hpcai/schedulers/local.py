@@ -113,7 +113,7 @@ class LocalScheduler(Scheduler):
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["hpcai-local-runner", script_path]  # a detached process on this machine
 
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
         job_id = f"L{secrets.token_hex(4)}"
         while job_file(job_id).exists():
             job_id = f"L{secrets.token_hex(4)}"
@@ -126,6 +126,7 @@ class LocalScheduler(Scheduler):
                 "walltime_s": walltime,
                 "state": JobState.PENDING.value,
                 "submitted": time.time(),
+                "umask": umask,
             }
         )
         self.calls += 1

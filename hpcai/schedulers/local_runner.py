@@ -60,6 +60,7 @@ def main(job_path: str) -> int:
         run_dir = str(data["run_dir"])
         logs = Path(run_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        os.umask(0o027 if data.get("umask") == "027" else 0o077)  # the logs are the user's (as sbatch's)
         out = open(logs / f"local-{job_id}.out", "ab")  # noqa: SIM115 -- closed below, after the job
         err = open(logs / f"local-{job_id}.err", "ab")  # noqa: SIM115
         proc = subprocess.Popen(

@@ -90,8 +90,9 @@ class PbsScheduler(Scheduler):
         out, err = self.log_paths(run_dir, "")
         return ["qsub", "-o", out, "-e", err, script_path]
 
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
-        result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
+        argv = self.under_umask(self.submit_command(script_path, run_dir), umask)
+        result = self.command(argv, timeout=120, idempotent=False)
         if unclear("qsub", result):
             raise SubmissionUnclear(f"qsub did not say whether the job was queued: {last_line(result)}")
         if not result.ok:

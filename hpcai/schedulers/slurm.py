@@ -59,8 +59,9 @@ class SlurmScheduler(Scheduler):
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["sbatch", "--parsable", script_path]
 
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None) -> str:
-        result = self.command(self.submit_command(script_path, run_dir), timeout=120, idempotent=False)
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
+        argv = self.under_umask(self.submit_command(script_path, run_dir), umask)
+        result = self.command(argv, timeout=120, idempotent=False)
         if unclear("sbatch", result):
             raise SubmissionUnclear(f"sbatch did not say whether the job was queued: {last_line(result)}")
         if not result.ok:

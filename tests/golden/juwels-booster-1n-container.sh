@@ -15,6 +15,9 @@
 #SBATCH --error=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-1n-container/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload clip (stage clip) on juwels-booster, run golden-juwels-booster-1n-container.
 set -euo pipefail
+# Everything the job writes in the run folder is the user's alone (or readable by the project's group
+# where the profile shares it): a folder others can write to could feed the job what it reads back.
+umask 077
 
 export HPCAI_RUN_ID=golden-juwels-booster-1n-container
 export HPCAI_RUN_DIR=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-1n-container

@@ -17,6 +17,9 @@
 #SBATCH --error=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-1n-container/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload llava (stage pretrain) on leonardo-booster, run golden-leonardo-booster-1n-container.
 set -euo pipefail
+# Everything the job writes in the run folder is the user's alone (or readable by the project's group
+# where the profile shares it): a folder others can write to could feed the job what it reads back.
+umask 077
 
 export HPCAI_RUN_ID=golden-leonardo-booster-1n-container
 export HPCAI_RUN_DIR=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-1n-container

@@ -2,6 +2,9 @@
 # Runs on this machine without a scheduler: hpcai's local backend starts it as its own process group.
 # Rendered by hpcai 0.1.0: workload llava (stage pretrain) on local, run golden-local-1n.
 set -euo pipefail
+# Everything the job writes in the run folder is the user's alone (or readable by the project's group
+# where the profile shares it): a folder others can write to could feed the job what it reads back.
+umask 077
 
 export HPCAI_RUN_ID=golden-local-1n
 export HPCAI_RUN_DIR=/tmp/hpcai-golden-state/runs/golden-local-1n

@@ -12,6 +12,9 @@
 #SBATCH --error=/tmp/hpcai-golden-state/runs/golden-local-slurm-2n/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload clip (stage clip) on local-slurm, run golden-local-slurm-2n.
 set -euo pipefail
+# Everything the job writes in the run folder is the user's alone (or readable by the project's group
+# where the profile shares it): a folder others can write to could feed the job what it reads back.
+umask 077
 
 export HPCAI_RUN_ID=golden-local-slurm-2n
 export HPCAI_RUN_DIR=/tmp/hpcai-golden-state/runs/golden-local-slurm-2n

@@ -16,6 +16,9 @@
 #SBATCH --error=/scratch/project_465000123/hpcai/runs/golden-lumi-g-4n/logs/slurm-%j.err
 # Rendered by hpcai 0.1.0: workload llava (stage finetune) on lumi-g, run golden-lumi-g-4n.
 set -euo pipefail
+# Everything the job writes in the run folder is the user's alone (or readable by the project's group
+# where the profile shares it): a folder others can write to could feed the job what it reads back.
+umask 077
 
 export HPCAI_RUN_ID=golden-lumi-g-4n
 export HPCAI_RUN_DIR=/scratch/project_465000123/hpcai/runs/golden-lumi-g-4n

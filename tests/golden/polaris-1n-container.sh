@@ -12,6 +12,9 @@
 #PBS -e /eagle/MyProject/hpcai/runs/golden-polaris-1n-container/logs/pbs.err
 # Rendered by hpcai 0.1.0: workload llava (stage pretrain) on polaris, run golden-polaris-1n-container.
 set -euo pipefail
+# Everything the job writes in the run folder is the user's alone (or readable by the project's group
+# where the profile shares it): a folder others can write to could feed the job what it reads back.
+umask 077
 
 export HPCAI_RUN_ID=golden-polaris-1n-container
 export HPCAI_RUN_DIR=/eagle/MyProject/hpcai/runs/golden-polaris-1n-container
