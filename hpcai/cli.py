@@ -734,12 +734,12 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
-RunArg = Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")]
+RunArg = Annotated[str, typer.Argument(help="Run id: a unique prefix is enough, `last` is the newest run.")]
 
 
 @app.command()
 def status(
-    run: Annotated[str | None, typer.Argument(help="Run id (default: all runs).")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run id, a unique prefix, or `last` (default: all runs).")] = None,
     json_out: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until every run has ended.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
@@ -778,25 +778,46 @@ def status(
 
     rates = StepRate()
     max_steps: dict[str, int | None] = {}  # a run's spec does not change: read it once, not every poll
-    with Live(console=console.real, auto_refresh=False) as live:
+    said: dict[str, str] = {}  # off a terminal: one line per run whenever its state or step changes
+
+    def poll() -> tuple[list[Any], dict[str, str]]:
+        views, _ = run_status(store, run)
+        now = time.monotonic()
+        steps = {}
+        for v in views:
+            if v.run_id not in max_steps:
+                value = store.run(v.run_id).spec.get("parameters", {}).get("max_steps")
+                max_steps[v.run_id] = value if isinstance(value, int) else None
+            described = rates.describe(v, max_steps[v.run_id], now)
+            if described is not None:
+                steps[v.run_id] = described
+        return views, steps
+
+    if console.is_terminal and not json_out:
+        with Live(console=console.real, auto_refresh=False) as live:
+            while True:
+                views, steps = poll()
+                live.update(runs_table(views, steps), refresh=True)
+                if all(JobState(v.state).terminal for v in views):
+                    break
+                time.sleep(interval)
+    else:  # a pipe, a file, a CI log, --json: progress as lines (on stderr with --json), no redraws
         while True:
-            views, _ = run_status(store, run)
-            now = time.monotonic()
-            steps = {}
+            views, steps = poll()
             for v in views:
-                if v.run_id not in max_steps:
-                    value = store.run(v.run_id).spec.get("parameters", {}).get("max_steps")
-                    max_steps[v.run_id] = value if isinstance(value, int) else None
-                described = rates.describe(v, max_steps[v.run_id], now)
-                if described is not None:
-                    steps[v.run_id] = described
-            live.update(runs_table(views, steps), refresh=True)
+                line = f"{v.run_id}: {v.state}" + (f", step {steps.get(v.run_id) or v.step}" if v.step else "")
+                if said.get(v.run_id) != line:
+                    said[v.run_id] = line
+                    (error_console if json_out else console).print(line, markup=False, highlight=False)
             if all(JobState(v.state).terminal for v in views):
                 break
             time.sleep(interval)
-    if not console.is_terminal:
-        console.line()  # Live leaves its last frame without a line end when the output is a pipe or file
-    console.print(watch_summary(views))
+    if json_out:
+        print_json([v.to_json() for v in views])
+    else:
+        console.print(watch_summary(views))
+    if any(v.state != JobState.COMPLETED.value for v in views):
+        raise typer.Exit(1)  # `hpcai status --watch RUN && next-step` goes on only after a run that completed
 
 
 @app.command("list")
@@ -824,13 +845,18 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines until the job ends.")] = False,
     attempt: Annotated[int | None, typer.Option("--attempt", help="Attempt number (default: latest).")] = None,
     stderr: Annotated[bool, typer.Option("--stderr", help="Show standard error instead of output.")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The bytes as written, escape sequences included (default: made visible).")
+    ] = False,
 ) -> None:
-    """Print a run's job output (or stderr); -f follows it while the job runs."""
+    """Print a run's job output (or stderr); -f follows it while the job runs. Escape sequences and other
+    control characters are shown as \\x1b and the like (a log may hold what someone else wrote): --raw."""
     from hpcai.runs.control import follow_logs
     from hpcai.store import Store
+    from hpcai.visible import visible_log
 
     def write(text: str) -> None:
-        sys.stdout.write(text)
+        sys.stdout.write(text if raw else visible_log(text))
         sys.stdout.flush()
 
     follow_logs(Store(), run, attempt_number=attempt, stderr=stderr, follow=follow, write=write)

@@ -341,6 +341,7 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "exit_gave_up": EXIT_GAVE_UP,
         "gave_up_file": GAVE_UP_FILE,
         "submit_next": fragments.submit_next(job.python, job.walltime_s, profile.launch.emulate_nodes),
+        "queued_next_lines": fragments.queued_next_lines(),
         "max_requeues": MAX_REQUEUES,
         "max_attempts": MAX_ATTEMPTS,
         "attempt_count_file": ATTEMPT_COUNT_FILE,

@@ -18,6 +18,7 @@ from typing import Any
 
 from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
+from hpcai.visible import visible_line
 
 SCHEMA_VERSION = 3
 # Changes to a store created by an older hpcai, applied in order (version: statements).
@@ -86,6 +87,9 @@ class Attempt:
     resumed_from: str | None
     lr_scale: float
     skipped_batches: str | None
+
+
+LAST = "last"  # what any command taking a run accepts for the newest run (besides a unique prefix of an id)
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,10 @@ class Store:
     def run(self, run_id: str) -> Run:
         run_id = _typed(run_id)
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None and run_id == LAST:
+            row = self._db.execute("SELECT * FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
+            if row is None:
+                raise NotFoundError(f"no runs yet in {self.path}: `last` names the newest one once there is one.")
         if row is None:
             matches = [r[0] for r in self._db.execute("SELECT id FROM runs WHERE id LIKE ?", (run_id + "%",))]
             if len(matches) == 1:
@@ -336,6 +344,9 @@ class Store:
     ) -> int:
         """Record the next attempt (SUBMITTING). With `after`, only if attempt `after` is still the latest:
         two `hpcai resume` at once cannot both start one (the check and the insert are one transaction)."""
+        resumed_from, skipped_batches, reason = (
+            visible_line(x) if isinstance(x, str) else x for x in (resumed_from, skipped_batches, reason)
+        )
         with self.transaction() as db:
             number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE run_id = ?", (run_id,))
             n = int(number.fetchone()[0])
@@ -361,6 +372,8 @@ class Store:
             raise ValueError(f"cannot update {unknown}")
         if not fields:
             return
+        if isinstance(fields.get("reason"), str):  # often read from a cluster: shown in terminals later
+            fields["reason"] = visible_line(fields["reason"])
         assignments = ", ".join(f"{key} = ?" for key in fields)
         with self.transaction() as db:
             db.execute(
@@ -374,6 +387,7 @@ class Store:
     # events -------------------------------------------------------------------------------------------
 
     def add_event(self, run_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        message = visible_line(message)
         with self.transaction() as db:
             self._event(db, run_id, kind, message, data)
 

@@ -134,3 +134,15 @@ def test_list_shows_the_last_step_and_loss_that_status_saw(probe_workload: str) 
     assert view.step == 3
     listed = json.loads(run_cli("list", "--json").stdout)
     assert [(r["step"], r["loss"]) for r in listed] == [(3, view.loss)]
+
+
+def test_last_names_the_newest_run_and_reasons_are_stored_visible(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    with pytest.raises(NotFoundError, match="no runs yet"):
+        store.run("last")
+    make_run(store, "older-1")
+    time.sleep(0.01)
+    make_run(store, "newer-2")
+    assert store.run("last").id == "newer-2"
+    store.update_attempt("newer-2", 1, reason="\x1b[2Jplanted\x07")
+    assert store.attempts("newer-2")[0].reason == "\\x1b[2Jplanted\\x07"

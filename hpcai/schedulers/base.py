@@ -213,6 +213,12 @@ class ScriptFragments(ABC):
     def requeue_lines(self) -> list[str]:
         """Lines that put this job back in the queue after it checkpointed before walltime."""
 
+    def queued_next_lines(self) -> list[str]:
+        """`hpcai_queued_next`: after a submission that reported failure, the id of a job that it queued
+        all the same (another job of this user in this run directory), or nothing."""
+        return ["# A failed submission queued nothing that this scheduler lets the job look up.",
+                "hpcai_queued_next() { :; }"]  # fmt: skip
+
     @abstractmethod
     def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
         """The command, run by the job itself, that submits the run's next attempt and prints its id."""

@@ -195,6 +195,18 @@ class SlurmScript(ScriptFragments):
             'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',
         ]
 
+    def queued_next_lines(self) -> list[str]:
+        return [
+            "# After an sbatch that failed: a job of this user in this run directory, other than this one, that it",
+            "# queued all the same (a controller time-out after the job was accepted).",
+            "hpcai_queued_next() {",
+            "  sleep 5",
+            """  squeue -h -u "$(id -un)" -o '%i|%Z' 2>/dev/null \\""",
+            """    | awk -F'|' -v d="$HPCAI_RUN_DIR" -v me="$HPCAI_JOB_ID" '$2 == d && $1 != me {print $1}' \\""",
+            "    | tail -n 1 || true",
+            "}",
+        ]
+
     def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
         # Variables of this job's allocation must not leak into the new submission's resource request;
         # nodes the run found failing are left out (not on the test cluster: its one node is all it has).

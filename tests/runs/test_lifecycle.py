@@ -192,7 +192,7 @@ def test_status_watch_shows_progress_against_max_and_a_closing_summary(probe_wor
         [sys.executable, "-m", "hpcai", "status", "--watch", "--interval", "1"],
         capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # a run that ended FAILED: not a success (issue 29, item 16)
     assert (
         "1 run(s) ended: 1 FAILED" in result.stdout and f"{run_id}: FAILED -- RuntimeError: no images" in result.stdout
     )

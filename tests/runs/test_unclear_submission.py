@@ -66,3 +66,23 @@ def test_a_timed_out_sbatch_runs_once_and_its_job_is_found(
         assert _jobs_in(rendered.job.run_dir) == []
         (attempt,) = store.attempts(run_id)
         assert attempt.state == "SUBMITTING" and attempt.job_id is None
+
+
+def test_the_job_finds_a_next_attempt_that_a_failed_sbatch_queued(slurm_cluster: str, probe_workload: str) -> None:
+    """The job's own resubmission: when its sbatch reports failure, `hpcai_queued_next` (in the job script)
+    looks for a job of the user in the run directory other than itself before saying it submitted none."""
+    import re
+
+    store = Store()
+    rendered = prepare_job("probe", slurm_cluster, Overrides(set=("lines=60", "interval=0.25"), run_id="queued-next"))
+    job_id = submit_run(rendered, store)["job_id"]
+    function = re.search(r"^hpcai_queued_next\(\) \{\n.*?^\}\n", rendered.script, re.S | re.M)
+    assert function is not None
+    env = {**os.environ, "HPCAI_RUN_DIR": rendered.job.run_dir}
+    other = subprocess.run(["bash", "-c", function.group(0) + "hpcai_queued_next"], capture_output=True, text=True,
+                           env={**env, "HPCAI_JOB_ID": "999999"}, timeout=60)  # fmt: skip
+    assert other.stdout.strip() == job_id, other.stderr
+    itself = subprocess.run(["bash", "-c", function.group(0) + "hpcai_queued_next"], capture_output=True, text=True,
+                            env={**env, "HPCAI_JOB_ID": job_id}, timeout=60)  # fmt: skip
+    assert itself.stdout.strip() == ""
+    subprocess.run(["scancel", job_id], check=False)
