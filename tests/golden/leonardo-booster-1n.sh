@@ -38,6 +38,14 @@ hpcai_excluded() {
   nodes=$(sort -u "$1" 2>/dev/null | grep -E '^[A-Za-z0-9._-]+$' | paste -sd, - || true)
   if [ -n "$nodes" ]; then printf -- '--exclude=%s' "$nodes"; fi
 }
+# After an sbatch that failed: a job of this user in this run directory, other than this one, that it
+# queued all the same (a controller time-out after the job was accepted).
+hpcai_queued_next() {
+  sleep 5
+  squeue -h -u "$(id -un)" -o '%i|%Z' 2>/dev/null \
+    | awk -F'|' -v d="$HPCAI_RUN_DIR" -v me="$HPCAI_JOB_ID" '$2 == d && $1 != me {print $1}' \
+    | tail -n 1 || true
+}
 # A counter the job keeps in the run directory, read as digits only: the file may have been written by
 # someone else, and bash evaluates array subscripts inside $(( )) (a command in one would run).
 hpcai_count() {
@@ -230,6 +238,12 @@ if [ "$hpcai_action" = queue ]; then
   hpcai_exclude=$(hpcai_excluded "$HPCAI_RUN_DIR/exclude_nodes")
   if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
+  else
+    # The submission may have queued the job and still failed (a controller time-out): look before
+    # saying it did not, so the run is followed under its new job rather than shown as ended.
+    hpcai_next=$(hpcai_queued_next)
+  fi
+  if [[ "$hpcai_next" =~ ^[A-Za-z0-9._-]+$ ]]; then
     # After a hang the next attempt resumes from the newest complete checkpoint: say which.
     hpcai_resume=$(hpcai_latest_checkpoint)
     printf '{"event": "submitted", "job_id": "%s", "after": "%s", "why": "%s", "resume": "%s", "time": "%s"}\n' \

@@ -17,6 +17,8 @@ hpcai_now() {
   now="${now/,/.}"
   printf '%s' "${now:-$(date +%s)}"
 }
+# A failed submission queued nothing that this scheduler lets the job look up.
+hpcai_queued_next() { :; }
 # A counter the job keeps in the run directory, read as digits only: the file may have been written by
 # someone else, and bash evaluates array subscripts inside $(( )) (a command in one would run).
 hpcai_count() {
@@ -202,6 +204,12 @@ if [ "$hpcai_action" = queue ]; then
   hpcai_event "$hpcai_why" "$rc"
   if hpcai_next=$(<python> -m hpcai.schedulers.local "$HPCAI_RUN_DIR/job.sh" "$HPCAI_RUN_DIR" 3600); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
+  else
+    # The submission may have queued the job and still failed (a controller time-out): look before
+    # saying it did not, so the run is followed under its new job rather than shown as ended.
+    hpcai_next=$(hpcai_queued_next)
+  fi
+  if [[ "$hpcai_next" =~ ^[A-Za-z0-9._-]+$ ]]; then
     # After a hang the next attempt resumes from the newest complete checkpoint: say which.
     hpcai_resume=$(hpcai_latest_checkpoint)
     printf '{"event": "submitted", "job_id": "%s", "after": "%s", "why": "%s", "resume": "%s", "time": "%s"}\n' \
