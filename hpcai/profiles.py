@@ -211,8 +211,8 @@ class Launch(Strict):
     )
     master_port: int | Literal["from-job-id"] = Field(
         default=29500,
-        description="Rendezvous port, or 'from-job-id' (20000 + job number mod 40000, so jobs sharing a "
-        "node do not clash; LUMI's guide derives it from the job id the same way)",
+        description="Rendezvous port, or 'from-job-id' (20000 + job number mod 12000, below the ephemeral port "
+        "range, so jobs sharing a node do not clash; LUMI's guide derives it from the job id the same way)",
     )
     gpu_request: Literal["gres", "gpus-per-node", "none"] = Field(
         default="gres", description="How GPUs are requested from Slurm"

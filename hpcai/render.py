@@ -122,7 +122,8 @@ def _rendezvous_lines(profile: ClusterProfile, job: JobSpec) -> list[str]:
     port = profile.launch.master_port
     if port == "from-job-id":
         lines.append(f'hpcai_job_number="{fragments.job_number}"')
-        lines.append("MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))")
+        # Below Linux's ephemeral range (32768-60999): an outgoing connection on the node cannot hold it.
+        lines.append("MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 12000 ))")
     else:
         lines.append(f"MASTER_PORT=$(( {int(port)} + hpcai_launch ))")
     return lines

@@ -167,7 +167,7 @@ def test_lumi_uses_rocm_container_rccl_settings_and_job_id_port() -> None:
     assert 'export HF_HOME=/scratch/"${SLURM_JOB_ACCOUNT}"/"${USER}"/hf_home' in script  # not the 20 GB home
     assert "export CXI_FORK_SAFE=1" in script and "export FI_CXI_DISABLE_CQ_HUGETLB=1" in script
     assert "export HPCAI_CPU_BIND=49-55:57-63:17-23:25-31:1-7:9-15:33-39:41-47" in script
-    assert "MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))" in script
+    assert "MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 12000 ))" in script
     # The user's own image runs as it is: no --rocm (the AI images ship their own ROCm), binds by the module.
     assert (
         "bash -c 'exec singularity exec /scratch/project_465000123/llava.sif python -m hpcai.runtime.node_agent"

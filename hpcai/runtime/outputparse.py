@@ -178,3 +178,36 @@ def find_exception(lines: list[str]) -> RankException | None:
             continue
         return RankException(rank, kind, (match.group(2) or "").strip()[:500], frames[-1] if frames else None)
     return None
+
+
+_ROOT_CAUSE = re.compile(r"^Root Cause \(first observed failure\):")
+_FIELD = re.compile(r"^\s+(rank|exitcode|traceback)\s*:\s?(.*)$")
+
+
+def find_root_cause(lines: list[str]) -> RankException | None:
+    """torchrun's "Root Cause" report, for a rank that died without a Python traceback (killed by a signal,
+    a C++ abort, an exit code of its own): its rank and how it ended."""
+    fields: dict[str, str] = {}
+    inside = False
+    for raw in lines:
+        _, line = strip_rank(raw.rstrip("\r\n"))
+        if _ROOT_CAUSE.match(line):
+            inside, fields = True, {}
+            continue
+        if not inside:
+            continue
+        match = _FIELD.match(line)
+        if match is not None:
+            fields[match.group(1)] = match.group(2).strip()
+        elif line.startswith("====") and fields:
+            break
+    if "exitcode" not in fields:
+        return None
+    rank_text = fields.get("rank", "").split(" ", 1)[0]
+    code = fields["exitcode"].split(" ", 1)[0]
+    signal_name = re.search(r"\((SIG[A-Z0-9]+)\)", fields.get("traceback", "") + " " + fields["exitcode"])
+    kind = f"killed by {signal_name.group(1)}" if signal_name else f"exit code {code}"
+    detail = fields.get("traceback", "")
+    if detail.startswith("To enable traceback"):
+        detail = "no Python traceback (the rank exited on its own, or in native code)"
+    return RankException(int(rank_text) if rank_text.isdigit() else None, kind, detail[:500], None)

@@ -45,7 +45,7 @@ from hpcai.runtime.api import read_pending_decision
 from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE
 from hpcai.runtime.metrics_log import MetricsLog
-from hpcai.runtime.outputparse import ProgressParser, RankException, find_exception
+from hpcai.runtime.outputparse import ProgressParser, RankException, find_exception, find_root_cause
 
 STOP_FILE = "STOP"
 KILL_AFTER_TERM_S = 30.0
@@ -287,7 +287,8 @@ class Supervisor:
         found = self._from_error_file()
         if found is None:
             with self.lock:
-                found = find_exception(list(self.tail))
+                lines = list(self.tail)
+            found = find_exception(lines) or find_root_cause(lines)
         if found is None:
             return
         rank = found.rank if found.rank is not None else self.node_rank

@@ -206,12 +206,22 @@ class LlavaTask:
         keep = batch["logits_to_keep"]
         raw = batch.get("pixel_values")
         pixels = self.parts.transform.normalize(raw) if raw is not None else None
-        with accelerator.autocast():
-            out = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values=pixels, logits_to_keep=keep,
-            )  # fmt: skip
+        idle: list[torch.Tensor] = []
+        hook = None
+        if pixels is None:
+            hook = self._tower_on_every_rank(model, batch["input_ids"].device, idle)
+        try:
+            with accelerator.autocast():
+                out = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    pixel_values=pixels, logits_to_keep=keep,
+                )  # fmt: skip
+        finally:
+            if hook is not None:
+                hook.remove()
         logits = out.logits.float()
+        if idle:
+            logits = logits + idle[0]  # zero, but the projector's backward (its gradient reduction) runs too
         if keep.shape[0] == 0:
             # Nothing to learn in this batch (all answers truncated away): a zero loss that still touches the
             # graph, not the NaN of an empty mean. (The shape is known on the host: no sync.)
@@ -228,6 +238,26 @@ class LlavaTask:
             z_loss = self.z_loss_weight * (log_z.pow(2) * valid).sum() / valid.sum()
             loss = loss + z_loss
         return StepOutput(loss=loss, z_loss=z_loss)
+
+    def _tower_on_every_rank(self, model: torch.nn.Module, device: torch.device, out: list[torch.Tensor]) -> Any:
+        """A batch without an image still runs the vision tower and the projector, on a blank image, and
+        its result times zero joins the loss. Under FSDP their parameters are gathered by collectives that
+        every rank must issue in the same order: a rank whose batch has no image would skip them while the
+        others wait (a collective mismatch on gloo, a hang on NCCL). Text-only samples cluster under length
+        grouping, so at 64 ranks that is the first steps of a run; LLaVA feeds a zero image for the same
+        reason. It runs where the model itself would run the tower -- inside the forward, before the
+        language model (a hook on it) -- so the collectives come in the same order as on a rank with images."""
+        size = self.parts.transform.size
+        blank = self.parts.transform.normalize(torch.zeros((1, 3, size, size), dtype=torch.uint8, device=device))
+        inner: Any = getattr(model, "module", model)  # accelerate may wrap it
+
+        def run_tower(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+            features = inner.model.get_image_features(pixel_values=blank)
+            pooled = features.pooler_output if hasattr(features, "pooler_output") else features[0]
+            first = pooled[0] if isinstance(pooled, list | tuple) else pooled
+            out.append(first.float().sum() * 0.0)
+
+        return inner.model.language_model.register_forward_pre_hook(run_tower, with_kwargs=True)
 
     def export(self, state_dict: dict[str, Any], target: Path) -> None:
         export_llava(self.parts, state_dict, target)

@@ -119,7 +119,7 @@ hpcai_launch=0
 while :; do
   MASTER_ADDR=127.0.0.1
   hpcai_job_number="$$"
-  MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))
+  MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 12000 ))
   export MASTER_ADDR MASTER_PORT
 
   # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node

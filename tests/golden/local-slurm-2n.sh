@@ -134,7 +134,7 @@ while :; do
   MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk 'NR == 1 {print $1}' || true)"
   MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"
   hpcai_job_number="$SLURM_JOB_ID"
-  MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 40000 ))
+  MASTER_PORT=$(( 20000 + (hpcai_job_number + hpcai_launch) % 12000 ))
   export MASTER_ADDR MASTER_PORT
 
   # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node

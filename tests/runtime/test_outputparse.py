@@ -95,3 +95,27 @@ def test_hpcais_own_lines_are_exact_and_silence_the_guesses() -> None:
     assert parser.feed('hpcai-metrics {"step": -1, "loss": 1}') is None
     assert parser.feed('hpcai-metrics {"step": true, "loss": 1}') is None
     assert parser.feed("hpcai-metrics not json") is None
+
+
+def test_a_rank_killed_without_a_traceback_is_named_from_torchruns_root_cause() -> None:
+    from hpcai.runtime.outputparse import find_root_cause
+
+    report = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+train.py FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[1]:
+  time      : 2026-12-07_07:33:54
+  host      : node0042
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 2482)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 2482
+============================================================""".splitlines()
+    assert find_exception(report) is None
+    found = find_root_cause(report)
+    assert found is not None and (found.rank, found.type) == (1, "killed by SIGABRT")
+    assert "Signal 6" in found.message
+    assert find_root_cause(["nothing here"]) is None

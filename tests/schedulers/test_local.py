@@ -60,12 +60,12 @@ def test_cancel_before_the_runner_starts_is_not_lost(isolated_hpcai: Path, tmp_p
     mark = tmp_path / "ran"
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/bash\ntouch {mark}\n")
-    write_job({"job_id": "Lrace", "script": str(script), "run_dir": str(tmp_path), "walltime_s": 60,
+    write_job({"job_id": "L0000aace", "script": str(script), "run_dir": str(tmp_path), "walltime_s": 60,
                "state": "PENDING", "submitted": time.time()})  # fmt: skip
-    LocalScheduler(LocalTransport()).cancel("Lrace")  # lands before the runner has read the job
-    subprocess.run([sys.executable, "-m", "hpcai.schedulers.local_runner", str(job_file("Lrace"))], timeout=30)
+    LocalScheduler(LocalTransport()).cancel("L0000aace")  # lands before the runner has read the job
+    subprocess.run([sys.executable, "-m", "hpcai.schedulers.local_runner", str(job_file("L0000aace"))], timeout=30)
     assert not mark.exists()
-    assert LocalScheduler(LocalTransport()).states(["Lrace"])["Lrace"].state is JobState.CANCELLED
+    assert LocalScheduler(LocalTransport()).states(["L0000aace"])["L0000aace"].state is JobState.CANCELLED
 
 
 def test_a_requeued_local_job_gets_a_fresh_walltime(probe_workload: str) -> None:

@@ -45,7 +45,7 @@ def launch(
         "HPCAI_RUN_DIR": str(run_dir),
         "HPCAI_MACHINE_RANK": "0",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(random.randint(20000, 59999)),
+        "MASTER_PORT": str(random.randint(20000, 31999)),  # below the ephemeral range: no outgoing connection has it
         "ACCELERATE_USE_CPU": "true",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
