@@ -104,3 +104,21 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert result.returncode == 0, f"could not start the test sshd:\n{result.stderr}"
     yield directory
     subprocess.run([str(script), "stop", str(directory)], capture_output=True, env=env, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2-shaped causal LM folder (its own BPE tokenizer) and a folder of JSONL text, made here
+    (nothing downloads): what the third-party training programs under test (TRL, HF Trainer) train."""
+    import json
+
+    pytest.importorskip("transformers", reason="the `train` extra")
+    from hpcai.train.parts import build_lm, corpus
+
+    root = tmp_path_factory.mktemp("sft")
+    build_lm(root / "model", "qwen2", corpus(0, 400), 0, pretrain_steps=0)
+    (root / "data").mkdir()
+    with open(root / "data" / "train.jsonl", "w") as out:
+        for text in corpus(1, 400):
+            out.write(json.dumps({"text": text}) + "\n")
+    return root

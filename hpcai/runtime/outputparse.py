@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 
 _RANK_PREFIX = re.compile(r"^\[(?:default)?rank(\d+)\]:\s?")
-_TQDM = re.compile(r"(?<![\d/])(\d{1,12})/(\d{1,12}) \[")
+# A progress bar without a description (HF Trainer's and Lightning's training bars; data-set bars such as
+# "Map:" or "Truncating train dataset:" have one): "  8%|8         | 1/12 [".
+_TQDM = re.compile(r"(?:^|\])\s*\d{1,3}%\|[^|]{0,200}\|\s*(\d{1,12})/(\d{1,12}) \[")
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
 _DICT_ITEM = re.compile(r"""['"]([A-Za-z_/]+)['"]\s*:\s*['"]?(""" + _NUMBER + r""")['"]?""")
 _DICT_LOSS = re.compile(r"""\{\s*['"]loss['"]\s*:""")
@@ -68,6 +70,7 @@ class ProgressParser:
         """`start_step`: the step of the checkpoint the program resumed from (its next step is the one after)."""
         self.pattern = pattern
         self.hint: int | None = None  # the newest tqdm count: the step the next loss belongs to
+        self.bar_total = 0
         self.last_step = start_step
         self.exact = False  # an hpcai callback reports the steps: every other pattern is ignored
 
@@ -92,8 +95,10 @@ class ProgressParser:
             return None
         counts = _TQDM.findall(line)
         if counts:
-            done = int(counts[-1][0])
-            if 0 < done < _MAX_STEP:
+            done, total = int(counts[-1][0]), int(counts[-1][1])
+            # The training bar is the longest bar without a description; an evaluation bar is shorter.
+            if total >= self.bar_total and 0 < done < _MAX_STEP:
+                self.bar_total = total
                 self.hint = done
         if self.pattern is not None:
             match = self.pattern.search(line)

@@ -32,21 +32,8 @@ OPTIONS: dict[str, object] = dict(module=None, launcher="torchrun", accelerate_c
                                   checkpoint_pattern="out/checkpoint-*")  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hpcai.train.parts import build_lm, corpus
-
-    root = tmp_path_factory.mktemp("hf")
-    build_lm(root / "model", "qwen2", corpus(0, 400), 0, pretrain_steps=0)
-    (root / "data").mkdir()
-    with open(root / "data" / "train.jsonl", "w") as out:
-        for text in corpus(1, 400):
-            out.write(json.dumps({"text": text}) + "\n")
-    return root
-
-
-def _submit(store: Store, run_id: str, tiny_lm: Path, *args: str) -> Path:
-    program_args = ["--model", str(tiny_lm / "model"), "--data", str(tiny_lm / "data"), *args]
+def _submit(store: Store, run_id: str, tiny_sft: Path, *args: str) -> Path:
+    program_args = ["--model", str(tiny_sft / "model"), "--data", str(tiny_sft / "data"), *args]
     workload = program_workload(str(SCRIPT), program_args, **OPTIONS)  # type: ignore[arg-type]
     assert workload is not None
     submit_run(prepare_job(workload, "local", Overrides(run_id=run_id)), store)
@@ -57,9 +44,9 @@ def _metrics(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_an_injected_spike_is_rolled_back_with_the_lr_cut_and_the_run_completes(tiny_lm: Path) -> None:
+def test_an_injected_spike_is_rolled_back_with_the_lr_cut_and_the_run_completes(tiny_sft: Path) -> None:
     store = Store()
-    run_dir = _submit(store, "hf-spike", tiny_lm, "--max_steps", "80", "--save_steps", "10", "--spike_at", "45")
+    run_dir = _submit(store, "hf-spike", tiny_sft, "--max_steps", "80", "--save_steps", "10", "--spike_at", "45")
     final = wait_terminal(store, "hf-spike", timeout=400)
     assert final.state == "COMPLETED", final
     decisions = [json.loads(x) for x in (run_dir / "decisions.jsonl").read_text().splitlines()]
@@ -79,9 +66,9 @@ def test_an_injected_spike_is_rolled_back_with_the_lr_cut_and_the_run_completes(
     assert row.step == 80
 
 
-def test_a_walltime_stop_saves_where_every_rank_agrees_and_resumes_from_there(tiny_lm: Path) -> None:
+def test_a_walltime_stop_saves_where_every_rank_agrees_and_resumes_from_there(tiny_sft: Path) -> None:
     store = Store()
-    run_dir = _submit(store, "hf-stop", tiny_lm, "--max_steps", "400", "--save_steps", "1000")
+    run_dir = _submit(store, "hf-stop", tiny_sft, "--max_steps", "400", "--save_steps", "1000")
     deadline = time.monotonic() + 180
     while not (run_dir / "metrics.jsonl").exists() or len(_metrics(run_dir)) < 15:
         assert time.monotonic() < deadline
@@ -100,3 +87,33 @@ def test_a_walltime_stop_saves_where_every_rank_agrees_and_resumes_from_there(ti
     assert [int(r["step"]) for r in _metrics(run_dir)] == list(range(1, 401))
     events = [json.loads(x)["event"] for x in (run_dir / "attempts.jsonl").read_text().splitlines()]
     assert events[:3] == ["start", "end", "requeue"]
+
+
+def test_an_accelerate_launched_script_survives_walltime_on_two_slurm_nodes(slurm_cluster: str, tiny_sft: Path) -> None:
+    """`hpcai submit ./script.py --launcher accelerate -N 2` on the test Slurm (2 emulated nodes, one process
+    each): accelerate's own launcher with nothing added, the walltime signal (scancel -b -s USR1, what
+    --signal=B:USR1 sends) saves at an agreed step, Slurm requeues the job, and it resumes there."""
+    import subprocess
+
+    options = {**OPTIONS, "launcher": "accelerate"}
+    program_args = ["--model", str(tiny_sft / "model"), "--data", str(tiny_sft / "data"), "--max_steps", "300",
+                    "--save_steps", "1000"]  # fmt: skip
+    workload = program_workload(str(SCRIPT), program_args, **options)  # type: ignore[arg-type]
+    assert workload is not None
+    store = Store()
+    rendered = prepare_job(workload, slurm_cluster, Overrides(run_id="hf-accelerate", nodes=2, time="00:30:00"))
+    launch = next(line for line in rendered.script.splitlines() if "accelerate.commands.launch" in line)
+    assert "--use_fsdp" not in launch and "--num_machines 2" in launch and "--mixed_precision" not in launch
+    submit_run(rendered, store)
+    run_dir = Path(rendered.job.run_dir)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "metrics.jsonl").exists() or len(_metrics(run_dir)) < 12:
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+    view = wait_for(store, "hf-accelerate", {"RUNNING"})
+    subprocess.run(["scancel", "-s", "USR1", "-b", str(view.job_id)], check=True)
+    final = wait_terminal(store, "hf-accelerate", timeout=400)
+    assert final.state == "COMPLETED", final
+    log = "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").iterdir()))
+    assert "resuming with --resume_from_checkpoint" in log and "saving at step" in log
+    assert [int(r["step"]) for r in _metrics(run_dir)] == list(range(1, 301))

@@ -119,3 +119,15 @@ Root Cause (first observed failure):
     assert found is not None and (found.rank, found.type) == (1, "killed by SIGABRT")
     assert "Signal 6" in found.message
     assert find_root_cause(["nothing here"]) is None
+
+
+def test_data_set_and_evaluation_bars_give_no_step() -> None:
+    parser = ProgressParser()
+    parser.feed("Truncating train dataset: 100%|##########| 400/400 [00:00<00:00, 16959.02 examples/s]")
+    parser.feed("Map: 100%|##########| 400/400 [00:00<00:00]")
+    seen = parser.feed("  0%|          | 0/120 [00:00<?, ?it/s]{'loss': '5.8', 'grad_norm': '7.1'}")
+    assert seen is not None and seen.step == 1
+    parser.feed("  2%|2         | 3/120 [00:00<00:02]")
+    parser.feed("100%|##########| 50/50 [00:01<00:00]")  # an evaluation bar
+    seen = parser.feed("{'loss': '5.1'}")
+    assert seen is not None and seen.step == 3
