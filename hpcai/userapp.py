@@ -17,9 +17,7 @@ _LAUNCHER_NEEDS = {"torchrun": ["torch"], "accelerate": ["accelerate"]}
 
 def app_name(app: AppSpec) -> str:
     """The workload's name in the store and in run ids: the script's stem or the module's last part."""
-    base = Path(app.script).stem if app.script else str(app.module).rsplit(".", 1)[-1]
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-._") or "app"
-    return cleaned if cleaned[0].isalpha() else f"app-{cleaned}"
+    return _clean(Path(app.script).stem if app.script else str(app.module).rsplit(".", 1)[-1])
 
 
 def app_workload(app: AppSpec, launcher: str, *, directory: Path, time: str = "01:00:00") -> Workload:
@@ -168,6 +166,7 @@ def load_program_workload(path: Path) -> Workload:
 
 
 def _clean(name: str) -> str:
+    """A name fit for run ids and job names: letters, digits, `_ . -`, starting with a letter."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._") or "app"
     return cleaned if cleaned[0].isalpha() else f"app-{cleaned}"
 
