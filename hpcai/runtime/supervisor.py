@@ -53,11 +53,16 @@ TAIL_LINES = 2000  # output lines kept for finding the exception
 GUESS_DELAY_S = 2.0  # how long a metric read from the program's own output waits for an exact one
 
 
+def checkpoint_matches(run_dir: Path, pattern: str) -> list[Path]:
+    """What the pattern matches under the run directory, never a link out of it."""
+    matches = [Path(p) for p in glob.glob(str(run_dir / pattern))]
+    return [p for p in matches if p.exists() and run_dir.resolve() in p.resolve().parents]
+
+
 def newest_checkpoint(run_dir: Path, pattern: str) -> str | None:
     """The newest match of `pattern` under the run directory: by the last number in its name (checkpoint-500
     after checkpoint-90), then by modification time. None when nothing matches."""
-    matches = [Path(p) for p in glob.glob(str(run_dir / pattern))]
-    matches = [p for p in matches if p.exists() and run_dir.resolve() in p.resolve().parents]
+    matches = checkpoint_matches(run_dir, pattern)
 
     def key(path: Path) -> tuple[int, float]:
         numbers = re.findall(r"\d+", path.name)
@@ -73,9 +78,7 @@ def resume_checkpoint(run_dir: Path, pattern: str | None) -> str | None:
         return None
     plan = read_pending_decision(run_dir)
     if plan is not None:
-        matches = [Path(p) for p in glob.glob(str(run_dir / pattern))]
-        chosen = [p for p in matches if checkpoint_step(str(p)) == plan.checkpoint_step and p.exists()]
-        chosen = [p for p in chosen if run_dir.resolve() in p.resolve().parents]
+        chosen = [p for p in checkpoint_matches(run_dir, pattern) if checkpoint_step(str(p)) == plan.checkpoint_step]
         if chosen:
             return str(chosen[0])
     return newest_checkpoint(run_dir, pattern)
