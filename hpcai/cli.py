@@ -682,9 +682,12 @@ spikes_app = typer.Typer(help="Loss spikes and divergence.", no_args_is_help=Tru
 app.add_typer(spikes_app, name="spikes")
 
 
+_SCAN_TARGET_HELP = "A run (id, unique prefix, `last`), or a CSV (step,loss[,grad_norm]), metrics .jsonl or log."
+
+
 @spikes_app.command("scan")
 def spikes_scan(
-    path: Annotated[Path, typer.Argument(help="A CSV (step,loss[,grad_norm]), a metrics .jsonl, or a log.")],
+    target: Annotated[str, typer.Argument(help=_SCAN_TARGET_HELP)],
     regex: Annotated[
         str | None, typer.Option("--regex", help="For logs: a regex with named groups step and loss (grad_norm).")
     ] = None,
@@ -693,16 +696,26 @@ def spikes_scan(
     ] = 0.2,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the spike detector over a finished (or anyone's) run and list what it would have flagged.
+    """Run the spike detector over a run's (or anyone's) loss curve and list what it would have flagged.
 
-    Excursions that pass the statistics but stay below --floor are outliers: counted, not listed."""
+    Steps run again after a resume count once (their last run). Excursions that pass the statistics but
+    stay below --floor are outliers: counted, not listed."""
     from rich.table import Table
 
-    from hpcai.monitor.history import read_history
+    from hpcai.monitor.history import kept_points, read_history
     from hpcai.monitor.policy import RollbackPolicy, needs_rollback
     from hpcai.monitor.spikes import DetectorConfig, SpikeDetector
 
-    points = read_history(path, regex)
+    path: Path | str = Path(target)
+    if Path(target).exists() or regex is not None or "/" in target or Path(target).suffix:
+        points = read_history(Path(target), regex)
+    else:  # not a file: a run of the store
+        from hpcai.runs.views import run_history
+        from hpcai.store import Store
+
+        run, points = run_history(Store(), target)
+        path = f"run {run.id}"
+    points = kept_points(points)
     if not points:
         raise HpcaiError(f"{path}: no points found" + (" with that --regex." if regex else "."))
     detector = SpikeDetector(DetectorConfig(report_floor=floor))

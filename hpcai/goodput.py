@@ -113,6 +113,16 @@ def _attempt_windows(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return windows
 
 
+def _close_ended_jobs(windows: list[dict[str, Any]], ended: dict[str, float | None]) -> None:
+    """An open window of a job the scheduler calls ended closes at the scheduler's end (not before its own
+    start), or at its start when the end time is unknown."""
+    for window in windows:
+        job = str(window["job_id"]) if window["job_id"] is not None else None
+        if window["end"] is None and job in ended:
+            when = ended[job]
+            window["end"] = max(window["start"], when) if when is not None else window["start"]
+
+
 def _step_durations(steps: list[dict[str, Any]]) -> list[float]:
     """Each step's duration: `step_s` when the runtime wrote it, else the gap to the previous step's
     record (the first step of an attempt then takes the attempt's median)."""
@@ -137,13 +147,17 @@ def account(
     *,
     nodes: int,
     submitted: dict[str, float] | None = None,
+    ended: dict[str, float | None] | None = None,
     now: float | None = None,
 ) -> Goodput:
     """The goodput of one run from its files (see the module docstring). `submitted`: job id -> the time
-    the client submitted it (from the store), for the queue wait of each job's first start."""
+    the client submitted it (from the store), for the queue wait of each job's first start. `ended`: job id
+    -> when the scheduler says the job ended (None: ended, time unknown), for jobs that ended without their
+    script's end record (cancelled, killed with their node): their last launch is over, not running."""
     now = time.time() if now is None else now
     log = [{**r, "time_s": _number(r.get("epoch")) or _parse_time(r.get("time"))} for r in attempt_log]
     windows = _attempt_windows(log)
+    _close_ended_jobs(windows, ended or {})
     result = Goodput(nodes=nodes)
     steps = [m for m in metrics if isinstance(m.get("step"), int) and _number(m.get("time")) is not None]
     per_attempt: list[list[dict[str, Any]]] = [[] for _ in windows]

@@ -9,6 +9,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from hpcai.output import console
+from hpcai.schedulers.base import TERMINAL, JobState
 
 if TYPE_CHECKING:  # the models load only where a profile or workload is shown: `status` stays fast
     from hpcai.profiles import ClusterProfile
@@ -165,6 +166,11 @@ _STATE_STYLE = {
 }
 
 
+# Attempts whose "why it ended" and exit code mean something: the terminal ones, and a walltime requeue's
+# earlier launch (the job itself goes on under the same id).
+_ENDED = {state.value for state in TERMINAL} | {JobState.REQUEUED.value}
+
+
 def _elapsed(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -244,9 +250,12 @@ def show_run_detail(detail: dict[str, Any]) -> None:
     attempts = Table("attempt", "job", "state", "exit", "resumed from", "LR scale", "skipped", "why it ended",
                      title="attempts")  # fmt: skip
     for a in detail["attempts"]:
+        ended = a["state"] in _ENDED
+        why = a["reason"] if ended else (f"waiting: {a['waiting']}" if a.get("waiting") else None)
         attempts.add_row(
-            str(a["number"]), a["job_id"] or "-", a["state"], "-" if a["exit_code"] is None else str(a["exit_code"]),
-            a["resumed_from"] or "-", f"{a['lr_scale']:g}", a["skipped_batches"] or "-", a["reason"] or "-",
+            str(a["number"]), a["job_id"] or "-", a["state"],
+            "-" if a["exit_code"] is None or not ended else str(a["exit_code"]),
+            a["resumed_from"] or "-", f"{a['lr_scale']:g}", a["skipped_batches"] or "-", why or "-",
         )  # fmt: skip
     console.print(attempts)
     if detail["events"]:

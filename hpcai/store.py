@@ -20,7 +20,7 @@ from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
 from hpcai.visible import visible_line
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Changes to a store created by an older hpcai, applied in order (version: statements).
 _MIGRATIONS: dict[int, list[str]] = {
     # The last step and loss seen, so `list` shows them without reading any run directory.
@@ -31,6 +31,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         "run_id TEXT, source TEXT NOT NULL, hang INTEGER NOT NULL, since REAL NOT NULL, expires REAL NOT NULL, "
         "PRIMARY KEY (cluster, node, source))"
     ],
+    # Why a job that has not ended waits (the scheduler's pending reason, a pipeline's earlier stage), kept
+    # apart from why an attempt ended: a pending reason never outlives the wait.
+    4: ["ALTER TABLE attempts ADD COLUMN waiting TEXT"],
 }
 
 _SCHEMA = """
@@ -87,6 +90,7 @@ class Attempt:
     resumed_from: str | None
     lr_scale: float
     skipped_batches: str | None
+    waiting: str | None = None
 
 
 LAST = "last"  # what any command taking a run accepts for the newest run (besides a unique prefix of an id)
@@ -366,14 +370,15 @@ class Store:
 
     def update_attempt(self, run_id: str, number: int, **fields: Any) -> None:
         """Set fields of one attempt; the run's state follows its latest attempt."""
-        allowed = {"job_id", "state", "started", "ended", "exit_code", "reason"}
+        allowed = {"job_id", "state", "started", "ended", "exit_code", "reason", "waiting"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update {unknown}")
         if not fields:
             return
-        if isinstance(fields.get("reason"), str):  # often read from a cluster: shown in terminals later
-            fields["reason"] = visible_line(fields["reason"])
+        for key in ("reason", "waiting"):  # often read from a cluster: shown in terminals later
+            if isinstance(fields.get(key), str):
+                fields[key] = visible_line(fields[key])
         assignments = ", ".join(f"{key} = ?" for key in fields)
         with self.transaction() as db:
             db.execute(

@@ -71,6 +71,19 @@ def test_a_running_attempt_is_counted_until_now_and_damage_is_skipped() -> None:
     assert result.to_json()["ettr"] == round(30 / 140, 4)
 
 
+def test_an_attempt_the_scheduler_ended_without_an_end_record_is_not_running() -> None:
+    """Cancelled or killed with its node: no end record, but the scheduler's end closes it (counted as
+    running until now, it made a cancelled attempt "1*" and the ETTR over 100 %)."""
+    log, metrics, timeline = _run_directory(finished=False)
+    result = account(log, metrics, timeline, nodes=1, ended={"101": 1235.0, "100": 1060.0}, now=9000.0)
+    last = result.attempts[-1]
+    assert not last.running and last.allocated_s == 35
+    unknown = account(log, metrics, timeline, nodes=1, ended={"101": None}, now=9000.0).attempts[-1]
+    assert not unknown.running and unknown.allocated_s == 0  # ended, time unknown: nothing invented
+    early = account(log, metrics, timeline, nodes=1, ended={"101": 10.0}, now=9000.0).attempts[-1]
+    assert early.allocated_s == 0  # a forged end before the start never goes negative
+
+
 @pytest.mark.usefixtures("isolated_hpcai")
 def test_a_real_run_has_a_plausible_account() -> None:
     done = run_cli("submit", "llava", "--set", "max_steps=12", "--set", "checkpoint_every=6", "--json", timeout=120)

@@ -119,6 +119,16 @@ def read_log(path: Path, pattern: str) -> Iterator[Point]:
                 yield point
 
 
+def kept_points(points: list[Point]) -> list[Point]:
+    """The curve a resumed run kept: a step run again (after a resume, a rollback, a requeue) counts once,
+    as its last run, in step order. Scanning every run of it listed the same spike once per attempt."""
+    last: dict[int, Point] = {}
+    for point in points:
+        last.pop(point.step, None)
+        last[point.step] = point
+    return sorted(last.values(), key=lambda p: p.step)
+
+
 def read_history(path: Path, regex: str | None = None) -> list[Point]:
     try:
         return _read_history(path, regex)

@@ -17,6 +17,11 @@ from hpcai.store import Attempt, Run, Store
 from hpcai.transport import Transport
 from hpcai.transport.base import OutcomeUnknown
 
+LOG_CHUNK = 1 << 20  # bytes of a log read (and held) at a time by `logs`
+ERROR_TAIL_LINES, ERROR_TAIL_BYTES = 40, 64 << 10  # the error log's end that `logs` adds after a failure
+_FAILED_ENDS = {s.value for s in (JobState.FAILED, JobState.NODE_FAIL, JobState.OUT_OF_MEMORY, JobState.TIMEOUT,
+                                  JobState.BOOT_FAIL, JobState.DEADLINE, JobState.PREEMPTED)}  # fmt: skip
+
 
 def pick_attempt(store: Store, run: Run, number: int | None) -> Attempt:
     attempts = store.attempts(run.id)
@@ -51,6 +56,8 @@ def cancel_run(store: Store, run_id: str) -> dict[str, Any]:
         )
     backends.get(run.cluster).scheduler.cancel(attempt.job_id)
     store.add_event(run.id, "cancel", f"cancel requested for job {attempt.job_id}")
+    if attempt.reason is None:  # the scheduler says only CANCELLED; who asked is known here
+        store.update_attempt(run.id, attempt.number, reason="cancelled with hpcai cancel")
     return {"run_id": run.id, "cancelled": True, "job_id": attempt.job_id, "state": attempt.state}
 
 
@@ -81,19 +88,30 @@ def follow_logs(
     path = backend.scheduler.log_paths(run.run_dir, attempt.job_id)[1 if stderr else 0]
     offset = 0
     pending = b""
+
+    def drain() -> None:
+        """What the log holds now, LOG_CHUNK bytes at a time: memory stays constant whatever its size."""
+        nonlocal offset, pending
+        while True:
+            chunk = backend.transport.read_from(path, offset, LOG_CHUNK)
+            offset += len(chunk)
+            pending += chunk
+            # Only whole lines are written, so a line is never split across reads; a line longer than a
+            # chunk goes out in pieces rather than growing without bound.
+            if b"\n" in pending:
+                complete, _, pending = pending.rpartition(b"\n")
+                write(complete.decode("utf-8", errors="replace") + "\n")
+            elif len(pending) >= LOG_CHUNK:
+                write(pending.decode("utf-8", errors="replace"))
+                pending = b""
+            if len(chunk) < LOG_CHUNK:
+                return
+
     while True:
-        chunk = backend.transport.read_from(path, offset)
-        offset += len(chunk)
-        pending += chunk
-        # Only whole lines are written while following, so a line is never split across reads.
-        if b"\n" in pending:
-            complete, _, pending = pending.rpartition(b"\n")
-            write(complete.decode("utf-8", errors="replace") + "\n")
-        if not follow:
-            break
-        if JobState(attempt.state).terminal:
-            final = backend.transport.read_from(path, offset)
-            pending += final
+        drain()
+        if not follow or JobState(attempt.state).terminal:
+            if follow:
+                drain()  # written between the last read and the end
             break
         if deadline and time.monotonic() > deadline:
             break
@@ -102,6 +120,15 @@ def follow_logs(
         attempt = pick_attempt(store, run, attempt.number)
     if pending:
         write(pending.decode("utf-8", errors="replace"))
+    if not stderr and attempt.state in _FAILED_ENDS and attempt.job_id is not None:
+        # Why it failed is in the error log, not here: its end follows, so `logs RUN` is never silent on it.
+        error_log = backend.scheduler.log_paths(run.run_dir, attempt.job_id)[1]
+        tail = backend.transport.tail(error_log, ERROR_TAIL_BYTES).decode("utf-8", errors="replace")
+        lines = tail.splitlines()[-ERROR_TAIL_LINES:]
+        if lines and error_log != path:
+            write(f"--- the attempt ended {attempt.state}; the end of its error log ({error_log}), all of it with "
+                  f"--stderr ---\n")  # fmt: skip
+            write("\n".join(lines) + "\n")
     return attempt.state
 
 

@@ -19,6 +19,7 @@ from hpcai.exitcodes import (
     EXIT_HANG,
     EXIT_LEASE_HELD,
     EXIT_NODE_FAILED,
+    EXIT_REQUEUE,
     EXIT_ROLLBACK,
 )
 from hpcai.rundir import RunDir
@@ -112,29 +113,22 @@ def _refresh_cluster(
     lineage_grew = False
     for run, attempt in items:
         status = statuses.get(attempt.job_id or "")
+        if status is not None and _relaunched_since(store, reader, run, attempt):
+            # The job went on under the same id (a requeue, a relaunch) since the attempt was recorded: what
+            # the scheduler says now is the next launch's, not this one's. The lineage records the next.
+            status = None
         if status is None or status.state is JobState.UNKNOWN:
             lineage_grew |= _follow_lineage(store, reader, run, backend.scheduler.valid_job_id)
             continue
         if status.state.terminal and status.exit_code is None:
             status = _complete_missing_exit(store, reader, run, status)
-        changes: dict[str, Any] = {}
-        for key, value in (
-            ("state", status.state.value),
-            ("exit_code", status.exit_code),
-            ("reason", status.reason),
-            ("started", status.started),
-            ("ended", status.ended),
-        ):
-            if value is not None and getattr(attempt, key) != value:
-                changes[key] = value
+        changes = _status_changes(attempt, status)
         if status.state.terminal and status.exit_code == EXIT_LEASE_HELD and attempt.reason is None:
             changes["reason"] = "not started: another attempt of this run was live (its lease stayed fresh)"
         elif changes.get("state") == JobState.FAILED.value and attempt.reason is None and attempt.job_id:
             why = failure_reason(backend, run.run_dir, attempt.job_id)
             if why is not None:
                 changes["reason"] = why
-        if attempt.reason is not None:
-            changes.pop("reason", None)  # hpcai's own account (rolled back, gave up) outranks the scheduler's
         if changes:
             store.update_attempt(run.id, attempt.number, **changes)
             if "state" in changes:
@@ -150,6 +144,34 @@ def _refresh_cluster(
 
 # A line of a Python traceback's last frame: `SomeError: message` (module-qualified or not).
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*")
+
+
+def _status_changes(attempt: Attempt, status: JobStatus) -> dict[str, Any]:
+    """What the scheduler's word changes on the attempt. Its reason is why the job waits while it has not
+    ended (`waiting`: Priority, Resources, BeginTime after a requeue), and why it ended once it has: a
+    pending reason never becomes the end's, and hpcai's own account of an end (rolled back, gave up,
+    cancelled with hpcai) outranks the scheduler's."""
+    changes: dict[str, Any] = {}
+    for key, value in (
+        ("state", status.state.value),
+        ("exit_code", status.exit_code),
+        ("started", status.started),
+        ("ended", status.ended),
+    ):
+        if value is not None and getattr(attempt, key) != value:
+            changes[key] = value
+    if not status.state.terminal:
+        if attempt.waiting != status.reason and (status.reason is not None or attempt.waiting is not None):
+            changes["waiting"] = status.reason
+        return changes
+    if attempt.waiting is not None:
+        changes["waiting"] = None
+    if attempt.reason is None:
+        if status.reason is not None:
+            changes["reason"] = status.reason
+        elif status.state is JobState.CANCELLED:
+            changes["reason"] = "cancelled outside hpcai (scancel/qdel, or an administrator)"
+    return changes
 
 
 def failure_reason(backend: Backend, run_dir: str, job_id: str) -> str | None:
@@ -211,6 +233,21 @@ def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+_INSIDE = {"relaunch", "requeue"}  # the next launch of the training under the same job id
+
+
+def _relaunched_since(store: Store, reader: FileReader, run: Run, attempt: Attempt) -> bool:
+    """The attempt log holds more launches of the attempt's job than the store has attempts of it."""
+    if attempt.job_id is None:
+        return False
+    inside = sum(
+        1
+        for e in read_jsonl(reader, RunDir(run.run_dir).attempts)
+        if e.get("event") in _INSIDE and str(e.get("job_id", "")).strip() == attempt.job_id
+    )
+    return sum(1 for a in store.attempts(run.id) if a.job_id == attempt.job_id) <= inside
+
+
 def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id: Callable[[object], bool]) -> bool:
     """Attempts the job started by itself, learnt from the run directory's attempt log and decisions and
     recorded in the store: relaunches inside the allocation (same job id) and next jobs it submitted
@@ -222,7 +259,7 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
     log = [
         e
         for e in read_jsonl(transport, RunDir(run.run_dir).attempts)
-        if e.get("event") in {"submitted", "relaunch"}
+        if e.get("event") in {"submitted", *_INSIDE}
         and isinstance(e.get("job_id"), str | int) and valid_job_id(str(e["job_id"]).strip())
     ]  # fmt: skip  # an id that is not the scheduler's (a planted "-uroot") never reaches the store
     if not log:
@@ -237,8 +274,9 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
     relaunches: dict[str, int] = {}  # job id -> relaunches seen so far in the log
     for event in log:
         job_id = str(event["job_id"])
-        inside = event["event"] == "relaunch"
-        why = event.get("why", "rollback")  # logs written before hangs were handled say nothing: rollbacks
+        inside = event["event"] in _INSIDE
+        # A relaunch says why; logs written before hangs were handled say nothing: rollbacks.
+        why = "walltime" if event["event"] == "requeue" else event.get("why", "rollback")
         decision: dict[str, Any] = {}
         if why == "rollback":
             decision = _readable_decision(decisions[rollbacks]) if rollbacks < len(decisions) else {}
@@ -256,9 +294,14 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
         after = job_id if inside else str(event.get("after"))
         reason = _lineage_reason(transport, run, why, decision, after, inside)
         if previous is not None:
-            changes: dict[str, Any] = {"reason": reason}
+            changes: dict[str, Any] = {"reason": reason, "waiting": None}
+            if why == "walltime":  # checkpointed before the time limit and back in the queue: ended as planned
+                changes.update(state=JobState.REQUEUED.value, exit_code=EXIT_REQUEUE)
+                epoch = event.get("epoch")
+                if isinstance(epoch, int | float) and not isinstance(epoch, bool) and 0 < epoch < 1e11:
+                    changes["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
             # A relaunch ended only the training, not the job: the job's own state is the last launch's.
-            if inside or not JobState(previous.state).terminal:
+            elif inside or not JobState(previous.state).terminal:
                 changes.update(state=JobState.FAILED.value, exit_code=_LINEAGE_EXIT.get(why, EXIT_ROLLBACK))
             store.update_attempt(run.id, previous.number, **changes)
         skipped = None
@@ -273,7 +316,8 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
             lr_scale=float(decision.get("lr_scale", 1.0)),
             skipped_batches=skipped,
         )
-        state = JobState.RUNNING if inside else JobState.PENDING
+        # A relaunch trains at once inside the allocation; a requeued or next job waits in the queue.
+        state = JobState.RUNNING if event["event"] == "relaunch" else JobState.PENDING
         store.update_attempt(run.id, number, job_id=job_id, state=state.value)
         data = {"job_id": after, "in_allocation": inside}
         if why == "rollback":
@@ -298,6 +342,9 @@ def _lineage_reason(
         return f"{_hang_reason(transport, run, job_id)}; {where}"
     if why == "node-failure":
         return f"{_node_failure_reason(transport, run, job_id)}; {where}"
+    if why == "walltime":
+        again = "the same job waits in the queue again" if inside else "the next attempt is a new job"
+        return f"walltime near: checkpointed and requeued; {again}"
     return f"{why}; {where}"
 
 

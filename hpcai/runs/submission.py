@@ -176,7 +176,7 @@ def record_waiting_run(rendered: RenderedJob, after: Run, store: Store | None = 
     )  # fmt: skip
     store.create_run_checked(run)
     store.add_event(run.id, WAITS_FOR, after.id)
-    store.update_attempt(run.id, 1, reason=f"waits for run {after.id} ({after.stage or after.workload}) to complete")
+    store.update_attempt(run.id, 1, waiting=f"waits for run {after.id} ({after.stage or after.workload}) to complete")
     transport = backend.transport
     try:
         make_run_dir(transport, job.run_dir, job.umask)

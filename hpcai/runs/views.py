@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcai.errors import HpcaiError
 from hpcai.metrics import last_progress
@@ -13,7 +13,10 @@ from hpcai.runfiles import FileReader, Prefetched
 from hpcai.runs.reconcile import lineage_files, metrics_file, read_jsonl, refresh
 from hpcai.schedulers import JobState
 from hpcai.session import Session
-from hpcai.store import Run, Store
+from hpcai.store import Attempt, Run, Store
+
+if TYPE_CHECKING:
+    from hpcai.monitor.history import Point
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class RunView:
     exit_code: int | None
     reason: str | None
     run_dir: str
+    waiting: str | None = None  # why a job that has not ended waits (the scheduler's pending reason)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +90,7 @@ def views(
                 exit_code=attempt.exit_code if attempt else None,
                 reason=attempt.reason if attempt else None,
                 run_dir=run.run_dir,
+                waiting=attempt.waiting if attempt and not JobState(attempt.state).terminal else None,
             )
         )
     return result
@@ -122,7 +127,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     (view,) = views(store, [store.run(run.id)], backends)
     params = run.spec.get("parameters", {})
     policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
-    events = [e for e in read_jsonl(transport, RunDir(run.run_dir).events) if e.get("status") != "open"]
+    events = unique_events([e for e in read_jsonl(transport, RunDir(run.run_dir).events) if e.get("status") != "open"])
     attempts = store.attempts(run.id)
     return {
         **view.to_json(),
@@ -130,11 +135,40 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
         "events": events,
         "decisions": read_jsonl(transport, RunDir(run.run_dir).decisions),
         "policy": policy,
-        "goodput": run_goodput(run, transport, {a.job_id: a.submitted for a in attempts if a.job_id}),
+        "goodput": run_goodput(run, transport, attempts),
     }
 
 
-def run_goodput(run: Run, transport: FileReader, submitted: dict[str, float]) -> dict[str, Any]:
+def run_history(store: Store, run_id: str) -> tuple[Run, list[Point]]:
+    """A run's loss curve from its metrics file, read where the run is (through its transport)."""
+    from hpcai.monitor.history import parse_metrics_line
+
+    run = store.run(run_id)
+    transport = Session.current().get(run.cluster).transport
+    text = transport.read_text(metrics_file(run)) or ""
+    return run, [p for p in map(parse_metrics_line, text.splitlines()) if p is not None]
+
+
+def unique_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Loss events, each once: an attempt that runs the steps again after a resume detects the same event
+    (same kind and onset) again; the newest record of it stands."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        key = (str(event.get("kind")), str(event.get("onset_step")))
+        newest.pop(key, None)
+        newest[key] = event
+    return list(newest.values())
+
+
+def _epoch(stamp: str | None) -> float | None:
+    """A scheduler's local time stamp (ISO, no zone) as seconds since the epoch."""
+    try:
+        return dt.datetime.fromisoformat(stamp).timestamp() if stamp else None
+    except ValueError:
+        return None
+
+
+def run_goodput(run: Run, transport: FileReader, attempts: list[Attempt]) -> dict[str, Any]:
     """The goodput account (hpcai.goodput) from the run directory, read through the run's transport."""
     from hpcai.goodput import account
 
@@ -143,11 +177,13 @@ def run_goodput(run: Run, transport: FileReader, submitted: dict[str, float]) ->
     spares = run.spec.get("spare_nodes")
     if isinstance(nodes, int) and isinstance(spares, int) and spares > 0:
         nodes += spares  # allocated (and paid for) all along
+    last_of_job = {a.job_id: a for a in attempts if a.job_id}  # a job's newest attempt says how it ended
     result = account(
         read_jsonl(transport, files.attempts),
         read_jsonl(transport, metrics_file(run)),
         read_jsonl(transport, files.timeline),
         nodes=nodes if isinstance(nodes, int) and nodes > 0 else 1,
-        submitted=submitted,
+        submitted={a.job_id: a.submitted for a in attempts if a.job_id},
+        ended={job: _epoch(a.ended) for job, a in last_of_job.items() if JobState(a.state).terminal},
     )
     return result.to_json()

@@ -211,7 +211,8 @@ class ScriptFragments(ABC):
 
     @abstractmethod
     def requeue_lines(self) -> list[str]:
-        """Lines that put this job back in the queue after it checkpointed before walltime."""
+        """Lines that put this job back in the queue after it checkpointed before walltime. A scheduler that
+        keeps the job id records `hpcai_event requeue "$rc"` first (the lineage's next attempt)."""
 
     def queued_next_lines(self) -> list[str]:
         """`hpcai_queued_next`: after a submission that reported failure, the id of a job that it queued

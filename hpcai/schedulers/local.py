@@ -70,18 +70,22 @@ def process_alive(pid: int) -> bool:
     return b"local_runner" in cmdline
 
 
-def job_processes(job_id: str, group: int) -> list[int]:
-    """Processes still alive in the job's process group. A process counts only when it carries the job's
-    id in its environment, so a recycled process-group number is never mistaken for the job."""
+def job_processes(job_id: str) -> list[int]:
+    """Every live process of this user that carries the job's id in its environment, whatever its process
+    group or session: the node agent, the supervisor and torchrun each start their children in a session of
+    their own, so the job's process group alone misses the training itself. The id (random, per job) is what
+    marks a process as the job's; a recycled process number is never mistaken for it."""
     found = []
     marker = f"HPCAI_LOCAL_JOB_ID={job_id}".encode()
+    uid = os.getuid()
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            if entry.stat().st_uid != uid:
+                continue
             stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            if int(fields[2]) != group or fields[0] == b"Z":
+            if stat[stat.rindex(b")") + 2 :].split()[0] == b"Z":
                 continue
             if marker in Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
@@ -90,12 +94,12 @@ def job_processes(job_id: str, group: int) -> list[int]:
     return found
 
 
-def kill_job_processes(job_id: str, group: int, *, wait_s: float = 3.0) -> bool:
+def kill_job_processes(job_id: str, *, wait_s: float = 3.0) -> bool:
     """SIGKILL what is left of a job whose runner is gone (as a failed node takes its processes with it);
     True once nothing is left."""
     deadline = time.monotonic() + wait_s
     while True:
-        left = job_processes(job_id, group)
+        left = job_processes(job_id)
         if not left:
             return True
         if time.monotonic() >= deadline:
@@ -138,6 +142,9 @@ class LocalScheduler(Scheduler):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
+                # A job that submits its own next attempt must not pass its id on: the new runner is not
+                # the old job's, and the old job's end sweeps every process that carries the old id.
+                env={k: v for k, v in os.environ.items() if k not in ("HPCAI_LOCAL_JOB_ID", "HPCAI_LOCAL_RUNNER_PID")},
             )
         except OSError as exc:
             raise SchedulerError(f"could not start the local runner: {exc}") from exc
@@ -177,10 +184,10 @@ class LocalScheduler(Scheduler):
                 return JobStatus(job_id, JobState.UNKNOWN)
             if JobState(data["state"]).terminal:
                 return JobStatus(job_id, JobState(data["state"]), data.get("exit_code"), data.get("reason"))
-            group = data.get("job_pid")
-            if group and not kill_job_processes(job_id, int(group)):
+            started = data.get("job_pid") is not None
+            if started and not kill_job_processes(job_id):
                 return JobStatus(job_id, JobState.RUNNING, None, "local runner lost; stopping its processes")
-            reason = "local runner process disappeared" + ("; its processes were stopped" if group else "")
+            reason = "local runner process disappeared" + ("; its processes were stopped" if started else "")
             data.update(state=JobState.NODE_FAIL.value, reason=reason, ended=time.time())
             write_job(data)
         return JobStatus(job_id, JobState.NODE_FAIL, None, reason, _iso(data.get("started")), _iso(data["ended"]))
@@ -196,9 +203,8 @@ class LocalScheduler(Scheduler):
             if runner and process_alive(int(runner)):
                 os.kill(int(runner), signal.SIGTERM)
                 return
-            group = data.get("job_pid")
-            if group:  # the runner is gone but its processes may not be
-                kill_job_processes(job_id, int(group))
+            if data.get("job_pid"):  # the runner is gone but its processes may not be
+                kill_job_processes(job_id)
             # Not started yet (the runner sees this and never starts the script), or runner gone.
             data.update(state=JobState.CANCELLED.value, reason="cancelled by user", ended=time.time())
             write_job(data)
@@ -247,6 +253,7 @@ class LocalScript(ScriptFragments):
 
     def requeue_lines(self) -> list[str]:
         return [
+            'hpcai_event requeue "$rc"',
             "# The local runner restarts its walltime clock, as Slurm gives a requeued job a fresh time limit.",
             'if [ -n "${HPCAI_LOCAL_RUNNER_PID:-}" ]; then kill -USR2 "$HPCAI_LOCAL_RUNNER_PID" 2>/dev/null '
             "|| true; fi",

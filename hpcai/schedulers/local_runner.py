@@ -3,7 +3,8 @@ honour cancellation (SIGTERM), record the final state and exit code in the job f
 
 A script that requeues itself (walltime checkpoint) sends SIGUSR2 first: the walltime clock restarts, as
 Slurm gives a requeued job a fresh time limit. When the script's leader exits, whatever it left in its
-process group is stopped before the end is recorded: no training outlives its job."""
+process group, and every process that carries the job's id in its environment, is stopped before the end is
+recorded: no training outlives its job."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from hpcai.schedulers.local import job_lock, read_job, write_job
+from hpcai.schedulers.local import job_lock, kill_job_processes, read_job, write_job
 
 KILL_WAIT_S = 5.0
 
@@ -87,6 +88,9 @@ def main(job_path: str) -> int:
         time.sleep(0.2)
     _stop_group(proc)  # on cancel and timeout, and whatever a dead leader left behind
     returncode = proc.wait()
+    # Launchers start their workers in sessions of their own: what outlived the group goes too, before the
+    # end is recorded (a resume must never train next to a survivor).
+    kill_job_processes(job_id, wait_s=10.0)
     out.close()
     err.close()
     exit_code = returncode if returncode >= 0 else 128 - returncode

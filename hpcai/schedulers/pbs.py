@@ -150,7 +150,9 @@ class PbsScript(ScriptFragments):
         ]
 
     def requeue_lines(self) -> list[str]:
-        return [f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"']
+        # PBS has no requeue that keeps the job: the next attempt is a new job, submitted (and recorded in the
+        # attempt log, so hpcai follows the run under it) as a recovery's is.
+        return ["hpcai_action=queue", "hpcai_why=walltime"]
 
     def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
         return f'qsub "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'

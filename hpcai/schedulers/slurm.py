@@ -23,6 +23,7 @@ from hpcai.schedulers.base import (
 )
 
 _SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%Z"
+_NOT_STARTED = frozenset({JobState.PENDING, JobState.REQUEUED, JobState.SUBMITTING, JobState.UNKNOWN})
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,Start,End,WorkDir"
 _STATE_ALIASES = {"CA": "CANCELLED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PR": "PREEMPTED"}
 
@@ -84,7 +85,11 @@ class SlurmScheduler(Scheduler):
                     continue
                 state = parse_state(fields[1])
                 reason = None if fields[2] in {"None", ""} else fields[2]
-                found[fields[0]] = JobStatus(fields[0], state, None, reason, _time(fields[3]), _time(fields[4]))
+                # squeue's times are forecasts until they happen: a pending job's start is the expected one,
+                # a running job's end its walltime's (read as an end, it made the elapsed time the walltime).
+                started = _time(fields[3]) if state not in _NOT_STARTED else None
+                ended = _time(fields[4]) if state.terminal else None
+                found[fields[0]] = JobStatus(fields[0], state, None, reason, started, ended)
         elif "Invalid job id" not in result.stderr:
             raise failure("squeue", result)
         # Exit codes only come from sacct; ask it once for every job that ended or left the queue.
@@ -114,10 +119,11 @@ class SlurmScheduler(Scheduler):
             exit_code = int(code) if code.isdigit() else None
             if exit_code == 0 and signal.isdigit() and int(signal):
                 exit_code = 128 + int(signal)
-            reason = None if fields[3] in {"None", ""} else fields[3]
-            statuses[job_id] = JobStatus(
-                job_id, parse_state(fields[1]), exit_code, reason, _time(fields[4]), _time(fields[5])
-            )
+            # sacct's Reason is "the last reason the job was blocked from running" (BeginTime after a requeue,
+            # Priority, Dependency): why it waited, never why it ended; only a job still waiting keeps it.
+            state = parse_state(fields[1])
+            reason = None if fields[3] in {"None", ""} or state.terminal else fields[3]
+            statuses[job_id] = JobStatus(job_id, state, exit_code, reason, _time(fields[4]), _time(fields[5]))
         return statuses
 
     def cancel(self, job_id: str) -> None:
@@ -190,6 +196,8 @@ class SlurmScript(ScriptFragments):
 
     def requeue_lines(self) -> list[str]:
         return [
+            "# The same job goes back in the queue: its next start is the run's next attempt.",
+            'hpcai_event requeue "$rc"',
             'scontrol requeue "$SLURM_JOB_ID"',
             "# A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.",
             'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',

@@ -71,8 +71,9 @@ class Transport(ABC):
         """The file's text, or None when it does not exist."""
 
     @abstractmethod
-    def read_from(self, path: str, offset: int) -> bytes:
-        """Bytes from `offset` to the current end (empty when the file does not exist yet)."""
+    def read_from(self, path: str, offset: int, limit: int | None = None) -> bytes:
+        """Bytes from `offset` to the current end, or at most `limit` of them (empty when the file does not
+        exist yet). Readers of files that grow without bound (logs) pass a limit and read on."""
 
     @abstractmethod
     def tail(self, path: str, max_bytes: int) -> bytes:

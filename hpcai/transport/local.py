@@ -15,7 +15,7 @@ from hpcai.transport.base import CommandResult, Input, Transport, TransportError
 ZERO_BLOCK = bytes(1 << 20)
 
 
-def _read_regular(path: str, offset: int | None, tail: int | None) -> bytes | None:
+def _read_regular(path: str, offset: int | None, tail: int | None, limit: int | None = None) -> bytes | None:
     """A regular file's bytes from `offset` (or its last `tail` bytes); None when `path` is missing or is
     not a regular file -- a folder, or a FIFO whose read would block forever -- since run files are data."""
     try:
@@ -28,7 +28,7 @@ def _read_regular(path: str, offset: int | None, tail: int | None) -> bytes | No
         return None
     with os.fdopen(fd, "rb") as handle:
         handle.seek(max(0, st.st_size - tail) if tail is not None else (offset or 0))
-        return handle.read()
+        return handle.read(-1 if limit is None else limit)
 
 
 class LocalTransport(Transport):
@@ -89,8 +89,8 @@ class LocalTransport(Transport):
         data = _read_regular(path, 0, None)
         return None if data is None else data.decode("utf-8", errors="replace")
 
-    def read_from(self, path: str, offset: int) -> bytes:
-        return _read_regular(path, offset, None) or b""
+    def read_from(self, path: str, offset: int, limit: int | None = None) -> bytes:
+        return _read_regular(path, offset, None, limit) or b""
 
     def tail(self, path: str, max_bytes: int) -> bytes:
         return _read_regular(path, None, max_bytes) or b""

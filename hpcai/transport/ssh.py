@@ -471,14 +471,14 @@ class SshTransport(Transport):
 
         return self._retrying(read)
 
-    def read_from(self, path: str, offset: int) -> bytes:
+    def read_from(self, path: str, offset: int, limit: int | None = None) -> bytes:
         def read() -> bytes:
             if self._regular(path) is None:
                 return b""
             try:
                 with self._sftp_client().open(path, "r") as handle:
                     handle.seek(offset)
-                    return bytes(handle.read())
+                    return bytes(handle.read(limit))
             except FileNotFoundError:
                 return b""
 

@@ -219,6 +219,7 @@ if [ "$rc" -eq 85 ]; then
   requeues=$(( $(hpcai_count "$HPCAI_RUN_DIR/requeues") + 1 ))
   if [ "$requeues" -le 20 ]; then
     printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
+    # The same job goes back in the queue: its next start is the run's next attempt.
     hpcai_event requeue "$rc"
     scontrol requeue "$SLURM_JOB_ID"
     # A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.

@@ -208,8 +208,8 @@ if [ "$rc" -eq 85 ]; then
   requeues=$(( $(hpcai_count "$HPCAI_RUN_DIR/requeues") + 1 ))
   if [ "$requeues" -le 20 ]; then
     printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
-    hpcai_event requeue "$rc"
-    qsub "$HPCAI_RUN_DIR/job.sh"
+    hpcai_action=queue
+    hpcai_why=walltime
   else
     echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
   fi

@@ -38,3 +38,32 @@ def test_scan_log_with_regex_and_bad_regex(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "named groups" not in bad.stdout and "name the groups" in bad.stderr
     human = run_cli("spikes", "scan", str(log), "--regex", regex)
     assert "spike" in human.stdout
+
+
+def _resumed_run_metrics(path: Path) -> None:
+    """Steps 1-60 with a spike at 35, then a resume from step 30 that runs 31-60 again, spike and all."""
+
+    def line(step: int) -> str:
+        return json.dumps({"step": step, "loss": 9.0 if step == 35 else 3.0 - step * 0.01, "grad_norm": 1.0})
+
+    path.write_text("".join(line(s) + "\n" for s in [*range(1, 61), *range(31, 61)]))
+
+
+def test_steps_run_again_after_a_resume_count_once(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    _resumed_run_metrics(path)
+    data = json.loads(run_cli("spikes", "scan", str(path), "--json").stdout)
+    assert [e["onset_step"] for e in data["events"]] == [35] and data["points"] == 60
+
+
+def test_scan_takes_a_run(isolated_hpcai: Path, tmp_path: Path) -> None:
+    import time
+
+    from hpcai.store import Run, Store
+
+    _resumed_run_metrics(tmp_path / "metrics.jsonl")
+    Store().create_run(Run("scanned-run-1", "probe", "local", None, str(tmp_path), {}, time.time(), "COMPLETED"))
+    data = json.loads(run_cli("spikes", "scan", "scanned", "--json").stdout)
+    assert data["file"] == "run scanned-run-1" and [e["onset_step"] for e in data["events"]] == [35]
+    missing = run_cli("spikes", "scan", "no-such-run")
+    assert missing.returncode == 2 and "no-such-run" in missing.stderr and "Traceback" not in missing.stderr

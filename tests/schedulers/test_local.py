@@ -41,7 +41,7 @@ def test_killed_runner_takes_its_job_with_it_before_node_fail(probe_workload: st
     job, metrics = _running_job(run_id, store)
     os.kill(int(job["runner_pid"]), signal.SIGKILL)  # the job's processes live on, orphaned
     assert wait_terminal(store, run_id, timeout=30).state == JobState.NODE_FAIL.value
-    assert job_processes(str(job["job_id"]), int(job["job_pid"])) == []
+    assert job_processes(str(job["job_id"])) == []
     assert not _still_growing(metrics), "a second training could now run next to the survivor"
 
 
@@ -52,8 +52,37 @@ def test_killed_job_script_leaves_no_training_behind(probe_workload: str) -> Non
     os.kill(int(job["job_pid"]), signal.SIGKILL)  # the script's shell; launcher and workers remain
     final = wait_terminal(store, run_id, timeout=30)
     assert final.state == JobState.FAILED.value and final.exit_code == 137
-    assert job_processes(str(job["job_id"]), int(job["job_pid"])) == []
+    assert job_processes(str(job["job_id"])) == []
     assert not _still_growing(metrics)
+
+
+def test_killed_runner_takes_torchrun_workers_in_their_own_sessions(isolated_hpcai: Path, tmp_path: Path) -> None:
+    """The supervisor, torchrun and each worker start sessions of their own: a sweep of the job's process
+    group alone left the training running after `kill -9` of the runner while status said it was stopped."""
+    pytest.importorskip("torch", reason="torchrun is the launcher under test (the `train` extra)")
+    from hpcai.jobspec import Overrides
+    from hpcai.runs.submission import submit_run
+    from hpcai.service import prepare_job
+    from hpcai.userapp import program_workload
+
+    script = tmp_path / "loop.py"
+    script.write_text("import time\nfor i in range(10**6):\n    print(f'step {i} loss: 1.0', flush=True)\n"
+                      "    time.sleep(0.1)\n")  # fmt: skip
+    workload = program_workload(str(script), [], module=None, launcher="torchrun", accelerate_config=None,
+                                metrics_pattern=None, stop_signal=None, stop_grace_s=5, hang_timeout_s=None,
+                                checkpoint_pattern=None, resume_args=None)  # fmt: skip
+    assert workload is not None
+    store = Store()
+    run_id = str(submit_run(prepare_job(workload, "local", Overrides(run_id="loop-killed-runner")), store)["run_id"])
+    job, metrics = _running_job(run_id, store)
+    deadline = time.monotonic() + 60
+    while len(job_processes(str(job["job_id"]))) < 5:  # bash, agent, supervisor, torchrun, 2 workers
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(int(job["runner_pid"]), signal.SIGKILL)
+    assert wait_terminal(store, run_id, timeout=30).state == JobState.NODE_FAIL.value
+    assert job_processes(str(job["job_id"])) == []
+    assert not _still_growing(metrics), "a second training could now run next to the survivor"
 
 
 def test_cancel_before_the_runner_starts_is_not_lost(isolated_hpcai: Path, tmp_path: Path) -> None:
@@ -79,6 +108,11 @@ def test_a_requeued_local_job_gets_a_fresh_walltime(probe_workload: str) -> None
     assert events.count("requeue") >= 1 and events[-1] == "end"
     steps = [json.loads(x)["step"] for x in (Path(final.run_dir) / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 351))
+    # Each launch is an attempt of its own: the requeued ones ended REQUEUED (85), the last one completed.
+    attempts = store.attempts(run_id)
+    assert len(attempts) == events.count("requeue") + 1 and final.attempt == len(attempts)
+    assert all(a.state == "REQUEUED" and a.exit_code == 85 and a.ended for a in attempts[:-1]), attempts
+    assert attempts[-1].state == "COMPLETED" and len({a.job_id for a in attempts}) == 1
 
 
 def test_a_second_attempt_never_trains_next_to_a_live_one(probe_workload: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpcai.runs.reconcile import refresh
+from hpcai.runs.views import run_detail, status
 from hpcai.schedulers import JobState
 from hpcai.schedulers.slurm import SlurmScheduler, parse_state
 from hpcai.session import Session
@@ -144,7 +145,10 @@ def test_requeue_puts_the_job_back_in_the_queue(slurm_cluster: str, probe_worklo
     ).stdout
     assert "Restarts=1" in restarts
     subprocess.run(["scancel", view.job_id], check=True)
-    assert wait_terminal(store, run_id, timeout=60).state == "CANCELLED"
+    final = wait_terminal(store, run_id, timeout=60)
+    # The requeued job's pending reason (BeginTime) is why it waited, never why it ended.
+    assert final.state == "CANCELLED" and final.reason and "BeginTime" not in final.reason, final
+    assert "cancelled" in final.reason and final.waiting is None
 
 
 def test_walltime_signal_makes_the_job_checkpoint_and_requeue_itself(slurm_cluster: str, probe_workload: str) -> None:
@@ -155,11 +159,22 @@ def test_walltime_signal_makes_the_job_checkpoint_and_requeue_itself(slurm_clust
     view = wait_for(store, run_id, {"RUNNING"})
     assert view.job_id
     time.sleep(2)
+    (view,), _ = status(store, run_id)
+    # Elapsed, not the 10-minute walltime (squeue's end of a running job is a forecast).
+    assert view.elapsed_s is not None and view.elapsed_s < 120, view
     subprocess.run(["scancel", "-s", "USR1", "-b", view.job_id], check=True)
     final = wait_terminal(store, run_id, timeout=300)  # a requeued job waits ~120 s (BeginTime)
     assert final.state == "COMPLETED"
     events = [json.loads(x)["event"] for x in (Path(view.run_dir) / "attempts.jsonl").read_text().splitlines()]
     assert events == ["start", "end", "requeue", "start", "end"]
+    # Each launch is an attempt: in the store (status, list), in the goodput account, none left "running".
+    first, second = store.attempts(run_id)
+    assert (first.job_id, first.state, first.exit_code) == (view.job_id, "REQUEUED", 85), first
+    assert first.reason and "requeued" in first.reason and "BeginTime" not in first.reason
+    assert (second.job_id, second.state, second.exit_code) == (view.job_id, "COMPLETED", 0), second
+    assert final.attempt == 2
+    goodput = run_detail(store, run_id)["goodput"]
+    assert len(goodput["attempts"]) == 2 and not any(a["running"] for a in goodput["attempts"])
     assert (Path(view.run_dir) / "requeues").read_text().strip() == "1"
     restarts = subprocess.run(["scontrol", "show", "job", view.job_id], capture_output=True, text=True).stdout
     assert "Restarts=1" in restarts
