@@ -29,6 +29,7 @@ from hpcai.schedulers import JobState, JobStatus
 from hpcai.session import Backend, Session
 from hpcai.store import Attempt, Run, Store
 from hpcai.transport.base import Transport
+from hpcai.visible import visible_line
 
 
 def _attempt_log_exit_code(transport: FileReader, run_dir: str, job_id: str) -> int | None:
@@ -192,13 +193,38 @@ def failure_reason(backend: Backend, run_dir: str, job_id: str) -> str | None:
         first = min(records, key=lambda r: float(r.get("time") or 0))
         where = f" at {first['where']}" if first.get("where") else ""
         others = f"; {len(records) - 1} other rank(s) failed after it" if len(records) > 1 else ""
-        return (f"{first.get('type', 'error')}: {first.get('message', '')}{where} "
-                f"(rank {first.get('rank', '?')} on {first.get('host', '?')}{others})")  # fmt: skip
+        return _with_advice(f"{first.get('type', 'error')}: {first.get('message', '')}{where} "
+                            f"(rank {first.get('rank', '?')} on {first.get('host', '?')}{others})")  # fmt: skip
     _, err = backend.scheduler.log_paths(run_dir, job_id)
     text = transport.tail(err, 65536).decode("utf-8", errors="replace")
-    lines = [line.strip() for line in text.splitlines()]
-    found = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None)
-    return found[:500] if found else None
+    return reason_from_log(text.splitlines())
+
+
+def reason_from_log(lines: list[str]) -> str | None:
+    """Why a job ended, from its error log: the first traceback's exception that is not a launcher's wrapper
+    (torchrun's `[rankN]: ` prefixes read through), else the last line that names an exception; a full disk
+    is said as such, with what to do."""
+    from hpcai.runtime.outputparse import find_exception, strip_rank
+
+    found = find_exception(lines)
+    if found is not None:
+        rank = f" (rank {found.rank})" if found.rank is not None else ""
+        where = f" at {found.where}" if found.where else ""
+        text = f"{found.type}: {found.message}{where}{rank}" if found.message else f"{found.type}{where}{rank}"
+    else:
+        stripped = [strip_rank(line)[1].strip() for line in lines]
+        text = next((line for line in reversed(stripped) if _EXCEPTION_LINE.match(line)), "")
+    return _with_advice(text[:500]) if text else None
+
+
+def _with_advice(reason: str) -> str:
+    """A reason with what to do, where the cause is one a user can fix from the message alone."""
+    if "No space left on device" in reason or "Disk quota exceeded" in reason:
+        reason += (
+            " -- the file system of the run folder (or the job's scratch) is full or over quota: free space "
+            "(`hpcai doctor` shows the quota), keep fewer checkpoints, then `hpcai resume RUN`"
+        )
+    return visible_line(reason)
 
 
 def read_jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:

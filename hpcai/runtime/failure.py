@@ -15,11 +15,24 @@ from pathlib import Path
 ERRORS_DIR = "errors"
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The exception that says why: torch's distributed checkpoint wraps each rank's own failure (a damaged
+    shard's "failed reading zip archive", a missing file) in a CheckpointException that names only ranks."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = failures[min(failures)] if all(isinstance(k, int) for k in failures) else next(iter(failures.values()))
+        inner = first[0] if isinstance(first, tuple) and first else first
+        if isinstance(inner, BaseException):
+            return inner
+    return exc
+
+
 def record_failure(run_dir: Path, exc: BaseException) -> None:
     """Write this rank's exception (type, message, innermost frame) atomically; never raises."""
     try:
         rank = int(os.environ.get("RANK", "0"))
-        frames = traceback.extract_tb(exc.__traceback__)
+        outer, exc = exc, _cause(exc)
+        frames = traceback.extract_tb(exc.__traceback__) or traceback.extract_tb(outer.__traceback__)
         # The innermost frame in hpcai's or the workload's code says more than one deep in a library.
         ours = [f for f in frames if "/hpcai/" in f.filename or "/workloads/" in f.filename] or frames
         where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else None

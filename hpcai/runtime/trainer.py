@@ -161,8 +161,10 @@ def train(make_task: Callable[[], Task], config: TrainConfig) -> int:
         if exc.code not in (None, 0):
             record_failure(config.run_dir, exc)
         raise
-    except Exception as exc:
-        record_failure(config.run_dir, exc)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # not only Exception: torch's CheckpointException (a load that fails) is a
+        record_failure(config.run_dir, exc)  # BaseException, and it left no account of why the job ended
         raise
 
 

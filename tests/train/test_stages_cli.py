@@ -65,9 +65,11 @@ def test_stages_run_as_one_pipeline_submitted_by_the_first_stage(isolated_hpcai:
     store = Store()
     waiting = run_cli("status", second["run_id"], "--json")
     assert waiting.returncode == 0 and "WAITING" in waiting.stdout, waiting.stdout
+    assert json.loads(waiting.stdout)["waiting"].startswith(f"waits for run {first['run_id']}")
     assert wait_terminal(store, first["run_id"], timeout=300).state == "COMPLETED"
     view = wait_terminal(store, second["run_id"], timeout=300)
-    assert view.state == "COMPLETED", view
+    # Why it waited is gone once it ran: no stale "waits for run ..." on a completed run.
+    assert view.state == "COMPLETED" and view.reason is None and view.waiting is None, view
     one, two = Path(first["run_dir"]), Path(second["run_dir"])
     assert (two / "model" / "config.json").is_file()
     assert f"--model_path {one / 'model'}" in (two / "job.sh").read_text()
