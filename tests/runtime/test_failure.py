@@ -38,7 +38,7 @@ def test_a_checkpoint_error_is_recorded_with_the_ranks_own_cause(tmp_path: Path)
     inner = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
     try:
         raise api.CheckpointException("read", {1: (ValueError("other"), None), 0: (inner, traceback.StackSummary())})
-    except BaseException as exc:  # noqa: BLE001 -- what the trainer does with it
+    except BaseException as exc:  # what the trainer does with it
         record_failure(tmp_path, exc)
     record = json.loads((tmp_path / "errors" / "rank-0.json").read_text())
     assert record["type"] == "RuntimeError" and record["message"].startswith("PytorchStreamReader failed")
