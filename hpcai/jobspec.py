@@ -191,22 +191,48 @@ def _check_parameter(workload: Workload, key: str, value: Scalar, *, given: bool
             )
 
 
-def _absolute_paths(workload: Workload, params: dict[str, Scalar]) -> dict[str, Scalar]:
+def _absolute_paths(workload: Workload, params: dict[str, Scalar], *, here: bool) -> dict[str, Scalar]:
     """Relative path parameters name files on this machine: made absolute here, since the job would
-    resolve them against its run directory. One that does not exist is refused."""
+    resolve them against its run directory. One that does not exist is refused. `here`: the cluster's
+    files are this machine's (no SSH), so absolute paths are local too."""
     fixed = dict(params)
     for key in workload.spec.path_parameters():
         value = params.get(key)
-        if not isinstance(value, str) or not value or value.startswith("/"):
+        if not isinstance(value, str) or not value:
             continue
         local = Path(value).expanduser()
-        if not local.exists():
-            raise ValidationError(
-                f"--set {key}={value}: no such file or folder here. A relative path names this machine's files "
-                "(staged to the cluster when it is remote); a path on the cluster must be absolute."
-            )
-        fixed[key] = str(local.resolve())
+        if not value.startswith("/"):
+            if not local.exists():
+                raise ValidationError(
+                    f"--set {key}={value}: no such file or folder here. A relative path names this machine's "
+                    "files (staged to the cluster when it is remote); a path on the cluster must be absolute."
+                )
+            fixed[key] = str(local.resolve())
+        elif not here:
+            continue
+        rule = workload.spec.parameter_rules[key]
+        if rule.json_list and local.exists():
+            _check_json_lists(key, value, local)
     return fixed
+
+
+def _check_json_lists(key: str, value: str, path: Path) -> None:
+    """Each JSON file of the data starts a list (its first character is `[`): a file of another shape would
+    end the job at its start, after the queue wait. Only the first bytes are read, whatever the size."""
+    files = [path] if path.is_file() else sorted(path.glob("*.json"))
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except OSError as exc:
+            raise ValidationError(f"--set {key}={value}: {file} cannot be read ({exc.strerror or exc}).") from None
+        if not head.startswith(b"["):
+            shape = "an object" if head.startswith(b"{") else "empty" if not head else "not JSON"
+            raise ValidationError(
+                f"--set {key}={value}: {file} is {shape}, not a list of samples. A LLaVA data file is a JSON list "
+                'of {"id", "image", "conversations"} records (LLaVA-1.5\'s llava_v1_5_mix665k.json is one); '
+                "nothing was queued."
+            )
 
 
 def _resolve_stage(workload: Workload, requested: str | None) -> str | None:
@@ -397,7 +423,8 @@ def resolve_jobspec(
     assignments = parse_assignments(overrides.set, "--set")
     if "stage" in assignments:
         stage = _resolve_stage(workload, assignments.pop("stage"))
-    parameters = _absolute_paths(workload, _resolve_parameters(workload, stage, assignments))
+    here = settings.ssh_host is None
+    parameters = _absolute_paths(workload, _resolve_parameters(workload, stage, assignments), here=here)
     env = _resolve_env(overrides.env)
 
     placeholders = path_placeholders(settings, account, state_dir)

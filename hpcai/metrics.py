@@ -32,6 +32,7 @@ def number_or_none(value: object) -> float | None:
 class Progress:
     step: int
     loss: float | None
+    left_out: int | None = None  # samples left out so far in the attempt (the runtime's count)
 
 
 def last_progress(transport: FileReader, path: str, max_bytes: int = 16384) -> Progress | None:
@@ -44,5 +45,6 @@ def last_progress(transport: FileReader, path: str, max_bytes: int = 16384) -> P
             continue
         step = valid_step(record.get("step")) if isinstance(record, dict) else None
         if step is not None:
-            return Progress(step, number_or_none(record.get("loss")))
+            left_out = valid_step(record.get("left_out"))  # a count: the same bounds as a step
+            return Progress(step, number_or_none(record.get("loss")), left_out)
     return None

@@ -245,6 +245,9 @@ def show_run_detail(detail: dict[str, Any]) -> None:
         )
     )
     console.print(f"run directory: {detail['run_dir']}")
+    if detail.get("left_out"):
+        console.print(f"[yellow]samples left out in the latest attempt: {detail['left_out']}[/] (missing or unreadable "
+                      "images, malformed samples; the job's output names the first ones)")  # fmt: skip
     if detail["policy"]:
         console.print("rollback policy: " + ", ".join(f"{k}={v}" for k, v in detail["policy"].items()))
     attempts = Table("attempt", "job", "state", "exit", "resumed from", "LR scale", "skipped", "why it ended",

@@ -37,6 +37,11 @@ class ParameterRule(Strict):
         description="A file or folder: a local one is staged (or used in place on this machine), a cluster "
         "path must be absolute and is checked to exist there before the job is queued",
     )
+    json_list: bool = Field(
+        default=False,
+        description="With path: a JSON file (or a folder of *.json files) whose top level must be a list of "
+        "samples; checked before queueing where the files are on this machine",
+    )
 
 
 class Resources(Strict):

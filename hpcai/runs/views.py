@@ -129,6 +129,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
     events = unique_events([e for e in read_jsonl(transport, RunDir(run.run_dir).events) if e.get("status") != "open"])
     attempts = store.attempts(run.id)
+    progress = last_progress(transport, metrics_file(run))
     return {
         **view.to_json(),
         "attempts": [asdict(a) for a in attempts],
@@ -136,6 +137,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
         "decisions": read_jsonl(transport, RunDir(run.run_dir).decisions),
         "policy": policy,
         "goodput": run_goodput(run, transport, attempts),
+        "left_out": progress.left_out if progress else None,
     }
 
 

@@ -57,5 +57,10 @@ def step_batches(
     return iter(loader)
 
 
+# A batch's count of samples its collate could not make (a tensor of one number): the trainer takes it out
+# before the batch goes to the model, sums it over ranks, shows it and fails the run past max_left_out.
+LEFT_OUT = "hpcai_left_out"
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}

@@ -26,6 +26,7 @@ FIELDS = (
     "tokens_per_s",
     "z_loss",
     "peak_memory_gb",
+    "left_out",  # samples left out so far in this attempt (missing or unreadable images, malformed samples)
     "time",
     "elapsed_s",
     "attempt_step",

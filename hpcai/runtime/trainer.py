@@ -34,7 +34,7 @@ from hpcai.runtime.failure import record_failure
 from hpcai.runtime.flops import mfu, peak_flops
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 from hpcai.runtime.heartbeat import Heartbeat
-from hpcai.runtime.loader import step_batches, to_device
+from hpcai.runtime.loader import LEFT_OUT, step_batches, to_device
 from hpcai.runtime.metrics_log import MetricsLog, Timeline
 from hpcai.runtime.stop import StopRequest
 from hpcai.runtime.watchdog import HANGS_DIR
@@ -61,6 +61,9 @@ class TrainConfig:
     policy: RollbackPolicy | None = None
     # The detector's report floor (DetectorConfig.report_floor): the workload's spike_floor parameter.
     spike_floor: float = 0.2
+    # The run fails when more than this fraction of the samples seen were left out (missing or unreadable
+    # images, malformed conversations): a data set that mostly does not load is a fault, not noise.
+    max_left_out: float = 0.02
     # Test hook, a workload option: at this step, while the LR is unscaled, multiply the trainable weights
     # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
     inject_spike_at: int = 0
@@ -252,11 +255,13 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     sync_every = config.sync_every or (10 if device.type == "cuda" else 1)
     window: list[_StepRecord] = []
     window_began = time.perf_counter()
+    left_out_total = seen = 0  # samples left out and samples seen in this attempt, over all ranks
     try:
         for step in range(start, config.max_steps):
             began = time.perf_counter()
             model.train()
             cpu_batch = next(batches)
+            left_out = cpu_batch.pop(LEFT_OUT, None)  # samples the workers could not make (counted, not trained)
             batch = to_device(cpu_batch, device)
             data_s = time.perf_counter() - began
             out = task.step(model, batch, accelerator)
@@ -275,7 +280,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             tokens, flops = task.work(cpu_batch)  # host numbers: they join the device values at the sync
             z = out.z_loss.detach().float().reshape(1) if out.z_loss is not None else torch.zeros(1, device=device)
             values = torch.cat([out.loss.detach().float().reshape(1), _local(grad_norm).float().reshape(1), z])
-            window.append(_StepRecord(done, values, out.z_loss is not None, lr, data_s, float(tokens), float(flops)))
+            window.append(_StepRecord(done, values, out.z_loss is not None, lr, data_s, float(tokens), float(flops),
+                                      float(left_out.sum()) if left_out is not None else 0.0))  # fmt: skip
             heartbeat.beat("step", done, time.perf_counter() - began)
             if config.inject_hang_at == done and not _hung_before(config.run_dir):
                 _hang_forever(accelerator, done)
@@ -292,6 +298,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 loss, norm = row[0] / world, row[1] / world
                 z_loss = row[2] / world if record.has_z_loss else None
                 step_tokens, step_flops = int(row[3]), row[4]
+                left_out_total += int(row[5])
+                seen += config.per_device_batch_size * world
                 if config.inject_nan_at == record.step and lr_scale == 1.0 and _nan_fires(config):
                     loss = float("nan")
                 metrics.write(
@@ -307,7 +315,9 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                     step_s=round(elapsed, 6),
                     data_s=round(record.data_s, 6),
                     mfu=mfu(step_flops, elapsed, world, peak),
+                    left_out=left_out_total or None,
                 )
+                check_left_out(left_out_total, seen, config.max_left_out)
                 if log_with:
                     accelerator.log(_scalars(loss=loss, grad_norm=norm, lr=record.lr, z_loss=z_loss,
                                              tokens_per_s=step_tokens / elapsed, step_s=elapsed,
@@ -519,6 +529,7 @@ class _StepRecord:
     data_s: float
     tokens: float  # this rank's, counted on the host
     flops: float
+    left_out: float = 0.0  # samples of this rank's batch that could not be made
 
 
 def _local(value: torch.Tensor) -> torch.Tensor:
@@ -528,16 +539,30 @@ def _local(value: torch.Tensor) -> torch.Tensor:
     return full_tensor() if callable(full_tensor) else value
 
 
+LEFT_OUT_MIN_SEEN = 256  # samples seen before a fraction left out fails the run (a few at the start are noise)
+
+
+def check_left_out(left_out: int, seen: int, limit: float) -> None:
+    """Fail the run (every rank at the same step: the counts are the reduced ones) when more than `limit`
+    of the samples seen were left out."""
+    if seen >= LEFT_OUT_MIN_SEEN and left_out > limit * seen:
+        raise SystemExit(
+            f"hpcai: {left_out} of the {seen} samples seen in this attempt ({left_out / seen:.1%}) were left out "
+            f"(missing or unreadable images, malformed conversations): more than max_left_out={limit:g}. The job's "
+            "output names the first ones; fix the data (or its image folder), or raise max_left_out to go on."
+        )
+
+
 def _reduce_window(accelerator: Any, window: list[_StepRecord], stop_requested: bool) -> tuple[list[list[float]], bool]:
     """The window's values summed over ranks, and whether any rank saw the stop request (so all ranks stop
     at the same step): one collective and one device-to-host copy for the whole window."""
     device = window[0].values.device
     # The host's numbers go to the device once per window (a copy from pageable memory waits for the
     # stream: once per step it would be the very sync this avoids).
-    host = [x for r in window for x in (r.tokens, r.flops)] + [1.0 if stop_requested else 0.0]
+    host = [x for r in window for x in (r.tokens, r.flops, r.left_out)] + [1.0 if stop_requested else 0.0]
     flat = torch.cat([torch.stack([r.values for r in window]).reshape(-1), torch.tensor(host, device=device)])
     totals = accelerator.reduce(flat, reduction="sum").tolist()
     width = window[0].values.numel()
     counts = totals[len(window) * width :]
-    rows = [totals[i * width : (i + 1) * width] + counts[2 * i : 2 * i + 2] for i in range(len(window))]
+    rows = [totals[i * width : (i + 1) * width] + counts[3 * i : 3 * i + 3] for i in range(len(window))]
     return rows, counts[-1] > 0

@@ -43,6 +43,8 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=256, help="synthetic samples when --data is empty")
     parser.add_argument("--tracker", choices=["tensorboard", "wandb", "none"], default="tensorboard")
     parser.add_argument("--data_workers", type=int, default=2, help="DataLoader workers per rank (0: inline)")
+    parser.add_argument("--max_left_out", type=float, default=0.02,
+                        help="fail when more than this fraction of the samples seen could not be loaded")  # fmt: skip
     guard = parser.add_argument_group("spike guard (rollback policy)")
     guard.add_argument("--spike_guard", type=boolean, default=True)
     guard.add_argument("--max_rollbacks", type=int, default=3)
@@ -90,6 +92,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         if args.spike_guard
         else None,
         spike_floor=args.spike_floor,
+        max_left_out=args.max_left_out,
         inject_spike_at=args.inject_spike_at,
         inject_spike_scale=args.inject_spike_scale,
         inject_hang_at=args.inject_hang_at,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from hpcai.runtime.flops import Shape, transformer_flops
+from hpcai.runtime.loader import LEFT_OUT
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train import speed
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
@@ -171,7 +172,9 @@ class LlavaTask:
         return result, pixels
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        before = self.unusable
         made = [self.make(self.examples[i]) for i in indices]
+        left_out = self.unusable - before
         samples = [sample for sample, _ in made]
         width = max(len(s.input_ids) for s in samples)
         pad = int(self.parts.tokenizer.pad_token_id)
@@ -187,7 +190,8 @@ class LlavaTask:
         # never a full-vocabulary logit tensor over the whole sequence. Chosen here, on the CPU: on the device
         # it would be a host sync (a data-dependent shape) every step.
         keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "logits_to_keep": keep}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "logits_to_keep": keep,
+                 LEFT_OUT: torch.tensor([left_out])}  # fmt: skip
         # one image per sample that has one, in order; text-only samples have none
         images = [pixels for _, pixels in made if pixels is not None]
         if images:

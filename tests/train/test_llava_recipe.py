@@ -228,6 +228,7 @@ def test_a_bad_sample_is_left_out_and_named_and_missing_images_are_caught_at_sta
     task = LlavaTask(p, [], load_examples(tmp_path, p, 2048), 0.0)
     batch = task.collate(list(range(12)))
     assert batch["pixel_values"].shape[0] == 10 and task.unusable == 2  # the other 10 samples are intact
+    assert int(batch.pop("hpcai_left_out").sum()) == 2  # counted for the run (the trainer takes it out)
     assert bool((batch["labels"][9:11] == IGNORE).all())
     out = capsys.readouterr().out
     assert "sample synth-000009 left out" in out and "sample synth-000010 left out" in out
