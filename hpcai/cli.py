@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hpcai import __version__
-from hpcai.errors import EnvironmentFailure, HpcaiError
+from hpcai.errors import EnvironmentFailure, HpcaiError, ValidationError
 from hpcai.output import console, error_console, print_error, print_json
 
 if TYPE_CHECKING:  # pydantic models load only for the commands that need them: `--version` stays fast
@@ -352,6 +352,12 @@ def render(
     _emit_script(plan.rendered.script, plan.to_json(), output, json_out)
 
 
+_YES_HELP = (
+    "Submit the built-in demo (tiny model, synthetic data) to a cluster that charges an allocation (a smoke "
+    "test); asked for otherwise."
+)
+
+
 @app.command()
 def submit(
     target: TargetArg = None,
@@ -401,6 +407,10 @@ def submit(
             "--no-preflight", help="Do not check first that the job's Python imports what the workload needs."
         ),
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help=_YES_HELP),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Submit WORKLOAD -- or your own script, `./train.py -- ARGS` or `-m pkg.mod -- ARGS` -- to a cluster and
@@ -421,7 +431,7 @@ def submit(
                       partition=partition, qos=qos, account=account, name=name, container=container, env=env,
                       set_=set_)  # fmt: skip
         _submit_pipeline(workload, cluster, stages, common, dry_run=dry_run, json_out=json_out,
-                         force_budget=force_budget, preflight=not no_preflight)  # fmt: skip
+                         force_budget=force_budget, preflight=not no_preflight, yes=yes)  # fmt: skip
         return
     overrides = _overrides(
         workload, nodes=nodes, spare_nodes=spare_nodes, gpus_per_node=gpus_per_node, time=time,
@@ -429,6 +439,7 @@ def submit(
         set_=_from_run(from_run, workload, cluster, set_), run_id=run_id, run_dir=run_dir,
     )  # fmt: skip
     plan = plan_submit(chosen, cluster, overrides)
+    _confirm_demo(plan, yes=yes, dry_run=dry_run)
     if dry_run:
         _emit_script(plan.rendered.script, plan.to_json(), None, json_out)
         if not json_out:
@@ -458,9 +469,22 @@ def submit(
         console.print(result["run_id"])
 
 
+def _confirm_demo(plan: Any, *, yes: bool, dry_run: bool) -> None:
+    """The built-in demo on a cluster that charges an allocation: said on a dry run, refused without --yes."""
+    from hpcai.plan import demo_spend
+
+    why = None if yes else demo_spend(plan.rendered)
+    if why is None:
+        return
+    if dry_run:
+        error_console.print(f"[yellow]warning:[/yellow] {why}", markup=True, highlight=False)
+        return
+    raise ValidationError(f"submit: {why} Nothing was submitted.")
+
+
 def _submit_pipeline(
     workload: str, cluster: str | None, stages: str, common: dict[str, Any], *, dry_run: bool, json_out: bool,
-    force_budget: bool, preflight: bool,
+    force_budget: bool, preflight: bool, yes: bool,
 ) -> None:  # fmt: skip
     """`--stages a,b,...`: run a now; b is recorded WAITING with model_path = a's export, and a's job
     submits it when a completes (and so on)."""
@@ -486,6 +510,7 @@ def _submit_pipeline(
                              "the previous one's model.")  # fmt: skip
         plans.append(plan)
         previous_dir = plan.rendered.job.run_dir.rstrip("/")
+    _confirm_demo(plans[0], yes=yes, dry_run=dry_run)
     if dry_run:
         if json_out:
             print_json([p.to_json() for p in plans])

@@ -169,6 +169,21 @@ def _plan_staging(
     return overrides.model_copy(update=update), actions, fs_name
 
 
+def demo_spend(rendered: RenderedJob) -> str | None:
+    """What to say when the job is the workload's built-in demo (tiny model, synthetic data) on a cluster that
+    charges an allocation -- the toy defaults sent to 16 GPUs by mistake -- else None."""
+    job = rendered.job
+    if not rendered.profile.account_required or not rendered.workload.spec.is_demo(job.parameters):
+        return None
+    return (
+        f"this job would train {job.workload}'s built-in demo (preset={job.parameters.get('preset')}, synthetic "
+        f"data) on {job.allocated_nodes} node(s) of {job.cluster} for up to {job.walltime_s // 60} min, charged to "
+        f"{job.account or 'your allocation'}. For real training give --set data=... and a real model (--set "
+        f"preset=... or model_path=...; `hpcai workloads show {job.workload}`). To run the demo as a smoke test "
+        "of the site set-up (1 node, a short --time is enough), add --yes."
+    )
+
+
 def execute(
     plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True, preflight: bool = True
 ) -> dict[str, Any]:

@@ -98,6 +98,11 @@ class WorkloadSpec(Strict):
     app: AppSpec | None = Field(
         default=None, description="Your own program (script or module) instead of an hpcai runtime entrypoint"
     )
+    demo_when: dict[str, str] = Field(
+        default={},
+        description="Parameter values that make a job this workload's built-in demo (tiny model, synthetic data; "
+        "a value ending in * is a prefix): on a cluster that charges an allocation it is submitted only with --yes",
+    )
     checkpoint_lead_s: int = Field(
         default=300, ge=10, description="Seconds before walltime at which the job is told to checkpoint"
     )
@@ -114,6 +119,16 @@ class WorkloadSpec(Strict):
         if unknown:
             raise ValueError(f"parameter_rules names undeclared parameters {', '.join(sorted(unknown))}")
         return self
+
+    def is_demo(self, parameters: dict[str, Scalar]) -> bool:
+        """The parameters are the built-in demo's (every `demo_when` value matches)."""
+        if not self.demo_when:
+            return False
+        for key, wanted in self.demo_when.items():
+            value = str(parameters.get(key, ""))
+            if not (value.startswith(wanted[:-1]) if wanted.endswith("*") else value == wanted):
+                return False
+        return True
 
     def path_parameters(self) -> list[str]:
         return [name for name, rule in self.parameter_rules.items() if rule.path]

@@ -165,3 +165,22 @@ def test_help_does_not_import_the_training_stack(tmp_path: Path) -> None:
     # The fakes are importable, so the check above can fail:
     subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
     assert marker.read_text() == "torch\n"
+
+
+@pytest.mark.usefixtures("isolated_hpcai")
+def test_the_demo_on_a_charged_allocation_needs_yes() -> None:
+    """The toy defaults (tiny model, synthetic data) sent to 4 Leonardo nodes: said on a dry run, refused
+    (exit 2, before any connection) without --yes; real data, or a cluster that charges nothing, pass."""
+    demo = ["submit", "llava", "--cluster", "leonardo-booster", "--account", "ABC", "-N", "4"]
+    dry = run_cli(*demo, "--dry-run")
+    assert dry.returncode == 0 and "built-in demo" in dry.stderr and "--yes" in dry.stderr
+    refused = run_cli(*demo)
+    assert refused.returncode == 2 and "Nothing was submitted" in refused.stderr and "Traceback" not in refused.stderr
+    staged = run_cli(*demo, "--stages", "pretrain,finetune")
+    assert staged.returncode == 2 and "built-in demo" in staged.stderr
+    real = run_cli(*demo, "--set", "data=/leonardo_work/ABC/llava", "--dry-run")
+    assert real.returncode == 0 and "built-in demo" not in real.stderr
+    yes = run_cli(*demo, "--yes", "--dry-run")
+    assert yes.returncode == 0 and "built-in demo" not in yes.stderr
+    free = run_cli("submit", "clip", "--cluster", "local-slurm", "--dry-run")
+    assert free.returncode == 0 and "built-in demo" not in free.stderr
