@@ -88,6 +88,12 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _plausible_time(value: float | None, now: float) -> float | None:
+    """A record's time, when it is one this run could have written: not before the epoch, not after tomorrow
+    (a planted 1e300 made the account 1e296 node-hours)."""
+    return value if value is not None and 0 <= value <= now + 86400 else None
+
+
 def _attempt_windows(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """start/end pairs from the attempt log, in order; an unmatched start is a running (or killed) attempt."""
     windows: list[dict[str, Any]] = []
@@ -155,7 +161,8 @@ def account(
     -> when the scheduler says the job ended (None: ended, time unknown), for jobs that ended without their
     script's end record (cancelled, killed with their node): their last launch is over, not running."""
     now = time.time() if now is None else now
-    log = [{**r, "time_s": _number(r.get("epoch")) or _parse_time(r.get("time"))} for r in attempt_log]
+    log = [{**r, "time_s": _plausible_time(_number(r.get("epoch")) or _parse_time(r.get("time")), now)}
+           for r in attempt_log]  # fmt: skip
     windows = _attempt_windows(log)
     _close_ended_jobs(windows, ended or {})
     result = Goodput(nodes=nodes)

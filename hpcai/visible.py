@@ -27,3 +27,19 @@ def visible_line(text: str, limit: int = 2000) -> str:
 def visible_log(text: str) -> str:
     """Log output: controls escaped, but newlines, tabs and carriage returns (progress bars) kept."""
     return _CONTROL_KEEP_CR.sub(_escape, text)
+
+
+def visible_dict(record: dict[str, object]) -> dict[str, object]:
+    """`visible_record` of a JSON object."""
+    return {visible_line(str(k)): visible_record(v) for k, v in record.items()}
+
+
+def visible_record(value: object) -> object:
+    """A record read from a run folder (JSON), with every string in it made a visible line."""
+    if isinstance(value, str):
+        return visible_line(value)
+    if isinstance(value, dict):
+        return {visible_line(str(k)): visible_record(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [visible_record(v) for v in value]
+    return value

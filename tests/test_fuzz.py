@@ -133,3 +133,51 @@ def test_commands_survive_a_run_directory_with_hostile_files(
     code, output = run_main(["status", "--json"], capsys)
     assert code == 0, output
     assert run_id in [r["run_id"] for r in json.loads(output)]
+
+
+def test_planted_run_records_counters_ids_escapes_and_huge_numbers(
+    probe_workload: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """What a project member with write access to the shared run folder can plant: forged job ids in the
+    attempt log (options, shell), requeue and relaunch records, escape sequences in an error record and in
+    events, shell in the job's counters, numbers past every range. Every command answers, shows no escape
+    sequence, runs nothing, and a resume's job reads the counters as absent."""
+    store = Store()
+    run_id = submit_probe(store, "local", lines=2, checkpoint_every=1)
+    run_dir = Path(wait_terminal(store, run_id, timeout=60).run_dir)
+    mark = tmp_path / "pwned"
+    with open(run_dir / "attempts.jsonl", "a") as log:
+        for record in ({"event": "submitted", "job_id": "-uroot", "after": "x"},
+                       {"event": "requeue", "job_id": "-uroot", "epoch": 1.0},
+                       {"event": "relaunch", "job_id": f"$(touch {mark})", "why": "\x1b[2Jhang"},
+                       {"event": "requeue", "job_id": "L00000000", "epoch": 1e300},
+                       {"event": "start", "job_id": "L00000000", "epoch": -1e300}):  # fmt: skip
+            log.write(json.dumps(record) + "\n")
+        log.write('{"event": "end", "job_id": "L00000000", "epoch": 1e400}\n')
+    (run_dir / "errors").mkdir(exist_ok=True)
+    (run_dir / "errors" / "rank-9.json").write_text(json.dumps(
+        {"rank": 9, "type": "\x1b[2J\x1b]8;;http://evil\x07Error", "message": "\x1b[31mreal cause\x07", "time": 1e400}
+    ))  # fmt: skip
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (
+        {"kind": "spike\x1b[2J", "onset_step": 1, "detected_step": 1, "status": "closed"},
+        {"kind": "spike\x1b[2J", "onset_step": 1, "detected_step": 1, "status": "closed"},
+        {"kind": "spike", "onset_step": 10**30, "detected_step": "x", "status": "closed", "loss_peak": 1e308},
+    )))  # fmt: skip
+    with open(run_dir / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 99999999999999999999, "loss": 1e400, "left_out": 1e400}\n')
+        metrics.write('{"step": 2, "loss": 0.5, "left_out": -5}\n{"step": "abc", "loss": "\\u001b[2J"}\n')
+    for counter in ("attempt_count", "requeues"):
+        (run_dir / counter).write_text(f"SECONDS[$(touch {mark})0]*0\n")
+    (run_dir / "node_failures.jsonl").write_text('{"node": "n\\u001b[2J1", "time": 1e400, "why": "x"}\n')
+    for args in (["status"], ["status", run_id], ["status", run_id, "--json"], ["list"], ["logs", run_id],
+                 ["plot", run_id], ["spikes", "scan", run_id], ["nodes"], ["cancel", run_id]):  # fmt: skip
+        code, output = run_main(args, capsys)
+        assert code in ALLOWED_EXITS and "Traceback" not in output, (args, output[-3000:])
+        if "--json" not in args:
+            assert "\x1b" not in output and "\x07" not in output, (args, output[-2000:])
+    code, output = run_main(["resume", run_id, "--from-step", "1", "--json"], capsys)
+    assert code in ALLOWED_EXITS and "Traceback" not in output, output[-3000:]
+    if code == 0:
+        wait_terminal(store, run_id, timeout=60)
+    assert not mark.exists(), "a planted value ran a command"
+    assert all(a.job_id is None or a.job_id.startswith("L") for a in store.attempts(run_id))

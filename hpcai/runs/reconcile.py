@@ -308,6 +308,11 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
             decision = _readable_decision(decisions[rollbacks]) if rollbacks < len(decisions) else {}
             rollbacks += 1
         attempts = store.attempts(run.id)
+        # Only a job of this run can relaunch, requeue or submit a next attempt: a record naming another job
+        # (a planted line, whatever its id's format) adds nothing to the run's lineage.
+        ours = {a.job_id for a in attempts if a.job_id}
+        if (job_id if inside else str(event.get("after"))) not in ours:
+            continue
         if inside:
             relaunches[job_id] = relaunches.get(job_id, 0) + 1
             if sum(1 for a in attempts if a.job_id == job_id) > relaunches[job_id]:

@@ -14,6 +14,7 @@ from hpcai.runs.reconcile import lineage_files, metrics_file, read_jsonl, refres
 from hpcai.schedulers import JobState
 from hpcai.session import Session
 from hpcai.store import Attempt, Run, Store
+from hpcai.visible import visible_dict
 
 if TYPE_CHECKING:
     from hpcai.monitor.history import Point
@@ -127,14 +128,16 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     (view,) = views(store, [store.run(run.id)], backends)
     params = run.spec.get("parameters", {})
     policy = {k: params[k] for k in params if k.startswith(("max_rollbacks", "rollback_", "spike_guard"))}
-    events = unique_events([e for e in read_jsonl(transport, RunDir(run.run_dir).events) if e.get("status") != "open"])
+    # Records from the run folder: whoever could write there wrote them (shown with controls made visible).
+    events = unique_events([visible_dict(e) for e in read_jsonl(transport, RunDir(run.run_dir).events)
+                            if e.get("status") != "open"])  # fmt: skip
     attempts = store.attempts(run.id)
     progress = last_progress(transport, metrics_file(run))
     return {
         **view.to_json(),
         "attempts": [asdict(a) for a in attempts],
         "events": events,
-        "decisions": read_jsonl(transport, RunDir(run.run_dir).decisions),
+        "decisions": [visible_dict(d) for d in read_jsonl(transport, RunDir(run.run_dir).decisions)],
         "policy": policy,
         "goodput": run_goodput(run, transport, attempts),
         "left_out": progress.left_out if progress else None,

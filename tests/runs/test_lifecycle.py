@@ -181,7 +181,8 @@ def test_a_failed_job_says_why_in_words(cluster: str) -> None:
     run_id = submit_probe(store, cluster, lines=1, crash="the data loader found no images in /scratch/x")
     view = wait_terminal(store, run_id, timeout=60)
     assert view.state == "FAILED"
-    assert view.reason == "RuntimeError: the data loader found no images in /scratch/x"
+    assert view.reason and view.reason.startswith("RuntimeError: the data loader found no images in /scratch/x")
+    assert "probe.py:" in view.reason  # where, from the traceback's innermost frame
 
 
 def test_status_watch_shows_progress_against_max_and_a_closing_summary(probe_workload: str) -> None:
