@@ -297,7 +297,8 @@ def workloads_show(name: Annotated[str, typer.Argument(help="Workload name.")], 
 
     workload = load_workload(name)
     if json_out:
-        print_json({"name": name, "directory": str(workload.directory), **workload.spec.model_dump()})
+        print_json({"name": name, "directory": str(workload.directory), **workload.spec.model_dump(),
+                    "parameter_help": workload.parameter_help()})  # fmt: skip
         return
     show_workload(workload)
 

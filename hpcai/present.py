@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -137,6 +138,8 @@ def _accepts(rule: ParameterRule | None, default: object) -> str:
 
 
 def show_workload(workload: Workload) -> None:
+    from hpcai.workloads import TEST_HOOK_PREFIX
+
     spec = workload.spec
     console.print(Text.assemble((workload.name, "bold"), f": {spec.description}"))
     console.print(f"entrypoint: {workload.entrypoint_path}")
@@ -148,10 +151,17 @@ def show_workload(workload: Workload) -> None:
             params = ", ".join(f"{k}={v}" for k, v in stage.parameters.items())
             stages.add_row(name + (" *" if name == spec.default_stage else ""), stage.description, params)
         console.print(stages)
-    param_table = Table("parameter (--set)", "default", "accepts", title="parameters")
-    for key, value in spec.parameters.items():
-        param_table.add_row(key, repr(value), _accepts(spec.parameter_rules.get(key), value))
-    console.print(param_table)
+    helps = workload.parameter_help()
+    hooks = [k for k in spec.parameters if k.startswith(TEST_HOOK_PREFIX)]
+    hooks_title = "test hooks: inject faults for tests and drills; leave them at 0 for training"
+    for title, keys in (("parameters", [k for k in spec.parameters if k not in hooks]), (hooks_title, hooks)):
+        if not keys:
+            continue
+        table = Table("parameter (--set)", "default", "accepts", Column("what it does", overflow="fold"), title=title)
+        for key in keys:
+            value = spec.parameters[key]
+            table.add_row(key, repr(value), _accepts(spec.parameter_rules.get(key), value), helps.get(key, ""))
+        console.print(table)
     console.print("accelerate: " + " ".join(f"--{k} {v}" for k, v in spec.accelerate.items()))
     console.print(f"mixed precision: GPU {spec.mixed_precision.gpu}, CPU {spec.mixed_precision.cpu}")
     console.print(f"outputs: metrics {spec.outputs.metrics}, checkpoints {spec.outputs.checkpoints}/")
@@ -181,26 +191,32 @@ def _elapsed(seconds: float | None) -> str:
 
 def runs_table(views: list[RunView], steps: dict[str, str] | None = None) -> Table:
     """The runs, one row each; `steps` replaces the step column (watch: "40/60, ETA 0:01:10")."""
-    narrow = console.width < 110  # leave out what the run id already says (workload) on narrow terminals
-    columns = ["run", "cluster", "state", "attempt", "job", "elapsed", "step", "loss"]
-    if not narrow:
-        columns.insert(1, "workload")
-    table = Table(*[Column(c, overflow="fold") for c in columns])
+    # A run id is what every command takes: never folded. Narrow terminals lose what `status RUN` shows
+    # anyway (workload below 110 columns; cluster and job below 100) and the table's borders.
+    width = console.width
+    every = ["run", "workload", "cluster", "state", "attempt", "job", "elapsed", "step", "loss"]
+    dropped = ({"workload"} if width < 110 else set()) | ({"cluster", "job"} if width < 100 else set())
+    columns = [c for c in every if c not in dropped]
+    table = Table(
+        *[Column(c, no_wrap=True) if c == "run" else Column(c, overflow="fold") for c in columns],
+        box=None if width < 100 else box.SQUARE,
+        header_style="bold",
+    )
     for v in views:
         style = _STATE_STYLE.get(v.state, "red")
         state = Text.assemble((v.state, style), f" ({v.exit_code})" if v.exit_code not in (None, 0) else "")
-        cells: list[str | Text] = [
-            v.run_id,
-            *([] if narrow else [v.workload]),
-            v.cluster,
-            state,
-            str(v.attempt),
-            v.job_id or "-",
-            _elapsed(v.elapsed_s),
-            (steps or {}).get(v.run_id) or (str(v.step) if v.step is not None else "-"),
-            f"{v.loss:.4g}" if v.loss is not None else "-",
-        ]
-        table.add_row(*cells)
+        cells: dict[str, str | Text] = {
+            "run": v.run_id,
+            "workload": v.workload,
+            "cluster": v.cluster,
+            "state": state,
+            "attempt": str(v.attempt),
+            "job": v.job_id or "-",
+            "elapsed": _elapsed(v.elapsed_s),
+            "step": (steps or {}).get(v.run_id) or (str(v.step) if v.step is not None else "-"),
+            "loss": f"{v.loss:.4g}" if v.loss is not None else "-",
+        }
+        table.add_row(*[cells[c] for c in columns])
     return table
 
 
@@ -250,17 +266,28 @@ def show_run_detail(detail: dict[str, Any]) -> None:
                       "images, malformed samples; the job's output names the first ones)")  # fmt: skip
     if detail["policy"]:
         console.print("rollback policy: " + ", ".join(f"{k}={v}" for k, v in detail["policy"].items()))
-    attempts = Table("attempt", "job", "state", "exit", "resumed from", "LR scale", "skipped", "why it ended",
-                     title="attempts")  # fmt: skip
-    for a in detail["attempts"]:
+    # Why each attempt ended goes under the table, a line each: as a column it folded into a word per line
+    # on an 80-column terminal. LR scale and skipped batches only where some attempt has them.
+    rows = detail["attempts"]
+    extra = any(a["lr_scale"] != 1 or a["skipped_batches"] for a in rows)
+    headers = ["attempt", "job", "state", "exit", "resumed from", *(("LR scale", "skipped") if extra else ())]
+    attempts = Table(*headers, title="attempts", box=None if console.width < 100 else box.SQUARE, header_style="bold")
+    whys = []
+    for a in rows:
         ended = a["state"] in _ENDED
         why = a["reason"] if ended else (f"waiting: {a['waiting']}" if a.get("waiting") else None)
         attempts.add_row(
             str(a["number"]), a["job_id"] or "-", a["state"],
-            "-" if a["exit_code"] is None or not ended else str(a["exit_code"]),
-            a["resumed_from"] or "-", f"{a['lr_scale']:g}", a["skipped_batches"] or "-", why or "-",
+            "-" if a["exit_code"] is None or not ended else str(a["exit_code"]), a["resumed_from"] or "-",
+            *((f"{a['lr_scale']:g}", a["skipped_batches"] or "-") if extra else ()),
         )  # fmt: skip
+        if why:
+            whys.append(Text.assemble((f"  {a['number']}: ", "bold"), why))
     console.print(attempts)
+    if whys:
+        console.print("why each attempt ended (or waits):")
+        for line in whys:
+            console.print(line)
     if detail["events"]:
         events = Table("kind", "onset", "detected", "loss before", "peak", "after", "status", "decision",
                        title="loss events")  # fmt: skip

@@ -145,6 +145,29 @@ class Workload(BaseModel):
     def entrypoint_path(self) -> Path:
         return self.directory / self.spec.entrypoint
 
+    def parameter_help(self) -> dict[str, str]:
+        """What each parameter does, in the words of its workload.yaml: the comment at the end of its line
+        under `parameters:` (the file stays the one place that says it)."""
+        try:
+            text = (self.directory / "workload.yaml").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return {}
+        found: dict[str, str] = {}
+        inside = False
+        for line in text.splitlines():
+            if not line.startswith((" ", "#")):
+                inside = line.startswith("parameters:")
+                continue
+            match = _PARAMETER_COMMENT.match(line) if inside else None
+            if match and match.group(1) in self.spec.parameters:
+                found[match.group(1)] = match.group(2).strip()
+        return found
+
+
+# `  name: value   # what it does` (a value holding no # of its own)
+_PARAMETER_COMMENT = re.compile(r"^  ([A-Za-z_][A-Za-z0-9_]*):[^#\n]*#\s?(.+)$")
+TEST_HOOK_PREFIX = "inject_"  # parameters that inject faults, for tests and drills only
+
 
 def workload_dirs() -> list[Path]:
     """Your own workloads (`<config dir>/workloads/<name>/`) first, then the shipped ones."""

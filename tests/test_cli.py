@@ -48,8 +48,12 @@ def test_workloads_list_and_show() -> None:
     assert {w["name"] for w in listed} == {"llava", "clip", "envcheck"}
     shown = json.loads(run_cli("workloads", "show", "llava", "--json").stdout)
     assert set(shown["stages"]) == {"pretrain", "finetune"} and shown["accelerate"]["fsdp_version"] == 2
+    assert "warmup" in shown["parameter_help"]["lr"] and "test hook" in shown["parameter_help"]["inject_nan_at"]
     human = run_cli("workloads", "show", "clip")
-    assert "siglip" in human.stdout and "max_steps" in human.stdout
+    assert "siglip" in human.stdout and "max_steps" in human.stdout and "what it does" in human.stdout
+    # The fault injectors are kept apart from what a user sets for training.
+    main_table, hooks = human.stdout.split("test hooks:")
+    assert "inject_" not in main_table and "inject_spike_at" in hooks
 
 
 def test_render_prints_and_writes_the_same_script(tmp_path: Path) -> None:
@@ -184,3 +188,19 @@ def test_the_demo_on_a_charged_allocation_needs_yes() -> None:
     assert yes.returncode == 0 and "built-in demo" not in yes.stderr
     free = run_cli("submit", "clip", "--cluster", "local-slurm", "--dry-run")
     assert free.returncode == 0 and "built-in demo" not in free.stderr
+
+
+def test_run_ids_fit_on_one_line_in_an_80_column_terminal(isolated_hpcai: Path) -> None:
+    """Every command takes a run id: `list` and `status` never fold it, whatever the terminal's width."""
+    import time
+
+    from hpcai.store import Run, Store
+
+    run_id = "llava-finetune-20261207-104858-e61d"
+    Store().create_run(Run(run_id, "llava", "local", None, str(isolated_hpcai / "r"), {}, time.time(), "COMPLETED"))
+    for width in ("80", "100", "140"):
+        for command in (["list"], ["status"]):
+            shown = run_cli(*command, env={"COLUMNS": width})
+            assert shown.returncode == 0, shown.stderr
+            assert any(run_id in line for line in shown.stdout.splitlines()), (width, command, shown.stdout)
+            assert max(len(line) for line in shown.stdout.splitlines()) <= int(width)
