@@ -70,8 +70,12 @@ def load_plot_data(store: Store, run_id: str) -> PlotData:
     return PlotData(run.id, segments, spikes, rollbacks)
 
 
+CLIPPED = "!"  # a point above the chart's top row
+
+
 def terminal_chart(data: PlotData, width: int = 72, height: int = 16) -> str:
-    """A text chart: one digit per attempt (1, 2, ...), `^` under spike onsets, `R` under rollbacks."""
+    """A text chart: one digit per attempt (1, 2, ...), `^` under spike onsets, `R` under rollbacks, `!` for a
+    point above the top row (the scale leaves the highest 2 % out); `^` meant both before."""
     points = [
         (step, loss, n)
         for n, seg in enumerate(data.segments, 1)
@@ -93,7 +97,7 @@ def terminal_chart(data: PlotData, width: int = 72, height: int = 16) -> str:
     above = [loss for _, loss, _ in points if loss > hi]
     for step, loss, n in points:
         row = height - 1 - min(height - 1, int((min(loss, hi) - lo) / (hi - lo) * (height - 1)))
-        grid[row][column(step)] = "^" if loss > hi else str(n % 10)
+        grid[row][column(step)] = CLIPPED if loss > hi else str(n % 10)
     marks = [" "] * width
     for _, onset in data.spikes:
         marks[column(onset)] = "^"
@@ -108,7 +112,9 @@ def terminal_chart(data: PlotData, width: int = 72, height: int = 16) -> str:
     lines.append(f"{'':11}{lo_step:<{width // 2}}{hi_step:>{width - width // 2}}")
     lines.append("digits: attempt number; ^ loss event onset; R rollback")
     if above:  # the scale leaves out the highest 2 % (spikes) so the trend stays readable: say so
-        lines.append(f"{len(above)} point(s) above {hi:.3f} (highest {max(above):.4g}) drawn as ^ on the top row")
+        lines.append(
+            f"{len(above)} point(s) above {hi:.3f} (highest {max(above):.4g}) drawn as {CLIPPED} on the top row"
+        )
     return "\n".join(lines)
 
 

@@ -41,6 +41,11 @@ class DetectorConfig:
     grad_window: int = 50
     grad_confirm_z: float = 6.0
     grad_relief: float = 0.6
+    # A grad-norm spike is grad_confirm_z robust deviations over the window's median *and* past
+    # grad_tail_factor x the 95th percentile of the last tail_window grad norms: grad norms are heavy-tailed
+    # (in the demo a loud batch every ~20 steps is 5-10x the median), and a robust z alone called the run's
+    # own tail an explosion; real explosions are 10-100x.
+    grad_tail_factor: float = 1.5
     short_window: int = 10
     divergence_tol: float = 0.15
     divergence_points: int = 30
@@ -90,6 +95,7 @@ class SpikeDetector:
     outliers: int = 0  # transient excursions below the report floor
     outlier_steps: list[int] = field(default_factory=list)  # the last OUTLIER_STEPS_KEPT of them
     excess_points: deque[float] = field(default_factory=deque)  # normal points' excess over the trend
+    grad_tail: deque[float] = field(default_factory=deque)  # the last tail_window grad norms, every point's
 
     # -- streaming -----------------------------------------------------------------------------------
 
@@ -106,6 +112,17 @@ class SpikeDetector:
             return [event]
 
         grad_spike = self._grad_spike(grad_norm)
+        # Every point's grad norm joins its window, spikes' too: batches that alternate between two kinds of
+        # data alternate in grad norm as well, and a window of the quiet kind alone made each loud batch a
+        # "grad-norm spike" (the demo's healthy run reported 13 spikes in 400 steps). A real explosion is
+        # rare enough for the window's median and MAD to stay where they were.
+        if grad_norm is not None:
+            self.grad_points.append(grad_norm)
+            while len(self.grad_points) > cfg.grad_window:
+                self.grad_points.popleft()
+            self.grad_tail.append(grad_norm)
+            while len(self.grad_tail) > cfg.tail_window:
+                self.grad_tail.popleft()
         if self.open_spike is not None:
             changed += self._follow_spike(step, loss)
             if self.open_spike is not None:
@@ -127,10 +144,8 @@ class SpikeDetector:
                 return [*changed, event]
 
         if trend is not None and trend > 0:
-            self.excess_points.append(loss / trend - 1.0)
-            while len(self.excess_points) > cfg.tail_window:
-                self.excess_points.popleft()
-        self._admit(loss, grad_norm)
+            self._note_excess([loss / trend - 1.0])
+        self._admit(loss)
         divergence = self._slow_divergence(step)
         if divergence is not None:
             changed.append(divergence)
@@ -149,7 +164,7 @@ class SpikeDetector:
         if loss <= spike.loss_before * (1.0 + cfg.recover_tol):
             spike.status, spike.resolved_step, spike.loss_after = "transient", step, loss
             self.open_spike = None
-            self._admit(loss, None)
+            self._admit(loss)
             if spike.kind == "outlier":
                 self.outliers += 1
                 self.outlier_steps = [*self.outlier_steps, spike.onset_step][-OUTLIER_STEPS_KEPT:]
@@ -167,7 +182,7 @@ class SpikeDetector:
             self.trend_points.clear()
             self.short_points.clear()
             self.best_trend = None
-            self._admit(loss, None)
+            self._admit(loss)
             return [divergence] if spike.kind == "outlier" else [spike, divergence]
         return [spike] if grew else []  # still open: changed only when it became a spike
 
@@ -180,7 +195,12 @@ class SpikeDetector:
         ordered = sorted(self.excess_points)
         return max(cfg.report_floor, cfg.tail_factor * ordered[int(0.95 * (len(ordered) - 1))])
 
-    def _admit(self, loss: float, grad_norm: float | None) -> None:
+    def _note_excess(self, values: list[float]) -> None:
+        self.excess_points.extend(values)
+        while len(self.excess_points) > self.config.tail_window:
+            self.excess_points.popleft()
+
+    def _admit(self, loss: float) -> None:
         cfg = self.config
         self.trend_points.append(loss)
         while len(self.trend_points) > cfg.window:
@@ -188,10 +208,6 @@ class SpikeDetector:
         self.short_points.append(loss)
         while len(self.short_points) > cfg.short_window:
             self.short_points.popleft()
-        if grad_norm is not None:
-            self.grad_points.append(grad_norm)
-            while len(self.grad_points) > cfg.grad_window:
-                self.grad_points.popleft()
 
     def _relative_mad(self, trend: float) -> float:
         residuals = [x / trend - 1.0 for x in self.trend_points]
@@ -204,7 +220,11 @@ class SpikeDetector:
         centre = median(self.grad_points)
         mad = median(abs(g - centre) for g in self.grad_points)
         sigma = max(1.4826 * mad, 1e-12, abs(centre) * self.config.min_sigma)
-        return (grad_norm - centre) / sigma > self.config.grad_confirm_z
+        ordered = sorted(self.grad_tail if len(self.grad_tail) > len(self.grad_points) else self.grad_points)
+        tail = ordered[int(0.95 * (len(ordered) - 1))]
+        return (
+            grad_norm - centre
+        ) / sigma > self.config.grad_confirm_z and grad_norm > self.config.grad_tail_factor * tail
 
     def _slow_divergence(self, step: int) -> Event | None:
         """The short-term trend staying well above the best trend seen: a rise no single point shows."""
@@ -246,6 +266,7 @@ class SpikeDetector:
             "outliers": self.outliers,
             "outlier_steps": list(self.outlier_steps),
             "excess_points": list(self.excess_points),
+            "grad_tail": list(self.grad_tail),
         }
 
     @classmethod
@@ -264,6 +285,7 @@ class SpikeDetector:
         detector.outliers = int(state.get("outliers", 0))
         detector.outlier_steps = list(state.get("outlier_steps", []))
         detector.excess_points = deque(state.get("excess_points", []))
+        detector.grad_tail = deque(float(x) for x in state.get("grad_tail", []))
         if state["open_spike"] is not None:
             # An open spike is the same object as the last event in the list; an open outlier is in no list.
             opened = Event(**state["open_spike"])

@@ -226,3 +226,20 @@ def test_a_noisy_per_rank_loss_reports_its_big_outliers_not_its_noise() -> None:
     assert len(unlabelled) <= 5 and all(step < 1000 for step in unlabelled), sorted(unlabelled)
     assert detector.report_floor() > 0.4  # this run's floor; a clean run keeps the configured 0.2
     assert run(curve("megatron_gpt3_15b_h100_clean.csv")).report_floor() == 0.2
+
+
+def test_the_demos_healthy_run_reports_nothing() -> None:
+    """Two loss levels (length-grouped batches of different kinds) and a heavy-tailed grad norm: the run's own
+    character, not spikes (13 were reported before the grad signal learnt the run's tail)."""
+    detector = run(curve("hpcai_demo_llava_400.csv"))
+    assert [e for e in detector.events if e.kind != "outlier"] == []
+
+
+def test_a_grad_explosion_far_past_the_runs_tail_is_still_confirmed() -> None:
+    """... while a grad norm 10x the loudest of the run, with the loss up 45%, is reported (below the loss's
+    own floor: the second signal is what makes it a spike)."""
+    points = curve("hpcai_demo_llava_400.csv")
+    step = points[-1][0]
+    calm = [(step + i, 1.5, 3.0) for i in range(1, 4)]  # back at the lower level
+    detector = run([*points, *calm, (step + 4, 1.5 * 1.45, 250.0)])
+    assert detector.events and detector.events[-1].grad_norm_spike and detector.events[-1].kind == "spike"
