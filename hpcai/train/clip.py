@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from hpcai.train.args import common_parser, data_dir, train_config
 from hpcai.train.images import ImageFiles, ImageTransform, check_images_exist
 from hpcai.train.losses import MAX_LOGIT_SCALE, gather, infonce_loss, sigmoid_loss
 from hpcai.train.parts import parts_cache, tiny_clip
-from hpcai.train.shards import Member, ShardError, image_text_samples, shard_files
+from hpcai.train.shards import Member, ShardError, ShardPairs, image_text_samples, shard_files
 
 # Presets built locally: (architecture, shape). `vit-b16`: CLIP/SigLIP base shapes for GPU benchmarks.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -107,11 +108,30 @@ class Pair:
         )
 
 
+class ShardPairList(Sequence[Pair]):
+    """The pairs of tar shards, made one at a time from the compact index (hpcai.train.shards.ShardPairs)."""
+
+    def __init__(self, members: ShardPairs) -> None:
+        self.members = members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @overload
+    def __getitem__(self, index: int) -> Pair: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Pair]: ...
+    def __getitem__(self, index: int | slice) -> Pair | list[Pair]:
+        if isinstance(index, slice):
+            return [Pair(*m) for m in self.members[index]]
+        return Pair(*self.members[index])
+
+
 @dataclass
 class ClipTask:
     model: Contrastive
     layer_classes: list[str]
-    pairs: list[Pair]
+    pairs: Sequence[Pair]
     transform: ImageTransform
     context: int
     pad_token_id: int
@@ -176,17 +196,17 @@ class ClipTask:
         self.image_processor.save_pretrained(target)
 
 
-def load_pairs(data: Path) -> list[Pair]:
+def load_pairs(data: Path) -> Sequence[Pair]:
     """Image-text pairs: tar shards (`*.tar`, img2dataset layout) when the folder has them, else JSONL
     `{"image", "caption"}` lines beside an image folder."""
     if data.is_dir() and shard_files(data):
         try:
-            pairs = [Pair(image, caption) for image, caption in image_text_samples(data)]
+            members = image_text_samples(data)
         except ShardError as exc:
             raise SystemExit(f"--data {data}: {exc}") from None
-        if not pairs:
+        if not members:
             raise SystemExit(f"--data {data}: its shards hold no sample with both an image and a .txt caption")
-        return pairs
+        return ShardPairList(members)
     files = [data] if data.is_file() else sorted(data.glob("*.jsonl"))
     if not files:
         raise SystemExit(f"--data {data}: no image-text .jsonl file and no .tar shard there")

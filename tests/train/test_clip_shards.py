@@ -67,3 +67,30 @@ def test_clip_trains_on_shards_and_retrieves_held_out_captions(tmp_path: Path) -
     recall, chance = recall_at_1(run / "model", held_out)
     assert recall > 3 * chance, (recall, chance)
     (run / "recall.json").write_text(json.dumps({"recall@1": recall, "chance": chance}))
+
+
+def test_thousands_of_shards_read_at_random_stay_under_the_open_file_limit(tmp_path: Path) -> None:
+    """1,100 shards read in random order in a process limited to 256 open files (LAION-400M has ~41k shards,
+    `ulimit -n` is often 1024): every read succeeds; the pair index takes 36 bytes a pair, not 384."""
+    import subprocess
+    import sys
+
+    samples = [(f"{i:05d}", {"jpg": bytes([i % 251]) * 20, "txt": f"c{i}".encode()}) for i in range(1100)]
+    write_shards(tmp_path, samples, per_shard=1)
+    script = f"""
+import os, random, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from pathlib import Path
+from hpcai.train.shards import OPEN_SHARDS, image_text_samples
+pairs = image_text_samples(Path({str(tmp_path)!r}))
+order = list(range(len(pairs)))
+random.Random(0).shuffle(order)
+for i in order * 2:
+    image, caption = pairs[i]
+    assert caption.read() == f"c{{i}}".encode() and image.read() == bytes([i % 251]) * 20, i
+assert len(os.listdir("/proc/self/fd")) < OPEN_SHARDS + 16
+print(pairs.nbytes() / len(pairs))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout) <= 40  # bytes per pair in the index
