@@ -226,20 +226,22 @@ class LlavaTask:
         logits = out.logits.float()
         if idle:
             logits = logits + idle[0]  # zero, but the projector's backward (its gradient reduction) runs too
+        # Every rank, every step, before anything may return: the supervised tokens of the whole step.
+        scale = token_scale(batch["labels"], accelerator)
         if keep.shape[0] == 0:
             # Nothing to learn in this batch (all answers truncated away): a zero loss that still touches the
             # graph, not the NaN of an empty mean. (The shape is known on the host: no sync.)
             return StepOutput(loss=logits.sum() * 0.0, z_loss=None)
         chosen = batch["labels"][:, 1:][:, keep]
         valid = (chosen != IGNORE).float()
-        # Means over the supervised positions by masking, not by boolean indexing (a host sync).
+        # Sums over the supervised positions by masking, not by boolean indexing (a host sync).
         flat = logits.reshape(-1, logits.shape[-1])
-        loss = F.cross_entropy(flat, chosen.reshape(-1), ignore_index=IGNORE, reduction="sum") / valid.sum()
+        loss = F.cross_entropy(flat, chosen.reshape(-1), ignore_index=IGNORE, reduction="sum") * scale
         z_loss = None
         if self.z_loss_weight > 0:
             # PaLM's z-loss: keeps the softmax normaliser log Z near 0, a guard against logit drift.
             log_z = torch.logsumexp(flat, dim=-1).reshape(valid.shape)
-            z_loss = self.z_loss_weight * (log_z.pow(2) * valid).sum() / valid.sum()
+            z_loss = self.z_loss_weight * (log_z.pow(2) * valid).sum() * scale
             loss = loss + z_loss
         return StepOutput(loss=loss, z_loss=z_loss)
 
@@ -265,6 +267,19 @@ class LlavaTask:
 
     def export(self, state_dict: dict[str, Any], target: Path) -> None:
         export_llava(self.parts, state_dict, target)
+
+
+def token_scale(labels: torch.Tensor, accelerator: Any) -> torch.Tensor:
+    """What a rank's summed token loss is multiplied by so that the step's gradient is the mean over every
+    supervised token of the step, on all ranks: world / (global token count). A mean of per-rank means (each
+    rank dividing by its own count) weighed a rank's few tokens like another's many -- LLaVA's samples differ
+    in length tenfold. As torchtitan and current transformers do: one all-reduce of a count per step, on the
+    device (no host sync); FSDP's gradient reduction then averages over the ranks."""
+    local = (labels[:, 1:] != IGNORE).sum().float().reshape(1)
+    reduce = getattr(accelerator, "reduce", None)
+    world = int(getattr(accelerator, "num_processes", 1))
+    total = reduce(local.clone(), reduction="sum") if reduce is not None and world > 1 else local
+    return (world / total.clamp(min=1.0)).reshape(())
 
 
 def conversation_files(data: Path) -> list[Path]:
