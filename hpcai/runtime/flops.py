@@ -2,7 +2,8 @@
 and torchtitan count them: 2 FLOPs per multiply-accumulate of a weight in the forward pass, twice that
 again in the backward (activations and weight gradients) -- 6 N per token for a trained dense layer --
 plus causal self-attention's score and value products, 6 L d n per token of an n-token sequence (half of
-PaLM's 12 L d n, which counts the masked half too).
+PaLM's 12 L d n, which counts the masked half too), d being heads x head_dim (not the residual width: they
+differ in Qwen3).
 
 Frozen parts cost less and are counted so: the frozen vision tower runs forward only (2 N per patch;
 no gradient reaches it), a frozen LM in stage 1 forward plus the activation half of the backward (4 N
@@ -48,19 +49,28 @@ class Shape:
 
     params: int  # weights of the blocks (embeddings and the LM head excluded)
     layers: int
-    hidden: int
+    hidden: int  # the residual width
+    # The width of attention's query-key and value products: heads x head_dim. It is the residual width in
+    # most models, not in Qwen3 (e.g. Qwen3-0.6B: 16 heads x 128 = 2048 against a width of 1024).
+    attention_width: int = 0
 
     @classmethod
     def of(cls, module: Any, config: Any) -> Shape:
         params = sum(p.numel() for name, p in module.named_parameters() if "embed" not in name)
-        return cls(params=params, layers=int(config.num_hidden_layers), hidden=int(config.hidden_size))
+        hidden = int(config.hidden_size)
+        heads = getattr(config, "num_attention_heads", None)
+        head_dim = getattr(config, "head_dim", None) or (hidden // int(heads) if heads else None)
+        width = int(heads) * int(head_dim) if heads and head_dim else hidden
+        return cls(params=params, layers=int(config.num_hidden_layers), hidden=hidden, attention_width=width)
 
 
 def transformer_flops(shape: Shape, lengths: list[int], factor: float, causal: bool = True) -> float:
     """FLOPs of `lengths` sequences through a transformer: `factor` is 6 (trained), 4 (frozen, gradient
     passes through) or 2 (forward only) per weight per token; attention scaled by the same factor."""
     tokens = sum(lengths)
-    attention = sum(n * n for n in lengths) * shape.layers * shape.hidden * (1 if causal else 2)
+    attention = (
+        sum(n * n for n in lengths) * shape.layers * (shape.attention_width or shape.hidden) * (1 if causal else 2)
+    )
     return factor * (shape.params * tokens + attention)
 
 

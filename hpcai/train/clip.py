@@ -176,7 +176,8 @@ class ClipTask:
         text_lengths = [self.context] * len(lengths) if self.model.siglip else lengths  # SigLIP reads the padding
         flops = transformer_flops(self.vision_shape, [self.image_tokens] * len(lengths), 6.0, causal=False)
         flops += transformer_flops(self.text_shape, text_lengths, 6.0)
-        return int(sum(lengths)), flops
+        # Tokens the step processed: the text's and every image's patches (they were left out).
+        return int(sum(lengths)) + self.image_tokens * len(lengths), flops
 
     @torch.no_grad()
     def after_optimizer_step(self, model: torch.nn.Module) -> None:

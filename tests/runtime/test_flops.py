@@ -59,3 +59,34 @@ def test_a_run_reports_mfu_when_the_peak_is_known(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rows = metrics(run)
     assert all(r["mfu"] is not None and r["mfu"] > 0 for r in rows), rows
+
+
+def test_attention_counts_heads_times_head_dim_not_the_residual_width() -> None:
+    """Qwen3-0.6B: 16 heads x 128 = 2048 wide attention on a 1024 residual; counted with the residual width,
+    the attention term was half of what runs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    qwen3 = SimpleNamespace(hidden_size=1024, num_attention_heads=16, head_dim=128, num_hidden_layers=28)
+    shape = Shape.of(torch.nn.Linear(2, 2), qwen3)
+    assert (shape.hidden, shape.attention_width) == (1024, 2048)
+    weights = 6 * shape.params * 100
+    assert transformer_flops(shape, [100], 6.0) - weights == 6 * 100 * 100 * 28 * 2048
+    llama = SimpleNamespace(hidden_size=64, num_attention_heads=4, num_hidden_layers=2)  # no head_dim: width/heads
+    assert Shape.of(torch.nn.Linear(2, 2), llama).attention_width == 64
+
+
+def test_clip_tokens_per_second_counts_the_image_patches(tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    import torch
+
+    from hpcai.train.clip import ClipTask
+
+    task = ClipTask.__new__(ClipTask)  # the counting alone: no model is needed for work()'s token number
+    task.image_tokens, task.context = 50, 16
+    task.vision_shape = task.text_shape = Shape(params=10, layers=1, hidden=4)
+    task.model = type("M", (), {"siglip": False})()  # type: ignore[assignment]
+    batch = {"attention_mask": torch.tensor([[1] * 5 + [0] * 11, [1] * 7 + [0] * 9])}
+    tokens, _ = task.work(batch)
+    assert tokens == 5 + 7 + 2 * 50
