@@ -69,10 +69,30 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return full, spans
 
 
+PROMPT_FORMATS = ("chat", "plain")
+
+
+def plain_text(messages: list[dict[str, str]], has_image: bool) -> tuple[str, list[tuple[int, int]]]:
+    """LLaVA-1.5's stage-1 format ("plain"): the image, then the first answer (the caption) and a newline --
+    no system prompt, no question, no template -- with the caption and the newline supervised."""
+    answer = next((m["content"] for m in messages if m["role"] == "assistant"), None)
+    if answer is None:
+        raise ValueError("the plain (stage 1) format needs an answer turn (from: gpt) with the caption")
+    prefix = IMAGE_TOKEN if has_image else ""
+    text = f"{prefix}{answer.replace(IMAGE_TOKEN, '').strip()}\n"
+    return text, [(len(prefix), len(text))]
+
+
 def encode(
-    record: dict[str, Any], tokenizer: Any, image_token_id: int, image_tokens: int, max_length: int
+    record: dict[str, Any],
+    tokenizer: Any,
+    image_token_id: int,
+    image_tokens: int,
+    max_length: int,
+    prompt_format: str = "chat",
 ) -> Encoded | None:
-    """Ids and labels of one LLaVA sample, or None when truncation would cut its image."""
+    """Ids and labels of one LLaVA sample, or None when truncation would cut its image. `prompt_format`:
+    `chat` (the LM's chat template, LLaVA-1.5's stage 2) or `plain` (image + caption, its stage 1)."""
     messages = messages_of(record)
     placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
     has_image = "image" in record and record["image"] not in (None, "")
@@ -86,8 +106,12 @@ def encode(
     if not has_image:
         for m in messages:
             m["content"] = m["content"].replace(IMAGE_TOKEN, "").strip()
-    text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if prompt_format == "plain":  # as LLaVA tokenizes it: with the tokenizer's own BOS, where it has one
+        text, spans = plain_text(messages, has_image)
+        enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    else:
+        text, spans = assistant_spans(tokenizer, messages)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = []
     labels: list[int] = []
     for token, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):

@@ -24,7 +24,7 @@ from hpcai.runtime.loader import LEFT_OUT
 from hpcai.runtime.trainer import StepOutput, train
 from hpcai.train import speed
 from hpcai.train.args import boolean, common_parser, data_dir, train_config
-from hpcai.train.chat import IGNORE, Encoded, encode
+from hpcai.train.chat import IGNORE, PROMPT_FORMATS, Encoded, encode
 from hpcai.train.compose import LlavaParts, PartError, compose, export_llava, from_preset, load_llava
 from hpcai.train.images import ImageFiles, check_images_exist, image_bytes_or_path
 from hpcai.train.parts import corpus, parts_cache, tiny_llava_parts
@@ -116,6 +116,7 @@ class LlavaTask:
     examples: list[Example]
     z_loss_weight: float
     max_length: int = 2048
+    prompt_format: str = "chat"  # chat (the LM's template) or plain (image + caption: LLaVA-1.5's stage 1)
     unusable: int = 0  # samples left out so far (in this process)
 
     def __post_init__(self) -> None:
@@ -158,7 +159,8 @@ class LlavaTask:
         p = self.parts
         empty = Encoded([int(p.tokenizer.pad_token_id)], [IGNORE], 0)
         try:
-            result = encode(example.record, p.tokenizer, p.image_token_id, p.image_tokens, self.max_length)
+            result = encode(example.record, p.tokenizer, p.image_token_id, p.image_tokens, self.max_length,
+                            self.prompt_format)  # fmt: skip
             if result is None:
                 return empty, None
             image = example.image
@@ -296,7 +298,7 @@ def estimated_length(record: dict[str, Any], image_tokens: int) -> int:
     return text // 4 + 8 * len(record["conversations"]) + (image_tokens if record.get("image") else 0)
 
 
-def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Example]:
+def load_examples(data: Path, parts: LlavaParts, max_length: int, prompt_format: str = "chat") -> list[Example]:
     if max_length < parts.image_tokens + 16:
         raise SystemExit(
             f"--max_length {max_length}: an image alone takes {parts.image_tokens} tokens in this model; LLaVA-1.5 "
@@ -322,7 +324,7 @@ def load_examples(data: Path, parts: LlavaParts, max_length: int) -> list[Exampl
     # in the workers after a queue wait (there, one bad sample is left out, named, and training goes on).
     for example in examples[:8]:
         try:
-            encode(example.record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length)
+            encode(example.record, parts.tokenizer, parts.image_token_id, parts.image_tokens, max_length, prompt_format)
         except (KeyError, TypeError, ValueError) as exc:
             raise SystemExit(f"--data {data}: {exc}") from None
     check_images_exist(data, [e.image for e in examples[:8] if e.image is not None], "JSON", images)
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainable", default="", help="parts that train; default: the stage's")
     parser.add_argument("--z_loss_weight", type=float, default=0.0)
     parser.add_argument("--max_length", type=int, default=2048)
+    parser.add_argument("--prompt_format", choices=PROMPT_FORMATS, default="chat",
+                        help="chat: the LM's chat template; plain: image + caption (LLaVA-1.5's stage 1)")  # fmt: skip
     parser.add_argument("--qk_norm", type=boolean, default=False, help="use the Qwen3 preset of the same size")
     args = parser.parse_args(argv)
     if args.qk_norm and args.preset == "tiny":
@@ -354,9 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         return LlavaTask(
             parts=parts,
             layer_classes=layers,
-            examples=load_examples(data, parts, args.max_length),
+            examples=load_examples(data, parts, args.max_length, args.prompt_format),
             z_loss_weight=args.z_loss_weight,
             max_length=args.max_length,
+            prompt_format=args.prompt_format,
         )
 
     return train(make_task, train_config(args))

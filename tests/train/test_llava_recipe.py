@@ -59,6 +59,30 @@ def test_labels_cover_the_assistant_turns_in_the_lms_own_template(
     assert "What color?" in p.tokenizer.decode(enc.input_ids)
 
 
+@pytest.mark.parametrize("lm", ["llama", "qwen2"])
+def test_stage_one_uses_the_plain_format_image_then_caption(parts: dict[str, Path], lm: str) -> None:
+    """LLaVA-1.5's stage 1 ("plain"): the image, the caption and a newline -- no system prompt, no question,
+    no template -- with only the caption and the newline learnt; the pretrain stage selects it."""
+    p = composed(parts, "clip", lm)
+    enc = encode(RECORD, p.tokenizer, p.image_token_id, p.image_tokens, max_length=512, prompt_format="plain")
+    assert enc is not None and enc.images == 1
+    text = p.tokenizer.decode([t for t in enc.input_ids if t != p.image_token_id], skip_special_tokens=True)
+    assert text.strip() == "Red." and "What color" not in p.tokenizer.decode(enc.input_ids)
+    supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
+    assert p.tokenizer.decode(supervised).strip() == "Red." and p.tokenizer.decode(supervised).endswith("\n")
+    first = enc.input_ids.index(p.image_token_id)
+    assert enc.input_ids[first : first + p.image_tokens] == [p.image_token_id] * p.image_tokens
+    assert all(lab == IGNORE for lab in enc.labels[: first + p.image_tokens])
+
+
+def test_the_pretrain_stage_renders_the_plain_format() -> None:
+    from tests.conftest import run_cli
+
+    pretrain = run_cli("render", "llava", "--stage", "pretrain").stdout
+    finetune = run_cli("render", "llava", "--stage", "finetune").stdout
+    assert "--prompt_format plain" in pretrain and "--prompt_format chat" in finetune
+
+
 def test_image_tokens_are_spliced_in_before_truncation(parts: dict[str, Path]) -> None:
     """Truncating the text to max_length before splicing the image in cut samples inside the image
     ("Image features and image tokens do not match"); LLaVA truncates after splicing."""
@@ -175,9 +199,10 @@ def test_two_stages_export_a_model_transformers_loads_and_generates_with(tmp_pat
     one = losses(first)
     assert statistics.mean(one[-5:]) < 0.8 * statistics.mean(one[:5]), one
     assert (first / "model" / "config.json").is_file() and not (first / ".model.partial").exists()
-    # every processed token on every rank: 2 ranks x 4 samples x (16 image tokens + the text) per step
+    # every processed token on every rank: 2 ranks x 4 samples x (16 image tokens + the text; in stage 1's plain
+    # format the caption alone, a few tokens) per step
     for row in metrics(first)[5:]:
-        assert row["tokens_per_s"] * row["step_s"] >= 2 * 4 * (16 + 10), row
+        assert row["tokens_per_s"] * row["step_s"] >= 2 * 4 * (16 + 3), row
 
     data = tmp_path / "mixed"
     synth_llava(data, samples=96, seed=3)
@@ -189,7 +214,9 @@ def test_two_stages_export_a_model_transformers_loads_and_generates_with(tmp_pat
                                              "model_path": first / "model"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     two = losses(second)
-    assert two[0] < 0.6 * one[0], (one[:3], two[:3])  # its first step already has stage 1's projector
+    # (that its first step has stage 1's projector, against a stage 2 from an untrained one: stage 1 learns
+    # in the plain format, stage 2 in the chat template, so their losses are not comparable --
+    # tests/train/test_stages_cli.py::test_finetune_from_the_pretrain_run)
     assert statistics.mean(two[-5:]) < 0.8 * statistics.mean(two[:5]), two
 
     model = LlavaForConditionalGeneration.from_pretrained(second / "model")

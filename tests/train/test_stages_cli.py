@@ -19,7 +19,8 @@ SHORT = ("--set", "max_steps=20", "--set", "samples=64", "--set", "checkpoint_ev
 
 
 def test_finetune_from_the_pretrain_run(isolated_hpcai: Path) -> None:
-    first = run_cli("submit", "llava", "--stage", "pretrain", *SHORT, "--set", "lr=3e-3", "--json", timeout=120)
+    first = run_cli("submit", "llava", "--stage", "pretrain", *SHORT, "--set", "max_steps=40",
+                    "--set", "checkpoint_every=40", "--json", timeout=120)  # fmt: skip
     assert first.returncode == 0, first.stderr
     pretrain = json.loads(first.stdout)["run_id"]
     # before stage 1 has exported its model, stage 2 from it cannot start: refused here, not in the job
@@ -38,8 +39,12 @@ def test_finetune_from_the_pretrain_run(isolated_hpcai: Path) -> None:
     finetune_dir = Path(store.run(finetune).run_dir)
     assert f"--model_path {run_dir / 'model'}" in (finetune_dir / "job.sh").read_text()
     assert (finetune_dir / "model" / "config.json").is_file()
-    # stage 2 begins where stage 1 ended (its projector), far below stage 1's start
-    assert losses(finetune_dir)[0] < losses(run_dir)[0] * 0.8, (losses(run_dir)[:3], losses(finetune_dir)[:3])
+    # stage 2 begins with stage 1's projector: below a stage 2 that starts from an untrained one (stage 1
+    # learns in LLaVA-1.5's plain format, stage 2 in the chat template: their losses are not comparable)
+    third = run_cli("submit", "llava", "--stage", "finetune", *SHORT, "--json", timeout=120)
+    scratch = Path(json.loads(third.stdout)["run_dir"])
+    assert wait_terminal(store, json.loads(third.stdout)["run_id"], timeout=300).state == "COMPLETED"
+    assert losses(finetune_dir)[0] < losses(scratch)[0] * 0.9, (losses(scratch)[:3], losses(finetune_dir)[:3])
 
 
 def test_from_refuses_what_cannot_work(isolated_hpcai: Path) -> None:
@@ -75,7 +80,7 @@ def test_stages_run_as_one_pipeline_submitted_by_the_first_stage(isolated_hpcai:
     assert f"--model_path {one / 'model'}" in (two / "job.sh").read_text()
     events = [json.loads(line) for line in (one / "attempts.jsonl").read_text().splitlines()]
     assert any(e["event"] == "next_stage" and e["run_dir"] == str(two) for e in events), events
-    assert losses(two)[0] < losses(one)[0] * 0.9  # stage 2 begins with stage 1's projector
+    # (that stage 2 begins with stage 1's projector, by its loss: test_finetune_from_the_pretrain_run)
 
 
 def test_a_pipeline_stops_where_a_stage_does_not_complete(isolated_hpcai: Path) -> None:

@@ -137,7 +137,7 @@ def test_a_rank_that_dies_of_an_exception_says_why(tmp_path: Path) -> None:
     line with step, loss and throughput every few steps."""
     data = tmp_path / "data"
     data.mkdir()
-    (data / "data.json").write_text('{"broken": ')
+    (data / "data.json").write_text('[{"broken": ')  # a list's start (passes the pre-queue check), then broken
     failed = launch("llava", tmp_path / "bad", params={"max_steps": 3, "data": data})
     assert failed.returncode != 0
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "bad" / "errors").glob("rank-*.json"))]
