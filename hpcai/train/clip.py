@@ -108,6 +108,23 @@ class Pair:
         )
 
 
+def image_resize(model: Contrastive) -> str:
+    """SigLIP's processor squashes an image to the square; OpenAI CLIP and open_clip resize its short edge
+    and take the centre (training must see what inference will)."""
+    return "squash" if model.siglip else "crop"
+
+
+def frame_text(tokens: list[int], tokenizer: Any, context: int, *, siglip: bool) -> list[int]:
+    """A caption's ids as the model was trained on them, within `context`: CLIP's start-of-text, the text,
+    and its end-of-text *kept* on truncation (CLIP pools the end-of-text position: truncating it away pooled
+    a word); SigLIP's text and its end token (its tokenizer adds no start token)."""
+    bos = None if siglip else tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id
+    frame = [t for t in (bos,) if t is not None], [t for t in (eos,) if t is not None]
+    room = context - len(frame[0]) - len(frame[1])
+    return [*frame[0], *tokens[:room], *frame[1]]
+
+
 class ShardPairList(Sequence[Pair]):
     """The pairs of tar shards, made one at a time from the compact index (hpcai.train.shards.ShardPairs)."""
 
@@ -152,9 +169,8 @@ class ClipTask:
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         chosen = [self.pairs[i] for i in indices]
-        eos = self.tokenizer.eos_token or ""
-        encoded = self.tokenizer([p.text() + eos for p in chosen], add_special_tokens=False, truncation=True,
-                                 max_length=self.context)["input_ids"]  # fmt: skip
+        texts = self.tokenizer([p.text() for p in chosen], add_special_tokens=False)["input_ids"]
+        encoded = [frame_text(t, self.tokenizer, self.context, siglip=self.model.siglip) for t in texts]
         ids = torch.full((len(chosen), self.context), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, tokens in enumerate(encoded):
@@ -266,7 +282,7 @@ def recall_at_1(model_folder: Path, data: Path, batch: int = 64) -> tuple[float,
     vision = model.config.vision_config
     task = ClipTask(
         model=wrapped, layer_classes=[], pairs=pairs,
-        transform=ImageTransform.from_processor(processor, int(vision.image_size), pad_to_square=False),
+        transform=ImageTransform.from_processor(processor, int(vision.image_size), resize=image_resize(wrapped)),
         context=int(model.config.text_config.max_position_embeddings), pad_token_id=int(tokenizer.pad_token_id),
         tokenizer=tokenizer, image_processor=processor,
     )  # fmt: skip
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             model=wrapped,
             layer_classes=layers,
             pairs=load_pairs(data),
-            transform=ImageTransform.from_processor(processor, int(vision.image_size), pad_to_square=False),
+            transform=ImageTransform.from_processor(processor, int(vision.image_size), resize=image_resize(wrapped)),
             context=context,
             pad_token_id=pad,
             tokenizer=tokenizer,

@@ -27,14 +27,19 @@ class ImageTransform:
     size: int
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-    pad_to_square: bool = True
+    # How a non-square image becomes size x size: "pad" to a square of the mean colour, then resize (LLaVA's
+    # expand2square); "crop": resize the short edge to size, then the centre square (OpenAI CLIP, open_clip);
+    # "squash": resize to size x size whatever the aspect (SigLIP's processor).
+    resize: str = "pad"
 
     @classmethod
-    def from_processor(cls, processor: Any, size: int, pad_to_square: bool = True) -> ImageTransform:
+    def from_processor(cls, processor: Any, size: int, resize: str = "pad") -> ImageTransform:
         """The processor's normalisation at the tower's input size (the tower's config decides the size)."""
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize {resize!r}: one of {', '.join(RESIZE_MODES)}")
         mean = tuple(float(x) for x in getattr(processor, "image_mean", CLIP_MEAN))
         std = tuple(float(x) for x in getattr(processor, "image_std", CLIP_STD))
-        return cls(size=size, mean=mean, std=std, pad_to_square=pad_to_square)  # type: ignore[arg-type]
+        return cls(size=size, mean=mean, std=std, resize=resize)  # type: ignore[arg-type]
 
     def __call__(self, path: Path | bytes) -> torch.Tensor:
         return self.normalize(self.pixels(path))
@@ -48,8 +53,10 @@ class ImageTransform:
 
         with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
             rgb = img.convert("RGB")
-            if self.pad_to_square and rgb.width != rgb.height:
+            if self.resize == "pad" and rgb.width != rgb.height:
                 rgb = expand_to_square(rgb, tuple(int(m * 255) for m in self.mean))
+            elif self.resize == "crop" and rgb.width != rgb.height:
+                rgb = crop_to_square(rgb, self.size)
             rgb = rgb.resize((self.size, self.size), Image.Resampling.BICUBIC)
             data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
         return data.view(self.size, self.size, 3).permute(2, 0, 1).contiguous()
@@ -59,6 +66,21 @@ class ImageTransform:
         mean = torch.tensor(self.mean, device=pixels.device).view(3, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).view(3, 1, 1)
         return (pixels.float() / 255.0 - mean) / std
+
+
+RESIZE_MODES = ("pad", "crop", "squash")
+
+
+def crop_to_square(img: Any, size: int) -> Any:
+    """The short edge resized to `size` (bicubic), then the centre `size` x `size` (torchvision's Resize +
+    CenterCrop, as OpenAI CLIP and open_clip preprocess)."""
+    from PIL import Image
+
+    scale = size / min(img.width, img.height)
+    width, height = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    resized = img.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
 
 
 def expand_to_square(img: Any, background: tuple[int, ...]) -> Any:
