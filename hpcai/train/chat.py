@@ -51,21 +51,33 @@ def render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bo
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The whole conversation's text and the character ranges of the assistant's answers in it."""
+    """The whole conversation's text and the character ranges of the assistant's answers in it.
+
+    Each answer starts where the conversation before it, with the generation prompt, ends (that must be
+    how the whole conversation begins), and runs through its text and the end-of-turn the template puts
+    after it. Templates that render the *last* answer differently from earlier ones are fine: Qwen3's adds
+    an empty think block to the answers after the last user turn only, so an earlier answer rendered as the
+    last one differs from its place in the whole conversation."""
     full = render(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         before = render(tokenizer, messages[:i], generation_prompt=True)
-        through = render(tokenizer, messages[: i + 1])
-        if not (through.startswith(before) and full.startswith(through)):
+        content = message["content"].strip()
+        start = full.find(content, len(before)) if full.startswith(before) else -1
+        if start < 0 or (spans and len(before) < spans[-1][1]):
             raise TemplateError(
                 "the chat template renders a conversation's beginning differently once more turns follow, so the "
                 "assistant's tokens cannot be found; use a template whose turns are appended (ChatML, Llama 3, "
-                "Vicuna) or fix the template in the model folder's tokenizer_config.json / chat_template.jinja"
+                "Vicuna, Qwen3) or fix the template in the model folder's tokenizer_config.json / chat_template.jinja"
             )
-        spans.append((len(before), len(through)))
+        end = start + len(content)
+        through = render(tokenizer, messages[: i + 1])
+        turn_end = through[through.rfind(content) + len(content) :] if content in through else ""
+        if turn_end and full.startswith(turn_end, end):
+            end += len(turn_end)  # the end-of-turn token (and what the template puts with it): learnt, to stop
+        spans.append((len(before), end))
     return full, spans
 
 

@@ -59,6 +59,38 @@ def test_labels_cover_the_assistant_turns_in_the_lms_own_template(
     assert "What color?" in p.tokenizer.decode(enc.input_ids)
 
 
+# The rule of Qwen3's official template that broke multi-turn samples: answers after the last user turn get
+# an (empty) think block, earlier answers none (its `last_query_index`; tools and reasoning_content left out).
+QWEN3_LIKE = (
+    "{%- set ns = namespace(last_query_index=-1) -%}"
+    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_query_index = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'assistant' -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if loop.index0 > ns.last_query_index -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{{- m.content | trim -}}{{- '<|im_end|>\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def test_a_template_that_marks_only_the_last_answer_trains_every_answer(parts: dict[str, Path]) -> None:
+    """Qwen3's templates render an answer differently when it is the last one (the empty think block): a
+    multi-turn sample was refused (TemplateError). Every answer and its end-of-turn are learnt, nothing else."""
+    from hpcai.train.chat import messages_of, render
+
+    p = composed(parts, "clip", "qwen2")
+    p.tokenizer.chat_template = QWEN3_LIKE
+    messages = messages_of(RECORD)
+    assert not render(p.tokenizer, messages).startswith(render(p.tokenizer, messages[:2]))  # what broke
+    enc = encode(RECORD, p.tokenizer, p.image_token_id, p.image_tokens, max_length=512)
+    assert enc is not None
+    learnt = p.tokenizer.decode([t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE])
+    assert learnt == "Red.<|im_end|>\n<think>\n\n</think>\n\nSquare.<|im_end|>\n", learnt
+    assert "What color" in p.tokenizer.decode(enc.input_ids) and "What color" not in learnt
+
+
 @pytest.mark.parametrize("lm", ["llama", "qwen2"])
 def test_stage_one_uses_the_plain_format_image_then_caption(parts: dict[str, Path], lm: str) -> None:
     """LLaVA-1.5's stage 1 ("plain"): the image, the caption and a newline -- no system prompt, no question,
