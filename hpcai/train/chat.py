@@ -59,7 +59,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     an empty think block to the answers after the last user turn only, so an earlier answer rendered as the
     last one differs from its place in the whole conversation."""
     full = render(tokenizer, messages)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue

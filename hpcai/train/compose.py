@@ -207,19 +207,48 @@ def _load_exactly(module: Any, state: dict[str, Any], what: str) -> None:
         )
 
 
+# Put in front of the LM's chat template in the exported processor: messages whose content is a list of
+# parts ({"type": "image"}, {"type": "text", "text": ...}, as apply_chat_template is called for vision models)
+# become the text training saw -- "<image>\n" for the image, then the text -- before the LM's own template
+# renders them. Messages with string content pass unchanged.
+STRUCTURED_CONTENT = (
+    "{%- set hpcai = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set hpcai.messages = hpcai.messages + [message] -%}"
+    "{%- else -%}{%- set text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + '" + IMAGE_TOKEN + "\\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set hpcai.messages = hpcai.messages + [{'role': message['role'], 'content': text.value}] -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set messages = hpcai.messages -%}"
+)
+
+
 def export_llava(parts: LlavaParts, state_dict: dict[str, Any], target: Path) -> None:
-    """A Hugging Face folder that LlavaForConditionalGeneration / AutoProcessor load: the trained weights,
-    the tokenizer with its chat template and a LlavaProcessor (image token expansion as in training)."""
-    from transformers import LlavaProcessor
+    """A Hugging Face folder that LlavaForConditionalGeneration / AutoProcessor load, preprocessing as
+    training did: the trained weights; an image processor that pads a non-square image to a square of the
+    mean colour before resizing (the tower's own resizes its short edge and crops: another image than the one
+    trained on); a chat template that takes structured image/text content (the LM's text-only template
+    printed the list); image-token expansion as in training."""
+    from transformers import LlavaImageProcessorPil, LlavaProcessor
 
     model = parts.model
     model.save_pretrained(target, state_dict=state_dict)
+    size = parts.transform.size
+    image_processor = LlavaImageProcessorPil(
+        do_pad=True, do_resize=True, size={"shortest_edge": size}, do_center_crop=True,
+        crop_size={"height": size, "width": size}, image_mean=list(parts.transform.mean),
+        image_std=list(parts.transform.std), do_convert_rgb=True,
+    )  # fmt: skip
+    template = STRUCTURED_CONTENT + str(parts.tokenizer.chat_template or "")
     processor = LlavaProcessor(  # type: ignore[no-untyped-call]
-        image_processor=parts.image_processor, tokenizer=parts.tokenizer,
+        image_processor=image_processor, tokenizer=parts.tokenizer,
         patch_size=int(model.config.vision_config.patch_size),
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        chat_template=parts.tokenizer.chat_template, image_token=IMAGE_TOKEN,
+        chat_template=template, image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1 if parts.vision_kind == "clip" else 0,
     )  # fmt: skip
-    processor.save_pretrained(target)
     parts.tokenizer.save_pretrained(target)
+    processor.save_pretrained(target)  # after the tokenizer: its chat_template.jinja is the structured one

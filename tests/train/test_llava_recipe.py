@@ -324,3 +324,48 @@ def test_the_masked_loss_equals_the_mean_over_supervised_positions(parts: dict[s
     reference = F.cross_entropy(picked, targets[targets != IGNORE])
     reference = reference + 1e-3 * torch.logsumexp(picked, dim=-1).pow(2).mean()
     assert float(out.loss.detach()) == pytest.approx(float(reference), rel=1e-5)
+
+
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+def test_the_export_sees_a_non_square_image_and_a_structured_prompt_as_training_did(
+    parts: dict[str, Path], tmp_path: Path, vision: str
+) -> None:
+    """Through its own AutoProcessor -- a 64x32 image, `apply_chat_template` with [{"type": "image"},
+    {"type": "text"}] content -- the exported model computes the logits training computed for that sample.
+    (The tower's resize-and-crop processor gave another image, logits 6.95 apart; the LM's text-only template
+    printed the list and found no image token.)"""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from hpcai.train.compose import export_llava
+    from hpcai.train.llava import Example, LlavaTask
+
+    p = composed(parts, vision, "qwen2")
+    image = tmp_path / "wide.png"
+    img = Image.new("RGB", (64, 32), (200, 30, 30))
+    for x in range(0, 64, 3):
+        img.putpixel((x, 5), (0, 0, 255))
+    img.save(image)
+    record = {"id": "w", "image": "wide.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "Red."}]}  # fmt: skip
+    task = LlavaTask(p, [], [Example(record, image, 40)], 0.0, max_length=512)
+    batch = task.collate([0])
+    batch.pop("hpcai_left_out")
+    p.model.eval()
+    with torch.no_grad():
+        trained = p.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          pixel_values=p.transform.normalize(batch["pixel_values"])).logits  # fmt: skip
+    export_llava(p, p.model.state_dict(), tmp_path / "model")
+
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "model")
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}]  # fmt: skip
+    text = processor.apply_chat_template(conversation)
+    inputs = processor(images=Image.open(image), text=text, return_tensors="pt")
+    assert inputs["input_ids"].tolist() == batch["input_ids"].tolist(), (text, processor.tokenizer.decode(
+        batch["input_ids"][0]))  # fmt: skip
+    with torch.no_grad():
+        served = model(**inputs).logits
+    assert (served - trained).abs().max() < 1e-3, (served - trained).abs().max()
