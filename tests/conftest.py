@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_CLUSTER_FIXTURES = {"slurm_cluster", "sshd"}
+REAL_CLUSTER_FIXTURES = {"slurm_cluster", "sshd", "slurm_multi"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,6 +84,34 @@ def slurm_cluster() -> Iterator[str]:
     yield "local-slurm"
     if started_here and os.environ.get("HPCAI_KEEP_SLURM") != "1":
         subprocess.run([str(script), "stop"], capture_output=True, timeout=120)
+
+
+MULTI = REPO / "tests" / "infra" / "slurm_multi.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_multi_cluster(slurm_cluster: str) -> Iterator[str]:
+    """The multi-node test Slurm (tests/infra/slurm_multi.sh: 3 slurmd, each in a network namespace of its
+    own) beside the one-node one; its slurm.conf path. Stopped at the end of the session."""
+    result = subprocess.run([str(MULTI), "start"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"could not start the multi-node test Slurm:\n{result.stderr}"
+    yield subprocess.run([str(MULTI), "conf"], capture_output=True, text=True, check=True).stdout.strip()
+    if os.environ.get("HPCAI_KEEP_SLURM") != "1":
+        subprocess.run([str(MULTI), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def slurm_multi(slurm_multi_cluster: str, isolated_hpcai: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This test talks to the multi-node Slurm (SLURM_CONF) through the `local-slurm-multi` profile; nodes a
+    test killed are started again afterwards."""
+    import shutil
+
+    monkeypatch.setenv("SLURM_CONF", slurm_multi_cluster)
+    clusters = isolated_hpcai / "config" / "clusters"
+    clusters.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "multi" / "local-slurm-multi.yaml", clusters)
+    yield "local-slurm-multi"
+    subprocess.run([str(MULTI), "start"], capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -121,6 +121,9 @@ def _refresh_cluster(
         if status is None or status.state is JobState.UNKNOWN:
             lineage_grew |= _follow_lineage(store, reader, run, backend.scheduler.valid_job_id)
             continue
+        if status.restarts and _record_scheduler_requeues(store, backend, reader, run, status):
+            lineage_grew = True  # the new attempt is asked about at once
+            continue
         if status.state.terminal and status.exit_code is None:
             status = _complete_missing_exit(store, reader, run, status)
         changes = _status_changes(attempt, status)
@@ -260,6 +263,44 @@ def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
 
 
 _INSIDE = {"relaunch", "requeue"}  # the next launch of the training under the same job id
+SCHEDULER_REQUEUE = "requeued by the scheduler"  # how a row that the scheduler's own requeue ended begins
+
+
+def _record_scheduler_requeues(store: Store, backend: Backend, reader: FileReader, run: Run, status: JobStatus) -> bool:
+    """The scheduler started the job again under its id by itself (Slurm requeues a batch job after
+    NODE_FAIL or a preemption): each such run ended an attempt, and the job's next run is a new one. Its
+    own restarts are the scheduler's count less the walltime requeues the job asked for (its log's
+    `requeue` records); what each ended as comes from the scheduler's record of the job's runs."""
+    job = status.job_id
+    asked = sum(
+        1
+        for e in read_jsonl(reader, RunDir(run.run_dir).attempts)
+        if e.get("event") == "requeue" and str(e.get("job_id", "")).strip() == job
+    )
+    attempts = [a for a in store.attempts(run.id) if a.job_id == job]
+    recorded = sum(1 for a in attempts if (a.reason or "").startswith(SCHEDULER_REQUEUE))
+    if status.restarts - asked <= recorded:
+        return False
+    runs = backend.scheduler.earlier_runs(job)
+    ended = [r for r in runs[:-1] if r.state.terminal]  # a walltime requeue's run reads REQUEUED: not these
+    added = False
+    for earlier in ended[recorded : status.restarts - asked]:
+        latest = store.attempts(run.id)[-1]
+        if latest.job_id != job:
+            break
+        why = f"{SCHEDULER_REQUEUE} after {earlier.state.value}: the same job waits in the queue again"
+        changes = {"state": earlier.state.value, "reason": why, "waiting": None, "exit_code": earlier.exit_code,
+                   "started": earlier.started, "ended": earlier.ended}  # fmt: skip
+        store.update_attempt(
+            run.id, latest.number, **{k: v for k, v in changes.items() if v is not None or k == "waiting"}
+        )
+        if earlier.state is JobState.NODE_FAIL:
+            _note_node_fail(store, backend.transport, run, job)
+        number = store.add_attempt(run.id, lr_scale=latest.lr_scale)
+        store.update_attempt(run.id, number, job_id=job, state=JobState.PENDING.value)
+        store.add_event(run.id, "scheduler-requeue", why, {"job_id": job})
+        added = True
+    return added
 
 
 def _relaunched_since(store: Store, reader: FileReader, run: Run, attempt: Attempt) -> bool:

@@ -60,6 +60,7 @@ class JobStatus:
     reason: str | None = None
     started: str | None = None
     ended: str | None = None
+    restarts: int = 0  # times the scheduler started the job again under its id (a requeue, its own or ours)
 
 
 class SchedulerError(HpcaiError):
@@ -167,6 +168,11 @@ class Scheduler(ABC):
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         """The command `submit` runs (shown by `submit --dry-run`)."""
         return [script_path]
+
+    def earlier_runs(self, job_id: str) -> list[JobStatus]:
+        """Every run of a job the scheduler started more than once, oldest first (the last is the current
+        one); [] where the scheduler keeps no such record."""
+        return []
 
     @abstractmethod
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:

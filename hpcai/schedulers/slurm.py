@@ -22,7 +22,8 @@ from hpcai.schedulers.base import (
     unclear,
 )
 
-_SQUEUE_FORMAT = "%i|%T|%r|%S|%e|%Z"
+# squeue --Format, each field ended by "|" (no padding): the % codes have no restart count.
+_SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,StartTime:|,EndTime:|,WorkDir:|,RestartCnt:|"
 _NOT_STARTED = frozenset({JobState.PENDING, JobState.REQUEUED, JobState.SUBMITTING, JobState.UNKNOWN})
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,Start,End,WorkDir"
 _STATE_ALIASES = {"CA": "CANCELLED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PR": "PREEMPTED"}
@@ -77,7 +78,7 @@ class SlurmScheduler(Scheduler):
         if not wanted:
             return {j: JobStatus(j, JobState.UNKNOWN) for j in job_ids}
         found: dict[str, JobStatus] = {}
-        result = self.command(["squeue", "-h", "-t", "all", "-o", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
+        result = self.command(["squeue", "-h", "-t", "all", "-O", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
         if result.ok:
             for line in result.stdout.splitlines():
                 fields = line.split("|")
@@ -89,7 +90,8 @@ class SlurmScheduler(Scheduler):
                 # a running job's end its walltime's (read as an end, it made the elapsed time the walltime).
                 started = _time(fields[3]) if state not in _NOT_STARTED else None
                 ended = _time(fields[4]) if state.terminal else None
-                found[fields[0]] = JobStatus(fields[0], state, None, reason, started, ended)
+                restarts = int(fields[6]) if len(fields) > 6 and fields[6].strip().isdigit() else 0
+                found[fields[0]] = JobStatus(fields[0], state, None, reason, started, ended, restarts)
         elif "Invalid job id" not in result.stderr:
             raise failure("squeue", result)
         # Exit codes only come from sacct; ask it once for every job that ended or left the queue.
@@ -97,6 +99,28 @@ class SlurmScheduler(Scheduler):
         if ask:
             found.update(self._sacct(ask))
         return {j: found.get(j, JobStatus(j, JobState.UNKNOWN)) for j in dict.fromkeys(job_ids)}
+
+    def earlier_runs(self, job_id: str) -> list[JobStatus]:
+        """sacct --duplicates: each run of a requeued job (NODE_FAIL, PREEMPTED, REQUEUED by the job itself),
+        then the current one."""
+        result = self.command(["sacct", "-X", "-D", "-P", "-n", "-o", _SACCT_FIELDS, "-j", self.check_job_id(job_id)])
+        if not result.ok:
+            return []
+        return [s for line in result.stdout.splitlines() if (s := self._sacct_line(line)) and s.job_id == job_id]
+
+    def _sacct_line(self, line: str) -> JobStatus | None:
+        fields = line.split("|")
+        if len(fields) < 7:
+            return None
+        code, _, signal = fields[2].partition(":")
+        exit_code = int(code) if code.isdigit() else None
+        if exit_code == 0 and signal.isdigit() and int(signal):
+            exit_code = 128 + int(signal)
+        # sacct's Reason is "the last reason the job was blocked from running" (BeginTime after a requeue,
+        # Priority, Dependency): why it waited, never why it ended; only a job still waiting keeps it.
+        state = parse_state(fields[1])
+        reason = None if fields[3] in {"None", ""} or state.terminal else fields[3]
+        return JobStatus(fields[0], state, exit_code, reason, _time(fields[4]), _time(fields[5]))
 
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         result = self.command(["sacct", "-X", "-P", "-n", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)])
@@ -111,19 +135,9 @@ class SlurmScheduler(Scheduler):
             return {}
         statuses: dict[str, JobStatus] = {}
         for line in result.stdout.splitlines():
-            fields = line.split("|")
-            if len(fields) < 7:
-                continue
-            job_id = fields[0]
-            code, _, signal = fields[2].partition(":")
-            exit_code = int(code) if code.isdigit() else None
-            if exit_code == 0 and signal.isdigit() and int(signal):
-                exit_code = 128 + int(signal)
-            # sacct's Reason is "the last reason the job was blocked from running" (BeginTime after a requeue,
-            # Priority, Dependency): why it waited, never why it ended; only a job still waiting keeps it.
-            state = parse_state(fields[1])
-            reason = None if fields[3] in {"None", ""} or state.terminal else fields[3]
-            statuses[job_id] = JobStatus(job_id, state, exit_code, reason, _time(fields[4]), _time(fields[5]))
+            status = self._sacct_line(line)
+            if status is not None:
+                statuses[status.job_id] = status
         return statuses
 
     def cancel(self, job_id: str) -> None:

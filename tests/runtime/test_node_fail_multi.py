@@ -1,0 +1,60 @@
+"""A real node failure on the multi-node test Slurm (3 slurmd in network namespaces): the node of rank 1
+dies with everything on it mid-run; Slurm itself marks it DOWN and ends the job NODE_FAIL, then requeues
+it; hpcai shows the NODE_FAIL run as an attempt of its own, puts the node on the cluster's exclusion list,
+and the requeued job resumes from the newest complete checkpoint on the two nodes left, to completion."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcai.store import Store
+from tests.conftest import MULTI, run_cli
+from tests.helpers import wait_for, wait_terminal
+
+pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
+
+
+def _steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_killed_node_is_slurms_node_fail_and_the_run_goes_on_without_it(slurm_multi: str) -> None:
+    out = run_cli("submit", "llava", "-c", slurm_multi, "--nodes", "2", "--run-id", "node-fail",
+                  "--set", "max_steps=200", "--set", "checkpoint_every=10", "--json", timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    store = Store()
+    view = wait_for(store, "node-fail", {"RUNNING"}, timeout=180)
+    deadline = time.monotonic() + 240
+    while len(_steps(run_dir)) < 25 or not (run_dir / "checkpoints" / "latest").exists():
+        assert time.monotonic() < deadline and max(_steps(run_dir) or [0]) < 200, _steps(run_dir)[-3:]
+        time.sleep(0.5)
+    start = json.loads(next((run_dir / "nodes").glob(f"{view.job_id}-a1-node1.start")).read_text())
+    victim = start["scheduler_node"]
+    subprocess.run([str(MULTI), "kill", victim], check=True, timeout=30)
+
+    final = wait_terminal(store, "node-fail", timeout=600)
+    assert final.state == "COMPLETED", final
+    attempts = store.attempts("node-fail")
+    first, last = attempts[0], attempts[-1]
+    assert first.state == "NODE_FAIL" and first.job_id == last.job_id == view.job_id, attempts
+    assert first.reason and first.reason.startswith("requeued by the scheduler after NODE_FAIL"), first.reason
+    assert last.state == "COMPLETED" and len(attempts) == 2
+    # Slurm's own verdict on the node, and hpcai's list of nodes to leave out of later jobs on this cluster.
+    state = subprocess.run(["sinfo", "-h", "-n", victim, "-o", "%T"], capture_output=True, text=True).stdout
+    assert state.strip().startswith("down"), state
+    listed = json.loads(run_cli("nodes", "--cluster", slurm_multi, "--json").stdout)["nodes"]
+    assert [(n["node"], n["excluded"]) for n in listed] == [(victim, True)], listed
+    # The second run resumed from a complete checkpoint (a step run again, never a step skipped), to the end.
+    steps = _steps(run_dir)
+    assert steps[-1] == 200 and sorted(set(steps)) == list(range(1, 201))
+    assert any(b <= a for a, b in itertools.pairwise(steps)), "the requeued job did not resume"
+    goodput = json.loads(run_cli("status", "node-fail", "--json").stdout)["goodput"]
+    assert len(goodput["attempts"]) == 2 and not any(a["running"] for a in goodput["attempts"])
