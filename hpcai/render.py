@@ -281,8 +281,13 @@ def _launch_line(job: JobSpec, profile: ClusterProfile, workload: Workload) -> s
     if launch.launcher == "srun":
         if launch.emulate_nodes:
             placement: list[object] = ["--nodes=1", f"--ntasks={job.nodes}", f"--ntasks-per-node={job.nodes}"]
-        else:  # the node list the launch's fragments picked (hpcai.schedulers.slurm)
-            placement = [f"--nodes={job.nodes}", "--ntasks-per-node=1", Expr('--nodelist="$hpcai_nodelist"')]
+        else:  # the node list the launch's fragments picked (hpcai.schedulers.slurm). --ntasks said: srun
+            # would take the allocation's SLURM_NTASKS, spares included ("More processors requested than
+            # permitted" on a real cluster as soon as a spare node is allocated). --overlap: a relaunch after
+            # a node failure must not wait for the dead node's step to be cleared ("Requested nodes are
+            # busy" until the node returns); the run's lease keeps two trainings from running at once.
+            placement = [f"--nodes={job.nodes}", f"--ntasks={job.nodes}", "--ntasks-per-node=1", "--overlap",
+                         Expr('--nodelist="$hpcai_nodelist"')]  # fmt: skip
         return join(["srun", *placement, "--kill-on-bad-exit=1", *launch.launcher_flags]) + " " + per_node
     if launch.launcher == "mpiexec":
         return join(["mpiexec", "-n", job.nodes, "--ppn", 1, *launch.launcher_flags]) + " " + per_node
@@ -307,7 +312,7 @@ def _srun_tasks_line(job: JobSpec, profile: ClusterProfile, workload: Workload) 
     if launch.emulate_nodes:
         placement: list[object] = ["--nodes=1", f"--ntasks={tasks}", f"--ntasks-per-node={tasks}"]
     else:
-        placement = [f"--nodes={job.nodes}", f"--ntasks-per-node={job.processes_per_node}"]
+        placement = [f"--nodes={job.nodes}", f"--ntasks={tasks}", f"--ntasks-per-node={job.processes_per_node}"]
         placement.append(Expr('--nodelist="$hpcai_nodelist"'))
     return join(["srun", *placement, "--kill-on-bad-exit=1", *launch.launcher_flags]) + " " + per_task
 

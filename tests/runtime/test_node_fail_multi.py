@@ -58,3 +58,30 @@ def test_a_killed_node_is_slurms_node_fail_and_the_run_goes_on_without_it(slurm_
     assert any(b <= a for a, b in itertools.pairwise(steps)), "the requeued job did not resume"
     goodput = json.loads(run_cli("status", "node-fail", "--json").stdout)["goodput"]
     assert len(goodput["attempts"]) == 2 and not any(a["running"] for a in goodput["attempts"])
+
+
+def test_a_killed_node_with_a_spare_left_is_replaced_inside_the_same_allocation(slurm_multi: str) -> None:
+    """With a spare node (--no-kill) the job outlives its node: the training is relaunched inside the same
+    allocation on the nodes left, Slurm's --exclude leaving the dead one out, from the newest checkpoint."""
+    out = run_cli("submit", "llava", "-c", slurm_multi, "--nodes", "2", "--spare-nodes", "1", "--run-id", "spare",
+                  "--set", "max_steps=200", "--set", "checkpoint_every=10", "--json", timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    assert "#SBATCH --nodes=3" in (run_dir / "job.sh").read_text()
+    store = Store()
+    view = wait_for(store, "spare", {"RUNNING"}, timeout=180)
+    deadline = time.monotonic() + 240
+    while len(_steps(run_dir)) < 25 or not (run_dir / "checkpoints" / "latest").exists():
+        assert time.monotonic() < deadline and max(_steps(run_dir) or [0]) < 200, _steps(run_dir)[-3:]
+        time.sleep(0.5)
+    start = json.loads(next((run_dir / "nodes").glob(f"{view.job_id}-a1-node1.start")).read_text())
+    subprocess.run([str(MULTI), "kill", start["scheduler_node"]], check=True, timeout=30)
+
+    final = wait_terminal(store, "spare", timeout=600)
+    assert final.state == "COMPLETED", final
+    attempts = store.attempts("spare")
+    assert len({a.job_id for a in attempts}) == 1 and len(attempts) == 2, attempts  # one job all along
+    assert attempts[0].exit_code == 90 and "relaunched in the same job" in (attempts[0].reason or "")
+    relaunched = [json.loads(p.read_text()) for p in (run_dir / "nodes").glob(f"{view.job_id}-a2-node*.start")]
+    assert len(relaunched) == 2 and start["scheduler_node"] not in {r["scheduler_node"] for r in relaunched}
+    assert _steps(run_dir)[-1] == 200
