@@ -93,6 +93,14 @@ MULTI = REPO / "tests" / "infra" / "slurm_multi.sh"
 def slurm_multi_cluster(slurm_cluster: str) -> Iterator[str]:
     """The multi-node test Slurm (tests/infra/slurm_multi.sh: 3 slurmd, each in a network namespace of its
     own) beside the one-node one; its slurm.conf path. Stopped at the end of the session."""
+    import shutil
+
+    if shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("the multi-node test Slurm needs `ip` (iproute2) and `nsenter` (util-linux): .ci/run installs them")
+    probe = subprocess.run(["ip", "netns", "add", "hpcai-probe"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"network namespaces cannot be made here (the multi-node test Slurm needs them): {probe.stderr}")
+    subprocess.run(["ip", "netns", "del", "hpcai-probe"], capture_output=True)
     result = subprocess.run([str(MULTI), "start"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"could not start the multi-node test Slurm:\n{result.stderr}"
     yield subprocess.run([str(MULTI), "conf"], capture_output=True, text=True, check=True).stdout.strip()

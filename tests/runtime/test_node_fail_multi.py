@@ -85,3 +85,27 @@ def test_a_killed_node_with_a_spare_left_is_replaced_inside_the_same_allocation(
     relaunched = [json.loads(p.read_text()) for p in (run_dir / "nodes").glob(f"{view.job_id}-a2-node*.start")]
     assert len(relaunched) == 2 and start["scheduler_node"] not in {r["scheduler_node"] for r in relaunched}
     assert _steps(run_dir)[-1] == 200
+
+
+def test_a_hang_across_two_real_nodes_is_detected_on_each_and_relaunched_in_place(slurm_multi: str) -> None:
+    """Every rank stops making steps (inject_hang_at): each node's watchdog declares the hang, the training is
+    stopped on both nodes and relaunched inside the same job from the newest complete checkpoint."""
+    out = run_cli("submit", "llava", "-c", slurm_multi, "--nodes", "2", "--run-id", "hang", "--set", "max_steps=10",
+                  "--set", "checkpoint_every=4", "--set", "hang_timeout_s=5", "--set", "inject_hang_at=6",
+                  "--json", timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    store = Store()
+    deadline = time.monotonic() + 600
+    final = wait_terminal(store, "hang", timeout=600)
+    while final.state == "FAILED" and final.exit_code in (89, 90):  # the hang's attempt; its relaunch follows
+        assert time.monotonic() < deadline, final
+        time.sleep(2)
+        final = wait_terminal(store, "hang", timeout=max(1.0, deadline - time.monotonic()))
+    assert final.state == "COMPLETED", final
+    first, second = store.attempts("hang")
+    assert first.exit_code == 89 and (first.reason or "").startswith("hang on ") and first.job_id == second.job_id
+    assert second.resumed_from == "step-00000004"
+    hosts = {json.loads(p.read_text())["scheduler_node"] for p in (run_dir / "hangs").glob("*.json")}
+    assert len(hosts) == 2, hosts  # declared on each of the two real nodes
+    assert _steps(run_dir)[-1] == 10
