@@ -4,6 +4,7 @@ two runs share one copy, and a remote submit refers to the staged data."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,13 @@ def test_without_rsync_one_large_file_is_streamed_and_hashed_in_one_pass(
     def interrupt_after_2mb(n: int) -> None:
         sent[0] += n
         if sent[0] >= 2 << 20:
+            # Ctrl-C once bytes have arrived on the cluster: under load the first 2 MB can still be in the
+            # SSH channel when the interrupt comes, and then nothing arrived to go on from.
+            deadline = time.monotonic() + 30
+            while not any(p.stat().st_size for p in (store / "objects" / "tmp").glob("*.part")):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
