@@ -39,7 +39,7 @@ def visible_record(value: object) -> object:
     if isinstance(value, str):
         return visible_line(value)
     if isinstance(value, dict):
-        return {visible_line(str(k)): visible_record(v) for k, v in value.items()}
+        return visible_dict(value)
     if isinstance(value, list):
         return [visible_record(v) for v in value]
     return value

@@ -80,6 +80,14 @@ def _finite(x: float | None) -> bool:
 OUTLIER_STEPS_KEPT = 100
 
 
+def _push(points: deque[float], value: float, limit: int) -> None:
+    """Append to a window of the last `limit` points (the limit comes from the config, which a resumed
+    state may change: not a deque's maxlen)."""
+    points.append(value)
+    while len(points) > limit:
+        points.popleft()
+
+
 @dataclass
 class SpikeDetector:
     config: DetectorConfig = field(default_factory=DetectorConfig)
@@ -117,12 +125,8 @@ class SpikeDetector:
         # "grad-norm spike" (the demo's healthy run reported 13 spikes in 400 steps). A real explosion is
         # rare enough for the window's median and MAD to stay where they were.
         if grad_norm is not None:
-            self.grad_points.append(grad_norm)
-            while len(self.grad_points) > cfg.grad_window:
-                self.grad_points.popleft()
-            self.grad_tail.append(grad_norm)
-            while len(self.grad_tail) > cfg.tail_window:
-                self.grad_tail.popleft()
+            _push(self.grad_points, grad_norm, cfg.grad_window)
+            _push(self.grad_tail, grad_norm, cfg.tail_window)
         if self.open_spike is not None:
             changed += self._follow_spike(step, loss)
             if self.open_spike is not None:
@@ -144,7 +148,7 @@ class SpikeDetector:
                 return [*changed, event]
 
         if trend is not None and trend > 0:
-            self._note_excess([loss / trend - 1.0])
+            _push(self.excess_points, loss / trend - 1.0, cfg.tail_window)
         self._admit(loss)
         divergence = self._slow_divergence(step)
         if divergence is not None:
@@ -195,19 +199,9 @@ class SpikeDetector:
         ordered = sorted(self.excess_points)
         return max(cfg.report_floor, cfg.tail_factor * ordered[int(0.95 * (len(ordered) - 1))])
 
-    def _note_excess(self, values: list[float]) -> None:
-        self.excess_points.extend(values)
-        while len(self.excess_points) > self.config.tail_window:
-            self.excess_points.popleft()
-
     def _admit(self, loss: float) -> None:
-        cfg = self.config
-        self.trend_points.append(loss)
-        while len(self.trend_points) > cfg.window:
-            self.trend_points.popleft()
-        self.short_points.append(loss)
-        while len(self.short_points) > cfg.short_window:
-            self.short_points.popleft()
+        _push(self.trend_points, loss, self.config.window)
+        _push(self.short_points, loss, self.config.short_window)
 
     def _relative_mad(self, trend: float) -> float:
         residuals = [x / trend - 1.0 for x in self.trend_points]
