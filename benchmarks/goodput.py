@@ -55,12 +55,12 @@ def wait_for(run_dir: Path, step: int, timeout: float = 600) -> None:
 
 
 def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from hpcai.goodput import account
-    from hpcai.jobspec import Overrides
-    from hpcai.runs.submission import submit_run
-    from hpcai.runs.views import run_detail
-    from hpcai.service import prepare_job
-    from hpcai.store import Store
+    from hpcai.flows.resolve import prepare_job
+    from hpcai.flows.runs.goodput import account
+    from hpcai.flows.runs.submission import submit_run
+    from hpcai.flows.runs.views import run_detail
+    from hpcai.spec.jobspec import Overrides
+    from hpcai.store.db import Store
 
     store = Store()
     settings = (

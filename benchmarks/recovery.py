@@ -30,11 +30,11 @@ def main() -> None:
         sys.exit("the test Slurm is not running: tests/infra/slurm.sh start")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HPCAI_HOME"] = tmp
-        from hpcai.jobspec import Overrides
-        from hpcai.runs.submission import submit_run
-        from hpcai.runs.views import run_detail
-        from hpcai.service import prepare_job
-        from hpcai.store import Store
+        from hpcai.flows.resolve import prepare_job
+        from hpcai.flows.runs.submission import submit_run
+        from hpcai.flows.runs.views import run_detail
+        from hpcai.spec.jobspec import Overrides
+        from hpcai.store.db import Store
 
         store = Store()
         settings = (

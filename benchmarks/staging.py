@@ -49,8 +49,8 @@ def main() -> None:
         subprocess.run([str(REPO / "tests/infra/sshd.sh"), "start", str(root / "sshd")], check=True, env=env)
         try:
             os.environ["HPCAI_HOME"] = str(root / "home")
-            from hpcai.staging import HashCache, Stager
-            from hpcai.transport.ssh import SshTransport
+            from hpcai.backends.staging import HashCache, Stager
+            from hpcai.backends.transport.ssh import SshTransport
 
             config = root / "sshd" / "ssh_config"
             ssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes"]
@@ -129,9 +129,9 @@ def main() -> None:
 
 def many_files(root: Path, args: argparse.Namespace, ssh: list[str], config: Path, rsync, hpcai_stage) -> None:  # type: ignore[no-untyped-def]
     """Part 3: many small files, plain and packed, against rsync."""
-    from hpcai.staging import HashCache, Stager
-    from hpcai.staging.pack import pack
-    from hpcai.transport.ssh import SshTransport
+    from hpcai.backends.staging import HashCache, Stager
+    from hpcai.backends.staging.pack import pack
+    from hpcai.backends.transport.ssh import SshTransport
 
     many = root / "many"
     for i in range(args.pack_files):

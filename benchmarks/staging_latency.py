@@ -100,8 +100,8 @@ def main() -> None:
             start_delay_proxy(proxy_port, sshd_port, args.delay_ms / 1000, args.mbps * 1e6)
             os.environ["HPCAI_HOME"] = str(root / "home")
             sys.path.insert(0, str(REPO))
-            from hpcai.staging import HashCache, Stager
-            from hpcai.transport.ssh import SshTransport
+            from hpcai.backends.staging import HashCache, Stager
+            from hpcai.backends.transport.ssh import SshTransport
 
             config = root / "ssh_config"
             config.write_text(
@@ -170,9 +170,9 @@ def compare_pack(
     root: Path, data: Path, config: Path, ssh: list[str], t_rsync: float, args: argparse.Namespace
 ) -> None:
     """A first `stage --pack` (packing included) over the same link as rsync, in the same run."""
-    from hpcai.staging import HashCache, Stager
-    from hpcai.staging.pack import pack
-    from hpcai.transport.ssh import SshTransport
+    from hpcai.backends.staging import HashCache, Stager
+    from hpcai.backends.staging.pack import pack
+    from hpcai.backends.transport.ssh import SshTransport
 
     start = time.perf_counter()
     hashes = HashCache(root / "hashes-packed.json")

@@ -26,7 +26,7 @@ COMMANDS = ["squeue", "sacct", "sbatch", "scontrol", "scancel"]
 
 def fill_store(home: Path, runs: int) -> None:
     os.environ["HPCAI_HOME"] = str(home)
-    from hpcai.store import Run, Store
+    from hpcai.store.db import Run, Store
 
     store = Store()
     now = time.time()
@@ -106,9 +106,9 @@ def over_ssh(runs: int) -> None:
             (root / "config" / "config.toml").write_text('[clusters.local-slurm]\nssh_host = "hpcai-test"\n')
             os.environ.update(HPCAI_CONFIG_DIR=str(root / "config"), HPCAI_SSH_CONFIG=str(root / "sshd" / "ssh_config"))
             sys.path.insert(0, str(repo))
-            from hpcai.runs.views import status
-            from hpcai.session import Session
-            from hpcai.store import Store
+            from hpcai.backends.session import Session
+            from hpcai.flows.runs.views import status
+            from hpcai.store.db import Store
 
             with Session() as session:
                 start = time.perf_counter()

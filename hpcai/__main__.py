@@ -1,3 +1,3 @@
-from hpcai.entry import main
+from hpcai.cli.entry import main
 
 main()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hpcai.jobspec import Overrides
-from hpcai.runs.submission import submit_run
-from hpcai.runs.views import RunView, status
-from hpcai.schedulers import JobState
-from hpcai.service import prepare_job
-from hpcai.store import Store
+from hpcai.backends.schedulers import JobState
+from hpcai.flows.resolve import prepare_job
+from hpcai.flows.runs.submission import submit_run
+from hpcai.flows.runs.views import RunView, status
+from hpcai.spec.jobspec import Overrides
+from hpcai.store.db import Store
 
 
 def submit_probe(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from hpcai.backends.schedulers.base import SchedulerUnavailable, failure
+from hpcai.backends.transport.base import CommandResult, TransportError
 from hpcai.errors import EnvironmentFailure
-from hpcai.schedulers.base import SchedulerUnavailable, failure
-from hpcai.transport.base import CommandResult, TransportError
 from tests.conftest import run_cli
 
 

@@ -1,5 +1,5 @@
 """Every command on hostile input: a clear message and an exit code, never a traceback, never a command
-run by accident. In-process (the real `hpcai.cli.main`), so hundreds of cases take seconds."""
+run by accident. In-process (the real `hpcai.cli.app.main`), so hundreds of cases take seconds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.cli import main
-from hpcai.store import Store
+from hpcai.cli.app import main
+from hpcai.store.db import Store
 from tests.helpers import submit_probe, wait_terminal
 
 ALLOWED_EXITS = {0, 1, 2, 3, 4}

@@ -8,11 +8,11 @@ import json
 import time
 from pathlib import Path
 
-from hpcai.nodes import NODE_EXCLUSION_S, excluded_nodes, record_from_node_log
-from hpcai.plotting import load_plot_data
-from hpcai.runs.views import status
-from hpcai.session import Session
-from hpcai.store import Store
+from hpcai.backends.session import Session
+from hpcai.flows.runs.plot import load_plot_data
+from hpcai.flows.runs.views import status
+from hpcai.store.db import Store
+from hpcai.store.nodes import NODE_EXCLUSION_S, excluded_nodes, record_from_node_log
 from tests.conftest import run_cli
 from tests.helpers import submit_probe, wait_terminal
 

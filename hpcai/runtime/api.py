@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcai.exitcodes import DECISIONS_LOG, ROLLBACK_FILE
 from hpcai.monitor.policy import Decision, RollbackPolicy
 from hpcai.monitor.spikes import SpikeDetector
+from hpcai.rundir.exitcodes import DECISIONS_LOG, ROLLBACK_FILE
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 
 GUARD_STATE_FILE = "hpcai_guard.json"  # in each checkpoint folder: the detector and LR scale at that step

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcai.exitcodes import REQUEUE_MARKER
+from hpcai.rundir.exitcodes import REQUEUE_MARKER
 from hpcai.runtime.api import read_pending_decision
 from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE

@@ -16,7 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from hpcai.exitcodes import (
+from hpcai.monitor.policy import RollbackPolicy
+from hpcai.monitor.spikes import SpikeDetector
+from hpcai.rundir.exitcodes import (
     EXIT_GAVE_UP,
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
@@ -24,8 +26,6 @@ from hpcai.exitcodes import (
     ROLLBACK_FILE,
     TIMELINE_LOG,
 )
-from hpcai.monitor.policy import RollbackPolicy
-from hpcai.monitor.spikes import SpikeDetector
 from hpcai.runtime.affinity import bind_to_gpu_cpus
 from hpcai.runtime.checkpoint import Checkpoints, step_of
 from hpcai.runtime.data_order import BatchOrder

@@ -222,4 +222,4 @@ def packed_files(data: Path) -> PackedFiles | None:
     return PackedFiles(folder) if folder.is_dir() and shard_files(folder) else None
 
 
-PACKED_DIR = "shards"  # hpcai.staging.pack.SHARDS_DIR
+PACKED_DIR = "shards"  # hpcai.backends.staging.pack.SHARDS_DIR

@@ -202,7 +202,7 @@ if [ "$hpcai_action" = queue ]; then
   # It resumes from the newest complete checkpoint (a rollback's decision is applied when it starts).
   if [ "$hpcai_outcome" = failed ]; then rc=90; fi
   hpcai_event "$hpcai_why" "$rc"
-  if hpcai_next=$(<python> -m hpcai.schedulers.local "$HPCAI_RUN_DIR/job.sh" "$HPCAI_RUN_DIR" 3600); then
+  if hpcai_next=$(<python> -m hpcai.backends.schedulers.local "$HPCAI_RUN_DIR/job.sh" "$HPCAI_RUN_DIR" 3600); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
   else
     # The submission may have queued the job and still failed (a controller time-out): look before
@@ -236,7 +236,7 @@ if [ "$rc" -eq 0 ] && [ -s "$HPCAI_RUN_DIR/next_stage" ]; then
   hpcai_submit_stage() {
     # the scheduler's usual submission, of the next stage's script in its own run directory
     local -x HPCAI_RUN_DIR="$1"
-    cd "$HPCAI_RUN_DIR" && <python> -m hpcai.schedulers.local "$HPCAI_RUN_DIR/job.sh" "$HPCAI_RUN_DIR" 3600
+    cd "$HPCAI_RUN_DIR" && <python> -m hpcai.backends.schedulers.local "$HPCAI_RUN_DIR/job.sh" "$HPCAI_RUN_DIR" 3600
   }
   if [ -z "$hpcai_next_dir" ]; then
     :  # refused above

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.jobspec import Overrides
-from hpcai.runs.submission import submit_run
-from hpcai.runs.views import status
-from hpcai.schedulers.local import read_job
-from hpcai.service import prepare_job
-from hpcai.store import Store
-from hpcai.userapp import program_workload
+from hpcai.backends.schedulers.local import read_job
+from hpcai.flows.resolve import prepare_job
+from hpcai.flows.runs.submission import submit_run
+from hpcai.flows.runs.views import status
+from hpcai.spec.jobspec import Overrides
+from hpcai.spec.userapp import program_workload
+from hpcai.store.db import Store
 from tests.conftest import REPO
 from tests.helpers import wait_for, wait_terminal
 

@@ -59,7 +59,7 @@ def test_steps_run_again_after_a_resume_count_once(tmp_path: Path) -> None:
 def test_scan_takes_a_run(isolated_hpcai: Path, tmp_path: Path) -> None:
     import time
 
-    from hpcai.store import Run, Store
+    from hpcai.store.db import Run, Store
 
     _resumed_run_metrics(tmp_path / "metrics.jsonl")
     Store().create_run(Run("scanned-run-1", "probe", "local", None, str(tmp_path), {}, time.time(), "COMPLETED"))

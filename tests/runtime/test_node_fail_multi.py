@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.store import Store
+from hpcai.store.db import Store
 from tests.conftest import MULTI, run_cli
 from tests.helpers import wait_for, wait_terminal
 

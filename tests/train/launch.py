@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from hpcai.jobspec import Overrides, resolve_jobspec
-from hpcai.profiles import load_profile
-from hpcai.render import _node_command
-from hpcai.shellquote import join
-from hpcai.userconfig import ClusterSettings
-from hpcai.workloads import load_workload
+from hpcai.render.script import _node_command
+from hpcai.render.shellquote import join
+from hpcai.spec.jobspec import Overrides, resolve_jobspec
+from hpcai.spec.profiles import load_profile
+from hpcai.spec.userconfig import ClusterSettings
+from hpcai.spec.workloads import load_workload
 
 pytest.importorskip("accelerate", reason="the training stack is the `train` extra: pip install -e '.[train]'")
 

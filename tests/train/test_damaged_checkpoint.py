@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.store import Store
+from hpcai.store.db import Store
 from tests.conftest import run_cli
 from tests.helpers import wait_terminal
 

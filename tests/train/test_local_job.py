@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.jobspec import Overrides
-from hpcai.runs.control import follow_logs
-from hpcai.runs.submission import submit_run
-from hpcai.schedulers.local import read_job
-from hpcai.service import prepare_job
-from hpcai.store import Store
+from hpcai.backends.schedulers.local import read_job
+from hpcai.flows.resolve import prepare_job
+from hpcai.flows.runs.control import follow_logs
+from hpcai.flows.runs.submission import submit_run
+from hpcai.spec.jobspec import Overrides
+from hpcai.store.db import Store
 from tests.helpers import wait_for, wait_terminal
 from tests.train.launch import launch
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.exitcodes import EXIT_GAVE_UP, EXIT_ROLLBACK
-from hpcai.jobspec import Overrides
-from hpcai.runs.submission import submit_run
-from hpcai.runs.views import run_detail
-from hpcai.service import prepare_job
-from hpcai.store import Store
+from hpcai.flows.resolve import prepare_job
+from hpcai.flows.runs.submission import submit_run
+from hpcai.flows.runs.views import run_detail
+from hpcai.rundir.exitcodes import EXIT_GAVE_UP, EXIT_ROLLBACK
+from hpcai.spec.jobspec import Overrides
+from hpcai.store.db import Store
 from tests.conftest import run_cli
 from tests.helpers import wait_terminal
 

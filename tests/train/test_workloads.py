@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcai.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER
+from hpcai.rundir.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER
 from hpcai.runtime.metrics_log import FIELDS
 from tests.train.launch import launch, losses, metrics
 

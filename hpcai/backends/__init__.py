@@ -1,0 +1,1 @@
+"""Where jobs go: the session, the schedulers, the transports, staging."""

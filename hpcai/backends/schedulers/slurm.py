@@ -1,0 +1,239 @@
+"""Slurm through its command-line tools, designed around 22.05's quirks (see the notes):
+
+- `squeue --json` ignores -j/--states, and `sacct --json` reports exit 3 as 0: use text formats.
+- `squeue -j` errors when every listed job has left the queue: then sacct is asked.
+- A job that neither knows (sacct rows arrive seconds late) is UNKNOWN, never FAILED.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from hpcai.backends.schedulers.base import (
+    JobState,
+    JobStatus,
+    Scheduler,
+    ScriptFragments,
+    SubmissionUnclear,
+    failure,
+    last_line,
+    unclear,
+)
+from hpcai.rundir.exitcodes import EXCLUDE_FILE, SCRIPT_NAME
+
+# squeue --Format, each field ended by "|" (no padding): the % codes have no restart count.
+_SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,StartTime:|,EndTime:|,WorkDir:|,RestartCnt:|"
+_NOT_STARTED = frozenset({JobState.PENDING, JobState.REQUEUED, JobState.SUBMITTING, JobState.UNKNOWN})
+_SACCT_FIELDS = "JobID,State,ExitCode,Reason,Start,End,WorkDir"
+_STATE_ALIASES = {"CA": "CANCELLED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PR": "PREEMPTED"}
+
+
+def parse_state(text: str) -> JobState:
+    word = text.split()[0].rstrip("+") if text.strip() else "UNKNOWN"  # "CANCELLED by 0"
+    word = _STATE_ALIASES.get(word, word)
+    try:
+        return JobState(word)
+    except ValueError:
+        return JobState.UNKNOWN
+
+
+def _time(text: str) -> str | None:
+    return None if text in {"", "Unknown", "None", "N/A"} else text
+
+
+class SlurmScheduler(Scheduler):
+    kind = "slurm"
+    label = "Slurm"
+    job_id_pattern = re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?")  # a job, or one task of an array
+    queue_noun = "partition"
+    probe_fix = (
+        "Check that you are on a login node of the cluster and that Slurm answers (`sinfo`); during "
+        "maintenance it does not."
+    )
+
+    def queues(self) -> set[str]:
+        result = self.command(["sinfo", "-h", "-o", "%P"])
+        if not result.ok:
+            raise failure("sinfo", result)
+        return {p.strip().rstrip("*") for p in result.stdout.split()}
+
+    def submit_command(self, script_path: str, run_dir: str) -> list[str]:
+        return ["sbatch", "--parsable", script_path]
+
+    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
+        argv = self.under_umask(self.submit_command(script_path, run_dir), umask)
+        result = self.command(argv, timeout=120, idempotent=False)
+        if unclear("sbatch", result):
+            raise SubmissionUnclear(f"sbatch did not say whether the job was queued: {last_line(result)}")
+        if not result.ok:
+            raise failure("sbatch", result)
+        job_id = result.stdout.strip().splitlines()[-1].split(";")[0] if result.stdout.strip() else ""
+        if not self.valid_job_id(job_id):
+            raise failure("sbatch (unexpected output)", result)
+        return job_id
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        wanted = self.valid_ids(job_ids)
+        if not wanted:
+            return {j: JobStatus(j, JobState.UNKNOWN) for j in job_ids}
+        found: dict[str, JobStatus] = {}
+        result = self.command(["squeue", "-h", "-t", "all", "-O", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
+        if result.ok:
+            for line in result.stdout.splitlines():
+                fields = line.split("|")
+                if len(fields) < 6 or fields[0] not in wanted:
+                    continue
+                state = parse_state(fields[1])
+                reason = None if fields[2] in {"None", ""} else fields[2]
+                # squeue's times are forecasts until they happen: a pending job's start is the expected one,
+                # a running job's end its walltime's (read as an end, it made the elapsed time the walltime).
+                started = _time(fields[3]) if state not in _NOT_STARTED else None
+                ended = _time(fields[4]) if state.terminal else None
+                restarts = int(fields[6]) if len(fields) > 6 and fields[6].strip().isdigit() else 0
+                found[fields[0]] = JobStatus(fields[0], state, None, reason, started, ended, restarts)
+        elif "Invalid job id" not in result.stderr:
+            raise failure("squeue", result)
+        # Exit codes only come from sacct; ask it once for every job that ended or left the queue.
+        ask = [j for j in wanted if j not in found or found[j].state.terminal]
+        if ask:
+            found.update(self._sacct(ask))
+        return {j: found.get(j, JobStatus(j, JobState.UNKNOWN)) for j in dict.fromkeys(job_ids)}
+
+    def earlier_runs(self, job_id: str) -> list[JobStatus]:
+        """sacct --duplicates: each run of a requeued job (NODE_FAIL, PREEMPTED, REQUEUED by the job itself),
+        then the current one."""
+        result = self.command(["sacct", "-X", "-D", "-P", "-n", "-o", _SACCT_FIELDS, "-j", self.check_job_id(job_id)])
+        if not result.ok:
+            return []
+        return [s for line in result.stdout.splitlines() if (s := self._sacct_line(line)) and s.job_id == job_id]
+
+    def _sacct_line(self, line: str) -> JobStatus | None:
+        fields = line.split("|")
+        if len(fields) < 7:
+            return None
+        code, _, signal = fields[2].partition(":")
+        exit_code = int(code) if code.isdigit() else None
+        if exit_code == 0 and signal.isdigit() and int(signal):
+            exit_code = 128 + int(signal)
+        # sacct's Reason is "the last reason the job was blocked from running" (BeginTime after a requeue,
+        # Priority, Dependency): why it waited, never why it ended; only a job still waiting keeps it.
+        state = parse_state(fields[1])
+        reason = None if fields[3] in {"None", ""} or state.terminal else fields[3]
+        return JobStatus(fields[0], state, exit_code, reason, _time(fields[4]), _time(fields[5]))
+
+    def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        result = self.command(["sacct", "-X", "-P", "-n", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)])
+        if not result.ok:
+            # Accounting disabled, or slurmdbd down for maintenance: what squeue said still stands; jobs
+            # that left the queue stay as last known, their exit codes come once sacct answers again.
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            self.warnings.append(
+                f"sacct failed ({detail[-1] if detail else f'exit code {result.returncode}'}): jobs that left the "
+                "queue are shown as last known, without exit codes, until Slurm accounting answers again."
+            )
+            return {}
+        statuses: dict[str, JobStatus] = {}
+        for line in result.stdout.splitlines():
+            status = self._sacct_line(line)
+            if status is not None:
+                statuses[status.job_id] = status
+        return statuses
+
+    def cancel(self, job_id: str) -> None:
+        result = self.command(["scancel", self.check_job_id(job_id)])
+        if not result.ok:
+            raise failure("scancel", result)
+
+    def requeue(self, job_id: str) -> None:
+        result = self.command(["scontrol", "requeue", self.check_job_id(job_id)])
+        if not result.ok:
+            raise failure("scontrol requeue", result)
+        # Without this the requeued job waits about two minutes (Reason=BeginTime).
+        self.command(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+
+    def log_paths(self, run_dir: str, job_id: str) -> tuple[str, str]:
+        return f"{run_dir}/logs/slurm-{job_id}.out", f"{run_dir}/logs/slurm-{job_id}.err"
+
+    def find_jobs(self, run_dirs: Sequence[str]) -> dict[str, str]:
+        """Jobs whose working directory is one of `run_dirs` (hpcai sets --chdir to the run directory)."""
+        wanted = set(run_dirs)
+        if not wanted:
+            return {}
+        found: dict[str, str] = {}
+        result = self.command(["squeue", "-h", "-t", "all", "-o", "%i|%Z"])
+        if result.ok:
+            for line in result.stdout.splitlines():
+                job_id, _, workdir = line.partition("|")
+                if workdir in wanted and self.valid_job_id(job_id):
+                    found.setdefault(workdir, job_id)
+        missing = wanted - set(found)
+        if missing:
+            history = self.command(["sacct", "-X", "-P", "-n", "-o", "JobID,WorkDir", "-S", "now-7days"])
+            for line in history.stdout.splitlines() if history.ok else []:
+                job_id, _, workdir = line.partition("|")
+                if workdir in missing and self.valid_job_id(job_id):
+                    found[workdir] = job_id  # the newest job of that directory wins
+        return found
+
+
+_MASTER_ADDR = [
+    'MASTER_ADDR="$(getent ahostsv4 "$hpcai_master_host" | awk \'NR == 1 {print $1}\' || true)"',
+    'MASTER_ADDR="${MASTER_ADDR:-$hpcai_master_host}"',
+]
+
+
+class SlurmScript(ScriptFragments):
+    """Slurm's script fragments: each launch picks its nodes from the allocation (spares, exclusions)."""
+
+    kind = "slurm"
+    job_id = "$SLURM_JOB_ID"
+    job_number = "$SLURM_JOB_ID"
+
+    def picks_nodes(self, emulated: bool) -> bool:
+        # Not on the test cluster, whose "nodes" are tasks on one host.
+        return not emulated
+
+    def master_lines(self, suffix: str, nodes: int, emulated: bool) -> list[str]:
+        if not self.picks_nodes(emulated):
+            return [f'hpcai_master_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"{suffix}',
+                    *_MASTER_ADDR]  # fmt: skip
+        return [
+            "# This launch's nodes: the allocation's first ones not in the run's exclusion file.",
+            'hpcai_nodelist=$(scontrol show hostnames "$SLURM_JOB_NODELIST"'
+            f' | grep -vxF -f <(cat "$HPCAI_RUN_DIR/{EXCLUDE_FILE}" 2>/dev/null)'
+            f" | head -n {nodes} | paste -sd, - || true)",
+            f'hpcai_master_host="${{hpcai_nodelist%%,*}}"{suffix}',
+            "# The launch's first host, as an address every node can reach.",
+            *_MASTER_ADDR,
+        ]
+
+    def requeue_lines(self) -> list[str]:
+        return [
+            "# The same job goes back in the queue: its next start is the run's next attempt.",
+            'hpcai_event requeue "$rc"',
+            'scontrol requeue "$SLURM_JOB_ID"',
+            "# A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.",
+            'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',
+        ]
+
+    def queued_next_lines(self) -> list[str]:
+        return [
+            "# After an sbatch that failed: a job of this user in this run directory, other than this one, that it",
+            "# queued all the same (a controller time-out after the job was accepted).",
+            "hpcai_queued_next() {",
+            "  sleep 5",
+            """  squeue -h -u "$(id -un)" -o '%i|%Z' 2>/dev/null \\""",
+            """    | awk -F'|' -v d="$HPCAI_RUN_DIR" -v me="$HPCAI_JOB_ID" '$2 == d && $1 != me {print $1}' \\""",
+            "    | tail -n 1 || true",
+            "}",
+        ]
+
+    def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
+        # Variables of this job's allocation must not leak into the new submission's resource request;
+        # nodes the run found failing are left out (not on the test cluster: its one node is all it has).
+        exclude = "" if emulated else ' ${hpcai_exclude:+"$hpcai_exclude"}'
+        return (
+            "env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable"
+            f'{exclude} "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
+        )

@@ -1,0 +1,54 @@
+"""Before `submit`: what the run can cost, and a refusal when the account cannot pay for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcai.backends.transport.base import Transport
+from hpcai.errors import ValidationError
+from hpcai.flows.budget.query import BudgetUnavailable, find_allocation, job_cost, query_allocations
+from hpcai.flows.resolve import RenderedJob
+from hpcai.spec.userconfig import load_user_config
+
+
+def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: bool) -> dict[str, Any]:
+    """Price the job in the site's unit; raise when it cannot fit what is left (unless forced).
+
+    The price is the most the job can be charged: whole nodes for the whole walltime, which is what the
+    sites bill when a job runs to its limit. A budget that cannot be read is reported, not fatal."""
+    job, profile = rendered.job, rendered.profile
+    cost = job_cost(profile, job.allocated_nodes, job.walltime_s)
+    report: dict[str, Any] = {"cost": cost.to_json(), "account": job.account, "remaining": None, "note": None}
+    if profile.budget.query is None or job.account is None:
+        report["note"] = "no budget command for this cluster" if profile.budget.query is None else "no account"
+        return report
+    user = load_user_config().for_cluster(job.cluster).user
+    try:
+        rows = query_allocations(transport, profile, account=job.account, user=user)
+    except BudgetUnavailable as exc:
+        report["note"] = f"budget not checked: {exc}"
+        return report
+    allocation = find_allocation(rows, job.account)
+    if allocation is None:
+        yours = ", ".join(sorted({r.account for r in rows}))
+        raise ValidationError(
+            f"--account: '{job.account}' is not one of your accounts on {job.cluster} (`{profile.budget.query}` "
+            f"lists {yours}). Pass -A with one of those, or fix `account` in config.toml."
+        )
+    report["remaining"] = allocation.remaining
+    if cost.amount > allocation.remaining and not force:
+        others = [r for r in rows if r.remaining >= cost.amount and not r.expired() and r is not allocation]
+        other = (
+            f" Account {others[0].account} has {others[0].remaining:,.0f} left (-A {others[0].account})."
+            if others
+            else ""
+        )
+        raise ValidationError(
+            f"this run can cost {cost.amount:,.0f} {cost.unit} ({job.allocated_nodes} node(s) x {cost.hours:g} h x "
+            f"{profile.budget.per_node_hour:g} per node-hour), but account '{allocation.account}' has only "
+            f"{allocation.remaining:,.0f} left. Lower --nodes or --time, or pass --force-budget to submit anyway "
+            f"(the site may refuse or deprioritise it).{other}"
+        )
+    if cost.amount > allocation.remaining:
+        report["note"] = "over budget, submitted because of --force-budget"
+    return report

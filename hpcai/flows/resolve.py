@@ -1,0 +1,74 @@
+"""What the CLI commands do, without any printing: load, resolve, render."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from hpcai.backends.schedulers import script_fragments
+from hpcai.paths import state_dir
+from hpcai.render.script import render_script
+from hpcai.spec.jobspec import JobSpec, Overrides, resolve_jobspec
+from hpcai.spec.profiles import ClusterProfile, load_profile, resolve_alias
+from hpcai.spec.userconfig import load_user_config
+from hpcai.spec.workloads import Workload, load_workload
+
+
+class RenderedJob(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    job: JobSpec
+    profile: ClusterProfile
+    workload: Workload
+    script: str
+
+
+def default_cluster() -> str:
+    return load_user_config().default_cluster
+
+
+def prepare_job(workload_name: str | Workload, cluster: str | None, overrides: Overrides) -> RenderedJob:
+    """`workload_name`: a workload's name, or a Workload (a user's own program, hpcai.spec.userapp)."""
+    config = load_user_config()
+    cluster_name = resolve_alias(cluster or config.default_cluster)
+    profile = load_profile(cluster_name)
+    workload = load_workload(workload_name) if isinstance(workload_name, str) else workload_name
+    _check_launcher(workload, profile, cluster_name)
+    job = resolve_jobspec(
+        cluster=cluster_name,
+        profile=profile,
+        workload=workload,
+        overrides=overrides,
+        settings=config.for_cluster(cluster_name),
+        state_dir=state_dir(),
+    )
+    if script_fragments(profile.scheduler).picks_nodes(profile.launch.emulate_nodes):
+        job = job.model_copy(update={"exclude_nodes": tuple(_excluded_nodes(cluster_name))})
+    return RenderedJob(job=job, profile=profile, workload=workload, script=render_script(job, profile, workload))
+
+
+def _excluded_nodes(cluster: str) -> list[str]:
+    """The cluster's exclusion list (`hpcai nodes`); none when the store cannot be read (a submission
+    then records why in its own store error)."""
+    from hpcai.errors import StoreError
+    from hpcai.store.db import Store
+    from hpcai.store.nodes import excluded_nodes
+
+    try:
+        store = Store()
+    except StoreError:
+        return []
+    try:
+        return excluded_nodes(store, cluster)
+    finally:
+        store.close()
+
+
+def _check_launcher(workload: Workload, profile: ClusterProfile, cluster: str) -> None:
+    from hpcai.errors import ValidationError
+
+    if workload.spec.launcher == "srun" and profile.launch.launcher not in ("srun", "mpiexec"):
+        raise ValidationError(
+            f"--launcher srun: cluster '{cluster}' starts its jobs without srun or mpiexec "
+            f"({profile.launch.launcher}), so there is nothing to start one task per GPU. "
+            "Use --launcher torchrun or accelerate there."
+        )

@@ -1,0 +1,1 @@
+"""The job script from a JobSpec: the script, shell quoting, setup lines."""

@@ -1,0 +1,1 @@
+"""What to run and where, as pure data: cluster profiles, workloads, users' programs, user config, jobspec."""

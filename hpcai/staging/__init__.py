@@ -1,7 +1,0 @@
-"""Staging files and folders to a cluster: `manifest` (what is staged), `remote` (the store's layout and
-the shell run there), `stager` (the transfer)."""
-
-from hpcai.staging.manifest import Entry, HashCache, manifest, tree_id
-from hpcai.staging.stager import LARGE_FILE_BYTES, Stager, StageReport, rsync_available
-
-__all__ = ["LARGE_FILE_BYTES", "Entry", "HashCache", "StageReport", "Stager", "manifest", "rsync_available", "tree_id"]

@@ -1,0 +1,1 @@
+"""The run store (SQLite, WAL) and what it remembers per cluster."""

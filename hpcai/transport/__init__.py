@@ -1,6 +1,0 @@
-"""Where scheduler commands run and run directories live: this machine, or a login node over SSH."""
-
-from hpcai.transport.base import CommandResult, Transport
-from hpcai.transport.local import LocalTransport
-
-__all__ = ["CommandResult", "LocalTransport", "Transport"]
