@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,13 +16,64 @@ REPO = Path(__file__).resolve().parent.parent
 REAL_CLUSTER_FIXTURES = {"slurm_cluster", "sshd", "slurm_multi"}
 
 
+# What a test uses decides its tier (python -m pytest -q -m fast: seconds, `.[dev]` alone, no service):
+#   real_cluster  the real test Slurm or sshd (one of REAL_CLUSTER_FIXTURES, by name or getfixturevalue)
+#   training      the `train` extra: torch, accelerate, transformers or TRL, in the test or in a job it runs
+#   slow          marked by hand: real processes against real timers (seconds to minutes)
+#   fast          none of these
+TRAINING_STACK = re.compile(r"""importorskip\(\s*["'](torch|accelerate|transformers|trl|datasets)\b""")
+_RUNNING: list[pytest.Item] = []  # the test being set up, for the services' guard
+
+
+def _needs_training(item: pytest.Item) -> bool:
+    """The module asks for the training stack at its top (a module-level importorskip, in it or in a helper
+    module it imports from tests), or the test function does."""
+    module = getattr(item, "module", None)
+    function = getattr(item, "function", None)
+    if module is None or function is None:
+        return False
+    if _module_needs_training(module.__name__):
+        return True
+    try:
+        return bool(TRAINING_STACK.search(inspect.getsource(function)))
+    except (OSError, TypeError):
+        return False
+
+
+@functools.cache
+def _module_needs_training(name: str) -> bool:
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__file__", None) is None:
+        return False
+    source = Path(module.__file__).read_text()
+    if any(TRAINING_STACK.search(line) for line in source.splitlines() if not line.startswith((" ", "\t"))):
+        return True
+    helpers = re.findall(r"^from (tests(?:\.\w+)+) import", source, flags=re.MULTILINE)
+    return any(_module_needs_training(h) for h in helpers if h != name)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the real test Slurm or sshd are marked `real_cluster`: `pytest -m 'not real_cluster'` is
-    the fast tier (parsers, state machine on recorded scheduler output, rendering, the runtime on the
-    local backend); CI runs both."""
     for item in items:
         if REAL_CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_cluster)
+        if _needs_training(item):
+            item.add_marker(pytest.mark.training)
+        if not any(item.get_closest_marker(m) for m in ("real_cluster", "training", "slow")):
+            item.add_marker(pytest.mark.fast)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _RUNNING[:] = [item]
+
+
+def _only_for_real_cluster_tests(service: str) -> None:
+    """The guard of the fast tier: a test that reaches the test Slurm or sshd without being marked for it
+    (a fixture fetched by getfixturevalue, say) fails, instead of silently making the fast tier slow."""
+    if _RUNNING and not _RUNNING[0].get_closest_marker("real_cluster"):
+        pytest.fail(
+            f"{_RUNNING[0].nodeid} starts the test {service} but is not marked real_cluster: request the "
+            f"fixture by name (or mark it @pytest.mark.real_cluster) so the fast tier leaves it out."
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +130,7 @@ def slurm_cluster() -> Iterator[str]:
     again at the end of the session when this fixture started it."""
     if os.environ.get("HPCAI_SKIP_SLURM") == "1":
         pytest.skip("HPCAI_SKIP_SLURM=1: the Slurm tests were explicitly switched off")
+    _only_for_real_cluster_tests("Slurm")
     script = REPO / "tests" / "infra" / "slurm.sh"
     started_here = subprocess.run([str(script), "status"], capture_output=True).returncode != 0
     if started_here:
@@ -127,6 +182,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real sshd on 127.0.0.1 (tests/infra/sshd.sh): throwaway keys, strict known_hosts, a user CA."""
     import socket
 
+    _only_for_real_cluster_tests("sshd")
     directory = tmp_path_factory.mktemp("sshd")
     script = REPO / "tests" / "infra" / "sshd.sh"
     if "HPCAI_SSHD_PORT" not in os.environ:

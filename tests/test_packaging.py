@@ -9,9 +9,12 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_wheel_ships_and_finds_its_data(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(

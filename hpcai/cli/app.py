@@ -12,13 +12,20 @@ from typing import Any
 
 import typer
 
-# Each module adds its commands to the root app when imported; the order is the order of `hpcai --help`.
+# Each module adds its commands to the root app when imported.
 from hpcai.cli import catalogue, data, env, onboarding, runs, spikes, submit  # noqa: F401
 from hpcai.cli.output import print_error
+from hpcai.cli.progress import RichReporter
 from hpcai.cli.root import app
 from hpcai.errors import HpcaiError
+from hpcai.flows.progress import install
 
 __all__ = ["app", "main"]
+
+# `hpcai --help` lists the commands in a newcomer's order: set up, run, follow, steer.
+COMMAND_ORDER = ("onboard", "doctor", "budget", "init", "render", "submit", "status", "list", "logs", "cancel",
+                 "resume", "watch", "plot", "sync", "stage", "nodes")  # fmt: skip
+app.registered_commands.sort(key=lambda c: COMMAND_ORDER.index(c.name or getattr(c.callback, "__name__", "")))
 
 
 def _keep_only_the_invoked_command(root: typer.Typer, argv: list[str]) -> None:
@@ -47,6 +54,7 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+    install(RichReporter())
     try:
         with Session():  # one connection per cluster for the whole command, closed at its end
             everything = (app.registered_commands, app.registered_groups)

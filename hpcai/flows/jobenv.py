@@ -3,19 +3,16 @@ laptop through the session's one connection to the login node."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpcai.backends.schedulers.base import JobState
 from hpcai.backends.session import Session
 from hpcai.errors import EnvironmentFailure, HpcaiError
+from hpcai.flows.progress import reporter
 from hpcai.flows.resolve import RenderedJob, prepare_job
 from hpcai.render.setup import build_script
 from hpcai.spec.jobenv import BUILD_MARK, JobEnv
 from hpcai.spec.jobspec import Overrides
-
-if TYPE_CHECKING:
-    from rich.status import Status
 
 REFERENCE_WORKLOAD = "llava"  # the environment serves every built-in workload; llava needs the most
 BUILD_TIMEOUT_S = 3600  # pip installing torch on a busy login node takes minutes, not hours
@@ -55,7 +52,9 @@ def build_environment(
     script = build_script(profile, env, rebuild=rebuild)
     argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
     what = ", ".join(env.requirements) or "nothing beyond the base"
-    with _spinner(show_progress, f"building {describe(env)} on {job.cluster} (pip: {what}); this takes minutes"):
+    with reporter(show_progress).waiting(
+        f"building {describe(env)} on {job.cluster} (pip: {what}); this takes minutes"
+    ):
         result = transport.run(argv, timeout=BUILD_TIMEOUT_S)
     marks = [line[len(BUILD_MARK) :].strip() for line in result.stdout.splitlines() if line.startswith(BUILD_MARK)]
     if not result.ok or not marks:
@@ -146,10 +145,9 @@ def check_in_job(
         (view,), _ = status(store, run_id)
         return view.state
 
-    with _spinner(show_progress, f"envcheck job {submitted['job_id']} on {job.cluster}: queued") as spinner:
+    with reporter(show_progress).waiting(f"envcheck job {submitted['job_id']} on {job.cluster}: queued") as say:
         while clock.monotonic() < deadline and not JobState(state := poll()).terminal:
-            if spinner is not None:
-                spinner.update(f"envcheck job {submitted['job_id']} on {job.cluster}: {state.lower()}")
+            say(f"envcheck job {submitted['job_id']} on {job.cluster}: {state.lower()}")
             clock.sleep(3)
     result: dict[str, Any] = {"cluster": job.cluster, "run_id": run_id, "job_id": submitted["job_id"],
                               "state": state, "gpus_per_node": job.gpus_per_node, "nodes": []}  # fmt: skip
@@ -181,12 +179,3 @@ def check_in_job(
             f"env check --job on {job.cluster}: {detail}. Its output: `hpcai logs {run_id}` (and --stderr)."
         )
     return result
-
-
-def _spinner(show: bool, text: str) -> AbstractContextManager[Status | None]:
-    """A rich status line while waiting, or nothing (--json)."""
-    if not show:
-        return nullcontext()
-    from hpcai.cli.output import console
-
-    return console.real.status(text)

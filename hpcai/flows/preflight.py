@@ -23,7 +23,7 @@ from typing import Any
 from hpcai.backends.transport import Transport
 from hpcai.errors import ValidationError
 from hpcai.paths import state_dir
-from hpcai.render.shellquote import join, quote
+from hpcai.shellquote import join, quote
 from hpcai.spec.jobenv import JobEnv
 from hpcai.spec.jobspec import JobSpec
 from hpcai.spec.profiles import ClusterProfile

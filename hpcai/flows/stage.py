@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
 from hpcai.backends.session import Session
 from hpcai.backends.staging import HashCache, Stager, StageReport, rsync_available
 from hpcai.backends.transport.base import Transport
-from hpcai.cli.output import error_console
 from hpcai.errors import HpcaiError, closest
+from hpcai.flows.progress import reporter
 from hpcai.paths import state_dir
 from hpcai.spec.profiles import ClusterProfile, expand_path, load_profile, resolve_alias
 from hpcai.spec.userconfig import load_user_config
@@ -101,9 +99,8 @@ def stage_paths(
     if inodes is not None:
         warnings.append(inodes)
     reports = []
-    with _progress(show_progress, TimeRemainingColumn()) as bar:
-        task = bar.add_task(f"staging to {cluster}:{fs_name}", total=total)
-        stager = _stager(transport, root, lambda n: bar.advance(task, n), fs.share_with_group)
+    with reporter(show_progress).counter(f"staging to {cluster}:{fs_name}", total, eta=True) as advance:
+        stager = _stager(transport, root, advance, fs.share_with_group)
         try:
             for item in items:
                 report = stager.stage(item.path, cache, keep_name=item.keep_name, verify=verify,
@@ -137,13 +134,8 @@ def _pack_items(
 
     found = {}
     folders = [(i, item) for i, item in enumerate(items) if item.path.is_dir()]
-    with _progress(show_progress) as bar:
-        for i, item in folders:
-            task = bar.add_task(f"packing {item.path.name}", total=_size(item.path))
-
-            def advance(n: int, task: Any = task) -> None:
-                bar.advance(task, n)
-
+    for i, item in folders:
+        with reporter(show_progress).counter(f"packing {item.path.name}", _size(item.path)) as advance:
             found[i] = pack(item.path, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, progress=advance, hashes=hashes)
     return found
 
@@ -153,15 +145,10 @@ def _squash_items(items: list[StageItem], show_progress: bool) -> dict[int, Any]
     from hpcai.backends.staging.squash import squash
 
     found = {}
-    with _progress(show_progress) as bar:
-        for i, item in enumerate(items):
-            if not item.path.is_dir():
-                continue
-            task = bar.add_task(f"building {item.path.name}.sqfs", total=_size(item.path))
-
-            def advance(n: int, task: Any = task) -> None:
-                bar.advance(task, n)
-
+    for i, item in enumerate(items):
+        if not item.path.is_dir():
+            continue
+        with reporter(show_progress).counter(f"building {item.path.name}.sqfs", _size(item.path)) as advance:
             found[i] = squash(item.path, progress=advance)
     return found
 
@@ -179,13 +166,6 @@ def parse_bytes(text: str, *, option: str) -> int:
     if value < 1 << 20:
         raise HpcaiError(f"{option} {text}: give a size of 1M or more, e.g. 256M or 1G.")
     return value
-
-
-def _progress(show: bool, *extra: Any) -> Progress:
-    """A transient byte-count bar on stderr (packing, staging)."""
-    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), *extra, console=error_console.real, disable=not show,
-                    transient=True)  # fmt: skip
 
 
 def _count_files(path: Path) -> int:

@@ -12,7 +12,6 @@ from hpcai.backends.schedulers import script_fragments
 from hpcai.errors import ValidationError
 from hpcai.paths import data_dir
 from hpcai.render.setup import container_prefix, environment_guard, setup_lines
-from hpcai.render.shellquote import Expr, join, quote, quote_with_variables
 from hpcai.rundir.exitcodes import (
     ATTEMPT_COUNT_FILE,
     EXCLUDE_FILE,
@@ -33,6 +32,7 @@ from hpcai.rundir.exitcodes import (
 )
 from hpcai.rundir.layout import JOB_ID_FILE, NEXT_STAGE_FILE
 from hpcai.runtime.watchdog import HANGS_DIR
+from hpcai.shellquote import Expr, join, quote, quote_with_variables
 from hpcai.spec.jobspec import JobSpec
 from hpcai.spec.profiles import ClusterProfile
 from hpcai.spec.walltime import pbs_walltime

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 
 from hpcai import __version__
-from hpcai.render.shellquote import join, quote
+from hpcai.shellquote import join, quote
 from hpcai.spec.jobenv import BUILD_MARK, SQUASHFS_MOUNT, JobEnv, base_python, missing_message
 from hpcai.spec.jobspec import JobSpec
 from hpcai.spec.profiles import ClusterProfile

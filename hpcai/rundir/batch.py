@@ -6,9 +6,10 @@ them at once (`Transport.read_many`: one remote command over SSH) and serves the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from hpcai.backends.transport.base import Transport
+if TYPE_CHECKING:
+    from hpcai.backends.transport.base import Transport
 
 PREFETCH_BYTES = 256 << 10  # per file, from its end: attempt logs and metrics tails are far smaller
 

@@ -46,3 +46,5 @@ EXCLUDE_FILE = "exclude_nodes"
 # whether a spare replaced it and whether it is left out. The client's per-cluster exclusion list
 # (`hpcai nodes`) is fed from it.
 NODE_LOG = "node_failures.jsonl"
+# Each failing rank's exception, errors/rank-N.json (hpcai.runtime.failure writes them).
+ERRORS_DIR = "errors"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from hpcai.rundir.exitcodes import (
     ATTEMPT_COUNT_FILE,
     DECISIONS_LOG,
+    ERRORS_DIR,
     EVENTS_LOG,
     GAVE_UP_FILE,
     LEASE_FILE,
@@ -19,7 +20,6 @@ from hpcai.rundir.exitcodes import (
     SCRIPT_NAME,
     TIMELINE_LOG,
 )
-from hpcai.runtime.failure import ERRORS_DIR
 
 ATTEMPTS_LOG = "attempts.jsonl"  # start/end/requeue/rollback/submitted events, written by the job script
 METRICS_LOG = "metrics.jsonl"  # one line per step, written by the runtime (rank 0)

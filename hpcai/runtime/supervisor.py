@@ -40,9 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcai.rundir.exitcodes import REQUEUE_MARKER
+from hpcai.rundir.exitcodes import ERRORS_DIR, REQUEUE_MARKER
 from hpcai.runtime.api import read_pending_decision
-from hpcai.runtime.failure import ERRORS_DIR
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE
 from hpcai.runtime.metrics_log import MetricsLog
 from hpcai.runtime.outputparse import ProgressParser, RankException, find_exception, find_root_cause

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcai import __version__
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 FIXED = ["--run-id", "cli-test"]
 
@@ -171,6 +171,7 @@ def test_help_does_not_import_the_training_stack(tmp_path: Path) -> None:
     assert marker.read_text() == "torch\n"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("isolated_hpcai")
 def test_the_demo_on_a_charged_allocation_needs_yes() -> None:
     """The toy defaults (tiny model, synthetic data) sent to 4 Leonardo nodes: said on a dry run, refused
@@ -204,3 +205,12 @@ def test_run_ids_fit_on_one_line_in_an_80_column_terminal(isolated_hpcai: Path) 
             assert shown.returncode == 0, shown.stderr
             assert any(run_id in line for line in shown.stdout.splitlines()), (width, command, shown.stdout)
             assert max(len(line) for line in shown.stdout.splitlines()) <= int(width)
+
+
+def test_the_cli_reference_in_the_docs_is_current(tmp_path: Path) -> None:
+    """docs/reference/cli.md is generated from the typer app; a changed command must regenerate it:
+    `typer hpcai.cli.app utils docs --name hpcai --output docs/reference/cli.md`."""
+    out = tmp_path / "cli.md"
+    subprocess.run([sys.executable, "-m", "typer", "hpcai.cli.app", "utils", "docs", "--name", "hpcai", "--output",
+                    str(out)], check=True, capture_output=True)  # fmt: skip
+    assert out.read_text() == (REPO / "docs" / "reference" / "cli.md").read_text(), "regenerate the CLI reference"

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hpcai.store.db import Store
@@ -58,6 +59,7 @@ def test_an_old_torch_and_a_missing_accelerate_are_named(isolated_hpcai: Path, t
 
 
 def test_a_passing_check_is_cached_and_the_probe_workload_needs_none(probe_workload: str) -> None:
+    pytest.importorskip("torch", reason="the training stack is the `train` extra")
     first = run_cli("submit", "llava", "--cluster", "local", "--set", "max_steps=1", "--run-id", "a", "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)["preflight"]

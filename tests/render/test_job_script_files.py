@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from hpcai.flows.resolve import prepare_job
 from hpcai.spec.jobspec import Overrides
 from hpcai.store.db import Store
@@ -52,6 +54,7 @@ def test_no_template_does_arithmetic_on_file_contents() -> None:
         assert not re.search(r"\$\(\(.*\$\((cat|head|<)", template.read_text()), template
 
 
+@pytest.mark.slow
 def test_a_planted_next_stage_file_submits_nothing(probe_workload: str, tmp_path: Path) -> None:
     evil = tmp_path / "evil"
     evil.mkdir()

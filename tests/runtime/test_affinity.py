@@ -38,6 +38,7 @@ def _child(**env: str) -> dict[str, object]:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell the ranks apart")
 def test_a_process_binds_to_its_local_ranks_cpus_and_sizes_its_threads() -> None:
+    pytest.importorskip("torch", reason="the training stack is the `train` extra")
     first, second = sorted(os.sched_getaffinity(0))[:2]
     spec = f"{first}:{second}"
     assert _child(HPCAI_CPU_BIND=spec, LOCAL_RANK="0") == {"bound": [first], "now": [first], "threads": 1}

@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+pytest.importorskip("torch", reason="the training stack is the `train` extra")
+
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.loader import sample_step, step_batches
 

@@ -20,6 +20,7 @@ def test_transformer_flops_by_hand() -> None:
 
 
 def test_peak_from_the_environment_or_unknown_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch", reason="the training stack is the `train` extra")
     monkeypatch.delenv("HPCAI_PEAK_TFLOPS", raising=False)
     assert peak_flops() is None  # CPU: no peak, no MFU
     monkeypatch.setenv("HPCAI_PEAK_TFLOPS", "989")
@@ -64,6 +65,7 @@ def test_a_run_reports_mfu_when_the_peak_is_known(tmp_path: Path) -> None:
 def test_attention_counts_heads_times_head_dim_not_the_residual_width() -> None:
     """Qwen3-0.6B: 16 heads x 128 = 2048 wide attention on a 1024 residual; counted with the residual width,
     the attention term was half of what runs."""
+    pytest.importorskip("torch", reason="the training stack is the `train` extra")
     from types import SimpleNamespace
 
     import torch

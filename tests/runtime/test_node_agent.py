@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 WORKER = """
 import json, os, sys, time
 from pathlib import Path
@@ -36,6 +38,7 @@ def records(run_dir: Path) -> tuple[dict[str, object], dict[str, object] | None]
     return start, json.loads(end_path.read_text()) if end_path.exists() else None
 
 
+@pytest.mark.slow
 def test_the_launcher_s_status_and_last_step_are_recorded(tmp_path: Path) -> None:
     proc = agent(tmp_path, str(tmp_path / "pid"), "0.2", "3")
     assert proc.wait(timeout=60) == 3  # the node's status is its launcher's
@@ -46,6 +49,7 @@ def test_the_launcher_s_status_and_last_step_are_recorded(tmp_path: Path) -> Non
     assert int((tmp_path / "pid").read_text().split()[0]) == proc.pid  # the worker knows its agent
 
 
+@pytest.mark.slow
 def test_a_stop_from_outside_is_forwarded_and_marked_not_this_node_s_fault(tmp_path: Path) -> None:
     proc = agent(tmp_path, str(tmp_path / "pid"), "60", "0")
     deadline = time.monotonic() + 30
@@ -58,6 +62,7 @@ def test_a_stop_from_outside_is_forwarded_and_marked_not_this_node_s_fault(tmp_p
     assert end is not None and end["stopped"] is True and end["rc"] == 128 + signal.SIGTERM
 
 
+@pytest.mark.slow
 def test_a_killed_agent_leaves_no_end_record(tmp_path: Path) -> None:
     proc = agent(tmp_path, str(tmp_path / "pid"), "60", "0")
     deadline = time.monotonic() + 30

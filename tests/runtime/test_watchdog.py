@@ -32,6 +32,7 @@ def test_a_workload_without_heartbeats_is_never_declared_hung(tmp_path: Path) ->
     assert time.monotonic() - started >= 2.5 and sleeper.wait() == 0  # it waited for the launcher, touched nothing
 
 
+@pytest.mark.slow
 def test_a_launch_stuck_before_the_first_heartbeat_is_a_hang_on_the_hpcai_runtime(tmp_path: Path) -> None:
     # A launcher whose worker never reaches the runtime's first line (an import hanging on a dead mount).
     launcher = subprocess.Popen([sys.executable, "-c",
@@ -46,6 +47,7 @@ def test_a_launch_stuck_before_the_first_heartbeat_is_a_hang_on_the_hpcai_runtim
     assert (tmp_path / "hangs" / "5-a0-node0.json").exists()
 
 
+@pytest.mark.slow
 def test_a_stalled_node_is_dumped_recorded_and_stopped(tmp_path: Path) -> None:
     folder, run_dir = tmp_path / "hb", tmp_path / "run"
     folder.mkdir()
@@ -133,6 +135,7 @@ def test_an_injected_hang_is_detected_and_the_training_relaunched_in_the_same_jo
     assert not any(Path("/dev/shm").glob(f"hpcai-{first['job_id']}-*")) or not os.access("/dev/shm", os.W_OK)
 
 
+@pytest.mark.slow
 def test_a_wall_clock_step_does_not_make_a_healthy_rank_hung(tmp_path: Path) -> None:
     """The wall clock jumps 600 s ahead (NTP, an administrator) while a rank beats normally: its heartbeat's
     wall time looks 600 s old, its monotonic time is fresh. No hang; a beat old on the monotonic clock is."""

@@ -81,6 +81,7 @@ def _local_env_profile(config: Path, **environment: object) -> None:
     (config / "clusters" / "envslurm.yaml").write_text(yaml.safe_dump(profile))
 
 
+@pytest.mark.slow
 def test_a_failed_or_killed_build_is_never_used_and_the_next_build_starts_over(isolated_hpcai: Path) -> None:
     _local_env_profile(isolated_hpcai / "config", system_site_packages=False)
     missing = run_cli("env", "check", "-c", "envslurm")

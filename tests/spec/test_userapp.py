@@ -108,6 +108,7 @@ def test_rendered_scripts_pass_bash_n_and_shellcheck(tmp_path: Path, cluster: st
     assert shellcheck.returncode == 0, shellcheck.stdout
 
 
+@pytest.mark.slow
 def test_hostile_arguments_reach_the_program_byte_for_byte(tmp_path: Path) -> None:
     """The launch line of the rendered script, run by bash as the job would: the program's argv equals
     what was typed, and nothing in it ran."""
@@ -143,6 +144,7 @@ def test_a_module_the_jobs_python_cannot_import_is_refused_before_queueing(tmp_p
     assert "no_such_pkg cannot be imported" in result.stderr and "Nothing was queued" in result.stderr
 
 
+@pytest.mark.slow
 def test_init_writes_a_workload_file_that_submits_with_typed_parameters(tmp_path: Path) -> None:
     from hpcai.store.db import Store
     from tests.helpers import wait_terminal

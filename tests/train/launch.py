@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hpcai.render.script import _node_command
-from hpcai.render.shellquote import join
+from hpcai.shellquote import join
 from hpcai.spec.jobspec import Overrides, resolve_jobspec
 from hpcai.spec.profiles import load_profile
 from hpcai.spec.userconfig import ClusterSettings

@@ -13,12 +13,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
 
-from hpcai.train.chat import IGNORE, encode
-from hpcai.train.synth import synth_llava
-from tests.conftest import REPO
-from tests.train.launch import OFFLINE_ENV, launch, losses, metrics
+torch = pytest.importorskip("torch", reason="the training stack is the `train` extra")
+
+from hpcai.train.chat import IGNORE, encode  # noqa: E402
+from hpcai.train.synth import synth_llava  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+from tests.train.launch import OFFLINE_ENV, launch, losses, metrics  # noqa: E402
 
 pytest.importorskip("accelerate", reason="the training stack is the `train` extra")
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from hpcai.train.losses import infonce_loss, sigmoid_loss
+torch = pytest.importorskip("torch", reason="the training stack is the `train` extra")
+
+from hpcai.train.losses import infonce_loss, sigmoid_loss  # noqa: E402
 
 
 def reference_infonce(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:

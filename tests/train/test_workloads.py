@@ -7,11 +7,12 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 
-from hpcai.rundir.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER
-from hpcai.runtime.metrics_log import FIELDS
-from tests.train.launch import launch, losses, metrics
+torch = pytest.importorskip("torch", reason="the training stack is the `train` extra")
+
+from hpcai.rundir.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER  # noqa: E402
+from hpcai.runtime.metrics_log import FIELDS  # noqa: E402
+from tests.train.launch import launch, losses, metrics  # noqa: E402
 
 
 def weights_at(run_dir: Path, checkpoint: str) -> dict[str, torch.Tensor]:

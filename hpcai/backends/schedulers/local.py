@@ -23,8 +23,8 @@ from typing import Any
 
 from hpcai.backends.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError, ScriptFragments
 from hpcai.paths import state_dir
-from hpcai.render.shellquote import quote
 from hpcai.rundir.exitcodes import SCRIPT_NAME
+from hpcai.shellquote import quote
 
 
 def jobs_dir() -> Path:

@@ -99,6 +99,7 @@ def test_cancel_before_the_runner_starts_is_not_lost(isolated_hpcai: Path, tmp_p
     assert LocalScheduler(LocalTransport()).states(["L0000aace"])["L0000aace"].state is JobState.CANCELLED
 
 
+@pytest.mark.slow  # real job scripts against real timers: tens of seconds
 def test_a_requeued_local_job_gets_a_fresh_walltime(probe_workload: str) -> None:
     """30 s walltime, asked to checkpoint 10 s before it: 35 s of work needs a second attempt that runs
     past the first attempt's deadline, as a requeued Slurm job may."""
@@ -117,6 +118,7 @@ def test_a_requeued_local_job_gets_a_fresh_walltime(probe_workload: str) -> None
     assert attempts[-1].state == "COMPLETED" and len({a.job_id for a in attempts}) == 1
 
 
+@pytest.mark.slow  # real job scripts against real timers: tens of seconds
 def test_a_second_attempt_never_trains_next_to_a_live_one(probe_workload: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run lease: a second copy of the job script (a duplicate submission, a resume while the old job
     still runs somewhere) waits for the live attempt's lease to go stale, and gives up while it is fresh."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from hpcai.rundir.visible import visible_line, visible_log
 from hpcai.store.db import Store
 from tests.conftest import run_cli
@@ -23,6 +25,7 @@ def test_visible_keeps_text_and_escapes_controls() -> None:
     assert visible_log("10%|#  |\r20%|## |\n\tnext\x07") == "10%|#  |\r20%|## |\n\tnext\\x07"
 
 
+@pytest.mark.slow
 def test_a_planted_error_record_and_log_lines_show_no_escape_sequences(probe_workload: str) -> None:
     store = Store()
     run_id = submit_probe(store, "local", lines=30, interval=0.1, exit_code=1)

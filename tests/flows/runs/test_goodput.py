@@ -86,6 +86,7 @@ def test_an_attempt_the_scheduler_ended_without_an_end_record_is_not_running() -
 
 @pytest.mark.usefixtures("isolated_hpcai")
 def test_a_real_run_has_a_plausible_account() -> None:
+    pytest.importorskip("torch", reason="the training stack is the `train` extra")
     done = run_cli("submit", "llava", "--set", "max_steps=12", "--set", "checkpoint_every=6", "--json", timeout=120)
     assert done.returncode == 0, done.stderr
     run_id = json.loads(done.stdout)["run_id"]

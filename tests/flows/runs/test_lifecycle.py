@@ -18,7 +18,11 @@ from hpcai.store.db import Store
 from tests.conftest import REPO
 from tests.helpers import submit_probe, wait_for, wait_terminal
 
-BACKENDS = ["local", "local-slurm", "local-pbs"]
+BACKENDS = [
+    "local",
+    pytest.param("local-slurm", marks=pytest.mark.real_cluster),
+    pytest.param("local-pbs", marks=pytest.mark.real_cluster),
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,6 +68,7 @@ def test_cancel_gives_cancelled(cluster: str) -> None:
     assert not again["cancelled"] and again["state"] == "CANCELLED"
 
 
+@pytest.mark.slow
 def test_logs_follow_streams_while_the_job_runs_and_stops_at_the_end(cluster: str) -> None:
     store = Store()
     run_id = submit_probe(store, cluster, lines=12, interval=0.5)
@@ -98,6 +103,7 @@ def test_unknown_run_is_named_with_a_suggestion(probe_workload: str) -> None:
     wait_terminal(store, run_id)
 
 
+@pytest.mark.slow
 def test_local_walltime_gives_timeout(probe_workload: str) -> None:
     store = Store()
     run_id = submit_probe(store, "local", time_limit="00:00:03", lines=100, interval=0.2)

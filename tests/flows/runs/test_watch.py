@@ -7,11 +7,14 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from hpcai.flows.runs.watch import watch_run
 from hpcai.store.db import Store
 from tests.helpers import submit_probe
 
 
+@pytest.mark.slow
 def test_watch_cancels_a_diverging_run_without_checkpoints(probe_workload: str) -> None:
     store = Store()
     run_id = submit_probe(store, "local", lines=200, interval=0.1, diverge_at=30)
@@ -23,6 +26,7 @@ def test_watch_cancels_a_diverging_run_without_checkpoints(probe_workload: str) 
     assert any("divergence at step 30" in line for line in said)
 
 
+@pytest.mark.slow
 def test_watch_rolls_back_and_the_next_attempt_completes(probe_workload: str) -> None:
     store = Store()
     run_id = submit_probe(store, "local", lines=70, interval=0.1, diverge_at=30, checkpoint_every=5)
