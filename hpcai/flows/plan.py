@@ -15,7 +15,7 @@ from typing import Any
 
 from hpcai.backends.session import Session
 from hpcai.errors import HpcaiError, ValidationError
-from hpcai.flows.resolve import RenderedJob, prepare_job
+from hpcai.flows.resolve import RenderedJob, render_job, resolve_job
 from hpcai.rundir.layout import RunDir
 from hpcai.spec.jobspec import Overrides
 from hpcai.spec.workloads import Workload
@@ -75,11 +75,11 @@ def plan_submit(workload: str | Workload, cluster: str | None, overrides: Overri
     filesystem = None
     resolved = overrides
     remote = load_user_config().for_cluster(name).ssh_host is not None
-    rendered = prepare_job(workload, name, resolved)  # every option checked before staging is planned
+    checked = resolve_job(workload, name, resolved)  # every option checked before staging is planned
     if remote or profile.launch.python != "current":
-        resolved, actions, filesystem = _plan_staging(name, rendered.workload, overrides, remote=remote)
-        workload = _with_staged_config(rendered.workload, actions)
-        rendered = prepare_job(workload, name, resolved)
+        resolved, actions, filesystem = _plan_staging(name, checked.workload, overrides, remote=remote)
+        checked = resolve_job(_with_staged_config(checked.workload, actions), name, resolved)
+    rendered = render_job(checked)  # the script, rendered once: what is shown is what is submitted
     job = rendered.job
     scheduler = scheduler_for(profile, LocalTransport())  # only asked for its command line
     return SubmitPlan(
@@ -212,7 +212,7 @@ def execute(
                 )
     if preflight and job.container is not None:
         checked = _preflight(plan)
-    submitted = submit_run(plan.rendered)
+    submitted = submit_run(plan.rendered, command=plan.submit_command)  # the command the plan showed
     return {**submitted, "budget": budget, "preflight": checked, "staged": [a.to_json() for a in plan.staging]}
 
 

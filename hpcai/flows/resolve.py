@@ -1,4 +1,5 @@
-"""What the CLI commands do, without any printing: load, resolve, render."""
+"""A job from what the user typed: the workload and profile loaded, the options resolved and checked against
+the site's limits (`resolve_job`), then its script rendered (`render_job`); `prepare_job` does both."""
 
 from __future__ import annotations
 
@@ -26,8 +27,27 @@ def default_cluster() -> str:
     return load_user_config().default_cluster
 
 
+class ResolvedJob(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    job: JobSpec
+    profile: ClusterProfile
+    workload: Workload
+
+
 def prepare_job(workload_name: str | Workload, cluster: str | None, overrides: Overrides) -> RenderedJob:
-    """`workload_name`: a workload's name, or a Workload (a user's own program, hpcai.spec.userapp)."""
+    """The resolved job and its script."""
+    return render_job(resolve_job(workload_name, cluster, overrides))
+
+
+def render_job(resolved: ResolvedJob) -> RenderedJob:
+    script = render_script(resolved.job, resolved.profile, resolved.workload)
+    return RenderedJob(job=resolved.job, profile=resolved.profile, workload=resolved.workload, script=script)
+
+
+def resolve_job(workload_name: str | Workload, cluster: str | None, overrides: Overrides) -> ResolvedJob:
+    """Every option checked and resolved; nothing rendered yet. `workload_name`: a workload's name, or a
+    Workload (a user's own program, hpcai.spec.userapp)."""
     config = load_user_config()
     cluster_name = resolve_alias(cluster or config.default_cluster)
     profile = load_profile(cluster_name)
@@ -43,7 +63,7 @@ def prepare_job(workload_name: str | Workload, cluster: str | None, overrides: O
     )
     if script_fragments(profile.scheduler).picks_nodes(profile.launch.emulate_nodes):
         job = job.model_copy(update={"exclude_nodes": tuple(_excluded_nodes(cluster_name))})
-    return RenderedJob(job=job, profile=profile, workload=workload, script=render_script(job, profile, workload))
+    return ResolvedJob(job=job, profile=profile, workload=workload)
 
 
 def _excluded_nodes(cluster: str) -> list[str]:

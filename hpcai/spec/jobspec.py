@@ -6,7 +6,6 @@ whose message names the option, what the cluster allows and what to pass instead
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hpcai.errors import ValidationError, closest
 from hpcai.spec.jobenv import JobEnv, resolve
+from hpcai.spec.parameters import absolute_paths, parse_assignments, resolve_parameters, resolve_stage
 from hpcai.spec.profiles import DIRECTIVE_VALUE, ENV_NAME, SECRET_NAME, ClusterProfile, Partition, Qos, expand_path
 from hpcai.spec.userconfig import ClusterSettings
 from hpcai.spec.walltime import parse_walltime, slurm_walltime
@@ -114,138 +114,6 @@ def sanitize_job_name(name: str) -> str:
     if not cleaned or not cleaned[0].isalpha():
         cleaned = "j" + cleaned
     return cleaned[:64]
-
-
-def parse_assignments(items: tuple[str, ...], option: str) -> dict[str, str]:
-    """`KEY=VALUE` strings into a dict; the value may itself contain `=`."""
-    result: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValidationError(
-                f"{option}: '{item}' is not KEY=VALUE. Write e.g. {option} "
-                + ("NCCL_DEBUG=INFO" if option == "--env" else "lr=3e-4")
-                + " (quote the whole argument if the value has spaces)."
-            )
-        result[key.strip()] = value
-    return result
-
-
-def coerce_parameter(key: str, raw: str, default: Scalar) -> Scalar:
-    """`raw` converted to the type of the workload's default for `key`."""
-    try:
-        if isinstance(default, bool):
-            lowered = raw.strip().lower()
-            if lowered in {"true", "1", "yes", "on"}:
-                return True
-            if lowered in {"false", "0", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        kind = type(default).__name__
-        raise ValidationError(
-            f"--set {key}={raw}: {key} takes a {kind} (its default is {default!r}). Give e.g. --set {key}={default}."
-        ) from None
-    return raw
-
-
-def _resolve_parameters(workload: Workload, stage: str | None, assignments: dict[str, str]) -> dict[str, Scalar]:
-    spec = workload.spec
-    params: dict[str, Scalar] = dict(spec.parameters)
-    if stage is not None:
-        params.update(spec.stages[stage].parameters)
-    for key, raw in assignments.items():
-        if key not in spec.parameters:
-            raise ValidationError(
-                f"--set: '{key}' is not a parameter of workload '{workload.name}'.{closest(key, spec.parameters)} "
-                f"Parameters: {', '.join(sorted(spec.parameters))} (see `hpcai workloads show {workload.name}`)."
-            )
-        params[key] = coerce_parameter(key, raw, spec.parameters[key])
-    for key, value in params.items():
-        _check_parameter(workload, key, value, given=key in assignments)
-    return params
-
-
-def _check_parameter(workload: Workload, key: str, value: Scalar, *, given: bool) -> None:
-    """Ranges, choices and finiteness; paths are made absolute (relative ones name this machine's files)."""
-    where = f"--set {key}={value}" if given else f"{key}={value!r} (the workload's default)"
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError(f"{where}: {key} must be a finite number, not {value}.")
-    rule = workload.spec.parameter_rules.get(key)
-    if rule is None:
-        return
-    if rule.choices is not None and value not in rule.choices:
-        names = [str(c) for c in rule.choices]
-        raise ValidationError(f"{where}: {key} must be one of {', '.join(names)}.{closest(str(value), names)}")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        low = f">= {rule.min:g}" if rule.min is not None else ""
-        high = f"<= {rule.max:g}" if rule.max is not None else ""
-        if (rule.min is not None and value < rule.min) or (rule.max is not None and value > rule.max):
-            raise ValidationError(
-                f"{where}: {key} must be {' and '.join(x for x in (low, high) if x)} "
-                f"(see `hpcai workloads show {workload.name}`)."
-            )
-
-
-def _absolute_paths(workload: Workload, params: dict[str, Scalar], *, here: bool) -> dict[str, Scalar]:
-    """Relative path parameters name files on this machine: made absolute here, since the job would
-    resolve them against its run directory. One that does not exist is refused. `here`: the cluster's
-    files are this machine's (no SSH), so absolute paths are local too."""
-    fixed = dict(params)
-    for key in workload.spec.path_parameters():
-        value = params.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        local = Path(value).expanduser()
-        if not value.startswith("/"):
-            if not local.exists():
-                raise ValidationError(
-                    f"--set {key}={value}: no such file or folder here. A relative path names this machine's "
-                    "files (staged to the cluster when it is remote); a path on the cluster must be absolute."
-                )
-            fixed[key] = str(local.resolve())
-        elif not here:
-            continue
-        rule = workload.spec.parameter_rules[key]
-        if rule.json_list and local.exists():
-            _check_json_lists(key, value, local)
-    return fixed
-
-
-def _check_json_lists(key: str, value: str, path: Path) -> None:
-    """Each JSON file of the data starts a list (its first character is `[`): a file of another shape would
-    end the job at its start, after the queue wait. Only the first bytes are read, whatever the size."""
-    files = [path] if path.is_file() else sorted(path.glob("*.json"))
-    for file in files:
-        try:
-            with open(file, "rb") as handle:
-                head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-        except OSError as exc:
-            raise ValidationError(f"--set {key}={value}: {file} cannot be read ({exc.strerror or exc}).") from None
-        if not head.startswith(b"["):
-            shape = "an object" if head.startswith(b"{") else "empty" if not head else "not JSON"
-            raise ValidationError(
-                f"--set {key}={value}: {file} is {shape}, not a list of samples. A LLaVA data file is a JSON list "
-                'of {"id", "image", "conversations"} records (LLaVA-1.5\'s llava_v1_5_mix665k.json is one); '
-                "nothing was queued."
-            )
-
-
-def _resolve_stage(workload: Workload, requested: str | None) -> str | None:
-    stages = workload.spec.stages
-    if requested is None:
-        return workload.spec.default_stage
-    if requested not in stages:
-        known = ", ".join(stages) or "(none)"
-        raise ValidationError(
-            f"--stage: workload '{workload.name}' has no stage '{requested}'.{closest(requested, stages)} "
-            f"Stages: {known}."
-        )
-    return requested
 
 
 def _check_directive_value(option: str, value: str) -> None:
@@ -419,12 +287,12 @@ def resolve_jobspec(
             "config.toml; `hpcai clusters show` lists the command that shows your accounts."
         )
 
-    stage = _resolve_stage(workload, overrides.stage)
+    stage = resolve_stage(workload, overrides.stage)
     assignments = parse_assignments(overrides.set, "--set")
     if "stage" in assignments:
-        stage = _resolve_stage(workload, assignments.pop("stage"))
+        stage = resolve_stage(workload, assignments.pop("stage"))
     here = settings.ssh_host is None
-    parameters = _absolute_paths(workload, _resolve_parameters(workload, stage, assignments), here=here)
+    parameters = absolute_paths(workload, resolve_parameters(workload, stage, assignments), here=here)
     env = _resolve_env(overrides.env)
 
     placeholders = path_placeholders(settings, account, state_dir)

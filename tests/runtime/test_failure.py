@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.flows.runs.reconcile import reason_from_log
+from hpcai.flows.runs.why import reason_from_log
 from hpcai.runtime.failure import record_failure
 
 ENOSPC_LOG = """[rank1]: Traceback (most recent call last):

@@ -156,9 +156,13 @@ class Scheduler(ABC):
         raise AssertionError("unreachable")
 
     @abstractmethod
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
-        """Submit the script; return the job id. The scheduler creates the job's log files with the
-        submitting process's umask (Slurm's SLURM_UMASK): `umask` keeps them private whatever the user's."""
+    def submit(
+        self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077",
+        command: Sequence[str] | None = None,
+    ) -> str:  # fmt: skip
+        """Submit the script; return the job id. `command`: the submit command a plan showed (else
+        `submit_command`'s). The scheduler creates the job's log files with the submitting process's umask
+        (Slurm's SLURM_UMASK): `umask` keeps them private whatever the user's."""
 
     def under_umask(self, argv: list[str], umask: str) -> list[str]:
         if umask not in ("077", "027"):

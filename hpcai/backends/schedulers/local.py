@@ -117,7 +117,10 @@ class LocalScheduler(Scheduler):
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["hpcai-local-runner", script_path]  # a detached process on this machine
 
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
+    def submit(
+        self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077",
+        command: Sequence[str] | None = None,
+    ) -> str:  # fmt: skip
         job_id = f"L{secrets.token_hex(4)}"
         while job_file(job_id).exists():
             job_id = f"L{secrets.token_hex(4)}"

@@ -61,8 +61,11 @@ class SlurmScheduler(Scheduler):
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["sbatch", "--parsable", script_path]
 
-    def submit(self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077") -> str:
-        argv = self.under_umask(self.submit_command(script_path, run_dir), umask)
+    def submit(
+        self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077",
+        command: Sequence[str] | None = None,
+    ) -> str:  # fmt: skip
+        argv = self.under_umask(list(command or self.submit_command(script_path, run_dir)), umask)
         result = self.command(argv, timeout=120, idempotent=False)
         if unclear("sbatch", result):
             raise SubmissionUnclear(f"sbatch did not say whether the job was queued: {last_line(result)}")

@@ -16,18 +16,14 @@ objects on the cluster and repairs what is damaged.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import secrets
 import shlex
 import socket
 import subprocess
-import tarfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from hpcai.backends.staging import remote
 from hpcai.backends.staging.manifest import (
@@ -42,6 +38,8 @@ from hpcai.backends.staging.manifest import (
     readable,
     tree_id,
 )
+from hpcai.backends.staging.report import Probe, StageReport
+from hpcai.backends.staging.streams import StreamRefused, parse_sums, stream_part, tar_stream
 from hpcai.backends.transport.base import CommandResult, Transport, TransportError
 from hpcai.backends.transport.local import LocalTransport
 from hpcai.errors import HpcaiError
@@ -49,42 +47,6 @@ from hpcai.errors import HpcaiError
 LARGE_FILE_BYTES = 64 << 20  # from this size on, a file travels alone (resumable; rsync when possible)
 TAR_BATCH_BYTES = 256 << 20  # one tar stream carries at most this much (a drop loses at most one batch)
 RSYNC_PARALLEL = 4  # large files sent by rsync at once
-
-
-@dataclass
-class StageReport:
-    source: str
-    tree_id: str
-    remote_path: str
-    files: int
-    bytes_total: int
-    links: int = 0
-    objects_sent: int = 0
-    bytes_sent: int = 0
-    resumed_bytes: int = 0
-    repaired: bool = False
-    via: dict[str, int] = field(default_factory=dict)  # files sent per method
-    warnings: list[str] = field(default_factory=list)
-    packed: dict[str, Any] | None = None  # `stage --pack`: files before and after, shards, the packed copy
-    squashfs: dict[str, Any] | None = None  # `stage --squashfs`: files in the image, the local image, a bind
-
-    def count(self, method: str, objects: int, sent: int) -> None:
-        """`objects` objects went to the cluster by `method`, `sent` bytes of them over the link."""
-        self.via[method] = self.via.get(method, 0) + objects
-        self.objects_sent += objects
-        self.bytes_sent += sent
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Probe:
-    tree_digest: str | None
-    objects: dict[str, int]  # "ab/<sha>" or "ab/<sha>.<mode>" -> size
-    parts: dict[str, int]  # "<sha>.<writer>.part" -> size
-    free_bytes: int | None
-    python: bool = False  # python3 on the cluster: materialise in one process
 
 
 def _writer_id() -> str:
@@ -239,7 +201,7 @@ class Stager:
         for start in range(0, len(names), 2000):
             chunk = names[start : start + 2000]
             result = self._sums(f"{self.root}/objects", chunk, probe.python)
-            sums = _parse_sums(result.stdout)
+            sums = parse_sums(result.stdout)
             damaged |= {name for name in chunk if sums.get(name) != wanted[name]}
         if tree is None:
             return damaged, False
@@ -350,7 +312,7 @@ class Stager:
     def _send_tar(self, batch: list[Entry], scan: Scan, report: StageReport, python: bool) -> None:
         """Many small files in one stream: no round trip per file. Checked and installed on the cluster
         by the same command."""
-        stream = _tar_stream([(object_path(e.sha256), scan.files[e.path], e.size) for e in batch], self.progress)
+        stream = tar_stream([(object_path(e.sha256), scan.files[e.path], e.size) for e in batch], self.progress)
         program = ["python3", "-c", remote.TAR_INSTALL_PY] if python else ["sh", "-c", remote.TAR_INSTALL, "sh"]
         # Over the command's own connection (one login per command); tried: OpenSSH's client instead of
         # paramiko for this stream gained 4% here (2.5 s -> 2.4 s for 39 MB) at the cost of a login.
@@ -453,7 +415,7 @@ class Stager:
         else:
             for start in range(0, len(names), 500):
                 result = self._sums(f"{self.root}/objects/tmp", names[start : start + 500], python)
-                sums.update(_parse_sums(result.stdout))
+                sums.update(parse_sums(result.stdout))
         lines = ['cd "$1" || exit 3']
         bad = []
         for name, (_, entry) in zip(names, parts, strict=True):
@@ -635,68 +597,6 @@ class _EarlyTransfer:
         return []
 
 
-class StreamRefused(TransportError):
-    """The cluster ran the streamed upload and refused it (a full disk, an unwritable part): not a dropped
-    link, so sending again would not help."""
-
-
-def stream_part(
-    transport: Transport,
-    local: Path,
-    part: str,
-    offset: int,
-    *,
-    umask: str,
-    progress: Callable[[int], None] | None = None,
-    digest: Any = None,
-) -> tuple[str, int]:
-    """Send `local` from `offset` on into `part` on the cluster through one command's standard input; the
-    cluster hashes the part as it writes. With `digest` (a hashlib object), the bytes read are hashed here
-    too, by a helper thread while the next chunk is sent (hashlib releases the GIL). Returns the cluster's
-    (sha256 of the whole part, its size)."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    def chunks() -> Iterator[bytes]:
-        pending: Future[None] | None = None
-        with ThreadPoolExecutor(max_workers=1) as hasher:
-            try:
-                with open(local, "rb") as handle:
-                    if digest is not None:  # the part's prefix, already there, is this file's too
-                        while handle.tell() < offset and (chunk := handle.read(min(1 << 20, offset - handle.tell()))):
-                            digest.update(chunk)
-                    handle.seek(offset)
-                    while chunk := handle.read(1 << 20):
-                        if digest is not None:
-                            if pending is not None:
-                                pending.result()
-                            pending = hasher.submit(digest.update, chunk)
-                        yield chunk
-                        if progress:
-                            progress(len(chunk))
-            except OSError as exc:
-                raise HpcaiError(
-                    f"stage: {readable(str(local))} could not be read while it was staged ({exc}). Stage again once "
-                    "nothing writes to it."
-                ) from None
-            if pending is not None:
-                pending.result()
-
-    argv = ["python3", "-c", remote.STREAM_PART_PY, part, str(offset), umask]
-    result = transport.run(argv, input=chunks(), timeout=3600)
-    reason = result.stderr.strip()[-300:] or f"exit status {result.returncode}"
-    if result.returncode == 5:
-        raise StreamRefused(
-            f"stage: the cluster refused to store {readable(str(local))}: {reason}. Its disk or your quota is "
-            "probably full: free space (or stage elsewhere with --to) and run the same command again; it goes on "
-            "from what arrived."
-        )
-    lines = result.stdout.strip().splitlines() or [""]
-    sha, _, size = lines[-1].partition(" ")  # the last line: a chatty login shell may print before it
-    if not result.ok or not size.isdigit():
-        raise StreamRefused(f"stage: sending {readable(str(local))} to the cluster failed: {reason}.")
-    return sha, int(size)
-
-
 def plan_stage(
     store_root: str, source: Path, cache: HashCache, *, keep_name: bool = False, follow_links: bool = False
 ) -> tuple[Scan, str, str]:
@@ -714,54 +614,6 @@ def plan_stage(
 def _prefixed(scan: Scan, name: str) -> Scan:
     entries = [Entry(f"{name}/{e.path}", e.size, e.mode, e.sha256, e.link, e.sparse) for e in scan.entries]
     return Scan(entries, {f"{name}/{k}": v for k, v in scan.files.items()}, scan.refused)
-
-
-def _parse_sums(text: str) -> dict[str, str]:
-    sums = {}
-    for line in text.splitlines():
-        digest, _, name = line.partition("  ")
-        sums[name] = digest
-    return sums
-
-
-class _Sink(io.RawIOBase):
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def drain(self, at_least: int = 0) -> Iterator[bytes]:
-        """The bytes written so far as one chunk, once there are `at_least` of them (few large SSH
-        writes instead of many 10 KB ones)."""
-        if self.chunks and sum(map(len, self.chunks)) >= at_least:
-            chunks, self.chunks = self.chunks, []
-            yield b"".join(chunks)
-
-
-def _tar_stream(items: list[tuple[str, Path, int]], progress: Callable[[int], None] | None) -> Iterator[bytes]:
-    """A tar stream of (member name, local file, size), produced while it is sent."""
-    sink = _Sink()
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-        for name, path, size in items:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = size, 0o400
-            try:
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-            except OSError as exc:  # shorter than when it was hashed, or unreadable now
-                raise HpcaiError(
-                    f"stage: {readable(str(path))} changed or could not be read while it was staged ({exc}). "
-                    "Stage again once nothing writes to it."
-                ) from None
-            yield from sink.drain(1 << 20)
-            if progress:
-                progress(size)
-    yield from sink.drain()
 
 
 def rsync_available(transport: Transport) -> bool:

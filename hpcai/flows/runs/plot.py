@@ -9,7 +9,7 @@ from typing import Any
 
 from hpcai.backends.session import Session
 from hpcai.errors import HpcaiError
-from hpcai.flows.runs.reconcile import read_jsonl
+from hpcai.rundir.jsonl import read_jsonl
 from hpcai.rundir.layout import RunDir
 from hpcai.rundir.metrics import valid_step
 from hpcai.store.db import Store

@@ -18,6 +18,7 @@ from hpcai.backends.session import Backend, Session
 from hpcai.backends.transport.base import Transport
 from hpcai.errors import HpcaiError
 from hpcai.flows.runs.submission import LOST_SUBMISSION_S
+from hpcai.flows.runs.why import failure_reason, lineage_reason
 from hpcai.rundir.batch import FileReader, Prefetched
 from hpcai.rundir.exitcodes import (
     EXIT_GAVE_UP,
@@ -27,8 +28,8 @@ from hpcai.rundir.exitcodes import (
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
 )
+from hpcai.rundir.jsonl import read_jsonl
 from hpcai.rundir.layout import RunDir
-from hpcai.rundir.visible import visible_line
 from hpcai.store.db import Attempt, Run, Store
 
 
@@ -146,10 +147,6 @@ def _refresh_cluster(
         refresh(store, [store.run(r.id) for r, _ in items], backends, {cluster: reader})
 
 
-# A line of a Python traceback's last frame: `SomeError: message` (module-qualified or not).
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*")
-
-
 def _status_changes(attempt: Attempt, status: JobStatus) -> dict[str, Any]:
     """What the scheduler's word changes on the attempt. Its reason is why the job waits while it has not
     ended (`waiting`: Priority, Resources, BeginTime after a requeue), and why it ended once it has: a
@@ -176,71 +173,6 @@ def _status_changes(attempt: Attempt, status: JobStatus) -> dict[str, Any]:
         elif status.state is JobState.CANCELLED:
             changes["reason"] = "cancelled outside hpcai (scancel/qdel, or an administrator)"
     return changes
-
-
-def failure_reason(backend: Backend, run_dir: str, job_id: str) -> str | None:
-    """Why a failed job ended, in words: the first rank's recorded exception (the others usually die of
-    the collective it left), else the last exception line in the job's error log; read once, when the
-    attempt is seen to fail."""
-    transport = backend.transport
-    records = []
-    for name in transport.list_dir(RunDir(run_dir).errors):
-        if name.startswith("rank-") and name.endswith(".json"):
-            try:
-                record = json.loads(transport.read_text(f"{RunDir(run_dir).errors}/{name}") or "")
-            except (ValueError, HpcaiError):
-                continue
-            if isinstance(record, dict) and record.get("job_id") in (job_id, None):
-                records.append(record)
-    if records:
-        first = min(records, key=lambda r: float(r.get("time") or 0))
-        where = f" at {first['where']}" if first.get("where") else ""
-        others = f"; {len(records) - 1} other rank(s) failed after it" if len(records) > 1 else ""
-        return _with_advice(f"{first.get('type', 'error')}: {first.get('message', '')}{where} "
-                            f"(rank {first.get('rank', '?')} on {first.get('host', '?')}{others})")  # fmt: skip
-    _, err = backend.scheduler.log_paths(run_dir, job_id)
-    text = transport.tail(err, 65536).decode("utf-8", errors="replace")
-    return reason_from_log(text.splitlines())
-
-
-def reason_from_log(lines: list[str]) -> str | None:
-    """Why a job ended, from its error log: the first traceback's exception that is not a launcher's wrapper
-    (torchrun's `[rankN]: ` prefixes read through), else the last line that names an exception; a full disk
-    is said as such, with what to do."""
-    from hpcai.runtime.outputparse import find_exception, strip_rank
-
-    found = find_exception(lines)
-    if found is not None:
-        rank = f" (rank {found.rank})" if found.rank is not None else ""
-        where = f" at {found.where}" if found.where else ""
-        text = f"{found.type}: {found.message}{where}{rank}" if found.message else f"{found.type}{where}{rank}"
-    else:
-        stripped = [strip_rank(line)[1].strip() for line in lines]
-        text = next((line for line in reversed(stripped) if _EXCEPTION_LINE.match(line)), "")
-    return _with_advice(text[:500]) if text else None
-
-
-def _with_advice(reason: str) -> str:
-    """A reason with what to do, where the cause is one a user can fix from the message alone."""
-    if "No space left on device" in reason or "Disk quota exceeded" in reason:
-        reason += (
-            " -- the file system of the run folder (or the job's scratch) is full or over quota: free space "
-            "(`hpcai doctor` shows the quota), keep fewer checkpoints, then `hpcai resume RUN`"
-        )
-    return visible_line(reason)
-
-
-def read_jsonl(transport: FileReader, path: str) -> list[dict[str, Any]]:
-    text = transport.read_text(path) or ""
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _readable_decision(decision: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +296,7 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
                 continue
             previous = next((a for a in reversed(attempts) if a.job_id == event.get("after")), None)
         after = job_id if inside else str(event.get("after"))
-        reason = _lineage_reason(transport, run, why, decision, after, inside)
+        reason = lineage_reason(transport, run, why, decision, after, inside)
         if previous is not None:
             changes: dict[str, Any] = {"reason": reason, "waiting": None}
             if why == "walltime":  # checkpointed before the time limit and back in the queue: ended as planned
@@ -404,22 +336,6 @@ def _follow_lineage(store: Store, transport: FileReader, run: Run, valid_job_id:
 _LINEAGE_EXIT = {"rollback": EXIT_ROLLBACK, "hang": EXIT_HANG, "node-failure": EXIT_NODE_FAILED}
 
 
-def _lineage_reason(
-    transport: FileReader, run: Run, why: str, decision: dict[str, Any], job_id: str, inside: bool
-) -> str:
-    where = "relaunched in the same job" if inside else "the next attempt is a new job"
-    if why == "rollback":
-        return f"rolled back: {decision.get('reason', 'spike guard')}; {where}"
-    if why == "hang":
-        return f"{_hang_reason(transport, run, job_id)}; {where}"
-    if why == "node-failure":
-        return f"{_node_failure_reason(transport, run, job_id)}; {where}"
-    if why == "walltime":
-        again = "the same job waits in the queue again" if inside else "the next attempt is a new job"
-        return f"walltime near: checkpointed and requeued; {again}"
-    return f"{why}; {where}"
-
-
 def _note_node_fail(store: Store, transport: Transport, run: Run, job_id: str) -> None:
     """Slurm ended the job for a failed node (NODE_FAIL, no --no-kill): the node whose task began in the
     job's last launch and never ended is the one; it goes on the cluster's exclusion list."""
@@ -449,36 +365,6 @@ def _note_node_fail(store: Store, transport: Transport, run: Run, job_id: str) -
             node = start.get("scheduler_node") or start.get("node")
             records.append({**start, "node": node, "time": time.time(), "why": why})
     record_from_node_log(store, run.cluster, run.id, records)
-
-
-def _node_failure_reason(transport: FileReader, run: Run, job_id: str) -> str:
-    """Which node failed and why, from the run's node log (hpcai.runtime.recovery)."""
-    records = [r for r in read_jsonl(transport, RunDir(run.run_dir).node_log) if str(r.get("job_id")) == job_id]
-    if not records:
-        return "node failure"
-    return "node failure: " + "; ".join(f"{r.get('node')} (node {r.get('node_rank')}): {r.get('why')}" for r in records)
-
-
-def _hang_reason(transport: FileReader, run: Run, job_id: str) -> str:
-    """Why a hung attempt ended, from the watchdogs' records in the timeline."""
-    hangs = [
-        r for r in read_jsonl(transport, RunDir(run.run_dir).timeline)
-        if r.get("event") == "hang" and str(r.get("job_id")) == job_id
-    ]  # fmt: skip
-    if not hangs:
-        return "hang: a node's watchdog stopped the workers"
-    parts = []
-    for r in hangs:
-        stalled, limit = r.get("stalled_s"), r.get("limit_s")
-        timing = (
-            f"no rank progressed for {stalled:.0f} s (limit {limit:.0f} s)"
-            if isinstance(stalled, int | float) and isinstance(limit, int | float)
-            else "no rank progressed"
-        )
-        parts.append(
-            f"on {r.get('scheduler_node') or r.get('node')} at step {r.get('step')} ({r.get('phase')}): {timing}"
-        )
-    return "hang " + "; ".join(parts) + "; stacks in stacks/"
 
 
 def _note_give_up(store: Store, transport: FileReader, run: Run, attempt: Attempt) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from hpcai.backends.schedulers import JobState
@@ -75,7 +76,9 @@ def make_run_dir(transport: Transport, run_dir: str, umask: str) -> None:
         raise OSError(0, result.stderr.strip() or f"mkdir failed (exit code {result.returncode})", run_dir)
 
 
-def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, Any]:
+def submit_run(
+    rendered: RenderedJob, store: Store | None = None, command: Sequence[str] | None = None
+) -> dict[str, Any]:
     store = store or Store()
     job = rendered.job
     backend = Session.current().get(job.cluster)
@@ -106,7 +109,9 @@ def submit_run(rendered: RenderedJob, store: Store | None = None) -> dict[str, A
         private = 0o640 if job.share_with_group else 0o600
         transport.write_text(script_path, rendered.script, mode=private | 0o100)
         transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n", mode=private)
-        job_id = backend.scheduler.submit(script_path, job.run_dir, walltime_s=job.walltime_s, umask=job.umask)
+        job_id = backend.scheduler.submit(
+            script_path, job.run_dir, walltime_s=job.walltime_s, umask=job.umask, command=command
+        )
     except OutcomeUnknown as exc:
         job_id = settle_unclear_submission(store, backend, run, 1, exc)
     except (HpcaiError, OSError) as exc:

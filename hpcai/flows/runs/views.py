@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from hpcai.backends.schedulers import JobState
 from hpcai.backends.session import Session
 from hpcai.errors import HpcaiError
-from hpcai.flows.runs.reconcile import lineage_files, metrics_file, read_jsonl, refresh
+from hpcai.flows.runs.reconcile import lineage_files, metrics_file, refresh
 from hpcai.rundir.batch import FileReader, Prefetched
+from hpcai.rundir.jsonl import read_jsonl
 from hpcai.rundir.layout import RunDir
 from hpcai.rundir.metrics import last_progress
 from hpcai.rundir.visible import visible_dict
