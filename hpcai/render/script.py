@@ -12,8 +12,11 @@ from hpcai.backends.schedulers import script_fragments
 from hpcai.errors import ValidationError
 from hpcai.paths import data_dir
 from hpcai.render.setup import container_prefix, environment_guard, setup_lines
-from hpcai.rundir.exitcodes import (
+from hpcai.rundir.contract import (
     ATTEMPT_COUNT_FILE,
+    ATTEMPT_START_FILE,
+    ATTEMPTS_LOG,
+    CHECKPOINTS_DIR,
     EXCLUDE_FILE,
     EXIT_GAVE_UP,
     EXIT_HANG,
@@ -22,15 +25,20 @@ from hpcai.rundir.exitcodes import (
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
     GAVE_UP_FILE,
+    JOB_ID_FILE,
+    LATEST_FILE,
     LEASE_FILE,
     LEASE_REFRESH_S,
     LEASE_STALE_S,
+    LOGS_DIR,
     MAX_ATTEMPTS,
     MAX_REQUEUES,
+    NEXT_STAGE_FILE,
+    REQUEUE_COUNT_FILE,
     REQUEUE_MARKER,
     ROLLBACK_FILE,
+    STOP_FILE,
 )
-from hpcai.rundir.layout import JOB_ID_FILE, NEXT_STAGE_FILE
 from hpcai.runtime.watchdog import HANGS_DIR
 from hpcai.shellquote import Expr, join, quote, quote_with_variables
 from hpcai.spec.jobspec import JobSpec
@@ -312,6 +320,13 @@ def render_script(job: JobSpec, profile: ClusterProfile, workload: Workload) -> 
         "emulated": profile.launch.emulate_nodes,
         "next_stage_file": NEXT_STAGE_FILE,
         "job_id_file": JOB_ID_FILE,
+        "checkpoints_dir": CHECKPOINTS_DIR,
+        "latest_file": LATEST_FILE,
+        "attempts_log": ATTEMPTS_LOG,
+        "stop_file": STOP_FILE,
+        "attempt_start_file": ATTEMPT_START_FILE,
+        "requeue_count_file": REQUEUE_COUNT_FILE,
+        "logs_dir": LOGS_DIR,
     }
     template = _environment().get_template(f"{profile.scheduler}.sh.j2")
     return template.render(context)

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpcai.rundir.exitcodes import (
+from hpcai.rundir.contract import (
     ATTEMPT_COUNT_FILE,
+    ATTEMPTS_LOG,
+    CHECKPOINTS_DIR,
     DECISIONS_LOG,
     ERRORS_DIR,
     EVENTS_LOG,
     GAVE_UP_FILE,
+    JOB_ID_FILE,
     LEASE_FILE,
+    LOGS_DIR,
+    NEXT_STAGE_FILE,
     NODE_LOG,
     REQUEUE_MARKER,
     ROLLBACK_FILE,
@@ -21,13 +26,8 @@ from hpcai.rundir.exitcodes import (
     TIMELINE_LOG,
 )
 
-ATTEMPTS_LOG = "attempts.jsonl"  # start/end/requeue/rollback/submitted events, written by the job script
 METRICS_LOG = "metrics.jsonl"  # one line per step, written by the runtime (rank 0)
-JOB_ID_FILE = "job_id"  # the job writes its own id first thing
-NEXT_STAGE_FILE = "next_stage"  # a pipeline's next run directory: submitted by this run's job when it completes
 SPEC_FILE = "spec.json"  # the resolved job, written at submit
-LOGS_DIR = "logs"
-CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)

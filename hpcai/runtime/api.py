@@ -30,11 +30,10 @@ from typing import Any
 
 from hpcai.monitor.policy import Decision, RollbackPolicy
 from hpcai.monitor.spikes import SpikeDetector
-from hpcai.rundir.exitcodes import DECISIONS_LOG, ROLLBACK_FILE
+from hpcai.rundir.contract import DECISIONS_LOG, ROLLBACK_FILE, STOP_FILE
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 
 GUARD_STATE_FILE = "hpcai_guard.json"  # in each checkpoint folder: the detector and LR scale at that step
-STOP_FILE = "STOP"
 _MAX_STATE_BYTES = 5_000_000
 
 

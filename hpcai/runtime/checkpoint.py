@@ -25,8 +25,10 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from hpcai.rundir.contract import LATEST_FILE
+
 MARKER = "COMPLETE.json"
-LATEST = "latest"
+LATEST = LATEST_FILE
 # What `latest` may name: a checkpoint folder directly inside checkpoints/, never a path that leaves it.
 _STEP_NAME = re.compile(r"step-[0-9]+")
 

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from hpcai.rundir.exitcodes import ERRORS_DIR
+from hpcai.rundir.contract import ERRORS_DIR
 
 
 def _cause(exc: BaseException) -> BaseException:

@@ -15,7 +15,7 @@ from typing import Any
 
 from hpcai.monitor.policy import Decision, RollbackPolicy, decide
 from hpcai.monitor.spikes import SpikeDetector
-from hpcai.rundir.exitcodes import DECISIONS_LOG, EVENTS_LOG, GAVE_UP_FILE, ROLLBACK_FILE
+from hpcai.rundir.contract import DECISIONS_LOG, EVENTS_LOG, GAVE_UP_FILE, ROLLBACK_FILE
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

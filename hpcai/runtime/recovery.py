@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcai.rundir.exitcodes import ERRORS_DIR, EXCLUDE_FILE, NODE_LOG
-from hpcai.rundir.layout import ATTEMPTS_LOG
+from hpcai.rundir.contract import ATTEMPTS_LOG, ERRORS_DIR, EXCLUDE_FILE, NODE_LOG
 from hpcai.runtime.node_agent import NODES_DIR
 from hpcai.runtime.watchdog import HANGS_DIR, record_name
 

@@ -9,10 +9,12 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+from hpcai.rundir.contract import STOP_FILE
+
 
 class StopRequest:
     def __init__(self, run_dir: Path) -> None:
-        self.stop_file = run_dir / "STOP"
+        self.stop_file = run_dir / STOP_FILE
         self._signalled = False
         signal.signal(signal.SIGUSR1, self._on_signal)
 
@@ -26,4 +28,4 @@ class StopRequest:
     @staticmethod
     def clear(run_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(run_dir / "STOP")
+            os.unlink(run_dir / STOP_FILE)

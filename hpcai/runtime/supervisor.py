@@ -40,13 +40,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcai.rundir.exitcodes import ERRORS_DIR, REQUEUE_MARKER
+from hpcai.rundir.contract import ERRORS_DIR, REQUEUE_MARKER, STOP_FILE
 from hpcai.runtime.api import read_pending_decision
 from hpcai.runtime.heartbeat import VARIABLE as HEARTBEAT_VARIABLE
 from hpcai.runtime.metrics_log import MetricsLog
 from hpcai.runtime.outputparse import ProgressParser, RankException, find_exception, find_root_cause
 
-STOP_FILE = "STOP"
 KILL_AFTER_TERM_S = 30.0
 TAIL_LINES = 2000  # output lines kept for finding the exception
 GUESS_DELAY_S = 2.0  # how long a metric read from the program's own output waits for an exact one

@@ -18,10 +18,11 @@ import torch
 
 from hpcai.monitor.policy import RollbackPolicy
 from hpcai.monitor.spikes import SpikeDetector
-from hpcai.rundir.exitcodes import (
+from hpcai.rundir.contract import (
     EXIT_GAVE_UP,
     EXIT_REQUEUE,
     EXIT_ROLLBACK,
+    LATEST_FILE,
     REQUEUE_MARKER,
     ROLLBACK_FILE,
     TIMELINE_LOG,
@@ -489,7 +490,7 @@ def _retire_decision(run_dir: Path, checkpoints: Checkpoints, target_step: int) 
     for path in checkpoints.complete():
         if step_of(path) > target_step:
             shutil.rmtree(path, ignore_errors=True)
-    (checkpoints.root / "latest").write_text(f"step-{target_step:08d}\n")
+    (checkpoints.root / LATEST_FILE).write_text(f"step-{target_step:08d}\n")
     applied = run_dir / f"rollback-applied-{int(time.time() * 1000)}.json"
     (run_dir / ROLLBACK_FILE).rename(applied)
 

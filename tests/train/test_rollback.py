@@ -13,7 +13,7 @@ import pytest
 from hpcai.flows.resolve import prepare_job
 from hpcai.flows.runs.submission import submit_run
 from hpcai.flows.runs.views import run_detail
-from hpcai.rundir.exitcodes import EXIT_GAVE_UP, EXIT_ROLLBACK
+from hpcai.rundir.contract import EXIT_GAVE_UP, EXIT_ROLLBACK
 from hpcai.spec.jobspec import Overrides
 from hpcai.store.db import Store
 from tests.conftest import run_cli

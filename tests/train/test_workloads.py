@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the training stack is the `train` extra")
 
-from hpcai.rundir.exitcodes import EXIT_REQUEUE, REQUEUE_MARKER  # noqa: E402
+from hpcai.rundir.contract import EXIT_REQUEUE, REQUEUE_MARKER  # noqa: E402
 from hpcai.runtime.metrics_log import FIELDS  # noqa: E402
 from tests.train.launch import launch, losses, metrics  # noqa: E402
 

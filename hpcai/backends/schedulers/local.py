@@ -23,7 +23,7 @@ from typing import Any
 
 from hpcai.backends.schedulers.base import JobState, JobStatus, Scheduler, SchedulerError, ScriptFragments
 from hpcai.paths import state_dir
-from hpcai.rundir.exitcodes import SCRIPT_NAME
+from hpcai.rundir.contract import SCRIPT_NAME
 from hpcai.shellquote import quote
 
 

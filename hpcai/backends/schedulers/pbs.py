@@ -20,7 +20,7 @@ from hpcai.backends.schedulers.base import (
     last_line,
     unclear,
 )
-from hpcai.rundir.exitcodes import SCRIPT_NAME
+from hpcai.rundir.contract import SCRIPT_NAME
 
 # PBS job_state letters. F (finished, qstat -x) and C (completed, Torque) carry Exit_status when known.
 _STATES = {

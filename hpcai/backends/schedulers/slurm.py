@@ -20,7 +20,7 @@ from hpcai.backends.schedulers.base import (
     last_line,
     unclear,
 )
-from hpcai.rundir.exitcodes import EXCLUDE_FILE, SCRIPT_NAME
+from hpcai.rundir.contract import EXCLUDE_FILE, SCRIPT_NAME
 
 # squeue --Format, each field ended by "|" (no padding): the % codes have no restart count.
 _SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,StartTime:|,EndTime:|,WorkDir:|,RestartCnt:|"

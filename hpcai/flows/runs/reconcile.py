@@ -20,7 +20,7 @@ from hpcai.errors import HpcaiError
 from hpcai.flows.runs.submission import LOST_SUBMISSION_S
 from hpcai.flows.runs.why import failure_reason, lineage_reason
 from hpcai.rundir.batch import FileReader, Prefetched
-from hpcai.rundir.exitcodes import (
+from hpcai.rundir.contract import (
     EXIT_GAVE_UP,
     EXIT_HANG,
     EXIT_LEASE_HELD,

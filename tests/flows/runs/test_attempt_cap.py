@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hpcai.rundir.exitcodes import EXIT_GAVE_UP, MAX_ATTEMPTS
+from hpcai.rundir.contract import EXIT_GAVE_UP, MAX_ATTEMPTS
 from hpcai.store.db import Store
 from tests.conftest import run_cli
 from tests.helpers import wait_terminal

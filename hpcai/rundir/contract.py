@@ -1,4 +1,23 @@
-"""Exit codes shared by the job script, the in-job runtime and the client."""
+"""What the job script, the in-job runtime and the client share: the run folder's file names and the job's
+exit codes, each named once here (the job script's template gets them from render/script.py)."""
+
+# The job asks the training to stop (walltime near): created by the job script, read by the runtime.
+STOP_FILE = "STOP"
+# The run's checkpoints, one folder each; `latest` names the newest complete one.
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+# Start/end/requeue/rollback/submitted events, one JSON per line, written by the job script.
+ATTEMPTS_LOG = "attempts.jsonl"
+# The job's output and error files (the scheduler writes them).
+LOGS_DIR = "logs"
+# Touched by the job script when a launch starts: markers older than it were left by an earlier attempt.
+ATTEMPT_START_FILE = ".attempt-start"
+# Walltime requeues so far (digits), counted by the job script against MAX_REQUEUES.
+REQUEUE_COUNT_FILE = "requeues"
+# The job writes its own id here first thing.
+JOB_ID_FILE = "job_id"
+# A pipeline's next run folder: submitted by this run's job when it completes.
+NEXT_STAGE_FILE = "next_stage"
 
 # The runtime checkpointed because the job asked it to stop (walltime near): requeue and resume.
 EXIT_REQUEUE = 85
