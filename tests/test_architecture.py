@@ -25,7 +25,7 @@ RANK = {
 JOB_SIDE = {"runtime", "monitor", "train", "integrations"}
 CLIENT_SIDE = {"cli", "flows", "backends", "render", "store", "spec"}
 # Over 500 lines, to be split (the list may only shrink: a module that drops under the limit leaves it).
-OVERSIZE = {"backends/staging/stager.py", "backends/transport/ssh.py", "runtime/trainer.py"}
+OVERSIZE = {"backends/staging/stager.py"}
 
 
 def _modules() -> dict[str, Path]:

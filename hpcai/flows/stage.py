@@ -36,7 +36,8 @@ def store_root(
 
 
 def _stager(transport: Transport, root: str, progress: Any, group_shared: bool) -> Stager:
-    from hpcai.backends.transport.ssh import SshTransport, ssh_config_path
+    from hpcai.backends.transport.ssh import SshTransport
+    from hpcai.backends.transport.ssh_config import ssh_config_path
 
     rsync_target = rsync_ssh = None
     if isinstance(transport, SshTransport) and rsync_available(transport):

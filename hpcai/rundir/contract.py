@@ -67,3 +67,5 @@ EXCLUDE_FILE = "exclude_nodes"
 NODE_LOG = "node_failures.jsonl"
 # Each failing rank's exception, errors/rank-N.json (hpcai.runtime.failure writes them).
 ERRORS_DIR = "errors"
+# Each experiment tracker's folder in the run folder (the runtime writes there; `hpcai sync` uploads wandb's).
+TRACKER_DIRS = {"tensorboard": "tensorboard", "wandb": "wandb"}

@@ -16,7 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from hpcai.monitor.policy import RollbackPolicy
 from hpcai.monitor.spikes import SpikeDetector
 from hpcai.rundir.contract import (
     EXIT_GAVE_UP,
@@ -26,68 +25,22 @@ from hpcai.rundir.contract import (
     REQUEUE_MARKER,
     ROLLBACK_FILE,
     TIMELINE_LOG,
+    TRACKER_DIRS,
 )
 from hpcai.runtime.affinity import bind_to_gpu_cpus
 from hpcai.runtime.checkpoint import Checkpoints, step_of
 from hpcai.runtime.data_order import BatchOrder
 from hpcai.runtime.distributed import assert_sharded, make_accelerator
 from hpcai.runtime.failure import record_failure
+from hpcai.runtime.faults import corrupt, crash_last_node, hang_forever, hung_before, nan_fires
 from hpcai.runtime.flops import mfu, peak_flops
 from hpcai.runtime.guard import SpikeGuard, rollbacks_so_far
 from hpcai.runtime.heartbeat import Heartbeat
 from hpcai.runtime.loader import LEFT_OUT, step_batches, to_device
 from hpcai.runtime.metrics_log import MetricsLog, Timeline
 from hpcai.runtime.stop import StopRequest
-from hpcai.runtime.watchdog import HANGS_DIR
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    run_dir: Path
-    max_steps: int
-    per_device_batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
-    checkpoint_every: int
-    keep_checkpoints: int
-    seed: int
-    metrics_file: str = "metrics.jsonl"
-    checkpoint_dir: str = "checkpoints"
-    # The learning rate relative to the configured one for a fresh start (HPCAI_LR_SCALE); a resume takes
-    # the scale from its checkpoint, a rollback from its decision.
-    lr_scale: float = 1.0
-    # The in-job spike guard's policy; None switches the guard off.
-    policy: RollbackPolicy | None = None
-    # The detector's report floor (DetectorConfig.report_floor): the workload's spike_floor parameter.
-    spike_floor: float = 0.2
-    # The run fails when more than this fraction of the samples seen were left out (missing or unreadable
-    # images, malformed conversations): a data set that mostly does not load is a fault, not noise.
-    max_left_out: float = 0.02
-    # Test hook, a workload option: at this step, while the LR is unscaled, multiply the trainable weights
-    # by `inject_spike_scale` -- an update gone wrong that a rollback with a lower LR gets past.
-    inject_spike_at: int = 0
-    inject_spike_scale: float = 1.0
-    # Where the metrics also go (accelerate trackers): "tensorboard" (event files in <run dir>/tensorboard),
-    # "wandb" (offline, in <run dir>/wandb), "none".
-    tracker: str = "tensorboard"
-    # DataLoader workers per rank that make batches ahead of the step (0: inline, on the critical path).
-    data_workers: int = 0
-    # Steps between host syncs: the loss, grad norm and stop flag are read back (one collective), metrics
-    # written and the spike guard consulted every `sync_every` steps and before every checkpoint; the
-    # GPU runs ahead in between. 0: automatic (10 on a GPU; 1 on a CPU, which has no queue to run ahead).
-    sync_every: int = 0
-    # Test hook, a workload option: after this step every rank stops progressing (once per run).
-    inject_hang_at: int = 0
-    # Test hook, a workload option: after this step the last node dies -- its node task (the node agent)
-    # and every process of its launch killed, as when a node fails (once per run).
-    inject_crash_at: int = 0
-    # Test hook, a workload option: the loss at this step is NaN while the LR is unscaled -- every time
-    # (a fault in the data: a rerun check reproduces it), or only the first time with `inject_nan_transient`
-    # (a transient hardware fault: the rerun does not).
-    inject_nan_at: int = 0
-    inject_nan_transient: bool = False
+from hpcai.runtime.trackers import scalars, tracked_config, trackers
+from hpcai.runtime.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -187,8 +140,8 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     heartbeat.beat("setup")
     set_seed(config.seed)
     task = make_task()
-    log_with = _trackers(config)
-    accelerator = make_accelerator(task.layer_classes, log_with, config.run_dir / TRACKER_DIR.get(config.tracker, ""))
+    log_with = trackers(config)
+    accelerator = make_accelerator(task.layer_classes, log_with, config.run_dir / TRACKER_DIRS.get(config.tracker, ""))
     world, rank = accelerator.num_processes, accelerator.process_index
     accelerator.print(f"hpcai: runtime from {Path(__file__).resolve().parents[1]}, {world} process(es)")
     if bound is not None:
@@ -251,7 +204,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
     peak = peak_flops()
     since = time.perf_counter()
     if log_with:
-        accelerator.init_trackers("hpcai", config=_tracked_config(config))
+        accelerator.init_trackers("hpcai", config=tracked_config(config))
     batches = step_batches(task.collate, order, skips, start, config.max_steps, config.data_workers)
     sync_every = config.sync_every or (10 if device.type == "cuda" else 1)
     window: list[_StepRecord] = []
@@ -273,7 +226,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             if after_step is not None:
                 after_step(model)
             if config.inject_spike_at == step + 1 and lr_scale == 1.0:
-                _corrupt(model, config.inject_spike_scale)
+                corrupt(model, config.inject_spike_scale)
             lr = float(scheduler.get_last_lr()[0])
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -284,10 +237,10 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
             window.append(_StepRecord(done, values, out.z_loss is not None, lr, data_s, float(tokens), float(flops),
                                       float(left_out.sum()) if left_out is not None else 0.0))  # fmt: skip
             heartbeat.beat("step", done, time.perf_counter() - began)
-            if config.inject_hang_at == done and not _hung_before(config.run_dir):
-                _hang_forever(accelerator, done)
+            if config.inject_hang_at == done and not hung_before(config.run_dir):
+                hang_forever(accelerator, done)
             if config.inject_crash_at == done:
-                _crash_last_node(config.run_dir, done)
+                crash_last_node(config.run_dir, done)
             due_checkpoint = done % config.checkpoint_every == 0 or done == config.max_steps
             if len(window) < sync_every and not due_checkpoint:
                 continue
@@ -301,7 +254,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 step_tokens, step_flops = int(row[3]), row[4]
                 left_out_total += int(row[5])
                 seen += config.per_device_batch_size * world
-                if config.inject_nan_at == record.step and lr_scale == 1.0 and _nan_fires(config):
+                if config.inject_nan_at == record.step and lr_scale == 1.0 and nan_fires(config):
                     loss = float("nan")
                 metrics.write(
                     step=record.step,
@@ -320,7 +273,7 @@ def _train(make_task: Callable[[], Task], config: TrainConfig) -> int:
                 )
                 check_left_out(left_out_total, seen, config.max_left_out)
                 if log_with:
-                    accelerator.log(_scalars(loss=loss, grad_norm=norm, lr=record.lr, z_loss=z_loss,
+                    accelerator.log(scalars(loss=loss, grad_norm=norm, lr=record.lr, z_loss=z_loss,
                                              tokens_per_s=step_tokens / elapsed, step_s=elapsed,
                                              data_s=record.data_s), step=record.step)  # fmt: skip
                 if record.step % every == 0 or record.step == config.max_steps:
@@ -391,89 +344,6 @@ def _export(task: Exports, model: torch.nn.Module, target: Path, accelerator: An
     accelerator.wait_for_everyone()
 
 
-TRACKER_DIR = {"tensorboard": "tensorboard", "wandb": "wandb"}
-
-
-def _trackers(config: TrainConfig) -> list[str]:
-    """The accelerate trackers of this run; wandb is kept offline (compute nodes have no internet:
-    `wandb sync` from the login node uploads the run later)."""
-    import importlib.util
-
-    if config.tracker == "none":
-        return []
-    if importlib.util.find_spec(config.tracker) is None:
-        if config.tracker == "tensorboard":  # the default: metrics.jsonl has everything anyway
-            print("hpcai: tensorboard is not installed in the job's environment: no event files", flush=True)
-            return []
-        raise SystemExit(f"--tracker {config.tracker}: the job's Python has no '{config.tracker}' package; "
-                         f"install it in the job environment, or set tracker=tensorboard")  # fmt: skip
-    if config.tracker == "wandb":
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(config.run_dir / TRACKER_DIR["wandb"]))
-        (config.run_dir / TRACKER_DIR["wandb"]).mkdir(parents=True, exist_ok=True)
-    return [config.tracker]
-
-
-def _tracked_config(config: TrainConfig) -> dict[str, Any]:
-    """The run's settings as trackers take them (plain scalars)."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
-    values["run_dir"] = str(config.run_dir)
-    return values
-
-
-def _scalars(**values: float | None) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
-
-
-def _hung_before(run_dir: Path) -> bool:
-    """The inject_hang_at test hook fires once per run: not again after the recovery it caused."""
-    folder = run_dir / HANGS_DIR
-    return folder.is_dir() and any(folder.glob("*.json"))
-
-
-def _nan_fires(config: TrainConfig) -> bool:
-    """inject_nan_at: every time, or (transient) only the first time in the run."""
-    if not config.inject_nan_transient:
-        return True
-    marker = config.run_dir / ".injected-nan"
-    if marker.exists():
-        return False
-    # Every rank decides before any rank writes: they must agree on the (all-reduced) loss.
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    if int(os.environ.get("RANK", "0")) == 0:
-        marker.write_text("1\n")
-    return True
-
-
-def _crash_last_node(run_dir: Path, step: int) -> None:
-    """Test hook (inject_crash_at): on the last node, its first rank kills the node agent (the srun task)
-    and the node's whole launch, once per run, as a node failure would."""
-    import signal
-
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    node = int(os.environ.get("RANK", "0")) // max(1, local_world)
-    last = int(os.environ.get("WORLD_SIZE", "1")) // max(1, local_world) - 1
-    marker = run_dir / ".injected-crash"
-    if node != last or int(os.environ.get("LOCAL_RANK", "0")) != 0 or marker.exists():
-        return
-    marker.write_text(f"{step}\n")
-    print(f"hpcai: inject_crash_at: node {node} dies after step {step}", flush=True)
-    agent = os.environ.get("HPCAI_NODE_AGENT_PID")
-    if agent:
-        os.kill(int(agent), signal.SIGKILL)
-    os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
-def _hang_forever(accelerator: Any, step: int) -> None:
-    """Test hook (inject_hang_at): every rank stops making progress, as in a stuck collective."""
-    accelerator.print(f"hpcai: inject_hang_at: every rank stops progressing after step {step}")
-    while True:
-        time.sleep(3600)
-
-
 def _pending_decision(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / ROLLBACK_FILE
     if not path.is_file():
@@ -502,13 +372,6 @@ def _set_lr_scale(optimizer: torch.optim.Optimizer, scheduler: Any, base_lr: flo
     for group in optimizer.param_groups:
         group["initial_lr"] = base_lr
         group["lr"] = base_lr * factor
-
-
-@torch.no_grad()
-def _corrupt(model: torch.nn.Module, scale: float) -> None:
-    for param in model.parameters():
-        if param.requires_grad:
-            param.mul_(scale)
 
 
 def _peak_memory_gb() -> float:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from hpcai.monitor.policy import RollbackPolicy
-from hpcai.runtime.trainer import TrainConfig, lr_scale_from_env
+from hpcai.runtime.train_config import TrainConfig
+from hpcai.runtime.trainer import lr_scale_from_env
 
 
 def boolean(text: str) -> bool:

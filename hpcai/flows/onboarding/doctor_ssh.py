@@ -14,7 +14,7 @@ from hpcai.flows.onboarding.keys import keygen_argv
 if TYPE_CHECKING:  # paramiko loads only when a check needs SSH
     import paramiko
 
-    from hpcai.backends.transport.ssh import SshTarget
+    from hpcai.backends.transport.ssh_config import SshTarget
 
 
 # -- SSH ------------------------------------------------------------------------------------------------------
@@ -25,7 +25,7 @@ def check_ssh(doctor: Doctor) -> bool:
 
     from hpcai.backends.session import transport_for
     from hpcai.backends.transport.known_hosts import KnownHosts
-    from hpcai.backends.transport.ssh import SshError, fingerprint, resolve_target, ssh_config_path
+    from hpcai.backends.transport.ssh_config import SshError, fingerprint, resolve_target, ssh_config_path
 
     cluster, profile, alias = doctor.cluster, doctor.profile, doctor.settings.ssh_host
     assert alias is not None
@@ -141,7 +141,7 @@ def check_ssh(doctor: Doctor) -> bool:
 
 
 def _encrypted(path: Path) -> bool:
-    from hpcai.backends.transport.ssh import load_private_key
+    from hpcai.backends.transport.ssh_config import load_private_key
 
     try:
         return load_private_key(path) is None
@@ -155,7 +155,7 @@ def _offered_key(host: str, port: int) -> str | None:
 
     import paramiko
 
-    from hpcai.backends.transport.ssh import fingerprint
+    from hpcai.backends.transport.ssh_config import fingerprint
 
     try:
         with socket.create_connection((host, port), timeout=10) as sock:
@@ -171,7 +171,7 @@ def _offered_key(host: str, port: int) -> str | None:
 
 
 def _check_certificate(doctor: Doctor, target: SshTarget, agent_keys: Sequence[paramiko.PKey]) -> bool:
-    from hpcai.backends.transport.ssh import collect_certificates
+    from hpcai.backends.transport.ssh_config import collect_certificates
 
     found = collect_certificates(target, [key.asbytes() for key in agent_keys])
     renew = next((s for s in doctor.profile.access.steps if "every day" in s.lower()), doctor.profile.access.notes)

@@ -187,7 +187,7 @@ def onboard(
             identity_file=identity or None,
             certificate_login=profile.access.method == "ssh-certificate",
         )
-        from hpcai.backends.transport.ssh import ssh_config_path
+        from hpcai.backends.transport.ssh_config import ssh_config_path
 
         path = ssh_config_path()
         if confirm is None or confirm(f"Write the `Host {alias}` entry to {path}?", True):

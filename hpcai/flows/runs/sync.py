@@ -12,10 +12,11 @@ from typing import Any
 
 from hpcai.backends.session import Session
 from hpcai.errors import EnvironmentFailure, HpcaiError
+from hpcai.rundir.contract import TRACKER_DIRS
 from hpcai.rundir.layout import RunDir
 from hpcai.store.db import Run, Store
 
-WANDB_DIR = "wandb"  # the tracker's folder in the run directory (hpcai.runtime.trainer.TRACKER_DIR)
+WANDB_DIR = TRACKER_DIRS["wandb"]
 
 
 def offline_runs(transport: Any, run: Run) -> list[tuple[str, bool]]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from hpcai.backends.session import Session
-from hpcai.backends.transport.ssh import SshError, SshTransport
+from hpcai.backends.transport.ssh import SshTransport
+from hpcai.backends.transport.ssh_config import SshError
 from hpcai.store.db import Store
 from tests.conftest import REPO
 from tests.helpers import submit_probe, wait_for, wait_terminal

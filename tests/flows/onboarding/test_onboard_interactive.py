@@ -61,7 +61,7 @@ def test_interactive_onboarding_asks_explains_writes_and_checks(
 def test_a_missing_key_can_be_created_in_the_terminal_with_a_passphrase(
     sshd: Path, isolated_hpcai: Path, tmp_path: Path
 ) -> None:
-    from hpcai.backends.transport.ssh import load_private_key
+    from hpcai.backends.transport.ssh_config import load_private_key
 
     root = tmp_path / "site"
     write_site_profile(isolated_hpcai / "config", root)
