@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from hpcai.spec.jobspec import Overrides, resolve_jobspec
 from hpcai.spec.profiles import load_profile
 from hpcai.spec.userconfig import ClusterSettings
 from hpcai.spec.workloads import load_workload
+from tests.conftest import run_cli
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 REPO = Path(__file__).resolve().parents[2]
@@ -239,8 +241,18 @@ def test_cpu_runs_use_accelerate_multi_cpu_mode_without_module_sync() -> None:
     assert "--fsdp_sync_module_states false" in script and "--mixed_precision no" in script
 
 
-def test_render_is_a_pure_function() -> None:
-    assert render_case("lumi-g-1n") == render_case("lumi-g-1n")
+def test_render_is_a_pure_function(tmp_path: Path) -> None:
+    """The same inputs give the same script byte for byte in separate processes that differ in everything
+    that is not an input: hash seed, time zone, locale, working folder, the clock."""
+    args = ["render", "llava", "-c", "lumi-g", "-A", "project_465000123", "-N", "2", "-t", "02:00:00",
+            "--run-id", "pure", "--run-dir", "/scratch/project_465000123/runs/pure"]  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    first = run_cli(*args, env={"PYTHONHASHSEED": "1", "TZ": "UTC", "LC_ALL": "C"})
+    time.sleep(1.1)  # a time stamp in the script would now differ
+    second = run_cli(*args, env={"PYTHONHASHSEED": "4242", "TZ": "Asia/Tokyo", "LC_ALL": "C.UTF-8"},
+                     cwd=tmp_path / "elsewhere")  # fmt: skip
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "#SBATCH" in first.stdout and first.stdout == second.stdout
 
 
 def test_a_hang_excludes_the_recorded_nodes_from_the_next_submission(tmp_path: Path) -> None:

@@ -73,7 +73,6 @@ def test_clip_losses_fall(tmp_path: Path, loss: str) -> None:
     result = launch("clip", run, params={**COMMON, "stage": stage, "samples": 128})
     assert result.returncode == 0, result.stderr[-3000:]
     assert falls(losses(run), 0.3), losses(run)
-    assert "world_size" not in result.stderr.lower() or result.returncode == 0
     # the metrics also went to TensorBoard event files (accelerate's tracker), one point per step
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
