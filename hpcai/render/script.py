@@ -92,9 +92,18 @@ def _env_lines(job: JobSpec, profile: ClusterProfile) -> list[str]:
         lines.append('export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"')
     if profile.launch.launcher == "direct":
         lines.append(f"export {profile.launch.machine_rank_var}=0")
+    if job.cache_dir is not None:
+        lines.append("# Caches on project or scratch storage, not the small $HOME; what you exported yourself wins.")
+        for variable, folder in (("HF_HOME", "huggingface"), ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "")):
+            path = f"{job.cache_dir}/{folder}".rstrip("/")
+            lines.append(f'export {variable}="${{{variable}:-{path}}}"')
     if profile.launch.library_path:
         folders = quote(":".join(profile.launch.library_path))
         lines.append(f'export LD_LIBRARY_PATH={folders}"${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"')
+        if job.container is not None and profile.container is not None:
+            # A container does not inherit LD_LIBRARY_PATH: hand the folders in (the profile binds them).
+            variable = f"{profile.container.runtime.upper()}ENV_LD_LIBRARY_PATH"
+            lines.append(f'export {variable}="$LD_LIBRARY_PATH"')
     if profile.launch.cpu_bind_per_rank and job.gpus_per_node > 0:
         lines.append("# Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).")
         lines.append(f"export HPCAI_CPU_BIND={quote(profile.launch.cpu_bind_per_rank)}")

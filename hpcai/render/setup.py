@@ -82,7 +82,7 @@ def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool) -> str:
         "trap 'rm -rf \"$lock\"' EXIT",
         f"rebuild={int(rebuild)}",
         f'if [ -e {marker} ] && [ "$rebuild" = 0 ]; then echo "{BUILD_MARK}ready"; exit 0; fi',
-        "export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1",
+        "export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_NO_CACHE_DIR=1  # no pip cache in a small $HOME",
     ]
     lines += setup_lines(profile, with_container=env.image is not None)
     site_flag = ["--system-site-packages"] if spec.system_site_packages else []

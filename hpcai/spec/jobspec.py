@@ -81,6 +81,7 @@ class JobSpec(BaseModel):
     code_dir: str
     python_path: str | None = None
     binds: tuple[str, ...] = ()  # data images mounted in the container (pack_data: squashfs)
+    cache_dir: str | None = None  # the job's default HF_HOME/TORCH_HOME/XDG_CACHE_HOME parent (profile `caches`)
     entrypoint: str
     python: str
     environment: JobEnv = JobEnv()
@@ -138,7 +139,7 @@ def _check_routes(profile: ClusterProfile, partition: Partition, nodes: int, wal
     hints = []
     if same_size:
         hints.append(f"--time {same_size[0].max_walltime} or less for {nodes} nodes")
-    others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n != partition.name]
+    others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n.split(" ")[0] != partition.name]
     if others:
         hints.append(f"--partition {others[0]}")
     raise ValidationError(
@@ -150,8 +151,10 @@ def _check_routes(profile: ClusterProfile, partition: Partition, nodes: int, wal
 
 
 def _partitions_allowing(profile: ClusterProfile, nodes: int, walltime_s: int) -> list[str]:
+    """The partitions that allow the job, each with its caution where the profile gives one (Polaris'
+    `preemptable`: jobs there can be killed at any time)."""
     return [
-        p.name
+        f"{p.name} ({p.caution})" if p.caution else p.name
         for p in profile.partitions
         if p.min_nodes <= nodes <= p.max_nodes and parse_walltime(p.max_walltime) >= walltime_s
     ]
@@ -170,7 +173,7 @@ def _check_limits(
 ) -> None:
     kind = "queue" if profile.scheduler == "pbs" else "partition"
     if nodes > partition.max_nodes or nodes < partition.min_nodes:
-        others = [n for n in _partitions_allowing(profile, nodes, 1) if n != partition.name]
+        others = [n for n in _partitions_allowing(profile, nodes, 1) if n.split(" ")[0] != partition.name]
         hint = f" The {kind}s that allow {nodes} nodes: {', '.join(others)}." if others else ""
         raise ValidationError(
             f"--nodes: {nodes} nodes is outside {kind} '{partition.name}' "
@@ -181,7 +184,7 @@ def _check_limits(
         _check_routes(profile, partition, nodes, walltime_s)
     limit = parse_walltime(partition.max_walltime)
     if walltime_s > limit:
-        others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n != partition.name]
+        others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n.split(" ")[0] != partition.name]
         hint = (
             f" {kind.capitalize()}s that allow it: {', '.join(others)} (--partition)."
             if others
@@ -306,6 +309,19 @@ def resolve_jobspec(
             "Choose another --run-dir, or set HPCAI_HOME to such a path."
         )
 
+    cache_dir = None
+    if profile.caches is not None:
+        cache_fs = profile.filesystems[profile.caches]
+        cache_root = expand_path(cache_fs.path, placeholders, field=f"filesystems.{profile.caches}.path").rstrip("/")
+        cache_dir = (
+            f"{cache_root}/.cache" if "{user}" in cache_fs.path else f"{cache_root}/{placeholders['user']}/.cache"
+        )
+        if not RUN_DIR_SAFE.fullmatch(cache_dir):
+            raise ValidationError(
+                f"filesystems.{profile.caches}.path: the jobs' cache folder '{cache_dir}' must be an absolute path of "
+                "letters, digits and / . _ + @ = , - only. Check `user` and `account` in config.toml."
+            )
+
     local_code = profile.launch.python == "current"
     code_dir = overrides.code_dir or (
         str(workload.directory) if local_code else f"{fs_root.rstrip('/')}/hpcai/code/{workload.name}"
@@ -330,6 +346,7 @@ def resolve_jobspec(
     lead = max(10, min(spec.checkpoint_lead_s, walltime_s // 4))
 
     return JobSpec(
+        cache_dir=cache_dir,
         cluster=cluster,
         workload=workload.name,
         stage=stage,

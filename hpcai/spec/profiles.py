@@ -90,6 +90,10 @@ class Partition(Strict):
         description="A routing queue's execution queues: a job must fit one of them (else PBS drops it)",
     )
     description: str = ""
+    caution: str = Field(
+        default="",
+        description="Said whenever hpcai suggests this partition, e.g. that its jobs can be preempted",
+    )
 
     _walltime = field_validator("max_walltime")(_check_walltime)
     _name = field_validator("name", "default_qos")(_directive_safe)
@@ -329,6 +333,11 @@ class ClusterProfile(Strict):
     filesystems: dict[str, Filesystem] = Field(min_length=1)
     runs_on: str = Field(description="Filesystem (key of `filesystems`) that holds run directories")
     runs_subdir: str = Field(default="hpcai/runs", description="Run directories' folder inside `runs_on`")
+    caches: str | None = Field(
+        default=None,
+        description="Filesystem (key of `filesystems`) for the caches of jobs (HF_HOME, TORCH_HOME, XDG_CACHE_HOME "
+        "in <its path>/<user>/.cache) where $HOME is small; a value the user exported wins. Unset: $HOME's",
+    )
     compute_internet: bool = Field(description="Whether compute nodes reach the internet")
     account_required: bool = Field(default=True, description="Jobs must name an account/budget")
     launch: Launch
@@ -362,6 +371,8 @@ class ClusterProfile(Strict):
     def _consistent(self) -> ClusterProfile:
         if self.runs_on not in self.filesystems:
             raise ValueError(f"runs_on '{self.runs_on}' is not one of filesystems: {', '.join(self.filesystems)}")
+        if self.caches is not None and self.caches not in self.filesystems:
+            raise ValueError(f"caches '{self.caches}' is not one of filesystems: {', '.join(self.filesystems)}")
         if sum(p.default for p in self.partitions) > 1:
             raise ValueError("only one partition may be marked default")
         known = {q.name for q in self.qos}

@@ -129,6 +129,10 @@ export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the job.
 export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+# Caches on project or scratch storage, not the small $HOME; what you exported yourself wins.
+export HF_HOME="${HF_HOME:-/p/project/training2410/jdoe/.cache/huggingface}"
+export TORCH_HOME="${TORCH_HOME:-/p/project/training2410/jdoe/.cache/torch}"
+export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/p/project/training2410/jdoe/.cache}"
 
 # Before walltime the job is asked to checkpoint at its next step boundary: the training runtime
 # watches for $HPCAI_RUN_DIR/STOP and then exits with 85.

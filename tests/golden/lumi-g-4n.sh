@@ -137,6 +137,10 @@ export CXI_FORK_SAFE_HP=1
 export FI_CXI_DISABLE_CQ_HUGETLB=1
 # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the job.
 export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+# Caches on project or scratch storage, not the small $HOME; what you exported yourself wins.
+export HF_HOME="${HF_HOME:-/scratch/project_465000123/jdoe/.cache/huggingface}"
+export TORCH_HOME="${TORCH_HOME:-/scratch/project_465000123/jdoe/.cache/torch}"
+export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/scratch/project_465000123/jdoe/.cache}"
 # Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
 export HPCAI_CPU_BIND=49-55:57-63:17-23:25-31:1-7:9-15:33-39:41-47
 

@@ -113,7 +113,12 @@ export FI_CXI_DEFAULT_CQ_SIZE=131072
 export TMPDIR=/tmp
 export http_proxy=http://proxy.alcf.anl.gov:3128
 export https_proxy=http://proxy.alcf.anl.gov:3128
+# Caches on project or scratch storage, not the small $HOME; what you exported yourself wins.
+export HF_HOME="${HF_HOME:-/eagle/MyProject/jdoe/.cache/huggingface}"
+export TORCH_HOME="${TORCH_HOME:-/eagle/MyProject/jdoe/.cache/torch}"
+export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/eagle/MyProject/jdoe/.cache}"
 export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/libraries/hwloc/lib"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export APPTAINERENV_LD_LIBRARY_PATH="$LD_LIBRARY_PATH"
 # Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
 export HPCAI_CPU_BIND=24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39
 
@@ -143,7 +148,7 @@ while :; do
   export MASTER_ADDR MASTER_PORT
 
   # shellcheck disable=SC2016  # the single-quoted command is expanded by the shell on each node
-  mpiexec -n 4 --ppn 1 --depth=32 --cpu-bind depth bash -c 'exec apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$PMI_RANK" --floor 180 --expect-heartbeats -- python -m accelerate.commands.launch --num_machines 4 --machine_rank "$PMI_RANK" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --tracker tensorboard --data_workers 2 --activation_checkpointing false --activation_checkpointing_every 1 --compile false --sync_every 0 --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
+  mpiexec -n 4 --ppn 1 --depth=32 --cpu-bind depth bash -c 'exec apptainer exec --nv --fakeroot --bind /eagle,/soft,/opt,/var/run/palsd/ /eagle/MyProject/clip.sif python -m hpcai.runtime.node_agent --run-dir "$HPCAI_RUN_DIR" --node-rank "$PMI_RANK" --floor 180 --expect-heartbeats -- python -m accelerate.commands.launch --num_machines 4 --machine_rank "$PMI_RANK" --num_processes 16 --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --mixed_precision bf16 --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_state_dict_type SHARDED_STATE_DICT --fsdp_reshard_after_forward true --fsdp_cpu_ram_efficient_loading false /eagle/MyProject/hpcai/code/clip/train.py --run-dir "$HPCAI_RUN_DIR" --stage clip --preset tiny --loss infonce --max_steps 60 --per_device_batch_size 8 --lr 0.001 --warmup_steps 5 --weight_decay 0.1 --grad_clip 1.0 --tracker tensorboard --data_workers 2 --activation_checkpointing false --activation_checkpointing_every 1 --compile false --sync_every 0 --samples 256 --checkpoint_every 20 --keep_checkpoints 3 --seed 0 --spike_guard true --max_rollbacks 3 --rollback_lr_factor 0.5 --rollback_margin_steps 0 --rollback_skip_batches 0 --rollback_transient false --rerun_check false --spike_floor 0.2 --inject_spike_at 0 --inject_nan_at 0 --inject_nan_transient false --hang_timeout_s 180 --inject_hang_at 0 --inject_crash_at 0' &
   hpcai_launcher_pid=$!
   while :; do
     rc=0
@@ -174,7 +179,7 @@ while :; do
   hpcai_why="$hpcai_outcome"
   case "$hpcai_outcome" in
     rollback | hang | failed)
-      if hpcai_verdict=$(apptainer exec --nv --fakeroot --bind /eagle /eagle/MyProject/clip.sif python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 4 --spares 0); then
+      if hpcai_verdict=$(apptainer exec --nv --fakeroot --bind /eagle,/soft,/opt,/var/run/palsd/ /eagle/MyProject/clip.sif python -m hpcai.runtime.recovery --run-dir "$HPCAI_RUN_DIR" --job "$HPCAI_JOB_ID" --attempt "$HPCAI_ATTEMPT" --outcome "$hpcai_outcome" --nodes 4 --spares 0); then
         read -r hpcai_action _ hpcai_why <<< "$hpcai_verdict" || true
       fi
       case "$hpcai_action" in

@@ -119,6 +119,10 @@ export FI_CXI_DEFAULT_CQ_SIZE=131072
 export TMPDIR=/tmp
 export http_proxy=http://proxy.alcf.anl.gov:3128
 export https_proxy=http://proxy.alcf.anl.gov:3128
+# Caches on project or scratch storage, not the small $HOME; what you exported yourself wins.
+export HF_HOME="${HF_HOME:-/eagle/MyProject/jdoe/.cache/huggingface}"
+export TORCH_HOME="${TORCH_HOME:-/eagle/MyProject/jdoe/.cache/torch}"
+export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/eagle/MyProject/jdoe/.cache}"
 export LD_LIBRARY_PATH=/soft/libraries/aws-ofi-nccl/v1.9.1-aws/lib:/soft/libraries/hwloc/lib"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Each training process binds itself to the CPUs nearest its GPU (hpcai.runtime.affinity).
 export HPCAI_CPU_BIND=24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39
