@@ -64,6 +64,11 @@ class Access(Strict):
         default=[], description="The site's access procedure, step by step, as `hpcai onboard` explains it"
     )
     key_types: list[str] = Field(default=[], description="Key types the site accepts, e.g. ed25519, rsa-4096")
+    key_file: str | None = Field(
+        default=None,
+        pattern=r"^~/\.ssh/[A-Za-z0-9_.-]+$",
+        description="The key file the steps have users create (e.g. ~/.ssh/id_ed25519_jsc), named by onboard",
+    )
 
 
 class Route(Strict):

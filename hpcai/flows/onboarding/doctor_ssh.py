@@ -62,6 +62,17 @@ def check_ssh(doctor: Doctor) -> bool:
         return False
     if not present and not agent_keys and not target.identity_files:
         defaults = [Path("~/.ssh", n).expanduser() for n in ("id_ed25519", "id_ecdsa", "id_rsa")]
+        if profile.access.method == "ssh-certificate":
+            # The site's certificate (2FA) is what logs in, and it lives in the agent: ssh-keygen is not the fix.
+            doctor.add(
+                Check(
+                    "ssh-key",
+                    "fail",
+                    "no certificate: no agent holds one, and this site logs in with a short-lived SSH certificate.",
+                    profile.access.notes or "Get a certificate as your site describes, into a running ssh-agent.",
+                )
+            )
+            return False
         if not any(p.is_file() for p in defaults):
             doctor.add(
                 Check(

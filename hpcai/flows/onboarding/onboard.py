@@ -82,6 +82,11 @@ def _missing(flag: str, what: str) -> HpcaiError:
 
 
 def _default_identity(profile: ClusterProfile) -> str | None:
+    """The key the site's own steps have the user create (the entry must name that one: with IdentitiesOnly
+    no other is offered), else one of the usual keys that exists; none where a certificate in the agent
+    is how one logs in."""
+    if profile.access.key_file is not None:
+        return profile.access.key_file
     for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
         if Path("~/.ssh", name).expanduser().is_file():
             return f"~/.ssh/{name}"
