@@ -99,6 +99,7 @@ def budget(
         cost = job_cost(profile, nodes or 1, parse_walltime(time or "01:00:00", source="--time"))
     rows = []
     note = None
+    offline = False
     if profile.budget.query is None:
         note = f"the {name} profile names no budget command (budget.query): allocations not shown"
         if cost is None:
@@ -106,8 +107,16 @@ def budget(
     else:
         from hpcai.backends.session import Session
 
-        transport = Session.current().get(name).transport
-        rows = query_allocations(transport, profile, account=settings.account, user=settings.user)
+        try:
+            transport = Session.current().get(name).transport
+            rows = query_allocations(transport, profile, account=settings.account, user=settings.user)
+        except HpcaiError as exc:
+            if cost is None:
+                raise
+            # No login (a laptop, a link down, an expired certificate): the price needs only the profile.
+            offline = True
+            note = (f"allocations not read ({str(exc).rstrip('.')}); the price comes from the profile's billing "
+                    "rule alone")  # fmt: skip
     mine = find_allocation(rows, settings.account) if settings.account and rows else None
     if json_out:
         print_json({
@@ -115,11 +124,12 @@ def budget(
             "billing": profile.budget.billing, "allocations": [r.to_json() for r in rows],
             "cost": cost.to_json() if cost else None,
             "remaining_after": (mine.remaining - cost.amount) if (mine and cost) else None, "note": note,
+            "offline": offline,
         })  # fmt: skip
         return
     if note is not None:
         console.print(note + ".")
-    if profile.budget.query is not None:
+    if profile.budget.query is not None and not offline:
         table = Table(title=f"{name}: `{profile.budget.query}`")
         for column in ("account", "used", "total", "left", "unit", "ends"):
             table.add_column(column, justify="right" if column in ("used", "total", "left") else "left")
