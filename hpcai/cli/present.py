@@ -276,6 +276,8 @@ def show_run_detail(detail: dict[str, Any]) -> None:
     for a in rows:
         ended = a["state"] in _ENDED
         why = a["reason"] if ended else (f"waiting: {a['waiting']}" if a.get("waiting") else None)
+        if not ended and a.get("waiting_means"):
+            why = f"{why} -- {a['waiting_means']}"
         attempts.add_row(
             str(a["number"]), a["job_id"] or "-", a["state"],
             "-" if a["exit_code"] is None or not ended else str(a["exit_code"]), a["resumed_from"] or "-",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from hpcai.backends.schedulers import JobState
 from hpcai.backends.session import Session
 from hpcai.errors import HpcaiError
+from hpcai.flows.runs.pending import explain_pending
 from hpcai.flows.runs.reconcile import lineage_files, metrics_file, refresh
 from hpcai.rundir.batch import FileReader, Prefetched
 from hpcai.rundir.jsonl import read_jsonl
@@ -36,6 +37,7 @@ class RunView:
     reason: str | None
     run_dir: str
     waiting: str | None = None  # why a job that has not ended waits (the scheduler's pending reason)
+    waiting_means: str | None = None  # that reason in words, with what to do (flows/runs/pending.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +94,8 @@ def views(
                 exit_code=attempt.exit_code if attempt else None,
                 reason=attempt.reason if attempt else None,
                 run_dir=run.run_dir,
-                waiting=attempt.waiting if attempt and not JobState(attempt.state).terminal else None,
+                waiting=(waiting := attempt.waiting if attempt and not JobState(attempt.state).terminal else None),
+                waiting_means=explain_pending(waiting),
             )
         )
     return result
@@ -136,7 +139,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     progress = last_progress(transport, metrics_file(run))
     return {
         **view.to_json(),
-        "attempts": [asdict(a) for a in attempts],
+        "attempts": [{**asdict(a), "waiting_means": explain_pending(a.waiting)} for a in attempts],
         "events": events,
         "decisions": [visible_dict(d) for d in read_jsonl(transport, RunDir(run.run_dir).decisions)],
         "policy": policy,
