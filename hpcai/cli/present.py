@@ -261,6 +261,10 @@ def show_run_detail(detail: dict[str, Any]) -> None:
         )
     )
     console.print(f"run directory: {detail['run_dir']}")
+    if detail.get("expected_start"):
+        console.print(
+            f"expected to start: {detail['expected_start']} (the scheduler's estimate; it moves with the queue)"
+        )
     if detail.get("left_out"):
         console.print(f"[yellow]samples left out in the latest attempt: {detail['left_out']}[/] (missing or unreadable "
                       "images, malformed samples; the job's output names the first ones)")  # fmt: skip

@@ -173,6 +173,11 @@ class Scheduler(ABC):
         """The command `submit` runs (shown by `submit --dry-run`)."""
         return [script_path]
 
+    def expected_start(self, job_id: str) -> str | None:
+        """The scheduler's own estimate of when a pending job starts (it moves as the queue does); None where
+        the scheduler gives none."""
+        return None
+
     def earlier_runs(self, job_id: str) -> list[JobStatus]:
         """Every run of a job the scheduler started more than once, oldest first (the last is the current
         one); [] where the scheduler keeps no such record."""

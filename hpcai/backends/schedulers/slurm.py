@@ -103,6 +103,13 @@ class SlurmScheduler(Scheduler):
             found.update(self._sacct(ask))
         return {j: found.get(j, JobStatus(j, JobState.UNKNOWN)) for j in dict.fromkeys(job_ids)}
 
+    def expected_start(self, job_id: str) -> str | None:
+        """`squeue --start`: the backfill scheduler's estimate (N/A until it has planned the job)."""
+        result = self.command(["squeue", "--start", "-h", "-o", "%S", "-j", self.check_job_id(job_id)])
+        lines = result.stdout.split() if result.ok else []
+        start = _time(lines[0]) if lines else None
+        return start if start is not None and re.fullmatch(r"[0-9T:-]{10,19}", start) else None
+
     def earlier_runs(self, job_id: str) -> list[JobStatus]:
         """sacct --duplicates: each run of a requeued job (NODE_FAIL, PREEMPTED, REQUEUED by the job itself),
         then the current one."""

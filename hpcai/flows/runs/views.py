@@ -137,8 +137,15 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
                             if e.get("status") != "open"])  # fmt: skip
     attempts = store.attempts(run.id)
     progress = last_progress(transport, metrics_file(run))
+    expected_start = None
+    if view.state == JobState.PENDING.value and view.job_id:
+        try:
+            expected_start = backends.get(run.cluster).scheduler.expected_start(view.job_id)
+        except HpcaiError:  # an estimate only: its absence is no failure
+            expected_start = None
     return {
         **view.to_json(),
+        "expected_start": expected_start,
         "attempts": [{**asdict(a), "waiting_means": explain_pending(a.waiting)} for a in attempts],
         "events": events,
         "decisions": [visible_dict(d) for d in read_jsonl(transport, RunDir(run.run_dir).decisions)],

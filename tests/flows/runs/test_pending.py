@@ -61,3 +61,25 @@ def test_status_says_why_a_recorded_pending_job_waits(tmp_path: Path) -> None:
         (view,) = views(store, [store.run("rec")], session, with_progress=False)
     assert view.state == "PENDING" and view.waiting == "ReqNodeNotAvail, Reserved for maintenance"
     assert view.waiting_means is not None and "maintenance" in view.waiting_means
+
+
+def test_status_run_shows_the_schedulers_start_estimate(tmp_path: Path) -> None:
+    """`squeue --start` for a pending job, in `status RUN` (`expected_start`); N/A (not planned yet) is none."""
+    from hpcai.flows.runs.views import run_detail
+
+    store = Store()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    start_run(store, run_dir)
+    store.update_attempt("rec", 1, job_id=JOB, state="PENDING")
+    transport = RecordedSlurm()
+    session = Session()
+    session._backends["juwels-booster"] = Backend(load_profile("juwels-booster"), transport, SlurmScheduler(transport))
+    pending = f"{JOB}|PENDING|Priority|N/A|N/A|{run_dir}\n"
+    transport.replies["squeue"] += [(0, pending, ""), (0, "2026-12-08T09:30:00\n", ""),
+                                    (0, pending, ""), (0, "N/A\n", "")]  # fmt: skip
+    with session:
+        detail = run_detail(store, "rec")
+        assert detail["expected_start"] == "2026-12-08T09:30:00" and "ahead of it" in detail["waiting_means"]
+        assert transport.asked[1][:2] == ["squeue", "--start"]
+        assert run_detail(store, "rec")["expected_start"] is None
