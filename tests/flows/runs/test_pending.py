@@ -45,19 +45,25 @@ def test_no_reason_or_an_unknown_one_adds_nothing() -> None:
     assert explain_pending("SomethingNewInSlurm25") is None
 
 
-def test_status_says_why_a_recorded_pending_job_waits(tmp_path: Path) -> None:
+def _pending_run(tmp_path: Path) -> tuple[Store, Path, RecordedSlurm, Session]:
+    """A run whose job waits in Slurm's queue, and a session whose scheduler answers from recorded output."""
     store = Store()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    run = start_run(store, run_dir)
+    start_run(store, run_dir)
     store.update_attempt("rec", 1, job_id=JOB, state="PENDING")
     transport = RecordedSlurm()
     session = Session()
     session._backends["juwels-booster"] = Backend(load_profile("juwels-booster"), transport, SlurmScheduler(transport))
+    return store, run_dir, transport, session
+
+
+def test_status_says_why_a_recorded_pending_job_waits(tmp_path: Path) -> None:
+    store, run_dir, transport, session = _pending_run(tmp_path)
     pending = f"{JOB}|PENDING|ReqNodeNotAvail, Reserved for maintenance|N/A|N/A|{run_dir}\n"
     transport.replies["squeue"] += [(0, pending, "")]
     with session:
-        refresh(store, [run], session)
+        refresh(store, [store.run("rec")], session)
         (view,) = views(store, [store.run("rec")], session, with_progress=False)
     assert view.state == "PENDING" and view.waiting == "ReqNodeNotAvail, Reserved for maintenance"
     assert view.waiting_means is not None and "maintenance" in view.waiting_means
@@ -67,14 +73,7 @@ def test_status_run_shows_the_schedulers_start_estimate(tmp_path: Path) -> None:
     """`squeue --start` for a pending job, in `status RUN` (`expected_start`); N/A (not planned yet) is none."""
     from hpcai.flows.runs.views import run_detail
 
-    store = Store()
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    start_run(store, run_dir)
-    store.update_attempt("rec", 1, job_id=JOB, state="PENDING")
-    transport = RecordedSlurm()
-    session = Session()
-    session._backends["juwels-booster"] = Backend(load_profile("juwels-booster"), transport, SlurmScheduler(transport))
+    store, run_dir, transport, session = _pending_run(tmp_path)
     pending = f"{JOB}|PENDING|Priority|N/A|N/A|{run_dir}\n"
     transport.replies["squeue"] += [(0, pending, ""), (0, "2026-12-08T09:30:00\n", ""),
                                     (0, pending, ""), (0, "N/A\n", "")]  # fmt: skip
