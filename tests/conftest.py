@@ -141,6 +141,31 @@ def slurm_cluster() -> Iterator[str]:
         subprocess.run([str(script), "stop"], capture_output=True, timeout=120)
 
 
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the test Slurm leaves no job behind: one that failed mid-way (a run that never ended) would
+    otherwise hold the nodes and every later test's job would wait until its own timeout (CI once lost five
+    tests to one). Its jobs are cancelled, and the queue is empty, before the next test starts."""
+    yield
+    if "slurm_cluster" not in getattr(request, "fixturenames", ()):
+        return
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}  # the one-node test Slurm
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    queued = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i %j %T"], capture_output=True, text=True, env=env)
+    if queued.returncode != 0 or not queued.stdout.strip():
+        return
+    subprocess.run(["scancel", "-u", user], capture_output=True, env=env, timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True, env=env)
+        if left.returncode == 0 and not left.stdout.strip():
+            break
+        time.sleep(0.5)
+    sys.stderr.write(f"\n{request.node.nodeid} left jobs in the test Slurm, cancelled:\n{queued.stdout}")
+
+
 MULTI = REPO / "tests" / "infra" / "slurm_multi.sh"
 
 

@@ -40,8 +40,21 @@ def wait_for(store: Store, run_id: str, states: set[str], timeout: float = 120) 
         seen.append(view.state)
         if view.state in states:
             return view
-        assert time.monotonic() < deadline, f"{run_id} never reached {states}; states seen: {seen[-10:]}"
+        assert time.monotonic() < deadline, (
+            f"{run_id} never reached {states}; states seen: {seen[-10:]}\n{_log_tail(view.run_dir)}"
+        )
         time.sleep(0.5)
+
+
+def _log_tail(run_dir: str | None, chars: int = 4000) -> str:
+    """The end of what the run's job wrote, so that a run that never ended says why in CI's output."""
+    if not run_dir or not (Path(run_dir) / "logs").is_dir():
+        return "(no logs)"
+    parts = []
+    for path in sorted((Path(run_dir) / "logs").iterdir()):
+        if path.is_file():
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
+    return "\n".join(parts)[-2 * chars :] or "(empty logs)"
 
 
 def wait_terminal(store: Store, run_id: str, timeout: float = 120) -> RunView:

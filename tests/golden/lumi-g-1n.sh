@@ -236,9 +236,9 @@ if [ "$rc" -eq 85 ]; then
     printf '%s\n' "$requeues" > "$HPCAI_RUN_DIR/requeues"
     # The same job goes back in the queue: its next start is the run's next attempt.
     hpcai_event requeue "$rc"
+    # Slurm ends this script here; the job may start again after the site's cred_expire (120 s by
+    # default, Reason=BeginTime): nothing after this line runs.
     scontrol requeue "$SLURM_JOB_ID"
-    # A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.
-    scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true
   else
     echo "hpcai: checkpointed 20 times already; not requeueing again" >&2
   fi

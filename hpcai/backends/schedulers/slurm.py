@@ -222,9 +222,9 @@ class SlurmScript(ScriptFragments):
         return [
             "# The same job goes back in the queue: its next start is the run's next attempt.",
             'hpcai_event requeue "$rc"',
+            "# Slurm ends this script here; the job may start again after the site's cred_expire (120 s by",
+            "# default, Reason=BeginTime): nothing after this line runs.",
             'scontrol requeue "$SLURM_JOB_ID"',
-            "# A requeued job otherwise waits about two minutes (Reason=BeginTime) before it may start.",
-            'scontrol update JobId="$SLURM_JOB_ID" StartTime=now || true',
         ]
 
     def queued_next_lines(self) -> list[str]:

@@ -18,8 +18,8 @@ _MEANINGS: tuple[tuple[str, str], ...] = (
      "can let it start earlier in a gap (backfill)."),
     ("Resources", "it is next in line and waits for enough nodes to become free; it starts by itself."),
     ("BeginTime",
-     "it may not start before a set time (Slurm sets one after a requeue, for a short while); it starts by "
-     "itself."),
+     "it may not start before a set time (after a requeue Slurm holds the job for the site's credential "
+     "lifetime, cred_expire: 2 minutes by default); it starts by itself."),
     ("DependencyNeverSatisfied",
      "the job it waits for ended without success, so it will never start: cancel it (`hpcai cancel RUN`) and "
      "resubmit once the earlier job has run."),
