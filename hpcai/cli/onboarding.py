@@ -77,6 +77,7 @@ def budget(
     from rich.table import Table
     from rich.text import Text
 
+    from hpcai.flows.budget.forecast import forecasts
     from hpcai.flows.budget.query import find_allocation, job_cost, query_allocations
     from hpcai.flows.resolve import default_cluster
     from hpcai.spec.profiles import load_profile, resolve_alias
@@ -118,10 +119,12 @@ def budget(
             note = (f"allocations not read ({str(exc).rstrip('.')}); the price comes from the profile's billing "
                     "rule alone")  # fmt: skip
     mine = find_allocation(rows, settings.account) if settings.account and rows else None
+    outlook = forecasts(name, profile, rows, mine) if rows else {}
     if json_out:
         print_json({
             "cluster": name, "account": settings.account, "unit": profile.budget.unit,
-            "billing": profile.budget.billing, "allocations": [r.to_json() for r in rows],
+            "billing": profile.budget.billing,
+            "allocations": [{**r.to_json(), "forecast": outlook.get(r.account)} for r in rows],
             "cost": cost.to_json() if cost else None,
             "remaining_after": (mine.remaining - cost.amount) if (mine and cost) else None, "note": note,
             "offline": offline,
@@ -131,13 +134,19 @@ def budget(
         console.print(note + ".")
     if profile.budget.query is not None and not offline:
         table = Table(title=f"{name}: `{profile.budget.query}`")
-        for column in ("account", "used", "total", "left", "unit", "ends"):
-            table.add_column(column, justify="right" if column in ("used", "total", "left") else "left")
+        for column in ("account", "used", "total", "left", "unit", "ends", "per day", "spent by"):
+            table.add_column(column, justify="right" if column in ("used", "total", "left", "per day") else "left")
         for row in rows:
             style = "bold" if mine is row else ("red" if row.remaining <= 0 else None)
+            ahead = outlook[row.account]
+            spent = (ahead["spent_on"] or "-") + (" (before it ends)" if ahead["spent_before_end"] else "")
             table.add_row(row.account + (" *" if mine is row else ""), f"{row.used:,.0f}", f"{row.total:,.0f}",
-                          f"{row.remaining:,.0f}", row.unit, str(row.end or "-"), style=style)  # fmt: skip
+                          f"{row.remaining:,.0f}", row.unit, str(row.end or "-"),
+                          f"{ahead['burn']['per_day']:,.0f}" if ahead["burn"] else "-", spent, style=style)  # fmt: skip
         console.print(table)
+        sources = {a["burn"]["source"] for a in outlook.values() if a["burn"]}
+        console.print("per day: " + ("; ".join(sorted(sources)) if sources else "not known yet (hpcai keeps each "
+                      "reading of the budget command; a rate needs two at least an hour apart)"))  # fmt: skip
     if profile.budget.billing:
         console.print(f"billing: {profile.budget.billing}")
     if cost is not None:

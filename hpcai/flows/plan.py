@@ -190,12 +190,16 @@ def execute(
     """Perform the plan over the session's one connection: budget check, the job environment's pre-flight,
     staging, submit."""
     from hpcai.flows.budget.guard import check_submit_budget
+    from hpcai.flows.runs.pending import maintenance_ahead
     from hpcai.flows.runs.submission import submit_run
     from hpcai.flows.stage import StageItem, stage_paths
 
     job = plan.rendered.job
     backend = Session.current().get(job.cluster)
     budget = check_submit_budget(plan.rendered, backend.transport, force=force_budget)  # before bytes move
+    maintenance = maintenance_ahead(backend.scheduler.maintenance(job.partition, job.allocated_nodes), job.walltime_s)
+    if maintenance is not None:
+        Session.current().warn(maintenance["message"])
     checked = None
     # The check runs in the job's container when it has one, so then only once the image is staged.
     if preflight and job.container is None:
@@ -213,7 +217,8 @@ def execute(
     if preflight and job.container is not None:
         checked = _preflight(plan)
     submitted = submit_run(plan.rendered, command=plan.submit_command)  # the command the plan showed
-    return {**submitted, "budget": budget, "preflight": checked, "staged": [a.to_json() for a in plan.staging]}
+    return {**submitted, "budget": budget, "preflight": checked, "staged": [a.to_json() for a in plan.staging],
+            "maintenance": maintenance}  # fmt: skip
 
 
 def execute_waiting(plan: SubmitPlan, *, after: str, show_progress: bool = True) -> dict[str, Any]:

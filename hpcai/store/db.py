@@ -20,7 +20,7 @@ from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
 from hpcai.rundir.visible import visible_line
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Changes to a store created by an older hpcai, applied in order (version: statements).
 _MIGRATIONS: dict[int, list[str]] = {
     # The last step and loss seen, so `list` shows them without reading any run directory.
@@ -34,6 +34,11 @@ _MIGRATIONS: dict[int, list[str]] = {
     # Why a job that has not ended waits (the scheduler's pending reason, a pipeline's earlier stage), kept
     # apart from why an attempt ended: a pending reason never outlives the wait.
     4: ["ALTER TABLE attempts ADD COLUMN waiting TEXT"],
+    # What the site's budget command said, each time hpcai read it: the project's burn rate (hpcai budget).
+    5: [
+        "CREATE TABLE IF NOT EXISTS budget_readings (cluster TEXT NOT NULL, account TEXT NOT NULL, time REAL NOT "
+        "NULL, used REAL NOT NULL, total REAL NOT NULL, unit TEXT NOT NULL, PRIMARY KEY (cluster, account, time))"
+    ],
 }
 
 _SCHEMA = """
@@ -108,6 +113,18 @@ class Run:
     state: str
     last_step: int | None = None
     last_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetReading:
+    """What a site's budget command said of one account at one time (`used` and `total` in `unit`)."""
+
+    cluster: str
+    account: str
+    time: float
+    used: float
+    total: float
+    unit: str
 
 
 @dataclass(frozen=True)
@@ -315,6 +332,27 @@ class Store:
                     "DELETE FROM bad_nodes WHERE cluster = ? AND node = ?", (_typed(cluster), _typed(node))
                 )
             return cursor.rowcount
+
+    # budget -------------------------------------------------------------------------------------------
+
+    def record_budget_reading(self, reading: BudgetReading, *, keep_days: float = 90) -> None:
+        """Keep what the site's budget command said (readings older than `keep_days` go)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO budget_readings (cluster, account, time, used, total, unit) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (_typed(reading.cluster), _typed(reading.account), reading.time, reading.used, reading.total,
+                 _typed(reading.unit)),
+            )  # fmt: skip
+            db.execute("DELETE FROM budget_readings WHERE time < ?", (reading.time - keep_days * 86400,))
+
+    def budget_readings(self, cluster: str, account: str, *, since: float = 0) -> list[BudgetReading]:
+        """One account's readings from `since` on, oldest first (accounts compare case-insensitively)."""
+        rows = self._db.execute(
+            "SELECT * FROM budget_readings WHERE cluster = ? AND lower(account) = lower(?) AND time >= ? ORDER BY time",
+            (_typed(cluster), _typed(account), since),
+        )
+        return [BudgetReading(**dict(row)) for row in rows]
 
     # attempts -----------------------------------------------------------------------------------------
 

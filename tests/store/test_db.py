@@ -120,6 +120,7 @@ def test_a_store_from_the_previous_version_is_migrated_in_place(tmp_path: Path) 
     assert migrated.run("old").last_step is None
     migrated.record_progress("old", 60, 1.25)
     assert (migrated.run("old").last_step, migrated.run("old").last_loss) == (60, 1.25)
+    assert migrated.budget_readings("leonardo-booster", "x") == []  # the budget history's table came with it
 
 
 def test_list_shows_the_last_step_and_loss_that_status_saw(probe_workload: str) -> None:

@@ -7,6 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from hpcai.backends.transport.base import CommandResult, OutcomeUnknown, Transport
@@ -61,6 +62,21 @@ class JobStatus:
     started: str | None = None
     ended: str | None = None
     restarts: int = 0  # times the scheduler started the job again under its id (a requeue, its own or ours)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A maintenance reservation: its name and times, in the cluster's local time as the scheduler gives them."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    now: datetime  # the cluster's clock when the reservations were read, in its local time
+    windows: tuple[Window, ...]
 
 
 class SchedulerError(HpcaiError):
@@ -155,14 +171,39 @@ class Scheduler(ABC):
             delay *= 2
         raise AssertionError("unreachable")
 
-    @abstractmethod
+    submit_tool: str = ""  # the command that queues a job (sbatch, qsub), named in what goes wrong
+
     def submit(
         self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077",
         command: Sequence[str] | None = None,
     ) -> str:  # fmt: skip
         """Submit the script; return the job id. `command`: the submit command a plan showed (else
         `submit_command`'s). The scheduler creates the job's log files with the submitting process's umask
-        (Slurm's SLURM_UMASK): `umask` keeps them private whatever the user's."""
+        (Slurm's SLURM_UMASK): `umask` keeps them private whatever the user's. The submit tool is never run
+        twice: a time-out after the controller queued the job raises SubmissionUnclear (reconciliation looks
+        for the job before anyone submits again)."""
+        argv = self.under_umask(list(command or self.submit_command(script_path, run_dir)), umask)
+        result = self.command(argv, timeout=120, idempotent=False)
+        tool = self.submit_tool or argv[0]
+        if unclear(tool, result):
+            raise SubmissionUnclear(f"{tool} did not say whether the job was queued: {last_line(result)}")
+        if not result.ok:
+            raise failure(tool, result)
+        lines = result.stdout.strip().splitlines()
+        job_id = self.printed_job_id(lines[-1]) if lines else ""
+        if not self.valid_job_id(job_id):
+            raise failure(f"{tool} (no job id printed)", result)
+        return job_id
+
+    def printed_job_id(self, line: str) -> str:
+        """The job id in the last line the submit tool printed."""
+        return line.strip()
+
+    def maintenance(self, partition: str | None, nodes: int) -> Maintenance | None:
+        """The scheduler's maintenance reservations that would keep a job of `nodes` nodes in `partition`
+        from running (too few of its nodes outside them), with the cluster's clock; None where the scheduler
+        has none to tell or does not answer."""
+        return None
 
     def under_umask(self, argv: list[str], umask: str) -> list[str]:
         if umask not in ("077", "027"):

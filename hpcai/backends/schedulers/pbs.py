@@ -15,10 +15,7 @@ from hpcai.backends.schedulers.base import (
     JobStatus,
     Scheduler,
     ScriptFragments,
-    SubmissionUnclear,
     failure,
-    last_line,
-    unclear,
 )
 from hpcai.rundir.contract import SCRIPT_NAME
 
@@ -74,6 +71,7 @@ class PbsScheduler(Scheduler):
     label = "PBS"
     job_id_pattern = re.compile(r"[0-9]{1,12}(\[[0-9]*\])?(\.[A-Za-z0-9][A-Za-z0-9.-]{0,254})?")  # 123.server
     queue_noun = "queue"
+    submit_tool = "qsub"
     probe_fix = "Check that you are on a login node of the cluster and that PBS answers (`qstat -Q`)."
 
     def queues(self) -> set[str]:
@@ -89,21 +87,6 @@ class PbsScheduler(Scheduler):
         # -o/-e on the command line too: Slurm's qsub wrapper ignores #PBS -o/-e lines.
         out, err = self.log_paths(run_dir, "")
         return ["qsub", "-o", out, "-e", err, script_path]
-
-    def submit(
-        self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077",
-        command: Sequence[str] | None = None,
-    ) -> str:  # fmt: skip
-        argv = self.under_umask(list(command or self.submit_command(script_path, run_dir)), umask)
-        result = self.command(argv, timeout=120, idempotent=False)
-        if unclear("qsub", result):
-            raise SubmissionUnclear(f"qsub did not say whether the job was queued: {last_line(result)}")
-        if not result.ok:
-            raise failure("qsub", result)
-        job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""
-        if not self.valid_job_id(job_id):
-            raise failure("qsub (no job id printed)", result)
-        return job_id
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = self.valid_ids(job_ids)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 
 from hpcai.backends.schedulers.base import (
     JobState,
     JobStatus,
+    Maintenance,
     Scheduler,
     ScriptFragments,
-    SubmissionUnclear,
+    Window,
     failure,
-    last_line,
-    unclear,
 )
 from hpcai.rundir.contract import EXCLUDE_FILE, SCRIPT_NAME
 
@@ -38,6 +38,17 @@ def parse_state(text: str) -> JobState:
         return JobState.UNKNOWN
 
 
+# The cluster's clock, then every reservation on one line each (scontrol's times are in its local time).
+_RESERVATIONS = "date +%Y-%m-%dT%H:%M:%S && scontrol -o show reservation"
+
+
+def _datetime(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+
+
 def _time(text: str) -> str | None:
     return None if text in {"", "Unknown", "None", "N/A"} else text
 
@@ -47,6 +58,7 @@ class SlurmScheduler(Scheduler):
     label = "Slurm"
     job_id_pattern = re.compile(r"[0-9]{1,12}(_[0-9]{1,9})?")  # a job, or one task of an array
     queue_noun = "partition"
+    submit_tool = "sbatch"
     probe_fix = (
         "Check that you are on a login node of the cluster and that Slurm answers (`sinfo`); during "
         "maintenance it does not."
@@ -61,20 +73,8 @@ class SlurmScheduler(Scheduler):
     def submit_command(self, script_path: str, run_dir: str) -> list[str]:
         return ["sbatch", "--parsable", script_path]
 
-    def submit(
-        self, script_path: str, run_dir: str, *, walltime_s: int | None = None, umask: str = "077",
-        command: Sequence[str] | None = None,
-    ) -> str:  # fmt: skip
-        argv = self.under_umask(list(command or self.submit_command(script_path, run_dir)), umask)
-        result = self.command(argv, timeout=120, idempotent=False)
-        if unclear("sbatch", result):
-            raise SubmissionUnclear(f"sbatch did not say whether the job was queued: {last_line(result)}")
-        if not result.ok:
-            raise failure("sbatch", result)
-        job_id = result.stdout.strip().splitlines()[-1].split(";")[0] if result.stdout.strip() else ""
-        if not self.valid_job_id(job_id):
-            raise failure("sbatch (unexpected output)", result)
-        return job_id
+    def printed_job_id(self, line: str) -> str:
+        return line.split(";")[0].strip()  # --parsable: "id" or "id;cluster"
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         wanted = self.valid_ids(job_ids)
@@ -109,6 +109,39 @@ class SlurmScheduler(Scheduler):
         lines = result.stdout.split() if result.ok else []
         start = _time(lines[0]) if lines else None
         return start if start is not None and re.fullmatch(r"[0-9T:-]{10,19}", start) else None
+
+    def maintenance(self, partition: str | None, nodes: int) -> Maintenance | None:
+        """`scontrol -o show reservation`: reservations flagged MAINT that leave the partition fewer than
+        `nodes` nodes (a site's maintenance usually takes every node), with the cluster's clock (`date`, in
+        the local time Slurm's times are in)."""
+        result = self.command(["sh", "-c", _RESERVATIONS])
+        lines = result.stdout.splitlines() if result.ok else []
+        now = _datetime(lines[0]) if lines else None
+        if now is None:
+            return None
+        windows = []
+        for line in lines[1:]:
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            start, end = _datetime(fields.get("StartTime", "")), _datetime(fields.get("EndTime", ""))
+            if "MAINT" not in fields.get("Flags", "").split(",") or start is None or end is None or end <= now:
+                continue
+            if self._nodes_left(partition, fields.get("Nodes", "")) < nodes:
+                windows.append(Window(fields.get("ReservationName", "?"), start, end))
+        return Maintenance(now, tuple(windows))
+
+    def _nodes_left(self, partition: str | None, reserved: str) -> int:
+        """How many of the partition's nodes the reservation leaves out (0 where Slurm cannot say)."""
+        listed = self.command(["sinfo", "-h", "-o", "%P %N"])
+        rows = [line.split() for line in listed.stdout.splitlines() if len(line.split()) == 2] if listed.ok else []
+        ours = [n for p, n in rows if p.rstrip("*") == partition or (partition is None and p.endswith("*"))]
+        if not ours:
+            return 0
+        own = self._hostnames(ours[0])
+        return len(own - self._hostnames(reserved)) if reserved not in {"", "(null)", "ALL"} else 0
+
+    def _hostnames(self, hostlist: str) -> set[str]:
+        result = self.command(["scontrol", "show", "hostnames", hostlist]) if hostlist else None
+        return set(result.stdout.split()) if result is not None and result.ok else set()
 
     def earlier_runs(self, job_id: str) -> list[JobStatus]:
         """sacct --duplicates: each run of a requeued job (NODE_FAIL, PREEMPTED, REQUEUED by the job itself),

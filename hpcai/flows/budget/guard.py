@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from hpcai.backends.session import Session
 from hpcai.backends.transport.base import Transport
 from hpcai.errors import ValidationError
+from hpcai.flows.budget.forecast import forecasts, outlives
 from hpcai.flows.budget.query import BudgetUnavailable, find_allocation, job_cost, query_allocations
 from hpcai.flows.resolve import RenderedJob
 from hpcai.spec.userconfig import load_user_config
@@ -18,7 +21,13 @@ def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: b
     sites bill when a job runs to its limit. A budget that cannot be read is reported, not fatal."""
     job, profile = rendered.job, rendered.profile
     cost = job_cost(profile, job.allocated_nodes, job.walltime_s)
-    report: dict[str, Any] = {"cost": cost.to_json(), "account": job.account, "remaining": None, "note": None}
+    report: dict[str, Any] = {
+        "cost": cost.to_json(),
+        "account": job.account,
+        "remaining": None,
+        "note": None,
+        "forecast": None,
+    }
     if profile.budget.query is None or job.account is None:
         report["note"] = "no budget command for this cluster" if profile.budget.query is None else "no account"
         return report
@@ -36,6 +45,11 @@ def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: b
             f"lists {yours}). Pass -A with one of those, or fix `account` in config.toml."
         )
     report["remaining"] = allocation.remaining
+    outlook = forecasts(job.cluster, profile, rows, allocation)[allocation.account]
+    report["forecast"] = outlook
+    why = outlives(allocation, outlook, job.walltime_s, dt.datetime.now())
+    if why is not None:
+        Session.current().warn(why)
     if cost.amount > allocation.remaining and not force:
         others = [r for r in rows if r.remaining >= cost.amount and not r.expired() and r is not allocation]
         other = (

@@ -4,6 +4,12 @@ the job will never start says so: waiting is then only a waste of the queue slot
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
+from hpcai.backends.schedulers.base import Maintenance
+from hpcai.spec.walltime import slurm_walltime
+
 # (the reason's start, what it means and what to do); the first match wins, so specific before general.
 _MEANINGS: tuple[tuple[str, str], ...] = (
     ("ReqNodeNotAvail, Reserved for maintenance",
@@ -84,3 +90,32 @@ def never_starts(reason: str | None) -> bool:
     """The reason means the job cannot start as it is (waiting only holds a queue slot)."""
     meaning = explain_pending(reason)
     return meaning is not None and "will never start" in meaning
+
+
+def maintenance_ahead(maintenance: Maintenance | None, walltime_s: int) -> dict[str, Any] | None:
+    """Before queueing: the first maintenance reservation that the job, started now, would run into (or one
+    under way), with what to ask for to run before it. None when the job fits (or nothing is known)."""
+    if maintenance is None:
+        return None
+    now = maintenance.now
+    ends = now + timedelta(seconds=walltime_s)
+    for window in sorted(maintenance.windows, key=lambda w: w.start):
+        if window.end <= now or window.start >= ends:
+            continue
+        underway = window.start <= now
+        before_s = 0 if underway else int((window.start - now).total_seconds()) // 60 * 60
+        span = f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M}, the cluster's time"
+        if underway:
+            message = (f"maintenance reservation {window.name} is under way ({span}): the job cannot start "
+                       "before it ends. Submit after it, or let the job wait for it.")  # fmt: skip
+        elif before_s < 60:
+            message = (f"maintenance reservation {window.name} starts within a minute ({span}): the job waits "
+                       "until it ends.")  # fmt: skip
+        else:
+            message = (f"--time {slurm_walltime(walltime_s)} runs into maintenance reservation {window.name} "
+                       f"({span}): the scheduler starts the job only after the maintenance, unless it ends before "
+                       f"it. To run before it, ask for less than the {slurm_walltime(before_s)} left (--time "
+                       f"{slurm_walltime(before_s)} less the time it waits in the queue).")  # fmt: skip
+        return {"reservation": window.name, "start": window.start.isoformat(), "end": window.end.isoformat(),
+                "underway": underway, "time_before_s": before_s, "message": message}  # fmt: skip
+    return None

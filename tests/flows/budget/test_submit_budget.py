@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from pathlib import Path
 
+from hpcai.store.db import BudgetReading, Store
 from tests.conftest import run_cli
 from tests.site import SITE, install_site_commands, user, user_ssh_config, write_site_profile
 
@@ -36,6 +39,30 @@ def test_budget_shows_what_is_left_and_prices_a_job(
     assert workload == {"nodes": 1, "hours": round(10 / 60, 4), "amount": round(32 / 6, 2), "unit": "local core-hours"}
     shown = run_cli("budget", "-N", "1", env=env)
     assert "EUHPC_D17_084 *" in shown.stdout and "24,968 would be left on EUHPC_D17_084" in shown.stdout
+    assert "per day: not known yet" in shown.stdout  # readings of a few seconds: no rate yet
+
+
+def test_budget_forecasts_when_the_allocation_is_spent_from_its_readings(
+    sshd: Path, slurm_cluster: str, probe_workload: str, isolated_hpcai: Path, tmp_path: Path
+) -> None:
+    """Two days ago the site's saldo said 21,000 used, today 25,000: 2,000 a day, 25,000 left, so spent in
+    12.5 days, before the allocation ends (2027-03-01); submit carries the same forecast."""
+    env = setup_site(sshd, isolated_hpcai / "config", tmp_path, "EUHPC_D17_084")
+    Store().record_budget_reading(
+        BudgetReading(SITE, "EUHPC_D17_084", time.time() - 2 * 86400, 21_000, 50_000, "local core-hours")
+    )
+    result = run_cli("budget", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    (mine,) = [a for a in json.loads(result.stdout)["allocations"] if a["account"] == "EUHPC_D17_084"]
+    ahead = mine["forecast"]
+    assert round(ahead["burn"]["per_day"]) == 2_000 and "2 readings over 2.0 days" in ahead["burn"]["source"]
+    assert round(ahead["days_left"], 1) == 12.5 and ahead["spent_before_end"] is True
+    assert ahead["spent_on"] == (dt.date.today() + dt.timedelta(days=12.5)).isoformat()
+    shown = run_cli("budget", env=env)
+    assert "(before it ends)" in shown.stdout and "the site's budget command" in shown.stdout
+    submitted = run_cli("submit", "probe", "--time", "00:05:00", "--json", env=env, timeout=180)
+    assert submitted.returncode == 0, submitted.stderr
+    assert round(json.loads(submitted.stdout)["budget"]["forecast"]["burn"]["per_day"]) == 2_000
 
 
 def test_submit_refuses_a_run_the_budget_cannot_pay_unless_forced(
