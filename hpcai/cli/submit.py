@@ -193,7 +193,8 @@ def _submit_pipeline(
             console.print(f"# ---- stage {plan.rendered.job.stage}: run {plan.rendered.job.run_id} ----", markup=False)
             console.print(plan.rendered.script, markup=False, highlight=False)
         return
-    first = execute(plans[0], force_budget=force_budget, show_progress=not json_out, preflight=preflight)
+    first = execute(plans[0], force_budget=force_budget, show_progress=not json_out, preflight=preflight,
+                    then=plans[1:])  # fmt: skip
     first.pop("budget")
     results = [first]
     for plan in plans[1:]:

@@ -9,6 +9,7 @@ on the cluster is the hash of its manifest (`staging.stager.plan_stage`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,11 @@ def demo_spend(rendered: RenderedJob) -> str | None:
 
 
 def execute(
-    plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True, preflight: bool = True
-) -> dict[str, Any]:
-    """Perform the plan over the session's one connection: budget check, the job environment's pre-flight,
-    staging, submit."""
+    plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True, preflight: bool = True,
+    then: Sequence[SubmitPlan] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Perform the plan over the session's one connection: budget check (with a pipeline's later stages,
+    `then`), the job environment's pre-flight, staging, submit."""
     from hpcai.flows.budget.guard import check_submit_budget
     from hpcai.flows.runs.pending import maintenance_ahead
     from hpcai.flows.runs.submission import submit_run
@@ -196,7 +198,8 @@ def execute(
 
     job = plan.rendered.job
     backend = Session.current().get(job.cluster)
-    budget = check_submit_budget(plan.rendered, backend.transport, force=force_budget)  # before bytes move
+    budget = check_submit_budget(plan.rendered, backend.transport, force=force_budget,
+                                 then=[p.rendered for p in then])  # before bytes move  # fmt: skip
     maintenance = maintenance_ahead(backend.scheduler.maintenance(job.partition, job.allocated_nodes), job.walltime_s)
     if maintenance is not None:
         Session.current().warn(maintenance["message"])

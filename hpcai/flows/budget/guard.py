@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from hpcai.backends.session import Session
@@ -14,12 +15,18 @@ from hpcai.flows.resolve import RenderedJob
 from hpcai.spec.userconfig import load_user_config
 
 
-def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: bool) -> dict[str, Any]:
-    """Price the job in the site's unit; raise when it cannot fit what is left (unless forced).
+def check_submit_budget(
+    rendered: RenderedJob, transport: Transport, *, force: bool, then: Sequence[RenderedJob] = ()
+) -> dict[str, Any]:
+    """Price the job in the site's unit; raise when it cannot fit what is left (unless forced). `then`: a
+    pipeline's later stages, which its jobs submit without asking again: warned about when the whole
+    pipeline cannot be paid, or outlives the allocation or its money.
 
     The price is the most the job can be charged: whole nodes for the whole walltime, which is what the
     sites bill when a job runs to its limit. A budget that cannot be read is reported, not fatal."""
     job, profile = rendered.job, rendered.profile
+    later = [job_cost(r.profile, r.job.allocated_nodes, r.job.walltime_s).amount for r in then]
+    walltime_s = job.walltime_s + sum(r.job.walltime_s for r in then)
     cost = job_cost(profile, job.allocated_nodes, job.walltime_s)
     report: dict[str, Any] = {
         "cost": cost.to_json(),
@@ -47,9 +54,16 @@ def check_submit_budget(rendered: RenderedJob, transport: Transport, *, force: b
     report["remaining"] = allocation.remaining
     outlook = forecasts(job.cluster, profile, rows, allocation)[allocation.account]
     report["forecast"] = outlook
-    why = outlives(allocation, outlook, job.walltime_s, dt.datetime.now())
+    why = outlives(allocation, outlook, walltime_s, dt.datetime.now())
     if why is not None:
-        Session.current().warn(why)
+        Session.current().warn(why.replace("this job's", "this pipeline's" if then else "this job's"))
+    if then and cost.amount <= allocation.remaining < cost.amount + sum(later):
+        report["pipeline_cost"] = round(cost.amount + sum(later), 2)
+        Session.current().warn(
+            f"the pipeline's {len(then) + 1} stages can cost {cost.amount + sum(later):,.0f} {cost.unit} together, "
+            f"but account '{allocation.account}' has {allocation.remaining:,.0f} left: the later stages may not be "
+            "paid for when the first one's job submits them."
+        )
     if cost.amount > allocation.remaining and not force:
         others = [r for r in rows if r.remaining >= cost.amount and not r.expired() and r is not allocation]
         other = (

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 
+from hpcai.backends.session import Session
+from hpcai.backends.transport.base import CommandResult
+from hpcai.backends.transport.local import LocalTransport
 from hpcai.flows.budget.forecast import burn_from_readings, burn_from_runs, forecast, forecasts, outlives
+from hpcai.flows.budget.guard import check_submit_budget
 from hpcai.flows.budget.parsers import Allocation
+from hpcai.flows.resolve import prepare_job
+from hpcai.spec.jobspec import Overrides
 from hpcai.spec.profiles import load_profile
 from hpcai.store.db import BudgetReading, Run, Store
+from tests.conftest import FIXTURES
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -89,3 +97,26 @@ def test_each_reading_is_kept_and_the_next_call_has_a_rate() -> None:
     ahead = forecasts("leonardo-booster", profile, second, second[0], store, NOW)["EUHPC_D17_084"]
     assert ahead["burn"]["per_day"] == 2_000 and ahead["days_left"] == 13
     assert len(store.budget_readings("leonardo-booster", "euhpc_d17_084")) == 2
+
+
+class _Saldo(LocalTransport):
+    """The login node's `saldo -b`, from the recorded fixture (25,000 left on EUHPC_D17_084 until 2027-03-01)."""
+
+    def run(self, argv: Sequence[str], *, timeout: float = 60, **_: object) -> CommandResult:
+        assert list(argv) == ["saldo", "-b"], argv
+        return CommandResult(tuple(argv), 0, (FIXTURES / "site-commands" / "saldo.txt").read_text(), "")
+
+
+def test_a_pipeline_whose_later_stages_the_budget_cannot_pay_is_warned_about() -> None:
+    """Each stage (20 nodes x 24 h x 32) costs 15,360: the first fits the 25,000 left, the two together do
+    not, and the later stage is submitted by the first one's job without asking again."""
+    day = dict(account="EUHPC_D17_084", nodes=20, time="24:00:00")
+    stages = [prepare_job("llava", "leonardo-booster", Overrides(stage=s, **day)) for s in ("pretrain", "finetune")]  # type: ignore[arg-type]
+    with Session() as session:
+        report = check_submit_budget(stages[0], _Saldo(), force=False, then=stages[1:])
+        assert report["cost"]["amount"] == 15_360 and report["pipeline_cost"] == 30_720
+        (warning,) = [w for w in session.warnings if "pipeline" in w]
+        assert "2 stages can cost 30,720 local core-hours together" in warning and "25,000 left" in warning
+    with Session() as session:
+        alone = check_submit_budget(stages[0], _Saldo(), force=False)
+        assert "pipeline_cost" not in alone and not [w for w in session.warnings if "pipeline" in w]
