@@ -4,7 +4,7 @@ what the run can cost -- from local files alone; `execute` performs exactly that
 `submit --dry-run` and `submit` all go through `plan_submit`, so what is printed is what is submitted.
 
 Staged paths can be known before anything moves because the store is content-addressed: a tree's path
-on the cluster is the hash of its manifest (`staging.stager.plan_stage`).
+on the cluster is the hash of its manifest (`staging.manifest.plan_stage`).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _plan_staging(
     staged, into the store on the cluster's filesystem: hpcai may be installed where compute nodes do not
     look (a user site-packages, a login-node-only venv), and the job's own environment lacks it."""
     from hpcai.backends.staging import HashCache
-    from hpcai.backends.staging.stager import plan_stage
+    from hpcai.backends.staging.manifest import plan_stage
     from hpcai.flows.stage import store_root
     from hpcai.spec.profiles import load_profile
 

@@ -223,3 +223,22 @@ def listing_row(entry: Entry, name: str) -> bytes:
     if entry.link is not None:
         return b"l " + encode_name(name) + b" " + encode_name(entry.link)
     return f"f {entry.tree_mode:o} {entry.size} ".encode() + encode_name(name)
+
+
+def plan_stage(
+    store_root: str, source: Path, cache: HashCache, *, keep_name: bool = False, follow_links: bool = False
+) -> tuple[Scan, str, str]:
+    """What staging `source` will send and where it will be on the cluster, from local files alone (the
+    tree id is the hash of the manifest): (scan, tree id, remote path). A submit plan uses it to know the
+    staged paths before anything moves, and `Stager.stage` uses it, so the two cannot disagree."""
+    scan = manifest(source, cache, follow_links=follow_links)
+    if keep_name and scan.entries and scan.entries[0].path != ".":
+        scan = _prefixed(scan, source.name)
+    tree = tree_id(scan.entries)
+    target = f"{store_root.rstrip('/') or '/'}/trees/{tree}"
+    return scan, tree, target + ("" if source.is_dir() else "/" + source.name)
+
+
+def _prefixed(scan: Scan, name: str) -> Scan:
+    entries = [Entry(f"{name}/{e.path}", e.size, e.mode, e.sha256, e.link, e.sparse) for e in scan.entries]
+    return Scan(entries, {f"{name}/{k}": v for k, v in scan.files.items()}, scan.refused)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import hpcai.backends.staging.early as early_module
 import hpcai.backends.staging.stager as stager_module
 from hpcai.backends.staging import HashCache, Stager
 from hpcai.backends.transport.base import TransportError
@@ -279,6 +280,7 @@ def test_a_full_disk_stops_with_its_fix_and_free_space_counts_only_what_moves(
         return original_stream(*args, **kwargs)
 
     monkeypatch.setattr(stager_module, "stream_part", counted)
+    monkeypatch.setattr(early_module, "stream_part", counted)  # the large file's first, streamed try
     with pytest.raises(TransportError, match="disk or your quota is probably full") as caught:
         Stager(remote, root).stage(data, cache)
     assert caught.value.exit_code == 3

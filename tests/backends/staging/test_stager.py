@@ -201,14 +201,16 @@ def test_one_large_file_goes_by_rsync_while_it_is_hashed(
     store = tmp_path / "cluster" / "store"
     stager = Stager(remote, str(store), rsync_target="hpcai-test:", rsync_ssh=ssh)
     adopted = []
-    original_adopt = staging._EarlyTransfer.adopt
+    from hpcai.backends.staging.early import EarlyTransfer
+
+    original_adopt = EarlyTransfer.adopt
 
     def spy(self, entries, owner, probe):  # type: ignore[no-untyped-def]
         result = original_adopt(self, entries, owner, probe)
         adopted.append(result)
         return result
 
-    monkeypatch.setattr(staging._EarlyTransfer, "adopt", spy)
+    monkeypatch.setattr(EarlyTransfer, "adopt", spy)
     report = stager.stage(big, HashCache(tmp_path / "h1.json"))
     assert report.via == {"rsync": 1} and len(adopted) == 1 and adopted[0]  # sent early, installed
     assert Path(report.remote_path).read_bytes() == big.read_bytes()
