@@ -139,7 +139,7 @@ def _check_routes(profile: ClusterProfile, partition: Partition, nodes: int, wal
     hints = []
     if same_size:
         hints.append(f"--time {same_size[0].max_walltime} or less for {nodes} nodes")
-    others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n.split(" ")[0] != partition.name]
+    others = _other_partitions(profile, partition, nodes, walltime_s)
     if others:
         hints.append(f"--partition {others[0]}")
     raise ValidationError(
@@ -150,13 +150,13 @@ def _check_routes(profile: ClusterProfile, partition: Partition, nodes: int, wal
     )
 
 
-def _partitions_allowing(profile: ClusterProfile, nodes: int, walltime_s: int) -> list[str]:
-    """The partitions that allow the job, each with its caution where the profile gives one (Polaris'
-    `preemptable`: jobs there can be killed at any time)."""
+def _other_partitions(profile: ClusterProfile, than: Partition, nodes: int, walltime_s: int) -> list[str]:
+    """The other partitions that allow the job, as said to people: each with its caution where the profile
+    gives one (Polaris' `preemptable`: jobs there can be killed at any time)."""
     return [
         f"{p.name} ({p.caution})" if p.caution else p.name
         for p in profile.partitions
-        if p.min_nodes <= nodes <= p.max_nodes and parse_walltime(p.max_walltime) >= walltime_s
+        if p.name != than.name and p.min_nodes <= nodes <= p.max_nodes and parse_walltime(p.max_walltime) >= walltime_s
     ]
 
 
@@ -173,7 +173,7 @@ def _check_limits(
 ) -> None:
     kind = "queue" if profile.scheduler == "pbs" else "partition"
     if nodes > partition.max_nodes or nodes < partition.min_nodes:
-        others = [n for n in _partitions_allowing(profile, nodes, 1) if n.split(" ")[0] != partition.name]
+        others = _other_partitions(profile, partition, nodes, 1)
         hint = f" The {kind}s that allow {nodes} nodes: {', '.join(others)}." if others else ""
         raise ValidationError(
             f"--nodes: {nodes} nodes is outside {kind} '{partition.name}' "
@@ -184,7 +184,7 @@ def _check_limits(
         _check_routes(profile, partition, nodes, walltime_s)
     limit = parse_walltime(partition.max_walltime)
     if walltime_s > limit:
-        others = [n for n in _partitions_allowing(profile, nodes, walltime_s) if n.split(" ")[0] != partition.name]
+        others = _other_partitions(profile, partition, nodes, walltime_s)
         hint = (
             f" {kind.capitalize()}s that allow it: {', '.join(others)} (--partition)."
             if others
