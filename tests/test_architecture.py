@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpcai"
 
 # Higher imports lower, never the other way; equal ranks may not import each other across folders.
 RANK = {
-    "errors": 0, "paths": 0, "shellquote": 0, "hpcai": 0,
+    "errors": 0, "paths": 0, "shellquote": 0, "presets": 0, "hpcai": 0,
     "rundir": 1, "monitor": 1,
     "spec": 2, "runtime": 2,
     "store": 3, "train": 3,

@@ -59,6 +59,7 @@ def render(
 
     plan = plan_submit(chosen, job.cluster, job.overrides(workload))
     _emit_script(plan.rendered.script, plan.to_json(), output, json_out)
+    _say_warnings()
 
 
 _YES_HELP = (
@@ -117,18 +118,16 @@ def submit(
     _confirm_demo(plan, yes=yes, dry_run=dry_run)
     if dry_run:
         _emit_script(plan.rendered.script, plan.to_json(), None, json_out)
+        _say_warnings()
         if not json_out:
             for action in plan.staging:
                 error_console.print(f"would stage {action.what}: {action.local} -> {action.remote_path}")
             error_console.print(f"would run: {shlex.join(plan.submit_command)}")
+            if plan.memory is not None:
+                error_console.print(f"memory: {plan.memory.line()}", markup=False, highlight=False)
         return
     result = execute(plan, force_budget=force_budget, show_progress=not json_out, preflight=not no_preflight)
-    from rich.markup import escape
-
-    from hpcai.backends.session import Session
-
-    for warning in Session.current().warnings:
-        error_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    _say_warnings()
     budget = result.pop("budget")
     if json_out:
         print_json({**result, "budget": budget})
@@ -142,6 +141,15 @@ def submit(
         elif budget["note"] and budget["note"].startswith("budget not checked"):
             error_console.print(f"[yellow]{budget['note']}[/yellow]")
         console.print(result["run_id"])
+
+
+def _say_warnings() -> None:
+    from rich.markup import escape
+
+    from hpcai.backends.session import Session
+
+    for warning in Session.current().warnings:
+        error_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 def _confirm_demo(plan: Any, *, yes: bool, dry_run: bool) -> None:

@@ -19,6 +19,7 @@ from hpcai.errors import HpcaiError, ValidationError
 from hpcai.flows.resolve import RenderedJob, render_job, resolve_job
 from hpcai.rundir.layout import RunDir
 from hpcai.spec.jobspec import Overrides
+from hpcai.spec.memory import MemoryEstimate
 from hpcai.spec.workloads import Workload
 
 STAGED_PARAMETERS = ("data", "model_path")  # --set values that name local paths to stage
@@ -58,7 +59,14 @@ class SubmitPlan:
             "staging_filesystem": self.filesystem,
             "cost": self.cost,
             "submit_command": self.submit_command,
+            "memory": self.memory.to_json() if self.memory else None,
         }
+
+    @property
+    def memory(self) -> MemoryEstimate | None:
+        from hpcai.flows.resolve import memory_estimate
+
+        return memory_estimate(self.rendered.job, self.rendered.profile)
 
 
 def plan_submit(workload: str | Workload, cluster: str | None, overrides: Overrides) -> SubmitPlan:

@@ -9,6 +9,7 @@ from hpcai.backends.schedulers import script_fragments
 from hpcai.paths import state_dir
 from hpcai.render.script import render_script
 from hpcai.spec.jobspec import JobSpec, Overrides, resolve_jobspec
+from hpcai.spec.memory import HEADROOM, MemoryEstimate, estimate_job, fits, fixes
 from hpcai.spec.profiles import ClusterProfile, load_profile, resolve_alias
 from hpcai.spec.userconfig import load_user_config
 from hpcai.spec.workloads import Workload, load_workload
@@ -63,7 +64,46 @@ def resolve_job(workload_name: str | Workload, cluster: str | None, overrides: O
     )
     if script_fragments(profile.scheduler).picks_nodes(profile.launch.emulate_nodes):
         job = job.model_copy(update={"exclude_nodes": tuple(_excluded_nodes(cluster_name))})
+    job = _fit_memory(job, profile, workload, overrides)
     return ResolvedJob(job=job, profile=profile, workload=workload)
+
+
+def memory_estimate(job: JobSpec, profile: ClusterProfile) -> MemoryEstimate | None:
+    """The job's memory per GPU (a built-in LLaVA preset), as `--dry-run` shows it; None where not known."""
+    return estimate_job(job.workload, dict(job.parameters), job.num_processes, profile.node.gpus > 0)
+
+
+def _fit_memory(job: JobSpec, profile: ClusterProfile, workload: Workload, overrides: Overrides) -> JobSpec:
+    """Before anything is queued: a job whose estimate does not fit the profile's GPU memory gets activation
+    checkpointing where that is enough and nobody set it (said as a warning), else is refused with what
+    makes it fit."""
+    from hpcai.backends.session import Session
+    from hpcai.errors import ValidationError
+
+    estimate = memory_estimate(job, profile)
+    gpu_gb = profile.node.gpu_memory_gb
+    if estimate is None or gpu_gb is None or fits(estimate.total, gpu_gb):
+        return job
+    limit = HEADROOM * gpu_gb
+    params = dict(job.parameters)
+    chosen = any(a.split("=", 1)[0].strip() == "activation_checkpointing" for a in overrides.set)
+    if not chosen and "activation_checkpointing" in workload.spec.parameters:
+        on = estimate_job(job.workload, params, job.num_processes, True, activation_checkpointing=True)
+        if on is not None and on.total <= limit:
+            Session.current().warn(
+                f"activation checkpointing turned on: without it the job needs about {estimate.total:.1f} GiB per "
+                f"GPU, more than the {limit:.0f} GiB usable of a {gpu_gb:g} GB GPU on {job.cluster}; with it "
+                f"{on.total:.1f} GiB (about 30% more compute; --set activation_checkpointing=false to refuse "
+                "instead)."
+            )
+            return job.model_copy(update={"parameters": {**params, "activation_checkpointing": True}})
+    ways = fixes(job.workload, params, job.num_processes, job.nodes, limit)
+    raise ValidationError(
+        f"memory: the job needs about {estimate.line()}, more than the {limit:.0f} GiB usable of a {gpu_gb:g} GB "
+        f"GPU on {job.cluster}: it would stop with an out-of-memory error after its queue wait. "
+        + (f"It fits with {' or '.join(ways)}." if ways else "Use a smaller preset, batch or max_length.")
+        + " Nothing was queued."
+    )
 
 
 def _excluded_nodes(cluster: str) -> list[str]:

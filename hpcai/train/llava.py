@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hpcai.presets import PRESETS, TINY
 from hpcai.runtime.flops import Shape, transformer_flops
 from hpcai.runtime.loader import LEFT_OUT
 from hpcai.runtime.trainer import StepOutput, train
@@ -30,19 +31,6 @@ from hpcai.train.images import ImageFiles, check_images_exist, image_bytes_or_pa
 from hpcai.train.parts import corpus, parts_cache, tiny_llava_parts
 from hpcai.train.shards import Member
 
-# Tiny parts built locally in the real formats (vision tower, LM): (vision kind, LM family).
-TINY: dict[str, tuple[str, str]] = {"tiny": ("clip", "llama"), "tiny-siglip": ("siglip", "qwen2"),
-                                    "tiny-qwen3": ("clip", "qwen3")}  # fmt: skip
-# LLaVA-1.5's vision tower (CLIP ViT-L/14 at 336 px) with Qwen2-0.5B/1.5B-shaped LMs, for GPU benchmarks
-# (random weights).
-PRESETS: dict[str, dict[str, Any]] = {
-    "clip-l336-qwen2-0.5b": {"vision": "clip", "v_hidden": 1024, "v_layers": 24, "v_heads": 16, "v_inter": 4096,
-                             "image": 336, "patch": 14, "lm": "qwen2", "hidden": 896, "layers": 24, "heads": 14,
-                             "kv_heads": 2, "inter": 4864, "vocab": 151936},
-    "clip-l336-qwen2-1.5b": {"vision": "clip", "v_hidden": 1024, "v_layers": 24, "v_heads": 16, "v_inter": 4096,
-                             "image": 336, "patch": 14, "lm": "qwen2", "hidden": 1536, "layers": 28, "heads": 12,
-                             "kv_heads": 2, "inter": 8960, "vocab": 151936},
-}  # fmt: skip
 PRESET_NAMES = [*TINY, *PRESETS]
 STAGE_TRAINABLE = {"pretrain": "projector", "finetune": "projector,language_model"}
 TRAINABLE = {"projector": "multi_modal_projector", "language_model": "language_model"}

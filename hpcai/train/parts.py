@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcai.presets import TINY_LM, TINY_VISION, TINY_VOCAB
 from hpcai.train.synth import COLORS, SHAPES
 
 # Chat templates of the two families the tiny LMs imitate. ChatML (Qwen2/Qwen3) ends a turn with
@@ -31,16 +32,6 @@ VICUNA_TEMPLATE = (
 )
 CHATML_SPECIALS = {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "bos_token": None}
 VICUNA_SPECIALS = {"pad_token": "<unk>", "eos_token": "</s>", "bos_token": "<s>"}
-
-TINY_VISION: dict[str, Any] = {
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "image_size": 32, "patch_size": 8,
-}  # fmt: skip
-TINY_LM: dict[str, Any] = {
-    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": False,
-}  # fmt: skip
-TINY_VOCAB = 600
 
 
 def corpus(seed: int = 0, sentences: int = 2000) -> list[str]:
