@@ -87,8 +87,43 @@ def main() -> None:
         print(f"tokens/s  (median after warm-up): {statistics.median(r['tokens_per_s'] for r in steady):.0f}")
     if mfus:
         print(f"MFU       (median after warm-up): {100 * statistics.median(mfus):.1f}%")
-    print(f"peak memory per process:          {max(r['peak_memory_gb'] for r in rows):.2f} GB")
+    peak = max(r["peak_memory_gb"] for r in rows)
+    print(f"peak memory per process:          {peak:.2f} GB")
+    if args.workload == "llava":
+        _compare_estimate(args, processes, peak)
     print(f"loss: {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+
+
+def _compare_estimate(args: argparse.Namespace, processes: int, peak: float) -> None:
+    """The estimate `render`/`submit` check before queueing (hpcai.spec.memory), beside the measured peak,
+    for the same preset, batch, sequence and ranks. On a GPU the peak is torch's max allocated (the CUDA
+    context is not in it: the estimate's `runtime` term is left out). On the CPU the peak is the process's
+    maximum RSS: it also holds the interpreter and libraries (measured here in a process that imports them)
+    and, while the model is built, every rank's whole fp32 model before FSDP shards it."""
+    from hpcai.presets import preset_shape
+    from hpcai.spec.memory import _counts, estimate_job
+
+    stage = {"finetune": "projector,language_model"}.get(args.stage or "", "projector")
+    params = {"preset": args.preset, "per_device_batch_size": args.batch, "max_length": args.seq, "trainable": stage}
+    estimate = estimate_job("llava", params, processes, bool(args.gpus))
+    if estimate is None:
+        return
+    training = estimate.total - estimate.parts.get("runtime", 0.0)
+    if args.gpus:
+        print(f"estimated (hpcai.spec.memory):    {training:.2f} GiB -> measured / estimated {peak / training:.2f}")
+        return
+    probe = (
+        "import resource, torch, transformers, accelerate; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    base = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout) / 2**20
+    shape = preset_shape(args.preset)
+    n = _counts(shape) if shape else {"vision": 0, "projector": 0, "lm": 0}
+    loading = 4 * (n["vision"] + n["projector"] + n["lm"]) / 2**30
+    expected = base + max(training, loading + estimate.parts["parameters"])
+    print(
+        f"estimated on CPU: {base:.2f} GiB libraries + max(training {training:.2f}, loading {loading:.2f} + shards) "
+        f"= {expected:.2f} GiB -> measured / estimated {peak / expected:.2f}"
+    )
 
 
 if __name__ == "__main__":
