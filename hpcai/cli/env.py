@@ -33,16 +33,25 @@ def env_build(
     account: AccountOpt = None,
     container: ContainerOpt = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build it again even when it is complete.")] = False,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Download the wheels here, stage them and install without the index there "
+            "(automatic where the profile says the login node has no index or another platform).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build the cluster's job environment on its login node (pip needs the index there), then check it.
+    """Build the cluster's job environment on its login node, then check it.
 
     Where it goes and what it is built on come from the profile's `environment:` section; jobs refuse to
-    start on a half-built one."""
+    start on a half-built one. Without the package index there (or for another platform): the wheels the
+    cluster lacks are downloaded here, staged, and installed offline."""
     from hpcai.flows.jobenv import build_environment, require_ok
 
     result = build_environment(cluster, account=account, container=container, rebuild=rebuild,
-                               show_progress=not json_out)  # fmt: skip
+                               show_progress=not json_out, offline=offline)  # fmt: skip
     if json_out:
         print_json(result)
     elif result["state"] == "nothing to build":
@@ -50,6 +59,10 @@ def env_build(
     else:
         verb = {"built": "built", "ready": "already complete (--rebuild builds it again)"}[result["state"]]
         console.print(f"{result['cluster']}: {result['home']} {verb}")
+        if "offline" in result:
+            got = result["offline"]
+            console.print(f"offline: {len(got['wheels'])} wheel(s) for what the cluster lacked "
+                          f"({', '.join(got['missing']) or 'nothing'}), staged to {got['staged']}")  # fmt: skip
         _print_env_check(result["check"])
     if "check" in result:
         require_ok(result["check"])

@@ -13,6 +13,7 @@ from hpcai.flows.resolve import RenderedJob, prepare_job
 from hpcai.render.setup import build_script
 from hpcai.spec.jobenv import BUILD_MARK, JobEnv
 from hpcai.spec.jobspec import Overrides
+from hpcai.spec.profiles import ClusterProfile
 
 REFERENCE_WORKLOAD = "llava"  # the environment serves every built-in workload; llava needs the most
 BUILD_TIMEOUT_S = 3600  # pip installing torch on a busy login node takes minutes, not hours
@@ -37,8 +38,11 @@ def describe(env: JobEnv) -> str:
 
 
 def build_environment(
-    cluster: str | None, *, account: str | None, container: str | None, rebuild: bool, show_progress: bool
-) -> dict[str, Any]:
+    cluster: str | None, *, account: str | None, container: str | None, rebuild: bool, show_progress: bool,
+    offline: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Build the job environment on the login node. Offline (`offline`, or a profile whose login node has no
+    package index or whose platform differs): the wheels the cluster lacks come from this machine."""
     from hpcai.flows.resolve import default_cluster
 
     rendered = job_environment(cluster or default_cluster(), account=account, container=container,
@@ -49,7 +53,10 @@ def build_environment(
     if not env.built_by_hpcai:
         return {**summary, "state": "nothing to build", "detail": f"jobs on {job.cluster} use {describe(env)}"}
     transport = Session.current().get(job.cluster).transport
-    script = build_script(profile, env, rebuild=rebuild)
+    find_links = None
+    if offline or not profile.environment.internet or profile.environment.platform is not None:
+        find_links, summary["offline"] = _stage_wheels(job.cluster, profile, env, account, show_progress)
+    script = build_script(profile, env, rebuild=rebuild, find_links=find_links)
     argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
     what = ", ".join(env.requirements) or "nothing beyond the base"
     with reporter(show_progress).waiting(
@@ -72,6 +79,29 @@ def build_environment(
         )
     checked = check_environment(job.cluster, account=account, container=container, workload=REFERENCE_WORKLOAD)
     return {**summary, "state": state, "check": checked}
+
+
+def _stage_wheels(
+    cluster: str, profile: ClusterProfile, env: JobEnv, account: str | None, show_progress: bool
+) -> tuple[str, dict[str, Any]]:
+    """What the cluster lacks, downloaded here as wheels for its platform and staged: (its folder there,
+    what was done)."""
+    from hpcai.flows.stage import stage_paths
+    from hpcai.flows.wheels import download_wheels, missing_on_cluster
+    from hpcai.paths import state_dir
+
+    transport = Session.current().get(cluster).transport
+    missing = missing_on_cluster(transport, profile, env)
+    folder = state_dir() / "wheels" / (env.env_id or "env")
+    wheels: list[str] = []
+    if missing:
+        with reporter(show_progress).waiting(f"downloading wheels for {cluster} here: {', '.join(missing)}"):
+            wheels = download_wheels(missing, folder, profile)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+    (report,) = stage_paths(cluster, [folder], show_progress=show_progress, account=account)
+    return report.remote_path, {"missing": missing, "wheels": wheels, "staged": report.remote_path,
+                                "platform": profile.environment.platform}  # fmt: skip
 
 
 def check_environment(

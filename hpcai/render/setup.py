@@ -38,9 +38,15 @@ def setup_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
     return lines
 
 
-def _pip_install(python: str, profile: ClusterProfile, requirements: tuple[str, ...]) -> list[str]:
+def _pip_install(
+    python: str, profile: ClusterProfile, requirements: tuple[str, ...], find_links: str | None = None
+) -> list[str]:
+    """pip install of the requirements: from the index, or -- `find_links`, wheels staged from the user's
+    machine -- from that folder alone, never the network."""
     words: list[object] = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    if profile.environment.pip_index:
+    if find_links is not None:
+        words += ["--no-index", "--find-links", find_links]
+    elif profile.environment.pip_index:
         words += ["--extra-index-url", profile.environment.pip_index]
     return [join([*words, *requirements])] if requirements else []
 
@@ -59,8 +65,9 @@ with open(own + "/_hpcai_base.pth", "w") as handle:
 """
 
 
-def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool) -> str:
-    """The bash script that builds `env` on the login node, under a lock, marker last."""
+def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool, find_links: str | None = None) -> str:
+    """The bash script that builds `env` on the login node, under a lock, marker last; with `find_links`
+    pip installs offline from the wheels staged there."""
     assert env.home is not None and env.marker is not None
     spec = profile.environment
     home, marker = quote(env.home), quote(env.marker)
@@ -95,7 +102,7 @@ def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool) -> str:
         ]
         if spec.system_site_packages:
             lines.append(join([f"{env.home}/bin/python", "-c", _LAYER, base]))
-        lines += _pip_install(f"{env.home}/bin/python", profile, env.requirements)
+        lines += _pip_install(f"{env.home}/bin/python", profile, env.requirements, find_links)
         record = {"env_id": env.env_id, "requirements": list(env.requirements), "hpcai": __version__}
         lines += [
             f"printf '%s\\n' {quote(json.dumps(record))} > {marker}.tmp",
@@ -103,7 +110,7 @@ def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool) -> str:
         ]
     else:
         inside = ["set -euo pipefail", join(["python", "-m", "venv", *site_flag, SQUASHFS_MOUNT])]
-        inside += _pip_install(f"{SQUASHFS_MOUNT}/bin/python", profile, env.requirements)
+        inside += _pip_install(f"{SQUASHFS_MOUNT}/bin/python", profile, env.requirements, find_links)
         words = container_prefix(profile, env.image)
         exec_words, image = words[:-1], words[-1]
         lines += [
@@ -114,6 +121,7 @@ def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool) -> str:
             join(exec_words)
             + ' --bind "$build":'
             + SQUASHFS_MOUNT
+            + (f" --bind {quote(find_links)}" if find_links else "")  # the staged wheels, at the same path
             + " "
             + quote(str(image))
             + " bash -c "

@@ -183,6 +183,20 @@ class Environment(Strict):
     conda_env: str | None = Field(
         default=None, description="`conda activate` this env after the modules load (Polaris: base)"
     )
+    internet: bool = Field(
+        default=True,
+        description="The login node reaches the package index; false: `env build` downloads the wheels on your "
+        "machine, stages them and installs offline",
+    )
+    platform: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]+$",
+        description="pip platform tag of the cluster's nodes when they differ from your machine's, e.g. "
+        "manylinux_2_28_aarch64 (wheels for it are downloaded here, installed there offline)",
+    )
+    python_version: str | None = Field(
+        default=None, pattern=r"^3\.[0-9]{1,2}$", description="The cluster Python's version (e.g. 3.11)"
+    )
     notes: str = Field(default="", description="Why this is the site's way, with its source")
 
     _names = field_validator("conda_env")(_directive_safe)
