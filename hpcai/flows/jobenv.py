@@ -54,7 +54,12 @@ def build_environment(
         return {**summary, "state": "nothing to build", "detail": f"jobs on {job.cluster} use {describe(env)}"}
     transport = Session.current().get(job.cluster).transport
     find_links = None
-    if offline or not profile.environment.internet or profile.environment.platform is not None:
+    spec = profile.environment
+    if not (offline or not spec.internet or spec.platform is not None) and profile.scheduler != "local":
+        from hpcai.flows.wheels import index_reachable
+
+        offline = not index_reachable(transport, profile)  # the login node cannot reach the index: go offline
+    if offline or not spec.internet or spec.platform is not None:
         find_links, summary["offline"] = _stage_wheels(job.cluster, profile, env, account, show_progress)
     script = build_script(profile, env, rebuild=rebuild, find_links=find_links)
     argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]

@@ -88,3 +88,14 @@ def download_wheels(requirements: list[str], dest: Path, profile: ClusterProfile
             f"installed offline. pip said:\n{tail}"
         )
     return sorted(p.name for p in dest.glob("*.whl"))
+
+
+def index_reachable(transport: Transport, profile: ClusterProfile) -> bool:
+    """Whether pip on the login node reaches its package index, as the site configures pip there (a mirror, a
+    proxy): `pip index versions pip`, one try. A pip too old to ask (or none) counts as reaching it: the
+    build then goes as before and says what pip said."""
+    argv = [base_python(profile), "-m", "pip", "index", "versions", "pip", "--retries", "0", "--timeout", "8",
+            "--disable-pip-version-check"]  # fmt: skip
+    result = transport.run(argv, timeout=60)
+    said = result.stdout + result.stderr
+    return result.ok or "unknown command" in said or "No module named pip" in said

@@ -14,7 +14,7 @@ import pytest
 
 from hpcai.backends.transport.local import LocalTransport
 from hpcai.errors import EnvironmentFailure
-from hpcai.flows.wheels import download_wheels, missing_on_cluster
+from hpcai.flows.wheels import download_wheels, index_reachable, missing_on_cluster
 from hpcai.render.setup import build_script
 from hpcai.spec.jobenv import JobEnv
 from hpcai.spec.profiles import load_profile
@@ -93,3 +93,27 @@ def test_env_build_without_an_index_on_the_login_node_over_ssh(
     assert result["state"] == "built" and result["check"]["ok"]
     assert result["offline"]["missing"] == [] and result["offline"]["wheels"] == []
     assert result["offline"]["staged"].startswith(f"{root}/work/{ACCOUNT}/hpcai/store/trees/")
+
+
+def test_whether_the_login_nodes_pip_reaches_its_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip as the site configures it (here: an index served on this machine, then one that is down)."""
+    import functools
+    import http.server
+    import threading
+
+    page = tmp_path / "simple" / "pip"
+    page.mkdir(parents=True)
+    (page / "index.html").write_text('<a href="pip-24.0-py3-none-any.whl">pip-24.0-py3-none-any.whl</a>\n')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    for name in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+        assert index_reachable(LocalTransport(), _profile()) is True
+        monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
+        assert index_reachable(LocalTransport(), _profile()) is False
+    finally:
+        server.shutdown()

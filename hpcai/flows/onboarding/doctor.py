@@ -17,6 +17,7 @@ from hpcai.flows.onboarding.doctor_cluster import (
     check_container,
     check_job_environment,
     check_offline,
+    check_package_index,
     check_purge,
     check_python,
     check_quota,
@@ -64,6 +65,7 @@ def run_doctor(cluster_name: str, *, progress: Callable[[Check], None] | None = 
             check_purge,
             check_container,
             check_python,
+            check_package_index,
             check_job_environment,
         ):
             check(doctor)

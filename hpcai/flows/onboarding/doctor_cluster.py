@@ -385,6 +385,25 @@ def check_job_environment(doctor: Doctor) -> None:
         doctor.add(Check("job-environment", "pass", f"the job's Python has {result.summary}{when}."))
 
 
+def check_package_index(doctor: Doctor) -> None:
+    """Where `env build` pips on the login node: does it reach the package index from there?"""
+    spec = doctor.profile.environment
+    if spec.default == "modules" or doctor.profile.launch.python == "current" or doctor.transport is None:
+        doctor.add(Check("package-index", "skip", "no job environment is built on this cluster."))
+        return
+    from hpcai.flows.wheels import index_reachable
+
+    if not spec.internet or spec.platform is not None:
+        doctor.add(Check("package-index", "pass", "env build downloads the wheels on your machine and installs "
+                         "them offline there (the profile's environment.internet/platform)."))  # fmt: skip
+    elif index_reachable(doctor.transport, doctor.profile):
+        doctor.add(Check("package-index", "pass", "the login node reaches the package index (env build pips there)."))
+    else:
+        doctor.add(Check("package-index", "warn", "the login node does not reach the package index.",
+                         "`hpcai env build` then downloads the wheels on your machine and stages them by itself "
+                         "(--offline does so always)."))  # fmt: skip
+
+
 def check_offline(doctor: Doctor) -> None:
     if doctor.profile.compute_internet:
         doctor.add(Check("offline", "pass", "compute nodes reach the internet; nothing to set."))
