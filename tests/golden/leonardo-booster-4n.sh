@@ -23,7 +23,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-leonardo-booster-4n
 export HPCAI_RUN_DIR=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-4n
-export HPCAI_JOB_ID="$SLURM_JOB_ID"
+export HPCAI_JOB_ID="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_}${SLURM_ARRAY_TASK_ID:-$SLURM_JOB_ID}"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"
 # Unix time with microseconds where bash has it (5.0+), else whole seconds: the goodput account's clock.
@@ -241,7 +241,7 @@ if [ "$hpcai_action" = queue ]; then
   if [ "$hpcai_outcome" = failed ]; then rc=90; fi
   hpcai_event "$hpcai_why" "$rc"
   hpcai_exclude=$(hpcai_excluded "$HPCAI_RUN_DIR/exclude_nodes")
-  if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"); then
+  if hpcai_next=$(env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU -u SLURM_ARRAY_JOB_ID -u SLURM_ARRAY_TASK_ID sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"); then
     hpcai_next=$(printf '%s' "$hpcai_next" | tail -n 1 | cut -d';' -f1)
   else
     # The submission may have queued the job and still failed (a controller time-out): look before
@@ -275,7 +275,7 @@ if [ "$rc" -eq 0 ] && [ -s "$HPCAI_RUN_DIR/next_stage" ]; then
   hpcai_submit_stage() {
     # the scheduler's usual submission, of the next stage's script in its own run directory
     local -x HPCAI_RUN_DIR="$1"
-    cd "$HPCAI_RUN_DIR" && env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"
+    cd "$HPCAI_RUN_DIR" && env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU -u SLURM_ARRAY_JOB_ID -u SLURM_ARRAY_TASK_ID sbatch --parsable ${hpcai_exclude:+"$hpcai_exclude"} "$HPCAI_RUN_DIR/job.sh"
   }
   if [ -z "$hpcai_next_dir" ]; then
     :  # refused above

@@ -280,6 +280,12 @@ class ScriptFragments(ABC):
     def submit_next(self, python: str, walltime_s: int, emulated: bool) -> str:
         """The command, run by the job itself, that submits the run's next attempt and prints its id."""
 
+    max_array_size = 0  # the most tasks one job array may have; 0: this scheduler runs no sweeps here
+
+    def array_script(self, name: str, folder: str, point_script: str, run_dirs: list[str], parallel: int) -> str:
+        """A job array running each run folder's own job script as one task, `parallel` at once (a sweep)."""
+        raise NotImplementedError(f"{self.kind}: no job arrays")
+
 
 def failure(what: str, result: CommandResult) -> SchedulerError:
     detail = (result.stderr or result.stdout).strip().splitlines()

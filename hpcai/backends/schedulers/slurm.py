@@ -21,6 +21,7 @@ from hpcai.backends.schedulers.base import (
     failure,
 )
 from hpcai.rundir.contract import EXCLUDE_FILE, SCRIPT_NAME
+from hpcai.shellquote import quote
 
 # squeue --Format, each field ended by "|" (no padding): the % codes have no restart count.
 _SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,StartTime:|,EndTime:|,WorkDir:|,RestartCnt:|"
@@ -81,7 +82,8 @@ class SlurmScheduler(Scheduler):
         if not wanted:
             return {j: JobStatus(j, JobState.UNKNOWN) for j in job_ids}
         found: dict[str, JobStatus] = {}
-        result = self.command(["squeue", "-h", "-t", "all", "-O", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
+        # -r: a job array's pending tasks one per line, each under its own id (123_4), not as 123_[4-7%2].
+        result = self.command(["squeue", "-h", "-r", "-t", "all", "-O", _SQUEUE_FORMAT, "-j", ",".join(wanted)])
         if result.ok:
             for line in result.stdout.splitlines():
                 fields = line.split("|")
@@ -230,8 +232,10 @@ class SlurmScript(ScriptFragments):
     """Slurm's script fragments: each launch picks its nodes from the allocation (spares, exclusions)."""
 
     kind = "slurm"
-    job_id = "$SLURM_JOB_ID"
+    # A task of a job array (a sweep's point) is known as ARRAY_TASK, as squeue and sacct name it.
+    job_id = "${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_}${SLURM_ARRAY_TASK_ID:-$SLURM_JOB_ID}"
     job_number = "$SLURM_JOB_ID"
+    max_array_size = 1000  # Slurm's default MaxArraySize is 1001: indexes 0-1000
 
     def picks_nodes(self, emulated: bool) -> bool:
         # Not on the test cluster, whose "nodes" are tasks on one host.
@@ -277,6 +281,37 @@ class SlurmScript(ScriptFragments):
         # nodes the run found failing are left out (not on the test cluster: its one node is all it has).
         exclude = "" if emulated else ' ${hpcai_exclude:+"$hpcai_exclude"}'
         return (
-            "env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU sbatch --parsable"
-            f'{exclude} "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
+            "env -u SLURM_MEM_PER_CPU -u SLURM_MEM_PER_NODE -u SLURM_MEM_PER_GPU -u SLURM_ARRAY_JOB_ID "
+            f'-u SLURM_ARRAY_TASK_ID sbatch --parsable{exclude} "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
+        )
+
+    def array_script(self, name: str, folder: str, point_script: str, run_dirs: list[str], parallel: int) -> str:
+        """One job array whose task i runs point i's own job script in its run folder, at most `parallel` at
+        once: the points' resource lines (all equal) with the array's name, logs and throttle."""
+        own = ("--job-name=", "--chdir=", "--output=", "--error=")
+        lines = [ln for ln in point_script.splitlines() if ln.startswith("#SBATCH ") and not ln[8:].startswith(own)]
+        cases = [f"  {i}) hpcai_point={quote(d)} ;;" for i, d in enumerate(run_dirs)]
+        return (
+            "\n".join(
+                [
+                    "#!/bin/bash",
+                    f"#SBATCH --job-name={name}",
+                    f"#SBATCH --array=0-{len(run_dirs) - 1}%{parallel}",
+                    f"#SBATCH --chdir={folder}",
+                    f"#SBATCH --output={folder}/logs/array-%A_%a.out",
+                    f"#SBATCH --error={folder}/logs/array-%A_%a.err",
+                    *lines,
+                    "# Task i of this array is point i of the sweep: its own run, folder, logs and job script.",
+                    "set -euo pipefail",
+                    'case "${SLURM_ARRAY_TASK_ID:-}" in',
+                    *cases,
+                    '  *) echo "hpcai sweep: no point ${SLURM_ARRAY_TASK_ID:-} in this array" >&2; exit 2 ;;',
+                    "esac",
+                    'hpcai_task="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+                    'cd "$hpcai_point"',
+                    f'exec bash "$hpcai_point/{SCRIPT_NAME}" >> "$hpcai_point/logs/slurm-$hpcai_task.out" '
+                    '2>> "$hpcai_point/logs/slurm-$hpcai_task.err"',
+                ]
+            )
+            + "\n"
         )

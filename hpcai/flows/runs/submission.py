@@ -82,6 +82,28 @@ def submit_run(
     store = store or Store()
     job = rendered.job
     backend = Session.current().get(job.cluster)
+    run = record_run(rendered, store, backend)
+    try:
+        job_id = backend.scheduler.submit(
+            RunDir(job.run_dir).script, job.run_dir, walltime_s=job.walltime_s, umask=job.umask, command=command
+        )
+    except OutcomeUnknown as exc:
+        job_id = settle_unclear_submission(store, backend, run, 1, exc)
+    except HpcaiError as exc:
+        store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
+        store.add_event(run.id, "submit-failed", str(exc))
+        raise
+    store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
+    store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")
+    return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
+
+
+def record_run(rendered: RenderedJob, store: Store, backend: Backend, extra: dict[str, Any] | None = None) -> Run:
+    """Everything before the scheduler hears of the run: its inputs and new folder checked on the target, the
+    intent recorded in the store (SUBMITTING), the folder written with its script and spec. A folder that
+    cannot be written leaves the run FAILED and raises EnvironmentFailure. `extra`: more for the run's spec
+    (a sweep's point)."""
+    job = rendered.job
     inputs = {
         key: on_the_cluster(str(job.parameters[key]), job.binds)
         for key in rendered.workload.spec.path_parameters()
@@ -95,7 +117,7 @@ def submit_run(
         cluster=job.cluster,
         stage=job.stage,
         run_dir=job.run_dir,
-        spec=job.model_dump(),
+        spec={**job.model_dump(), **(extra or {})},
         created=time.time(),
         state=JobState.SUBMITTING.value,
     )
@@ -103,30 +125,22 @@ def submit_run(
     # before recording the id is reconciled by the next `status` (job_id file, or the job's work dir).
     store.create_run_checked(run)
     transport = backend.transport
-    script_path = RunDir(job.run_dir).script
     try:
         make_run_dir(transport, job.run_dir, job.umask)
         private = 0o640 if job.share_with_group else 0o600
-        transport.write_text(script_path, rendered.script, mode=private | 0o100)
+        transport.write_text(RunDir(job.run_dir).script, rendered.script, mode=private | 0o100)
         transport.write_text(RunDir(job.run_dir).spec, json.dumps(run.spec, indent=2) + "\n", mode=private)
-        job_id = backend.scheduler.submit(
-            script_path, job.run_dir, walltime_s=job.walltime_s, umask=job.umask, command=command
-        )
-    except OutcomeUnknown as exc:
-        job_id = settle_unclear_submission(store, backend, run, 1, exc)
     except (HpcaiError, OSError) as exc:
         reason = str(exc) if isinstance(exc, HpcaiError) else f"{exc.strerror or exc} ({exc.filename or job.run_dir})"
         store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"submission failed: {reason}")
         store.add_event(run.id, "submit-failed", reason)
-        if isinstance(exc, OSError):
-            raise EnvironmentFailure(
-                f"submit: writing the run directory failed: {reason}. Nothing was queued; the run is recorded "
-                "as FAILED. Free space or fix permissions, then submit again."
-            ) from None
-        raise
-    store.update_attempt(run.id, 1, job_id=job_id, state=JobState.PENDING.value)
-    store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster}")
-    return {"run_id": run.id, "job_id": job_id, "cluster": job.cluster, "run_dir": job.run_dir}
+        if isinstance(exc, HpcaiError):
+            raise
+        raise EnvironmentFailure(
+            f"submit: writing the run directory failed: {reason}. Nothing was queued; the run is recorded "
+            "as FAILED. Free space or fix permissions, then submit again."
+        ) from None
+    return run
 
 
 # How long an attempt may stay SUBMITTING with no job found before it is declared never submitted.

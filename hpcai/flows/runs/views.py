@@ -104,7 +104,11 @@ def views(
 def status(store: Store, run_id: str | None = None) -> tuple[list[RunView], Session]:
     """Every run's state and progress: per cluster one squeue + one sacct (or qstat) and one read of all
     the run directories' files it needs, whatever the number of runs."""
-    runs = [store.run(run_id)] if run_id else store.runs()
+    return status_of(store, [store.run(run_id)] if run_id else store.runs())
+
+
+def status_of(store: Store, runs: list[Run]) -> tuple[list[RunView], Session]:
+    """`status` of these runs (a sweep's points, say)."""
     backends = Session.current()
     latest = store.latest_attempts([r.id for r in runs])
     files: dict[str, FileReader] = {}
