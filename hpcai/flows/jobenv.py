@@ -55,13 +55,16 @@ def build_environment(
     transport = Session.current().get(job.cluster).transport
     find_links = None
     spec = profile.environment
-    if not (offline or not spec.internet or spec.platform is not None) and profile.scheduler != "local":
+    offline = offline or spec.internet is False or spec.platform is not None
+    if not offline and spec.internet is None and profile.scheduler != "local":
         from hpcai.flows.wheels import index_reachable
 
-        offline = not index_reachable(transport, profile)  # the login node cannot reach the index: go offline
-    if offline or not spec.internet or spec.platform is not None:
+        offline = not index_reachable(transport, profile)  # pip there cannot reach its index: go offline
+    install = True
+    if offline:
         find_links, summary["offline"] = _stage_wheels(job.cluster, profile, env, account, show_progress)
-    script = build_script(profile, env, rebuild=rebuild, find_links=find_links)
+        install = find_links is not None  # None: the cluster's Python has every requirement
+    script = build_script(profile, env, rebuild=rebuild, find_links=find_links, install=install)
     argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
     what = ", ".join(env.requirements) or "nothing beyond the base"
     with reporter(show_progress).waiting(
@@ -88,25 +91,24 @@ def build_environment(
 
 def _stage_wheels(
     cluster: str, profile: ClusterProfile, env: JobEnv, account: str | None, show_progress: bool
-) -> tuple[str, dict[str, Any]]:
-    """What the cluster lacks, downloaded here as wheels for its platform and staged: (its folder there,
-    what was done)."""
+) -> tuple[str | None, dict[str, Any]]:
+    """What the cluster lacks, downloaded here as wheels for its platform and staged: (its folder there, or
+    None when it lacks nothing; what was done)."""
     from hpcai.flows.stage import stage_paths
     from hpcai.flows.wheels import download_wheels, missing_on_cluster
     from hpcai.paths import state_dir
 
     transport = Session.current().get(cluster).transport
     missing = missing_on_cluster(transport, profile, env)
+    done: dict[str, Any] = {"missing": missing, "wheels": [], "staged": None, "platform": profile.environment.platform}
+    if not missing:
+        return None, done
     folder = state_dir() / "wheels" / (env.env_id or "env")
-    wheels: list[str] = []
-    if missing:
-        with reporter(show_progress).waiting(f"downloading wheels for {cluster} here: {', '.join(missing)}"):
-            wheels = download_wheels(missing, folder, profile)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
+    with reporter(show_progress).waiting(f"downloading wheels for {cluster} here: {', '.join(missing)}"):
+        done["wheels"] = download_wheels(missing, folder, profile)
     (report,) = stage_paths(cluster, [folder], show_progress=show_progress, account=account)
-    return report.remote_path, {"missing": missing, "wheels": wheels, "staged": report.remote_path,
-                                "platform": profile.environment.platform}  # fmt: skip
+    done["staged"] = report.remote_path
+    return report.remote_path, done
 
 
 def check_environment(

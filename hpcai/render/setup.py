@@ -65,9 +65,11 @@ with open(own + "/_hpcai_base.pth", "w") as handle:
 """
 
 
-def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool, find_links: str | None = None) -> str:
+def build_script(
+    profile: ClusterProfile, env: JobEnv, *, rebuild: bool, find_links: str | None = None, install: bool = True
+) -> str:
     """The bash script that builds `env` on the login node, under a lock, marker last; with `find_links`
-    pip installs offline from the wheels staged there."""
+    pip installs offline from the wheels staged there; `install` False: the base has every requirement."""
     assert env.home is not None and env.marker is not None
     spec = profile.environment
     home, marker = quote(env.home), quote(env.marker)
@@ -102,7 +104,7 @@ def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool, find_li
         ]
         if spec.system_site_packages:
             lines.append(join([f"{env.home}/bin/python", "-c", _LAYER, base]))
-        lines += _pip_install(f"{env.home}/bin/python", profile, env.requirements, find_links)
+        lines += _pip_install(f"{env.home}/bin/python", profile, env.requirements if install else (), find_links)
         record = {"env_id": env.env_id, "requirements": list(env.requirements), "hpcai": __version__}
         lines += [
             f"printf '%s\\n' {quote(json.dumps(record))} > {marker}.tmp",
@@ -110,7 +112,7 @@ def build_script(profile: ClusterProfile, env: JobEnv, *, rebuild: bool, find_li
         ]
     else:
         inside = ["set -euo pipefail", join(["python", "-m", "venv", *site_flag, SQUASHFS_MOUNT])]
-        inside += _pip_install(f"{SQUASHFS_MOUNT}/bin/python", profile, env.requirements, find_links)
+        inside += _pip_install(f"{SQUASHFS_MOUNT}/bin/python", profile, env.requirements if install else (), find_links)
         words = container_prefix(profile, env.image)
         exec_words, image = words[:-1], words[-1]
         lines += [

@@ -183,10 +183,10 @@ class Environment(Strict):
     conda_env: str | None = Field(
         default=None, description="`conda activate` this env after the modules load (Polaris: base)"
     )
-    internet: bool = Field(
-        default=True,
-        description="The login node reaches the package index; false: `env build` downloads the wheels on your "
-        "machine, stages them and installs offline",
+    internet: bool | None = Field(
+        default=None,
+        description="The login node reaches the package index: true, false (`env build` downloads the wheels on "
+        "your machine, stages them, installs offline), or unset (env build asks pip there first)",
     )
     platform: str | None = Field(
         default=None,

@@ -83,7 +83,8 @@ def _local_env_profile(config: Path, **environment: object) -> None:
 
 @pytest.mark.slow
 def test_a_failed_or_killed_build_is_never_used_and_the_next_build_starts_over(isolated_hpcai: Path) -> None:
-    _local_env_profile(isolated_hpcai / "config", system_site_packages=False)
+    # internet: true -- the site says its login node has the index, so the build pips there (and fails).
+    _local_env_profile(isolated_hpcai / "config", system_site_packages=False, internet=True)
     missing = run_cli("env", "check", "-c", "envslurm")
     assert missing.returncode == 2
     assert "is not built" in missing.stderr and "hpcai env build --cluster envslurm" in missing.stderr

@@ -78,6 +78,9 @@ made = set()
 i = 0
 while i < len(fields) - 1:
     kind = fields[i]
+    if kind not in (b"I", b"F", b"L"):  # an empty record: an empty folder sends one separator and nothing else
+        i += 1
+        continue
     if kind == b"I":  # a part checked on its way here becomes its object, read-only
         part, obj = os.path.join(objects, b"tmp", fields[i + 1]), os.path.join(objects, fields[i + 2])
         os.makedirs(os.path.dirname(obj), exist_ok=True)

@@ -93,7 +93,8 @@ def forecast(allocation: Allocation, burn: Burn | None, today: dt.date) -> dict[
     days_left = None
     if burn is not None and burn.per_day > 0 and burn.unit == allocation.unit:
         days_left = max(0.0, allocation.remaining) / burn.per_day
-    spent_on = today + dt.timedelta(days=days_left) if days_left is not None else None
+    # A rate near zero puts the day past any calendar: then there is no day to name (the allocation ends first).
+    spent_on = today + dt.timedelta(days=days_left) if days_left is not None and days_left < 36500 else None
     before_end = spent_on is not None and allocation.end is not None and spent_on < allocation.end
     return {"burn": burn.to_json() if burn else None, "spent_on": spent_on.isoformat() if spent_on else None,
             "days_left": round(days_left, 3) if days_left is not None else None,

@@ -393,7 +393,7 @@ def check_package_index(doctor: Doctor) -> None:
         return
     from hpcai.flows.wheels import index_reachable
 
-    if not spec.internet or spec.platform is not None:
+    if spec.internet is False or spec.platform is not None:
         doctor.add(Check("package-index", "pass", "env build downloads the wheels on your machine and installs "
                          "them offline there (the profile's environment.internet/platform)."))  # fmt: skip
     elif index_reachable(doctor.transport, doctor.profile):

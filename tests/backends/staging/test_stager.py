@@ -299,3 +299,16 @@ def test_without_rsync_one_large_file_is_streamed_and_hashed_in_one_pass(
     assert report.via == {"stream": 1} and report.bytes_sent == 2_000_000  # sent again the ordinary way
     assert Path(report.remote_path).read_bytes() == changed.read_bytes()
     assert not list((store / "objects" / "tmp").glob("*.part"))
+
+
+def test_an_empty_folder_is_staged_as_an_empty_folder(tmp_path: Path) -> None:
+    """An empty folder sent one empty record to the cluster's build step, which failed on it (a folder of
+    wheels with nothing in it, say)."""
+    from hpcai.backends.transport.local import LocalTransport
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = Stager(LocalTransport(), str(tmp_path / "store")).stage(empty, HashCache(tmp_path / "h.json"))
+    assert Path(report.remote_path).is_dir() and list(Path(report.remote_path).iterdir()) == []
+    again = Stager(LocalTransport(), str(tmp_path / "store")).stage(empty, HashCache(tmp_path / "h.json"))
+    assert again.remote_path == report.remote_path and again.objects_sent == 0

@@ -120,3 +120,11 @@ def test_a_pipeline_whose_later_stages_the_budget_cannot_pay_is_warned_about() -
     with Session() as session:
         alone = check_submit_budget(stages[0], _Saldo(), force=False)
         assert "pipeline_cost" not in alone and not [w for w in session.warnings if "pipeline" in w]
+
+
+def test_a_rate_near_zero_names_no_day() -> None:
+    """A few seconds of one small run as the rate put the day past the calendar (OverflowError in submit)."""
+    allocation = Allocation("EUHPC_D17_084", 50_000, 25_000, "local core-hours", end=dt.date(2027, 3, 1))
+    crawl = burn_from_readings([_reading(2, 25_000 - 1e-6), _reading(0, 25_000)], NOW)
+    ahead = forecast(allocation, crawl, TODAY)
+    assert ahead["spent_on"] is None and ahead["spent_before_end"] is False and ahead["days_left"] > 1e6

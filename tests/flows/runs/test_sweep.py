@@ -99,7 +99,7 @@ def test_a_sweep_on_slurm_runs_every_point_two_at_a_time(slurm_cluster: str, pro
     assert [f.job_id for f in finals] == [f"{array}_{i}" for i in range(4)]
     for final in finals:  # each point's output in its own run folder, under its task's id
         log = (Path(final.run_dir) / "logs" / f"slurm-{final.job_id}.out").read_text()
-        assert "probe step" in log
+        assert "probe rank 0 line 0" in log
     rows = subprocess.run(["sacct", "-j", array, "-X", "-P", "-n", "-o", "JobID,Start,End"], capture_output=True,
                           text=True, check=True).stdout.split()  # fmt: skip
     spans = [(datetime.fromisoformat(r.split("|")[1]), datetime.fromisoformat(r.split("|")[2])) for r in rows]
