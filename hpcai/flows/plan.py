@@ -197,11 +197,24 @@ def execute(
     plan: SubmitPlan, *, force_budget: bool = False, show_progress: bool = True, preflight: bool = True,
     then: Sequence[SubmitPlan] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """Perform the plan over the session's one connection: budget check (with a pipeline's later stages,
-    `then`), the job environment's pre-flight, staging, submit."""
+    """Perform the plan over the session's one connection: everything `prepare_submission` does, then submit."""
+    from hpcai.flows.runs.submission import submit_run
+
+    ready = prepare_submission(plan, then=then, force_budget=force_budget, show_progress=show_progress,
+                               preflight=preflight)  # fmt: skip
+    submitted = submit_run(plan.rendered, command=plan.submit_command)  # the command the plan showed
+    return {**submitted, **ready}
+
+
+def prepare_submission(
+    plan: SubmitPlan, *, then: Sequence[SubmitPlan] = (), force_budget: bool = False, show_progress: bool = True,
+    preflight: bool = True, stage_then: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Before the scheduler is asked: the budget (with later stages or a sweep's other points, `then`), a
+    maintenance reservation ahead, the job environment's pre-flight, and staging of `plan`'s paths (with
+    `stage_then`, of those of `then` too: a sweep's points may each stage their own)."""
     from hpcai.flows.budget.guard import check_submit_budget
     from hpcai.flows.runs.pending import maintenance_ahead
-    from hpcai.flows.runs.submission import submit_run
     from hpcai.flows.stage import StageItem, stage_paths
 
     job = plan.rendered.job
@@ -215,11 +228,13 @@ def execute(
     # The check runs in the job's container when it has one, so then only once the image is staged.
     if preflight and job.container is None:
         checked = _preflight(plan)
-    if plan.staging:
-        items = [StageItem(a.local, a.keep_name) for a in plan.staging]
+    staged_plans = (plan, *then) if stage_then else (plan,)
+    staging = list({(a.local, a.keep_name, a.remote_path): a for p in staged_plans for a in p.staging}.values())
+    if staging:
+        items = [StageItem(a.local, a.keep_name) for a in staging]
         reports = stage_paths(job.cluster, items, filesystem=plan.filesystem, show_progress=show_progress,
                               account=job.account)  # fmt: skip
-        for action, report in zip(plan.staging, reports, strict=True):
+        for action, report in zip(staging, reports, strict=True):
             if report.remote_path != action.remote_path:
                 raise HpcaiError(
                     f"submit: {action.local} changed while it was being staged (planned as {action.remote_path}, "
@@ -227,8 +242,7 @@ def execute(
                 )
     if preflight and job.container is not None:
         checked = _preflight(plan)
-    submitted = submit_run(plan.rendered, command=plan.submit_command)  # the command the plan showed
-    return {**submitted, "budget": budget, "preflight": checked, "staged": [a.to_json() for a in plan.staging],
+    return {"budget": budget, "preflight": checked, "staged": [a.to_json() for a in staging],
             "maintenance": maintenance}  # fmt: skip
 
 

@@ -107,26 +107,33 @@ def plan_sweep(
     return SweepPlan(sweep_id, name, points, plans, folder, script, width)
 
 
-def submit_sweep(plan: SweepPlan, *, force_budget: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Stage once, check the budget for every point, record and write every point's run, then queue the one
-    array and give each point its task's id (ARRAY_i)."""
-    from hpcai.flows.budget.guard import check_submit_budget
-    from hpcai.flows.stage import StageItem, stage_paths
+def submit_sweep(
+    plan: SweepPlan, *, force_budget: bool = False, show_progress: bool = True, preflight: bool = True
+) -> dict[str, Any]:
+    """As a submit prepares (the budget for every point, a maintenance ahead, the job's Python, every point's
+    staged paths), then every point's run checked, recorded and written, then the one array queued and each
+    point given its task's id (ARRAY_i)."""
+    from hpcai.flows.plan import prepare_submission
 
     first = plan.plans[0]
     job = first.rendered.job
     backend = Session.current().get(job.cluster)
-    budget = check_submit_budget(first.rendered, backend.transport, force=force_budget,
-                                 then=[p.rendered for p in plan.plans[1:]])  # fmt: skip
-    if first.staging:
-        stage_paths(job.cluster, [StageItem(a.local, a.keep_name) for a in first.staging], filesystem=first.filesystem,
-                    show_progress=show_progress, account=job.account)  # fmt: skip
+    ready = prepare_submission(first, then=plan.plans[1:], force_budget=force_budget, show_progress=show_progress,
+                               preflight=preflight, stage_then=True)  # fmt: skip
     store = Store()
     check_target(backend.transport, plan.folder, {})
+    for each in plan.plans:  # every point's id and folder free before any is recorded
+        store.check_run_id_free(each.rendered.job.run_id)
+        check_target(backend.transport, each.rendered.job.run_dir, {})
     runs: list[Run] = []
-    for index, (point, each) in enumerate(zip(plan.points, plan.plans, strict=True)):
-        record = {"sweep": {"id": plan.sweep_id, "index": index, "point": point, "folder": plan.folder}}
-        runs.append(record_run(each.rendered, store, backend, extra=record))
+    try:
+        for index, (point, each) in enumerate(zip(plan.points, plan.plans, strict=True)):
+            record = {"sweep": {"id": plan.sweep_id, "index": index, "point": point, "folder": plan.folder}}
+            runs.append(record_run(each.rendered, store, backend, extra=record))
+    except HpcaiError as exc:
+        for run in runs:  # nothing was queued: the points recorded so far did not start either
+            store.update_attempt(run.id, 1, state=JobState.FAILED.value, reason=f"sweep not submitted: {exc}")
+        raise
     make_run_dir(backend.transport, plan.folder, job.umask)
     script_path = f"{plan.folder}/{SWEEP_SCRIPT}"
     backend.transport.write_text(script_path, plan.script, mode=0o700)
@@ -147,8 +154,7 @@ def submit_sweep(plan: SweepPlan, *, force_budget: bool = False, show_progress: 
         store.update_attempt(run.id, 1, job_id=f"{array}_{index}", state=JobState.PENDING.value)
         store.add_event(run.id, "submitted", f"task {index} of job array {array} on {job.cluster}")
     return {"sweep": plan.sweep_id, "job_id": array, "cluster": job.cluster, "folder": plan.folder,
-            "runs": [r.id for r in runs], "points": plan.points, "parallel": plan.parallel,
-            "budget": budget}  # fmt: skip
+            "runs": [r.id for r in runs], "points": plan.points, "parallel": plan.parallel, **ready}  # fmt: skip
 
 
 def sweep_runs(store: Store, sweep_id: str) -> list[Run]:
