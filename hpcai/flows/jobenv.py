@@ -10,7 +10,7 @@ from hpcai.backends.session import Session
 from hpcai.errors import EnvironmentFailure, HpcaiError
 from hpcai.flows.progress import reporter
 from hpcai.flows.resolve import RenderedJob, prepare_job
-from hpcai.render.setup import build_script
+from hpcai.render.setup import build_script, login_shell
 from hpcai.spec.jobenv import BUILD_MARK, JobEnv
 from hpcai.spec.jobspec import Overrides
 from hpcai.spec.profiles import ClusterProfile
@@ -65,7 +65,7 @@ def build_environment(
         find_links, summary["offline"] = _stage_wheels(job.cluster, profile, env, account, show_progress)
         install = find_links is not None  # None: the cluster's Python has every requirement
     script = build_script(profile, env, rebuild=rebuild, find_links=find_links, install=install)
-    argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
+    argv = login_shell(profile, script)
     what = ", ".join(env.requirements) or "nothing beyond the base"
     with reporter(show_progress).waiting(
         f"building {describe(env)} on {job.cluster} (pip: {what}); this takes minutes"

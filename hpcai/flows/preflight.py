@@ -196,8 +196,9 @@ def run_preflight(
     if entry is not None:
         remembered = {str(k): str(v) for k, v in dict(entry.get("versions", {})).items()}
         return PreflightResult(True, True, _describe(remembered), remembered, cached=True)
-    argv = ["bash", "-c", command] if profile.scheduler == "local" else ["bash", "-lc", command]
-    result = transport.run(argv, timeout=180)
+    from hpcai.render.setup import login_shell
+
+    result = transport.run(login_shell(profile, command), timeout=180)
     if built is not None and MISSING in result.stdout.split():
         return _not_built(env.cluster, built)
     line = next((x for x in result.stdout.splitlines() if x.startswith(MARK)), None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hpcai.backends.transport.base import Transport
 from hpcai.errors import EnvironmentFailure
-from hpcai.render.setup import setup_lines
+from hpcai.render.setup import login_shell, setup_lines
 from hpcai.shellquote import join
 from hpcai.spec.jobenv import JobEnv, base_python
 from hpcai.spec.profiles import ClusterProfile
@@ -49,8 +49,7 @@ def missing_on_cluster(transport: Transport, profile: ClusterProfile, env: JobEn
         return list(env.requirements)
     script = "\n".join([*setup_lines(profile, with_container=False),
                         join([base_python(profile), "-c", _MISSING, *env.requirements])])  # fmt: skip
-    argv = ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
-    result = transport.run(argv, timeout=300)
+    result = transport.run(login_shell(profile, script), timeout=300)
     try:
         found = json.loads(result.stdout.strip().splitlines()[-1]) if result.ok and result.stdout.strip() else None
     except ValueError:

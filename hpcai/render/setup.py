@@ -29,6 +29,12 @@ def module_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
     return lines
 
 
+def login_shell(profile: ClusterProfile, script: str) -> list[str]:
+    """The argv that runs `script` on the cluster's login node: a login shell, so the site's module system
+    is there; plain bash for the clusters on this machine."""
+    return ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
+
+
 def setup_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
     """Module loads (and `conda activate`) as the job script runs them before its Python."""
     lines = module_lines(profile, with_container)

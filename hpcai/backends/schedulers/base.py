@@ -282,6 +282,10 @@ class ScriptFragments(ABC):
 
     max_array_size = 0  # the most tasks one job array may have; 0: this scheduler runs no sweeps here
 
+    def resource_lines(self, script: str) -> list[str]:
+        """A job script's resource directives, without those naming the job, its folder and its logs."""
+        raise NotImplementedError(f"{self.kind}: no job arrays")
+
     def array_script(self, name: str, folder: str, point_script: str, run_dirs: list[str], parallel: int) -> str:
         """A job array running each run folder's own job script as one task, `parallel` at once (a sweep)."""
         raise NotImplementedError(f"{self.kind}: no job arrays")

@@ -122,24 +122,25 @@ class SlurmScheduler(Scheduler):
         if now is None:
             return None
         windows = []
+        own: set[str] | None = None  # the partition's nodes, asked once, and only for a maintenance ahead
         for line in lines[1:]:
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
             start, end = _datetime(fields.get("StartTime", "")), _datetime(fields.get("EndTime", ""))
             if "MAINT" not in fields.get("Flags", "").split(",") or start is None or end is None or end <= now:
                 continue
-            if self._nodes_left(partition, fields.get("Nodes", "")) < nodes:
+            own = self._partition_nodes(partition) if own is None else own
+            reserved = fields.get("Nodes", "")
+            left = len(own - self._hostnames(reserved)) if reserved not in {"", "(null)", "ALL"} else 0
+            if left < nodes:  # 0 too where Slurm cannot say which nodes the partition has
                 windows.append(Window(fields.get("ReservationName", "?"), start, end))
         return Maintenance(now, tuple(windows))
 
-    def _nodes_left(self, partition: str | None, reserved: str) -> int:
-        """How many of the partition's nodes the reservation leaves out (0 where Slurm cannot say)."""
+    def _partition_nodes(self, partition: str | None) -> set[str]:
+        """The partition's nodes (the default partition's for None); empty where Slurm cannot say."""
         listed = self.command(["sinfo", "-h", "-o", "%P %N"])
         rows = [line.split() for line in listed.stdout.splitlines() if len(line.split()) == 2] if listed.ok else []
         ours = [n for p, n in rows if p.rstrip("*") == partition or (partition is None and p.endswith("*"))]
-        if not ours:
-            return 0
-        own = self._hostnames(ours[0])
-        return len(own - self._hostnames(reserved)) if reserved not in {"", "(null)", "ALL"} else 0
+        return self._hostnames(ours[0]) if ours else set()
 
     def _hostnames(self, hostlist: str) -> set[str]:
         result = self.command(["scontrol", "show", "hostnames", hostlist]) if hostlist else None
@@ -285,11 +286,16 @@ class SlurmScript(ScriptFragments):
             f'-u SLURM_ARRAY_TASK_ID sbatch --parsable{exclude} "$HPCAI_RUN_DIR/{SCRIPT_NAME}"'
         )
 
+    def resource_lines(self, script: str) -> list[str]:
+        """A job script's #SBATCH lines but those naming the job, its folder and its logs: what a sweep's
+        points must share to run as one array."""
+        own = ("--job-name=", "--chdir=", "--output=", "--error=")
+        return [ln for ln in script.splitlines() if ln.startswith("#SBATCH ") and not ln[8:].startswith(own)]
+
     def array_script(self, name: str, folder: str, point_script: str, run_dirs: list[str], parallel: int) -> str:
         """One job array whose task i runs point i's own job script in its run folder, at most `parallel` at
         once: the points' resource lines (all equal) with the array's name, logs and throttle."""
-        own = ("--job-name=", "--chdir=", "--output=", "--error=")
-        lines = [ln for ln in point_script.splitlines() if ln.startswith("#SBATCH ") and not ln[8:].startswith(own)]
+        lines = self.resource_lines(point_script)
         cases = [f"  {i}) hpcai_point={quote(d)} ;;" for i, d in enumerate(run_dirs)]
         return (
             "\n".join(

@@ -77,15 +77,10 @@ def _node_hours(run: Run, attempt: Attempt) -> float:
         seconds = (
             dt.datetime.fromisoformat(attempt.ended) - dt.datetime.fromisoformat(attempt.started)
         ).total_seconds()
-    except ValueError:
+    except (ValueError, TypeError):  # not a time, or one with a zone and one without
         return 0.0
     nodes = int(run.spec.get("nodes") or 1) + int(run.spec.get("spare_nodes") or 0)
     return max(0.0, seconds) / 3600 * nodes
-
-
-def burn_rate(store: Store, cluster: str, account: str, profile: ClusterProfile, now: float) -> Burn | None:
-    readings = store.budget_readings(cluster, account, since=now - WINDOW_DAYS * 86400)
-    return burn_from_readings(readings, now) or burn_from_runs(store, cluster, profile, now)
 
 
 def forecast(allocation: Allocation, burn: Burn | None, today: dt.date) -> dict[str, Any]:
@@ -101,17 +96,19 @@ def forecast(allocation: Allocation, burn: Burn | None, today: dt.date) -> dict[
             "spent_before_end": before_end}  # fmt: skip
 
 
-def outlives(allocation: Allocation, outlook: dict[str, Any], walltime_s: int, now: dt.datetime) -> str | None:
-    """Why a job submitted `now` might not be paid for to its end: the allocation ends first, or at the
-    project's burn rate it is spent first. None when neither."""
+def outlives(
+    allocation: Allocation, outlook: dict[str, Any], walltime_s: int, now: dt.datetime, what: str = "job"
+) -> str | None:
+    """Why a job (or a pipeline: `what`) submitted `now` might not be paid for to its end: the allocation ends
+    first, or at the project's burn rate it is spent first. None when neither."""
     job_end = now + dt.timedelta(seconds=walltime_s)
     if allocation.end is not None and dt.datetime.combine(allocation.end, dt.time.max) < job_end:
-        return (f"allocation {allocation.account} ends on {allocation.end}, before this job's --time could run out: "
+        return (f"allocation {allocation.account} ends on {allocation.end}, before this {what}'s --time could run out: "
                 "the site may stop or refuse it; ask for a shorter --time or renew the allocation.")  # fmt: skip
     days_left = outlook.get("days_left")
     if days_left is not None and days_left * 86400 < walltime_s:
         return (f"at the project's burn rate ({outlook['burn']['per_day']:,.0f} {allocation.unit} a day), allocation "
-                f"{allocation.account} is spent in {days_left * 24:.1f} h, before this job's --time could run out: "
+                f"{allocation.account} is spent in {days_left * 24:.1f} h, before this {what}'s --time could run out: "
                 "other jobs of the project may use what is left first (`hpcai budget` shows the rate).")  # fmt: skip
     return None
 

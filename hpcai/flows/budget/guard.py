@@ -54,9 +54,9 @@ def check_submit_budget(
     report["remaining"] = allocation.remaining
     outlook = forecasts(job.cluster, profile, rows, allocation)[allocation.account]
     report["forecast"] = outlook
-    why = outlives(allocation, outlook, walltime_s, dt.datetime.now())
+    why = outlives(allocation, outlook, walltime_s, dt.datetime.now(), "pipeline" if then else "job")
     if why is not None:
-        Session.current().warn(why.replace("this job's", "this pipeline's" if then else "this job's"))
+        Session.current().warn(why)
     if then and cost.amount <= allocation.remaining < cost.amount + sum(later):
         report["pipeline_cost"] = round(cost.amount + sum(later), 2)
         Session.current().warn(

@@ -93,10 +93,7 @@ def plan_sweep(
         settings = (*overrides.set, *(f"{k}={v}" for k, v in point.items()))
         point_overrides = overrides.model_copy(update={"set": settings, "run_id": f"{sweep_id}-p{index}"})
         plans.append(plan_submit(workload, name, point_overrides))
-    own = ("#SBATCH --job-name=", "#SBATCH --chdir=", "#SBATCH --output=", "#SBATCH --error=")
-    heads = {tuple(ln for ln in p.rendered.script.splitlines() if ln.startswith("#SBATCH") and not ln.startswith(own))
-             for p in plans}  # fmt: skip
-    if len(heads) != 1:
+    if len({tuple(fragments.resource_lines(p.rendered.script)) for p in plans}) != 1:
         raise ValidationError("--grid: the points ask for different resources (nodes, time, partition); one job "
                               "array needs the same for all. Sweep those values with separate sweeps.")  # fmt: skip
     first = plans[0].rendered.job
