@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 # Each module adds its commands to the root app when imported.
-from hpcai.cli import catalogue, data, env, onboarding, runs, spikes, submit, sweep  # noqa: F401
+from hpcai.cli import catalogue, data, env, move, onboarding, runs, spikes, submit, sweep  # noqa: F401
 from hpcai.cli.output import print_error
 from hpcai.cli.progress import RichReporter
 from hpcai.cli.root import app
@@ -24,7 +24,7 @@ __all__ = ["app", "main"]
 
 # `hpcai --help` lists the commands in a newcomer's order: set up, run, follow, steer.
 COMMAND_ORDER = ("onboard", "doctor", "budget", "init", "render", "submit", "sweep", "status", "list", "logs",
-                 "cancel", "resume", "watch", "plot", "sync", "stage", "nodes")  # fmt: skip
+                 "cancel", "resume", "move", "watch", "plot", "sync", "stage", "nodes")  # fmt: skip
 app.registered_commands.sort(key=lambda c: COMMAND_ORDER.index(c.name or getattr(c.callback, "__name__", "")))
 
 

@@ -274,7 +274,9 @@ def show_run_detail(detail: dict[str, Any]) -> None:
     # on an 80-column terminal. LR scale and skipped batches only where some attempt has them.
     rows = detail["attempts"]
     extra = any(a["lr_scale"] != 1 or a["skipped_batches"] for a in rows)
-    headers = ["attempt", "job", "state", "exit", "resumed from", *(("LR scale", "skipped") if extra else ())]
+    moved = len({a.get("cluster") for a in rows}) > 1  # the run moved between clusters: say where each ran
+    headers = ["attempt", *(("cluster",) if moved else ()), "job", "state", "exit", "resumed from",
+               *(("LR scale", "skipped") if extra else ())]  # fmt: skip
     attempts = Table(*headers, title="attempts", box=None if console.width < 100 else box.SQUARE, header_style="bold")
     whys = []
     for a in rows:
@@ -283,7 +285,7 @@ def show_run_detail(detail: dict[str, Any]) -> None:
         if not ended and a.get("waiting_means"):
             why = f"{why} -- {a['waiting_means']}"
         attempts.add_row(
-            str(a["number"]), a["job_id"] or "-", a["state"],
+            str(a["number"]), *((str(a.get("cluster")),) if moved else ()), a["job_id"] or "-", a["state"],
             "-" if a["exit_code"] is None or not ended else str(a["exit_code"]), a["resumed_from"] or "-",
             *((f"{a['lr_scale']:g}", a["skipped_batches"] or "-") if extra else ()),
         )  # fmt: skip

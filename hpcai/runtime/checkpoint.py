@@ -122,7 +122,9 @@ class Checkpoints:
         _fault_point(step, self.rank)
         if self.rank == 0:
             torch.save(trainer, partial / "trainer.pt")
-            marker = {"step": step, "world_size": self.world_size, "time": time.time()}
+            # What `hpcai move` checks before carrying the checkpoint to another cluster: whose it is.
+            marker = {"step": step, "world_size": self.world_size, "time": time.time(),
+                      "workload": os.environ.get("HPCAI_WORKLOAD")}  # fmt: skip
             _fsync_write(partial / MARKER, json.dumps(marker) + "\n")
             if final.exists():
                 shutil.rmtree(final)

@@ -19,66 +19,7 @@ from typing import Any
 from hpcai.errors import NotFoundError, StoreError, ValidationError, closest
 from hpcai.paths import state_dir
 from hpcai.rundir.visible import visible_line
-
-SCHEMA_VERSION = 5
-# Changes to a store created by an older hpcai, applied in order (version: statements).
-_MIGRATIONS: dict[int, list[str]] = {
-    # The last step and loss seen, so `list` shows them without reading any run directory.
-    2: ["ALTER TABLE runs ADD COLUMN last_step INTEGER", "ALTER TABLE runs ADD COLUMN last_loss REAL"],
-    # Nodes runs found failing, per cluster (hpcai.store.nodes): what later submissions leave out.
-    3: [
-        "CREATE TABLE IF NOT EXISTS bad_nodes (cluster TEXT NOT NULL, node TEXT NOT NULL, reason TEXT NOT NULL, "
-        "run_id TEXT, source TEXT NOT NULL, hang INTEGER NOT NULL, since REAL NOT NULL, expires REAL NOT NULL, "
-        "PRIMARY KEY (cluster, node, source))"
-    ],
-    # Why a job that has not ended waits (the scheduler's pending reason, a pipeline's earlier stage), kept
-    # apart from why an attempt ended: a pending reason never outlives the wait.
-    4: ["ALTER TABLE attempts ADD COLUMN waiting TEXT"],
-    # What the site's budget command said, each time hpcai read it: the project's burn rate (hpcai budget).
-    5: [
-        "CREATE TABLE IF NOT EXISTS budget_readings (cluster TEXT NOT NULL, account TEXT NOT NULL, time REAL NOT "
-        "NULL, used REAL NOT NULL, total REAL NOT NULL, unit TEXT NOT NULL, PRIMARY KEY (cluster, account, time))"
-    ],
-}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    workload TEXT NOT NULL,
-    cluster TEXT NOT NULL,
-    stage TEXT,
-    run_dir TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created REAL NOT NULL,
-    state TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_cluster ON runs (cluster);
-CREATE TABLE IF NOT EXISTS attempts (
-    run_id TEXT NOT NULL REFERENCES runs (id),
-    number INTEGER NOT NULL,
-    job_id TEXT,
-    state TEXT NOT NULL,
-    submitted REAL NOT NULL,
-    started TEXT,
-    ended TEXT,
-    exit_code INTEGER,
-    reason TEXT,
-    resumed_from TEXT,
-    lr_scale REAL NOT NULL DEFAULT 1.0,
-    skipped_batches TEXT,
-    PRIMARY KEY (run_id, number)
-);
-CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_run ON events (run_id);
-"""
+from hpcai.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -96,6 +37,19 @@ class Attempt:
     lr_scale: float
     skipped_batches: str | None
     waiting: str | None = None
+    # Set once the run moved on (`hpcai move`): the cluster and folder this attempt ran in. None: the run's own.
+    cluster: str | None = None
+    run_dir: str | None = None
+
+    def home(self, run: Run) -> tuple[str, str]:
+        """The cluster and run folder this attempt ran in."""
+        return self.cluster or run.cluster, self.run_dir or run.run_dir
+
+    def job_key(self) -> str | None:
+        """The job id as the run's carried files name it: qualified by its cluster once the run moved away."""
+        if self.job_id is None:
+            return None
+        return f"{self.cluster}:{self.job_id}" if self.cluster else self.job_id
 
 
 LAST = "last"  # what any command taking a run accepts for the newest run (besides a unique prefix of an id)
@@ -192,10 +146,10 @@ class Store:
             if version < SCHEMA_VERSION:
                 with self.transaction() as db:
                     if version < 1:
-                        for statement in filter(str.strip, _SCHEMA.split(";")):
+                        for statement in filter(str.strip, SCHEMA.split(";")):
                             db.execute(statement)
                     for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                        for statement in _MIGRATIONS[step]:
+                        for statement in MIGRATIONS[step]:
                             db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
@@ -426,6 +380,37 @@ class Store:
                 latest = db.execute("SELECT MAX(number) FROM attempts WHERE run_id = ?", (run_id,)).fetchone()[0]
                 if latest == number:
                     db.execute("UPDATE runs SET state = ? WHERE id = ?", (fields["state"], run_id))
+
+    def move_run(self, run_id: str, *, cluster: str, run_dir: str, spec: dict[str, Any], resumed_from: str,
+                 after: int) -> int:  # fmt: skip
+        """The run's new home (`hpcai move`), in one transaction: its attempts so far keep where they ran, the run
+        takes the new cluster, folder and spec, and its next attempt is recorded (SUBMITTING) -- only if attempt
+        `after` is still the latest, so two moves (or a move and a resume) cannot both go on."""
+        with self.transaction() as db:
+            latest = db.execute("SELECT COALESCE(MAX(number), 0) FROM attempts WHERE run_id = ?", (run_id,))
+            n = int(latest.fetchone()[0]) + 1
+            if n != after + 1:
+                raise ValidationError(
+                    f"run {run_id}: attempt {n - 1} was started meanwhile (another hpcai resume or move?); nothing "
+                    f"was moved. See `hpcai status {run_id}`."
+                )
+            db.execute(
+                "UPDATE attempts SET cluster = COALESCE(cluster, (SELECT cluster FROM runs WHERE id = ?)), "
+                "run_dir = COALESCE(run_dir, (SELECT run_dir FROM runs WHERE id = ?)) WHERE run_id = ?",
+                (run_id, run_id, run_id),
+            )
+            db.execute(
+                "UPDATE runs SET cluster = ?, run_dir = ?, spec = ?, state = 'SUBMITTING' WHERE id = ?",
+                (cluster, run_dir, json.dumps(spec), run_id),
+            )
+            db.execute(
+                "INSERT INTO attempts (run_id, number, state, submitted, resumed_from, lr_scale) "
+                "VALUES (?, ?, 'SUBMITTING', ?, ?, 1.0)",
+                (run_id, n, time.time(), visible_line(resumed_from)),
+            )
+            self._event(db, run_id, "move", f"moved to {cluster} ({run_dir}); attempt {n} recorded before calling "
+                                            "the scheduler")  # fmt: skip
+        return n
 
     # events -------------------------------------------------------------------------------------------
 

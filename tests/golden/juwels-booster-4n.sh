@@ -21,6 +21,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-juwels-booster-4n
 export HPCAI_RUN_DIR=/p/scratch/training2410/hpcai/runs/golden-juwels-booster-4n
+export HPCAI_WORKLOAD=clip
 export HPCAI_JOB_ID="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_}${SLURM_ARRAY_TASK_ID:-$SLURM_JOB_ID}"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

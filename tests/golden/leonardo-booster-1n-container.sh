@@ -23,6 +23,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-leonardo-booster-1n-container
 export HPCAI_RUN_DIR=/leonardo_work/EUHPC_D17_084/hpcai/runs/golden-leonardo-booster-1n-container
+export HPCAI_WORKLOAD=llava
 export HPCAI_JOB_ID="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_}${SLURM_ARRAY_TASK_ID:-$SLURM_JOB_ID}"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

@@ -8,6 +8,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-local-1n
 export HPCAI_RUN_DIR=/tmp/hpcai-golden-state/runs/golden-local-1n
+export HPCAI_WORKLOAD=llava
 export HPCAI_JOB_ID="${HPCAI_LOCAL_JOB_ID:-local-$$}"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

@@ -18,6 +18,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-local-slurm-2n
 export HPCAI_RUN_DIR=/tmp/hpcai-golden-state/runs/golden-local-slurm-2n
+export HPCAI_WORKLOAD=clip
 export HPCAI_JOB_ID="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_}${SLURM_ARRAY_TASK_ID:-$SLURM_JOB_ID}"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

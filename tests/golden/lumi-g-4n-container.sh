@@ -22,6 +22,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-lumi-g-4n-container
 export HPCAI_RUN_DIR=/scratch/project_465000123/hpcai/runs/golden-lumi-g-4n-container
+export HPCAI_WORKLOAD=llava
 export HPCAI_JOB_ID="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_}${SLURM_ARRAY_TASK_ID:-$SLURM_JOB_ID}"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

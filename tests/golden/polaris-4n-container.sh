@@ -18,6 +18,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-polaris-4n-container
 export HPCAI_RUN_DIR=/eagle/MyProject/hpcai/runs/golden-polaris-4n-container
+export HPCAI_WORKLOAD=clip
 export HPCAI_JOB_ID="$PBS_JOBID"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

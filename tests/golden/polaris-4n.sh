@@ -17,6 +17,7 @@ umask 077
 
 export HPCAI_RUN_ID=golden-polaris-4n
 export HPCAI_RUN_DIR=/eagle/MyProject/hpcai/runs/golden-polaris-4n
+export HPCAI_WORKLOAD=llava
 export HPCAI_JOB_ID="$PBS_JOBID"
 mkdir -p "$HPCAI_RUN_DIR/logs"
 cd "$HPCAI_RUN_DIR"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcai.errors import NotFoundError
+from hpcai.errors import NotFoundError, ValidationError
 from hpcai.store.db import Run, Store
 
 
@@ -83,7 +83,6 @@ def test_unknown_run_suggests_close_ids_and_prefixes_resolve(tmp_path: Path) -> 
 def test_two_resumes_at_once_cannot_both_start_an_attempt(tmp_path: Path) -> None:
     """The check (latest attempt) and the insert happen in one transaction: of two processes resuming
     after attempt 1, exactly one gets attempt 2."""
-    from hpcai.errors import ValidationError
 
     store = Store(tmp_path / "db")
     make_run(store, "r")
@@ -107,11 +106,11 @@ def test_two_runs_cannot_share_a_run_directory(tmp_path: Path) -> None:
 
 
 def test_a_store_from_the_previous_version_is_migrated_in_place(tmp_path: Path) -> None:
-    from hpcai.store import db as store_module
+    from hpcai.store import schema as store_module
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    db.executescript(store_module._SCHEMA)
+    db.executescript(store_module.SCHEMA)
     db.execute("INSERT INTO runs VALUES ('old', 'llava', 'local', NULL, '/tmp/old', '{}', 1.0, 'COMPLETED')")
     db.execute("PRAGMA user_version = 1")
     db.commit()
@@ -147,3 +146,20 @@ def test_last_names_the_newest_run_and_reasons_are_stored_visible(tmp_path: Path
     assert store.run("last").id == "newer-2"
     store.update_attempt("newer-2", 1, reason="\x1b[2Jplanted\x07")
     assert store.attempts("newer-2")[0].reason == "\\x1b[2Jplanted\\x07"
+
+
+def test_a_move_keeps_where_each_attempt_ran_and_only_one_move_goes_on(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.create_run(Run("m", "clip", "leonardo-booster", None, "/scratch/m", {}, time.time(), "SUBMITTING"))
+    store.update_attempt("m", 1, job_id="17", state="FAILED")
+    number = store.move_run("m", cluster="jupiter", run_dir="/p/m", spec={"nodes": 2}, resumed_from="step-00000004",
+                            after=1)  # fmt: skip
+    run = store.run("m")
+    assert number == 2 and (run.cluster, run.run_dir, run.spec, run.state) == ("jupiter", "/p/m", {"nodes": 2},
+                                                                                "SUBMITTING")  # fmt: skip
+    first, second = store.attempts("m")
+    assert first.home(run) == ("leonardo-booster", "/scratch/m") and first.job_key() == "leonardo-booster:17"
+    assert second.home(run) == ("jupiter", "/p/m") and second.resumed_from == "step-00000004"
+    with pytest.raises(ValidationError, match="started meanwhile"):  # a second move planned from attempt 1
+        store.move_run("m", cluster="local", run_dir="/x", spec={}, resumed_from="step-00000004", after=1)
+    assert store.run("m").cluster == "jupiter" and len(store.attempts("m")) == 2

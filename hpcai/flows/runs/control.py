@@ -77,7 +77,8 @@ def follow_logs(
     run = store.run(run_id)
     backends = refresh(store, [run])
     attempt = pick_attempt(store, run, attempt_number)
-    backend = backends.get(run.cluster)
+    cluster, run_dir = attempt.home(run)  # an attempt from before a move: where it ran
+    backend = backends.get(cluster)
     deadline = time.monotonic() + max_wait_s if max_wait_s else None
     while attempt.job_id is None:
         if not follow or (deadline and time.monotonic() > deadline):
@@ -85,7 +86,7 @@ def follow_logs(
         time.sleep(poll_s)
         refresh(store, [run], backends)
         attempt = pick_attempt(store, run, attempt.number)
-    path = backend.scheduler.log_paths(run.run_dir, attempt.job_id)[1 if stderr else 0]
+    path = backend.scheduler.log_paths(run_dir, attempt.job_id)[1 if stderr else 0]
     offset = 0
     pending = b""
 
@@ -122,7 +123,7 @@ def follow_logs(
         write(pending.decode("utf-8", errors="replace"))
     if not stderr and attempt.state in _FAILED_ENDS and attempt.job_id is not None:
         # Why it failed is in the error log, not here: its end follows, so `logs RUN` is never silent on it.
-        error_log = backend.scheduler.log_paths(run.run_dir, attempt.job_id)[1]
+        error_log = backend.scheduler.log_paths(run_dir, attempt.job_id)[1]
         tail = backend.transport.tail(error_log, ERROR_TAIL_BYTES).decode("utf-8", errors="replace")
         lines = tail.splitlines()[-ERROR_TAIL_LINES:]
         if lines and error_log != path:

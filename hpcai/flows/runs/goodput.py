@@ -49,6 +49,7 @@ class AttemptAccount:
     last_step: int | None = None
     running: bool = False
     relaunched: bool = False  # started inside the previous attempt's allocation (no queue wait)
+    nodes: int | None = None  # nodes it held, where not the run's (an attempt on a cluster it moved from)
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -73,7 +74,9 @@ class Goodput:
         ettr = self.ettr
         return {
             "ettr": round(ettr, 4) if ettr is not None else None,
-            "node_hours_allocated": round(self.total("allocated_s") * self.nodes / 3600, 4),
+            "node_hours_allocated": round(
+                sum(a.allocated_s * (a.nodes or self.nodes) for a in self.attempts) / 3600, 4
+            ),
             "nodes": self.nodes,
             **{name: round(self.total(name), 3) for name in parts},
             "steps_kept": sum(a.steps_kept for a in self.attempts),
@@ -110,7 +113,7 @@ def _attempt_windows(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
             inside = relaunched and bool(windows) and windows[-1]["end"] is not None
             windows.append({"start": windows[-1]["end"] if inside else when, "end": None,
                             "job_id": record.get("job_id"), "host": record.get("host"), "rc": None,
-                            "relaunch": inside})  # fmt: skip
+                            "relaunch": inside, "nodes": record.get("nodes")})  # fmt: skip
             relaunched = False
         elif kind == "end" and windows and windows[-1]["end"] is None:
             windows[-1]["end"] = when
@@ -184,6 +187,9 @@ def account(
         start, end = window["start"], window["end"]
         job = str(window["job_id"]) if window["job_id"] is not None else None
         entry = AttemptAccount(index + 1, job, window["host"], start, end, window["rc"], running=end is None)
+        held = window.get("nodes")
+        if isinstance(held, int) and not isinstance(held, bool) and 0 < held < 100_000:
+            entry.nodes = held
         finish = end if end is not None else now
         entry.allocated_s = max(0.0, finish - start)
         if window.get("relaunch"):

@@ -150,7 +150,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     return {
         **view.to_json(),
         "expected_start": expected_start,
-        "attempts": [{**asdict(a), "waiting_means": explain_pending(a.waiting)} for a in attempts],
+        "attempts": [_attempt_json(run, a) for a in attempts],
         "events": events,
         "decisions": [visible_dict(d) for d in read_jsonl(transport, RunDir(run.run_dir).decisions)],
         "policy": policy,
@@ -188,6 +188,16 @@ def _epoch(stamp: str | None) -> float | None:
         return None
 
 
+def _attempt_json(run: Run, attempt: Attempt) -> dict[str, Any]:
+    cluster, run_dir = attempt.home(run)  # where it ran: the run's home, or a cluster it moved from
+    return {
+        **asdict(attempt),
+        "cluster": cluster,
+        "run_dir": run_dir,
+        "waiting_means": explain_pending(attempt.waiting),
+    }
+
+
 def run_goodput(run: Run, transport: FileReader, attempts: list[Attempt]) -> dict[str, Any]:
     """The goodput account (hpcai.flows.runs.goodput) from the run directory, read through the run's transport."""
     from hpcai.flows.runs.goodput import account
@@ -197,13 +207,16 @@ def run_goodput(run: Run, transport: FileReader, attempts: list[Attempt]) -> dic
     spares = run.spec.get("spare_nodes")
     if isinstance(nodes, int) and isinstance(spares, int) and spares > 0:
         nodes += spares  # allocated (and paid for) all along
-    last_of_job = {a.job_id: a for a in attempts if a.job_id}  # a job's newest attempt says how it ended
+    # Job ids as the attempt log names them: `cluster:job` for jobs on a cluster the run moved from.
+    last_of_job = {
+        key: a for a in attempts if (key := a.job_key()) is not None
+    }  # a job's newest attempt says how it ended
     result = account(
         read_jsonl(transport, files.attempts),
         read_jsonl(transport, metrics_file(run)),
         read_jsonl(transport, files.timeline),
         nodes=nodes if isinstance(nodes, int) and nodes > 0 else 1,
-        submitted={a.job_id: a.submitted for a in attempts if a.job_id},
+        submitted={key: a.submitted for a in attempts if (key := a.job_key()) is not None},
         ended={job: _epoch(a.ended) for job, a in last_of_job.items() if JobState(a.state).terminal},
     )
     return result.to_json()
