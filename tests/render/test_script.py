@@ -98,6 +98,35 @@ CASES = {
         "llava",
         {"nodes": 1, "account": "MyProject", "container": "/eagle/MyProject/llava.sif"},
     ),
+    # The 2026 systems (issue 31): JUPITER Booster (aarch64 GH200) and MareNostrum 5 ACC (QOS, no internet).
+    "jupiter-booster-1n": ("jupiter-booster", "llava", {"nodes": 1, "account": "jureap59"}),
+    "jupiter-booster-4n-container": (
+        "jupiter-booster",
+        "llava",
+        {"nodes": 4, "account": "jureap59", "container": "/e/project1/jureap59/llava.sif", "stage": "finetune"},
+    ),
+    "jupiter-booster-4n": ("jupiter-booster", "clip", {"nodes": 4, "account": "jureap59", "time": "12:00:00"}),
+    "jupiter-booster-1n-container": (
+        "jupiter-booster",
+        "clip",
+        {"nodes": 1, "account": "jureap59", "container": "/e/project1/jureap59/clip.sif"},
+    ),
+    "marenostrum5-acc-1n": (
+        "marenostrum5-acc",
+        "llava",
+        {"nodes": 1, "account": "ehpc123", "qos": "acc_debug", "time": "00:30:00"},
+    ),
+    "marenostrum5-acc-4n": ("marenostrum5-acc", "clip", {"nodes": 4, "account": "ehpc123", "time": "48:00:00"}),
+    "marenostrum5-acc-1n-container": (
+        "marenostrum5-acc",
+        "clip",
+        {"nodes": 1, "account": "ehpc123", "container": "/gpfs/projects/ehpc123/clip.sif"},
+    ),
+    "marenostrum5-acc-4n-container": (
+        "marenostrum5-acc",
+        "llava",
+        {"nodes": 4, "account": "ehpc123", "container": "/gpfs/projects/ehpc123/llava.sif", "stage": "finetune"},
+    ),
     "local-1n": ("local", "llava", {}),
     "local-slurm-1n": ("local-slurm", "llava", {"nodes": 1}),
     "local-slurm-2n": ("local-slurm", "clip", {"nodes": 2, "env": ("NCCL_DEBUG=INFO",)}),
