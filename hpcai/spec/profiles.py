@@ -142,6 +142,14 @@ class Container(Strict):
     pbs_resources: list[str] = Field(
         default=[], description="Extra `-l` resources for PBS jobs that use the container (Polaris: fakeroot)"
     )
+    group: str | None = Field(
+        default=None,
+        description="Unix group the site puts you in once you may run containers (JSC: after a request in JuDoor); "
+        "doctor checks it",
+    )
+    group_request: str = Field(default="", description="How to be put in that group")
+
+    _group = field_validator("group")(_directive_safe)
 
     @field_validator("pbs_resources")
     @classmethod

@@ -304,6 +304,19 @@ def check_container(doctor: Doctor) -> None:
             )
         )
         return
+    if container.group is not None:
+        found, groups = _run(doctor, ["id", "-Gn"])
+        if found and container.group not in groups.split():
+            doctor.add(
+                Check(
+                    "container",
+                    "warn",
+                    f"{container.runtime} is there, but you are not in the group '{container.group}' that "
+                    f"{doctor.cluster} puts container users in: jobs with --container may be refused to start.",
+                    container.group_request or "Ask the site how to get access to its container runtime.",
+                )
+            )
+            return
     doctor.add(
         Check(
             "container", "pass", f"{container.runtime} at {out.strip()}" + (f"; image {image}" if image else "") + "."

@@ -210,6 +210,22 @@ def test_purge_risk_warns_and_the_container_runtime_is_looked_for(site: dict[str
     assert str(site["sshd"] / "sitebin" / "apptainer") in by_name(report)["container"]["summary"]
 
 
+def test_a_user_outside_the_sites_container_group_is_warned(site: dict[str, Any]) -> None:
+    """JSC lets only users who asked for it run containers: doctor asks `id -Gn` on the login node."""
+    install_site_commands(site["sshd"], site["root"], "EUHPC_D17_084")
+    install_command(site["sshd"], "apptainer", "apptainer version 1.3.4\n")
+    request = "In JuDoor, under Software, request access to the container runtime."
+    container = {"runtime": "apptainer", "group": "hpcai-no-such-group", "group_request": request}
+    write_site_profile(site["config"], site["root"], extra={"container": container})
+    checks = by_name(onboard(site, "EUHPC_D17_084"))
+    assert checks["container"]["status"] == "warn" and "not in the group 'hpcai-no-such-group'" in checks[
+        "container"]["summary"]  # fmt: skip
+    assert checks["container"]["fix"] == request
+    mine = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout.strip()
+    write_site_profile(site["config"], site["root"], extra={"container": {**container, "group": mine}})
+    assert by_name(onboard(site, "EUHPC_D17_084"))["container"]["status"] == "pass"
+
+
 def test_a_passphrase_key_needs_the_agent_and_works_through_it(site: dict[str, Any], tmp_path: Path) -> None:
     write_site_profile(site["config"], site["root"])
     install_site_commands(site["sshd"], site["root"], "EUHPC_D17_084")
