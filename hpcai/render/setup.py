@@ -32,7 +32,10 @@ def module_lines(profile: ClusterProfile, with_container: bool) -> list[str]:
 def login_shell(profile: ClusterProfile, script: str) -> list[str]:
     """The argv that runs `script` on the cluster's login node: a login shell, so the site's module system
     is there; plain bash for the clusters on this machine."""
-    return ["bash", "-c", script] if profile.scheduler == "local" else ["bash", "-lc", script]
+    if profile.scheduler == "local":
+        return ["bash", "-c", script]
+    # In the site's software environment where jobs get one from a scheduler option (CSCS's uenv).
+    return [*profile.environment.enter, "bash", "-lc", script]
 
 
 def setup_lines(profile: ClusterProfile, with_container: bool) -> list[str]:

@@ -139,6 +139,8 @@ def _env_id(profile: ClusterProfile, image: str | None, requirements: tuple[str,
         "pip_index": spec.pip_index,
         "requirements": list(requirements),
     }
+    if spec.enter or profile.launch.directives:  # a site's software environment (CSCS's uenv) is the base too
+        recipe["site_environment"] = [spec.enter, profile.launch.directives]
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     return f"py{sys.version_info.major}-{digest[:12]}"
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from hpcai.errors import ValidationError, closest
 from hpcai.spec.jobenv import JobEnv, resolve
 from hpcai.spec.parameters import absolute_paths, parse_assignments, resolve_parameters, resolve_stage
-from hpcai.spec.profiles import DIRECTIVE_VALUE, ENV_NAME, SECRET_NAME, ClusterProfile, Partition, Qos, expand_path
+from hpcai.spec.profile_parts import DIRECTIVE_VALUE, ENV_NAME, SECRET_NAME, Partition, Qos
+from hpcai.spec.profiles import ClusterProfile, expand_path
 from hpcai.spec.userconfig import ClusterSettings
 from hpcai.spec.walltime import parse_walltime, slurm_walltime
 from hpcai.spec.workloads import Scalar, Workload

@@ -127,6 +127,13 @@ CASES = {
         "llava",
         {"nodes": 4, "account": "ehpc123", "container": "/gpfs/projects/ehpc123/llava.sif", "stage": "finetune"},
     ),
+    # Alps Clariden: CSCS's PyTorch uenv through its own #SBATCH options; no container runtime hpcai drives.
+    "alps-clariden-1n": (
+        "alps-clariden",
+        "llava",
+        {"nodes": 1, "account": "a-g34", "partition": "debug", "time": "00:30:00"},
+    ),
+    "alps-clariden-4n": ("alps-clariden", "clip", {"nodes": 4, "account": "a-g34", "time": "12:00:00"}),
     "local-1n": ("local", "llava", {}),
     "local-slurm-1n": ("local-slurm", "llava", {"nodes": 1}),
     "local-slurm-2n": ("local-slurm", "clip", {"nodes": 2, "env": ("NCCL_DEBUG=INFO",)}),

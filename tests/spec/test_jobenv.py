@@ -214,3 +214,24 @@ def test_env_check_as_a_job_reports_what_a_compute_node_sees() -> None:
     assert waited.returncode == 3 and "--wait sets how long" in " ".join(waited.stderr.split())
     run_id = waited.stderr.split("hpcai cancel ")[1].split("`")[0]
     assert run_cli("cancel", run_id, timeout=120).returncode == 0
+
+
+def test_another_uenv_is_another_environment(isolated_hpcai: Path) -> None:
+    """A venv on CSCS's uenv is made for that uenv's Python: another uenv (a profile override) gets a venv of
+    its own instead of reusing one built on another Python."""
+    from hpcai.spec.jobenv import resolve
+    from hpcai.spec.profiles import load_profile
+
+    places = {"user": "jdoe", "account": "a-g34", "state_dir": str(isolated_hpcai)}
+    first = resolve(load_profile("alps-clariden"), placeholders=places, container=None)
+    clusters = isolated_hpcai / "config" / "clusters"
+    clusters.mkdir(parents=True, exist_ok=True)
+    (clusters / "alps-clariden.yaml").write_text(
+        "launch:\n  directives: [--uenv=pytorch/v2.9.1:/user-environment, --view=default]\n"
+        "environment:\n  enter: [uenv, run, pytorch/v2.9.1:v1, --view=default, --]\n"
+    )
+    from hpcai.spec.read_once import forget
+
+    forget()
+    second = resolve(load_profile("alps-clariden"), placeholders=places, container=None)
+    assert first.env_id != second.env_id and first.home != second.home

@@ -5,7 +5,15 @@ import pytest
 from hpcai.errors import ConfigError, NotFoundError
 from hpcai.spec.profiles import load_all_profiles, load_profile, profile_names, resolve_alias
 
-SITES = ["juwels-booster", "leonardo-booster", "lumi-g", "polaris"]
+SITES = [
+    "juwels-booster",
+    "leonardo-booster",
+    "lumi-g",
+    "polaris",
+    "jupiter-booster",
+    "marenostrum5-acc",
+    "alps-clariden",
+]
 
 
 def test_every_shipped_profile_validates() -> None:
@@ -21,7 +29,8 @@ def test_site_profiles_cite_their_sources_and_carry_site_facts(name: str) -> Non
     profile = load_profile(name)
     assert profile.sources and all(s.startswith("https://") for s in profile.sources)
     assert profile.node.gpus > 0 and profile.node.gpu_memory_gb
-    assert profile.budget.commands and profile.budget.billing
+    assert profile.budget.billing  # how the site charges; the command that shows it, where there is one
+    assert profile.budget.commands or name == "alps-clariden"  # CSCS documents none for Clariden
     assert profile.account_required
     assert profile.access.login_hosts
 
@@ -35,6 +44,18 @@ def test_site_facts_match_the_cluster_notes() -> None:
     leonardo = load_profile("leonardo-booster")
     assert leonardo.access.method == "ssh-certificate" and not leonardo.compute_internet
     assert leonardo.filesystems["scratch"].purge_days == 40
+
+
+def test_the_2026_systems_carry_their_site_facts() -> None:
+    jupiter = load_profile("jupiter")
+    assert (jupiter.node.gpus, jupiter.node.cpus, jupiter.node.gpu_memory_gb) == (4, 288, 96)
+    assert jupiter.environment.platform == "manylinux_2_28_aarch64"  # aarch64, login nodes included
+    mn5 = load_profile("mn5")
+    assert mn5.environment.internet is False and {q.name for q in mn5.qos} == {"acc_ehpc", "acc_debug"}
+    alps = load_profile("clariden")
+    assert alps.access.jump_host == "ela.cscs.ch" and alps.container is None
+    assert alps.launch.directives == ["--uenv=pytorch/v2.8.0:/user-environment", "--view=default"]
+    assert alps.environment.enter[:2] == ["uenv", "run"] and alps.env["NCCL_NET"] == "AWS Libfabric"
 
 
 def test_aliases_resolve_to_profiles() -> None:
@@ -103,6 +124,9 @@ def test_unknown_cluster_suggests_the_closest_name() -> None:
         ("polaris", 'pbs:\n  place: "scatter\\n#PBS -l select=99"\n', "pbs.place"),
         ("polaris", 'pbs:\n  filesystems: "home fs"\n', "pbs.filesystems"),
         ("polaris", 'pbs:\n  select_extra: ["system=polaris\\n#PBS -q x"]\n', "pbs.select_extra"),
+        ("alps-clariden", 'launch:\n  directives: ["--uenv=x\\n#SBATCH --wrap=id"]\n', "launch.directives"),
+        ("alps-clariden", 'launch:\n  directives: ["--view default"]\n', "launch.directives"),
+        ("alps-clariden", 'environment:\n  enter: ["uenv;id"]\n', "environment.enter"),
         (
             "juwels-booster",
             "partitions:\n  - name: \"booster\\n\"\n    max_nodes: 2\n    max_walltime: '1:00:00'\n",

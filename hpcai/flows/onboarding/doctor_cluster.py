@@ -329,7 +329,9 @@ def check_python(doctor: Doctor) -> None:
     if python == "current":
         doctor.add(Check("python", "skip", "jobs use the Python running hpcai."))
         return
-    ok, out = _run(doctor, [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    # In the site's software environment, where jobs get theirs from a scheduler option (CSCS's uenv).
+    argv = [*doctor.profile.environment.enter, python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]
+    ok, out = _run(doctor, argv)
     if not ok:
         doctor.add(
             Check(

@@ -15,7 +15,8 @@ from hpcai.errors import HpcaiError
 from hpcai.flows.onboarding.configfile import ConfigChange, update_cluster_settings
 from hpcai.flows.onboarding.keys import keygen_argv
 from hpcai.flows.onboarding.sshconfig import HostEntry, SshConfigChange, write_host_entry
-from hpcai.spec.profiles import DIRECTIVE_VALUE, ClusterProfile, load_profile, profile_names, resolve_alias
+from hpcai.spec.profile_parts import DIRECTIVE_VALUE
+from hpcai.spec.profiles import ClusterProfile, load_profile, profile_names, resolve_alias
 from hpcai.spec.userconfig import load_user_config
 
 # ask(question, default, choices) -> answer; confirm(question, default) -> bool
@@ -191,6 +192,7 @@ def onboard(
             port=profile.access.port,
             identity_file=identity or None,
             certificate_login=profile.access.method == "ssh-certificate",
+            jump_host=profile.access.jump_host,
         )
         from hpcai.backends.transport.ssh_config import ssh_config_path
 

@@ -35,15 +35,31 @@ class HostEntry:
     port: int = 22
     identity_file: str | None = None
     certificate_login: bool = False
+    jump_host: str | None = None  # the site's jump host (CSCS: ela.cscs.ch), entered with the same key
+
+    @property
+    def jump_alias(self) -> str:
+        return f"{self.alias}-jump"
+
+    def _identity(self) -> list[str]:
+        if not self.identity_file:
+            return []
+        lines = [f"  IdentityFile {self.identity_file}"]
+        if not self.certificate_login:  # the certificate lives in the agent, beside other keys
+            lines.append("  IdentitiesOnly yes")
+        return lines
 
     def render(self) -> str:
-        lines = [_begin(self.alias), f"Host {self.alias}", f"  HostName {self.hostname}", f"  User {self.user}"]
+        lines = [_begin(self.alias)]
+        if self.jump_host:  # its own Host, so the jump gets the same user and key as the login node
+            lines += [f"Host {self.jump_alias}", f"  HostName {self.jump_host}", f"  User {self.user}",
+                      *self._identity()]  # fmt: skip
+        lines += [f"Host {self.alias}", f"  HostName {self.hostname}", f"  User {self.user}"]
         if self.port != 22:
             lines.append(f"  Port {self.port}")
-        if self.identity_file:
-            lines += [f"  IdentityFile {self.identity_file}"]
-            if not self.certificate_login:  # the certificate lives in the agent, beside other keys
-                lines.append("  IdentitiesOnly yes")
+        if self.jump_host:
+            lines.append(f"  ProxyJump {self.jump_alias}")
+        lines += self._identity()
         lines += ["  ServerAliveInterval 60", "  ServerAliveCountMax 5", _end(self.alias)]
         return "\n".join(lines) + "\n"
 

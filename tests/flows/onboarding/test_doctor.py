@@ -313,3 +313,24 @@ def test_certificate_sites_need_no_key_file_and_say_so(site: dict[str, Any], tmp
     result = onboard(site, "EUHPC_D17_084", "--no-doctor", identity=tmp_path / "absent")
     assert any("no key file is needed" in note and "--identity ''" in note for note in result["notes"])
     assert "IdentitiesOnly" not in site["ssh_config"].read_text()  # the agent's certificate must stay usable
+
+
+def test_a_sites_software_environment_is_entered_on_the_login_node(site: dict[str, Any]) -> None:
+    """CSCS: jobs get PyTorch from a uenv (#SBATCH --uenv); on the login node the same comes from `uenv run
+    IMAGE --view=default -- CMD`. Doctor's Python check and the job environment's pre-flight run through the
+    profile's `environment.enter`, here a stand-in `siteenv` that logs its arguments and runs the command."""
+    install_site_commands(site["sshd"], site["root"], "EUHPC_D17_084")
+    sitebin = site["sshd"] / "sitebin"
+    log = site["root"] / "siteenv.log"
+    (sitebin / "siteenv").write_text(
+        f'#!/bin/sh\necho "$*" >> "{log}"\nwhile [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n'
+    )
+    (sitebin / "siteenv").chmod(0o755)
+    enter = ["siteenv", "run", "pytorch/v2.8.0:v1", "--view=default", "--"]
+    write_site_profile(site["config"], site["root"], extra={"environment": {"enter": enter}})
+    checks = by_name(onboard(site, "EUHPC_D17_084"))
+    assert checks["python"]["status"] == "pass", checks["python"]
+    entered = log.read_text().splitlines()
+    assert any(line.startswith("run pytorch/v2.8.0:v1 --view=default -- ") and "sys.version_info" in line
+               for line in entered), entered  # fmt: skip
+    assert any(" -- bash -lc " in line for line in entered), entered  # the pre-flight, in a login shell in it

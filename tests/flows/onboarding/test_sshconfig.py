@@ -63,3 +63,29 @@ def test_a_missing_file_and_directory_are_created(tmp_path: Path) -> None:
 def test_an_alias_that_would_break_the_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HpcaiError, match="--host-alias"):
         write_host_entry(tmp_path / "config", entry(alias="bad alias\nHost *"))
+
+
+def test_a_jump_host_gets_its_own_host_with_the_same_user_and_key(tmp_path: Path) -> None:
+    """CSCS: every login goes through ela.cscs.ch, with the same (signed) key. OpenSSH's own parser (`ssh -G`)
+    reads the block as meant: the login node jumps through the jump alias, which has the user and key."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "config"
+    jump = entry(alias="clariden", hostname="clariden.alps.cscs.ch", identity_file="~/.ssh/cscs-key",
+                 jump_host="ela.cscs.ch")  # fmt: skip
+    assert write_host_entry(path, jump).changed
+    text = path.read_text()
+    assert text.count("# >>> hpcai: clariden") == 1 and "Host clariden-jump" in text
+    if shutil.which("ssh") is None:
+        pytest.skip("OpenSSH's client is not installed")
+
+    def resolved(alias: str) -> dict[str, str]:
+        out = subprocess.run(["ssh", "-F", str(path), "-G", alias], capture_output=True, text=True, check=True).stdout
+        return {k: v for k, _, v in (line.partition(" ") for line in out.splitlines())}
+
+    login, via = resolved("clariden"), resolved("clariden-jump")
+    assert (login["hostname"], login["user"], login["proxyjump"]) == ("clariden.alps.cscs.ch", "jdoe", "clariden-jump")
+    assert (via["hostname"], via["user"]) == ("ela.cscs.ch", "jdoe")
+    assert via["identityfile"].endswith("/.ssh/cscs-key") and login["identityfile"].endswith("/.ssh/cscs-key")
+    assert write_host_entry(path, jump).changed is False  # idempotent, both hosts in one block
