@@ -3,7 +3,8 @@ knows nothing of hpcai the protection of the built-in workloads.
 
 Started by the node agent (hpcai.runtime.node_agent) in place of the hpcai runtime, it
 
-- adds the program's resume arguments on every attempt after the first (`--resume-arg` words with
+- adds the program's resume arguments on every attempt after the first, and on a first one that finds a
+  checkpoint (a moved run, a resume by hand) (`--resume-arg` words with
   `{checkpoint}`, `{run_dir}`, `{attempt}`; an argument naming `{checkpoint}` is left out, with its option
   word, while no checkpoint matches the pattern);
 - starts the program (its launcher) in a process group of its own, killed with the supervisor;
@@ -89,11 +90,15 @@ def checkpoint_step(path: str | None) -> int:
 
 
 def resume_words(words: list[str], *, run_dir: Path, attempt: int, pattern: str | None) -> list[str]:
-    """The resume arguments for this attempt, placeholders filled; none on the first attempt. A word that
-    needs `{checkpoint}` while none exists is left out with the option word before it."""
-    if attempt <= 1 or not words:
+    """The resume arguments for this attempt, placeholders filled: on every attempt after the first, and on a
+    first attempt that finds a checkpoint already there (a run `hpcai move` carried to this folder, or one
+    `hpcai resume` started counting afresh). A word that needs `{checkpoint}` while none exists is left out
+    with the option word before it."""
+    if not words:
         return []
     checkpoint = resume_checkpoint(run_dir, pattern)
+    if attempt <= 1 and checkpoint is None:
+        return []
     out: list[str] = []
     for word in words:
         if "{checkpoint}" in word and checkpoint is None:

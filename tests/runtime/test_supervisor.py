@@ -23,6 +23,10 @@ def test_resume_arguments_only_after_the_first_attempt_with_the_newest_checkpoin
     assert newest_checkpoint(tmp_path, "out/checkpoint-*") == str(tmp_path / "out" / "checkpoint-500")
     assert resume_words(WORDS, run_dir=tmp_path, attempt=3, pattern="out/checkpoint-*") == [
         "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-500"), "--tag", "a3"]  # fmt: skip
+    # A first attempt in a folder that holds a checkpoint already (a moved run, `hpcai resume`, which counts
+    # attempts afresh): it resumes too.
+    assert resume_words(WORDS, run_dir=tmp_path, attempt=1, pattern="out/checkpoint-*") == [
+        "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-500"), "--tag", "a1"]  # fmt: skip
 
 
 def test_a_checkpoint_link_out_of_the_run_directory_is_not_taken(tmp_path: Path) -> None:

@@ -18,8 +18,10 @@ before the scheduler is asked, as for any submission.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from hpcai.backends.schedulers import JobState
 from hpcai.backends.session import Session
@@ -32,8 +34,12 @@ from hpcai.flows.runs.reconcile import refresh
 from hpcai.flows.runs.submission import make_run_dir, settle_unclear_submission
 from hpcai.rundir.contract import ATTEMPTS_LOG, DECISIONS_LOG, EVENTS_LOG, LATEST_FILE, TIMELINE_LOG
 from hpcai.rundir.layout import METRICS_LOG, RunDir
+from hpcai.rundir.visible import visible_line
 from hpcai.spec.jobspec import Overrides
 from hpcai.store.db import Run, Store
+
+if TYPE_CHECKING:
+    from hpcai.spec.workloads import Workload
 
 MARKER = "COMPLETE.json"  # a complete checkpoint's marker (hpcai.runtime.checkpoint; not imported: torch)
 MOVING = "MOVING"  # in a new folder until the move is recorded: a folder holding it is a killed move's
@@ -65,6 +71,7 @@ class MovePlan:
     submit: SubmitPlan
     step: int
     source_checkpoint: str
+    relative: str  # in the run folder: checkpoints/step-N, or the program's own (out/checkpoint-40)
     global_batch: int | None
     notes: tuple[str, ...] = field(default=())
 
@@ -106,7 +113,6 @@ def _assignment(key: str, value: Any) -> str:
 def plan_move(store: Store, run_id: str, options: MoveOptions) -> MovePlan:
     """Everything the move will do, checked; nothing carried, written or submitted."""
     from hpcai.spec.profiles import resolve_alias
-    from hpcai.spec.workloads import load_workload
 
     run = store.run(run_id)
     backends = refresh(store, [run])
@@ -123,19 +129,7 @@ def plan_move(store: Store, run_id: str, options: MoveOptions) -> MovePlan:
             f"from its last checkpoint once nothing of it runs. `hpcai cancel {run.id}` first (a running job "
             "checkpoints as it stops), then move."
         )
-    try:
-        workload = load_workload(run.workload)
-    except NotFoundError:
-        raise ValidationError(
-            f"run {run.id} runs '{run.workload}', not a workload hpcai finds here (your own program?): `move` "
-            "carries runs of named workloads. For your own program, copy its checkpoint folder to the other "
-            "cluster and submit it there with --resume-args."
-        ) from None
-    if workload.spec.app is not None:
-        raise ValidationError(
-            f"run {run.id} runs your own program ({run.workload}): `move` carries runs of the built-in workloads; "
-            "copy its checkpoint and submit it there with --resume-args."
-        )
+    workload = _workload_of(run)
     old = run.spec.get("parameters")
     if not isinstance(old, dict):
         raise ValidationError(f"run {run.id}: its recorded spec has no parameters (written by another tool?).")
@@ -152,7 +146,7 @@ def plan_move(store: Store, run_id: str, options: MoveOptions) -> MovePlan:
     if global_batch is not None and BATCH in workload.spec.parameters and BATCH not in typed:
         # The new number of processes first (at the smallest batch: only the count matters here), then the
         # per-device batch that keeps the global batch.
-        probe = plan_submit(run.workload, target, _with(overrides, {BATCH: 1})).rendered.job
+        probe = plan_submit(workload, target, _with(overrides, {BATCH: 1})).rendered.job
         processes = probe.num_processes
         if global_batch % processes:
             fitting = [n for n in range(1, 65) if global_batch % (n * probe.processes_per_node) == 0][:6]
@@ -166,14 +160,112 @@ def plan_move(store: Store, run_id: str, options: MoveOptions) -> MovePlan:
     elif BATCH in typed and global_batch is not None:
         notes.append(f"--set {BATCH}: the global batch changes from {global_batch}; the run's data order and loss "
                      "curve do not continue exactly.")  # fmt: skip
-    first = plan_submit(run.workload, target, overrides)
+    first = plan_submit(workload, target, overrides)
     run_dir = _new_folder(store, run, first.rendered.job.run_dir, target)
     plan = first if run_dir == first.rendered.job.run_dir else plan_submit(
-        run.workload, target, overrides.model_copy(update={"run_dir": run_dir})
+        workload, target, overrides.model_copy(update={"run_dir": run_dir})
     )  # fmt: skip
-    step, source = _checkpoint(backends.get(run.cluster).transport, run, options.checkpoint)
-    return MovePlan(run=run, submit=plan, step=step, source_checkpoint=source, global_batch=global_batch,
-                    notes=tuple(notes))  # fmt: skip
+    source_transport = backends.get(run.cluster).transport
+    app = workload.spec.app
+    if app is None:
+        step, source = _checkpoint(source_transport, run, options.checkpoint)
+        relative = f"checkpoints/step-{step:08d}"
+    else:
+        if app.checkpoint_pattern is None:
+            raise ValidationError(
+                f"run {run.id}: your program was submitted without --checkpoint-pattern, so hpcai cannot tell which "
+                "files are its checkpoints; nothing was moved. Copy the checkpoint yourself and submit it there."
+            )
+        relative = _program_checkpoint(source_transport, run, app.checkpoint_pattern, options.checkpoint)
+        source = f"{run.run_dir.rstrip('/')}/{relative}"
+        step = _last_number(relative)
+        notes.append("your program's own arguments set its batch: with another number of processes its global "
+                     "batch (and data order) may change, and its checkpoint must load on the new number.")  # fmt: skip
+    return MovePlan(run=run, submit=plan, step=step, source_checkpoint=source, relative=relative,
+                    global_batch=global_batch, notes=tuple(notes))  # fmt: skip
+
+
+def _workload_of(run: Run) -> Workload:
+    """The run's workload as it was submitted: a named one, or the user's own program from what the run
+    recorded of it (its folder here and its spec)."""
+    from pydantic import ValidationError as Invalid
+
+    from hpcai.spec.workloads import Workload, WorkloadSpec, load_workload
+
+    program = run.spec.get("program")
+    if isinstance(program, dict):
+        directory = Path(str(program.get("directory", "")))
+        try:
+            spec = WorkloadSpec.model_validate(program.get("spec"))
+        except Invalid:
+            raise ValidationError(f"run {run.id}: its recorded program is not readable; nothing was moved.") from None
+        if not directory.is_dir():
+            raise ValidationError(
+                f"run {run.id}: your program's folder {directory} is not on this machine: move the run from the "
+                "machine you submitted it from (its code is staged from there)."
+            )
+        return Workload(name=run.workload, directory=directory, spec=spec)
+    try:
+        return load_workload(run.workload)
+    except NotFoundError:
+        raise ValidationError(
+            f"run {run.id} runs '{run.workload}', which hpcai does not find here (your own program, submitted by an "
+            "older hpcai that did not record it?): copy its checkpoint folder to the other cluster and submit it "
+            "there with --resume-args."
+        ) from None
+
+
+# argv: run folder, pattern, chosen or "". Prints the matches and the chosen one (relative to the folder):
+# the newest as the job script picks it (the last number in the name, then the newest), or the named one.
+_NEWEST_PY = r"""
+import glob, json, os, re, sys
+root, pattern, chosen = sys.argv[1], sys.argv[2], sys.argv[3]
+def number(path):
+    found = re.findall(r"[0-9]+", os.path.basename(path))
+    return int(found[-1]) if found else -1
+matches = [m for m in glob.glob(os.path.join(root, pattern)) if not os.path.basename(m).startswith(".")]
+names = {os.path.relpath(m, root): m for m in matches}
+if chosen:
+    picked = [m for rel, m in names.items() if chosen in (rel, os.path.basename(m))]
+else:
+    picked = sorted(matches, key=lambda m: (number(m), os.path.getmtime(m)))[-1:]
+out = {"matches": sorted(names)}
+if picked:
+    first = picked[0]
+    out.update(chosen=os.path.relpath(first, root), folder=os.path.isdir(first) and not os.path.islink(first))
+print(json.dumps(out))
+"""
+
+
+def _program_checkpoint(transport: Transport, run: Run, pattern: str, chosen: str | None) -> str:
+    """The program's newest checkpoint, or `chosen`, relative to the run folder: a folder inside it."""
+    result = transport.run(["python3", "-c", _NEWEST_PY, run.run_dir, pattern, chosen or ""], timeout=120)
+    try:
+        found = json.loads(result.stdout) if result.ok else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise ValidationError(f"run {run.id}: cannot look for checkpoints in {run.run_dir} on {run.cluster} "
+                              f"({visible_line(result.stderr.strip()[-300:])}); nothing was moved.")  # fmt: skip
+    relative = found.get("chosen")
+    if not isinstance(relative, str):
+        which = f"--checkpoint '{chosen}' matches none of" if chosen else "no checkpoint matches"
+        listed = ", ".join(visible_line(str(m)) for m in found.get("matches", [])[:8]) or "none"
+        raise ValidationError(f"run {run.id}: {which} {pattern} in {run.run_dir} (checkpoints: {listed}); nothing "
+                              "was moved.")  # fmt: skip
+    if relative.startswith("/") or ".." in PurePosixPath(relative).parts or visible_line(relative) != relative:
+        raise ValidationError(f"run {run.id}: the checkpoint {visible_line(relative)!r} is not inside its run folder.")
+    if found.get("folder") is not True:
+        raise ValidationError(
+            f"run {run.id}: its checkpoint {relative} is a file (or a link), not a folder: `move` carries checkpoint "
+            "folders (HF Trainer's checkpoint-N, accelerate's save_state). Copy it yourself and submit it there."
+        )
+    return relative
+
+
+def _last_number(name: str) -> int:
+    numbers = re.findall(r"[0-9]+", name.rsplit("/", 1)[-1])
+    return int(numbers[-1]) if numbers else 0
 
 
 def _with(overrides: Overrides, values: dict[str, Any]) -> Overrides:
@@ -263,7 +355,7 @@ def move_run(store: Store, plan: MovePlan, *, force_budget: bool = False, show_p
     try:
         spec = _fill_folder(plan, expected, source, target, show_progress=show_progress)
         number = store.move_run(run.id, cluster=job.cluster, run_dir=job.run_dir, spec=spec,
-                                resumed_from=f"step-{plan.step:08d}", after=last.number)  # fmt: skip
+                                resumed_from=plan.relative.rsplit("/", 1)[-1], after=last.number)  # fmt: skip
     except BaseException:
         # Nothing was recorded: the run stays where it was, and its half-made new folder goes (a move killed
         # outright leaves MOVING in it, and the next move clears it).
@@ -280,7 +372,7 @@ def move_run(store: Store, plan: MovePlan, *, force_budget: bool = False, show_p
     except HpcaiError as exc:
         store.update_attempt(run.id, number, state=JobState.FAILED.value, reason=f"submission failed: {exc}")
         raise
-    name = f"step-{plan.step:08d}"
+    name = plan.relative.rsplit("/", 1)[-1]
     store.update_attempt(run.id, number, job_id=job_id, state=JobState.PENDING.value)
     store.add_event(run.id, "submitted", f"job {job_id} on {job.cluster} (moved from {run.cluster} at {name})")
     carried = sum(size for size, _ in expected.values())
@@ -311,22 +403,22 @@ def _fill_folder(plan: MovePlan, expected: dict[str, tuple[int, str]], source: T
     run, job = plan.run, plan.submit.rendered.job
     folder = RunDir(job.run_dir)
     target.write_text(folder.path(MOVING), f"{run.id} from {run.cluster}\n")
-    name = f"step-{plan.step:08d}"
+    parent, _, name = plan.relative.rpartition("/")
+    place = folder.path(parent) if parent else folder.root.rstrip("/")
     total = sum(size for size, _ in expected.values())
     with reporter(show_progress).counter(f"carrying {name} to {job.cluster}", total, eta=True) as advance:
-        carry_folder(source, plan.source_checkpoint, expected, target,
-                               f"{folder.checkpoints}/.partial-{name}", source_name=run.cluster,
-                               target_name=job.cluster, progress=advance)  # fmt: skip
-    moved = target.run(["mv", "--", f"{folder.checkpoints}/.partial-{name}", f"{folder.checkpoints}/{name}"],
-                       timeout=60)  # fmt: skip
+        carry_folder(source, plan.source_checkpoint, expected, target, f"{place}/.partial-{name}",
+                     source_name=run.cluster, target_name=job.cluster, progress=advance)  # fmt: skip
+    moved = target.run(["mv", "--", f"{place}/.partial-{name}", f"{place}/{name}"], timeout=60)
     if not moved.ok:
         raise HpcaiError(f"move: could not put the checkpoint in place on {job.cluster}: {moved.stderr.strip()}")
-    target.write_text(f"{folder.checkpoints}/{LATEST_FILE}", name + "\n")
+    if plan.submit.rendered.workload.spec.app is None:  # hpcai's runtime resumes from `latest`
+        target.write_text(f"{folder.checkpoints}/{LATEST_FILE}", name + "\n")
     private = 0o640 if job.share_with_group else 0o600
     _carry_history(source, RunDir(run.run_dir), target, folder, run, private)
     moved_from = [*run.spec.get("moved_from", []), {"cluster": run.cluster, "run_dir": run.run_dir,
                                                     "step": plan.step}]  # fmt: skip
-    spec = {**job.model_dump(), **{k: v for k, v in run.spec.items() if k in ("sweep", "point")},
+    spec = {**job.model_dump(), **{k: v for k, v in run.spec.items() if k in ("sweep", "point", "program")},
             "moved_from": moved_from}  # fmt: skip
     target.write_text(folder.script, plan.submit.rendered.script, mode=private | 0o100)
     target.write_text(folder.spec, json.dumps(spec, indent=2) + "\n", mode=private)

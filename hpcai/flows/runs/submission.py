@@ -111,6 +111,10 @@ def record_run(rendered: RenderedJob, store: Store, backend: Backend, extra: dic
     }
     store.check_run_id_free(job.run_id)  # the user's own mistake is named before the folder's
     check_target(backend.transport, job.run_dir, inputs)
+    program = rendered.workload
+    if program.spec.app is not None:  # the user's own program: what `hpcai move` plans it again from
+        extra = {**(extra or {}), "program": {"directory": str(program.directory),
+                                              "spec": program.spec.model_dump(mode="json")}}  # fmt: skip
     run = Run(
         id=job.run_id,
         workload=job.workload,

@@ -173,3 +173,47 @@ def test_a_checkpoint_damaged_on_the_way_is_refused_and_the_run_stays(isolated_h
     run = store.run("r8")
     assert run.cluster == "local" and len(store.attempts("r8")) == 1  # nothing recorded
     assert not Path(plan.submit.rendered.job.run_dir).exists()  # nothing left at the target
+
+
+def test_your_own_programs_checkpoint_folder_is_found_and_a_file_or_a_missing_folder_refused(
+    isolated_hpcai: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of `submit ./train.py` records its program; `move` plans it again from there and picks the
+    newest match of its --checkpoint-pattern (by the number in the name), a folder; a file checkpoint and a
+    program folder no longer on this machine are refused (exit 2)."""
+    from hpcai.flows.plan import plan_submit
+    from hpcai.flows.runs.submission import record_run
+    from hpcai.spec.jobspec import Overrides
+    from hpcai.spec.userapp import program_workload
+
+    program = tmp_path / "prog"
+    program.mkdir()
+    (program / "train.py").write_text("print('step 1 loss 1.0')\n")
+    monkeypatch.chdir(program)
+    workload = program_workload("./train.py", ["--out", "out"], module=None, launcher="python",
+                                accelerate_config=None, resume_args="--resume {checkpoint}",
+                                checkpoint_pattern="out/ckpt-*", metrics_pattern=None, stop_signal=None,
+                                stop_grace_s=None, hang_timeout_s=None)  # fmt: skip
+    assert workload is not None
+    rendered = plan_submit(workload, "local", Overrides(run_id="mine")).rendered
+    with Session() as session:
+        run = record_run(rendered, Store(), session.get("local"))
+    Store().update_attempt("mine", 1, job_id="L0000cd", state="FAILED")
+    assert run.spec["program"]["directory"] == str(program)
+    out = Path(run.run_dir) / "out"
+    (out / "ckpt-9").mkdir(parents=True)
+    (out / "ckpt-9" / "state.pt").write_bytes(b"x")
+    (out / "ckpt-10").mkdir()
+    (out / "ckpt-10" / "state.pt").write_bytes(b"y")
+    shown = run_cli("move", "mine", "--to", "local-slurm", "--dry-run", "--json", timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    plan = json.loads(shown.stdout)
+    assert plan["checkpoint"].endswith("/out/ckpt-10") and plan["step"] == 10  # 10 after 9, not by text
+    (out / "ckpt-11").write_bytes(b"one file")
+    assert "is a file (or a link), not a folder" in _refused("mine", "--to", "local-slurm")
+    (out / "ckpt-11").unlink()
+    assert "matches none of out/ckpt-*" in _refused("mine", "--to", "local-slurm", "--checkpoint", "ckpt-3")
+    import shutil
+
+    shutil.rmtree(program)
+    assert "is not on this machine" in _refused("mine", "--to", "local-slurm")

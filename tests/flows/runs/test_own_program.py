@@ -135,3 +135,63 @@ def test_srun_launcher_starts_a_task_per_process_with_its_rank(slurm_cluster: st
         assert seen["SLURM_PROCID"] == str(rank) and seen["WORLD_SIZE"] == "2" and seen["SLURM_NTASKS"] == "2"
         assert seen["MASTER_ADDR"] and seen["MASTER_PORT"]
     assert final.loss == 0.25  # task 0 writes the metrics
+
+
+def test_trl_sft_unchanged_moves_from_local_to_slurm(slurm_cluster: str, tiny_sft: Path) -> None:
+    """`hpcai move` with the user's own program (issue 32, item 1): TRL's SFT stopped on `local` goes on on the
+    test Slurm from its newest checkpoint folder (out/checkpoint-N, its --checkpoint-pattern), carried into the
+    new run folder, where the job hands it to the program's --resume_from_checkpoint."""
+    from tests.conftest import run_cli
+
+    store = Store()
+    run_id = "sft-move"
+    _submit(store, "local", run_id, _sft(tiny_sft))
+    view = wait_for(store, run_id, {"RUNNING"}, timeout=180)
+    old_dir = Path(view.run_dir)
+    deadline = time.monotonic() + 240
+    while not list((old_dir / "out").glob("checkpoint-*")) or len(_steps(old_dir)) < 25:
+        assert time.monotonic() < deadline, (old_dir / "logs").iterdir()
+        time.sleep(0.5)
+    assert run_cli("cancel", run_id).returncode == 0
+    assert wait_terminal(store, run_id, timeout=120).state == "CANCELLED"
+
+    moved = run_cli("move", run_id, "--to", slurm_cluster, "-N", "2", "--json", timeout=180)
+    assert moved.returncode == 0, moved.stderr
+    result = json.loads(moved.stdout)
+    assert result["checkpoint"].startswith("checkpoint-") and result["cluster"] == slurm_cluster
+    new_dir = Path(result["run_dir"])
+    assert new_dir != old_dir and (new_dir / "out" / result["checkpoint"] / "trainer_state.json").is_file()
+    final = wait_terminal(store, run_id, timeout=400)
+    assert final.state == "COMPLETED", final
+    log = "".join(p.read_text(errors="replace") for p in sorted((new_dir / "logs").iterdir()))
+    resumed = [line for line in log.splitlines() if "resuming with --resume_from_checkpoint" in line]
+    assert resumed and f"{new_dir}/out/{result['checkpoint']}" in resumed[0], log[-3000:]
+    steps = _steps(new_dir)  # the carried history and the new attempt's steps: every step, none lost
+    assert set(steps) == set(range(1, 121)) and steps[-1] == 120
+    detail = json.loads(run_cli("status", run_id, "--json").stdout)
+    assert [a["cluster"] for a in detail["attempts"]] == ["local", slurm_cluster]
+
+
+def test_trl_sft_unchanged_resumed_by_hand_goes_on_from_its_checkpoint(tiny_sft: Path) -> None:
+    """`hpcai resume` counts the job script's attempts afresh: the attempt it submits is the first of that
+    count, and still hands the program its newest checkpoint (before, only attempts after the first did)."""
+    from tests.conftest import run_cli
+
+    store = Store()
+    run_id = "sft-by-hand"
+    _submit(store, "local", run_id, _sft(tiny_sft, steps=60))
+    view = wait_for(store, run_id, {"RUNNING"}, timeout=180)
+    run_dir = Path(view.run_dir)
+    deadline = time.monotonic() + 240
+    while not list((run_dir / "out").glob("checkpoint-*")) or len(_steps(run_dir)) < 25:
+        assert time.monotonic() < deadline, (run_dir / "logs").iterdir()
+        time.sleep(0.5)
+    assert run_cli("cancel", run_id).returncode == 0
+    assert wait_terminal(store, run_id, timeout=120).state == "CANCELLED"
+    resumed = run_cli("resume", run_id, "--json", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert wait_terminal(store, run_id, timeout=300).state == "COMPLETED"
+    log = "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").iterdir()))
+    assert "attempt 1: resuming with --resume_from_checkpoint" in log, log[-3000:]
+    steps = _steps(run_dir)
+    assert set(steps) == set(range(1, 61)) and steps.count(1) == 1
