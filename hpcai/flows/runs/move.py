@@ -119,8 +119,8 @@ def plan_move(store: Store, run_id: str, options: MoveOptions) -> MovePlan:
     target = resolve_alias(options.to)
     if target == run.cluster:
         raise ValidationError(
-            f"--to: run {run.id} is on {target} already. To go on there, `hpcai resume {run.id}` (with -N or --time "
-            "changed, submit a new run with --from ...)."
+            f"--to: run {run.id} is on {target} already: to go on there, `hpcai resume {run.id}`. `move` takes a run "
+            "to another cluster."
         )
     last = store.attempts(run.id)[-1]
     if not JobState(last.state).terminal:
