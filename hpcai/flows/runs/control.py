@@ -220,6 +220,7 @@ def resume_run(
     try:
         # A person decided to go on: the job script's cap on self-started jobs counts afresh from here.
         backend.transport.write_text(RunDir(run.run_dir).attempt_count, "0\n")
+        _drop_ended_lease(backend.transport, run, last)
         if decision is not None:
             backend.transport.write_text(RunDir(run.run_dir).rollback, json.dumps(decision, indent=2) + "\n")
             backend.transport.append_text(RunDir(run.run_dir).decisions, json.dumps(decision) + "\n")
@@ -233,3 +234,13 @@ def resume_run(
     store.update_attempt(run.id, number, job_id=job_id, state=JobState.PENDING.value)
     store.add_event(run.id, "resume", f"attempt {number} submitted by hand as job {job_id}", decision)
     return {"run_id": run.id, "attempt": number, "job_id": job_id, "checkpoint_step": target, "lr_scale": scale}
+
+
+def _drop_ended_lease(transport: Transport, run: Run, last: Attempt) -> None:
+    """The run lease a job that has ended left behind (killed before its exit trap ran, as a cancel can): the
+    next attempt would wait for it to go stale (up to two minutes) before training. Only a lease naming the
+    last attempt's own job, which the scheduler says has ended, is removed; any other is left to the job."""
+    lease = RunDir(run.run_dir).lease
+    holder = (transport.read_text(lease) or "").split()
+    if last.job_id is not None and holder and holder[0] == last.job_id:
+        transport.run(["rm", "-f", "--", lease], timeout=30)

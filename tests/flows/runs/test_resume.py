@@ -59,3 +59,24 @@ def test_a_resume_appends_to_the_decision_log(failed_run: str) -> None:
     lines = (run_dir / "decisions.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["by"] == "the job" and json.loads(lines[1])["by"] == "hpcai resume"
     wait_terminal(Store(), failed_run, timeout=120)
+
+
+def test_a_lease_the_ended_job_left_is_dropped_and_any_other_kept(tmp_path: Path) -> None:
+    """A cancelled job killed before its exit trap leaves its run lease; the attempt `resume` submits would
+    wait up to two minutes for it to go stale. resume drops a lease naming the last attempt's own (ended)
+    job, and never one naming another job."""
+    import time
+
+    from hpcai.backends.transport import LocalTransport
+    from hpcai.flows.runs.control import _drop_ended_lease
+    from hpcai.store.db import Attempt, Run
+
+    run = Run("r", "probe", "local", None, str(tmp_path), {}, time.time(), "CANCELLED")
+    last = Attempt("r", 1, "L00ab", "CANCELLED", time.time(), None, None, None, None, None, 1.0, None)
+    lease = tmp_path / ".lease"
+    lease.write_text("L00cd somehost\n")
+    _drop_ended_lease(LocalTransport(), run, last)
+    assert lease.read_text() == "L00cd somehost\n"  # another job's: left to the job script
+    lease.write_text("L00ab somehost\n")
+    _drop_ended_lease(LocalTransport(), run, last)
+    assert not lease.exists()
