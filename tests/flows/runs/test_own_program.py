@@ -190,7 +190,7 @@ def test_trl_sft_unchanged_resumed_by_hand_goes_on_from_its_checkpoint(tiny_sft:
     assert wait_terminal(store, run_id, timeout=120).state == "CANCELLED"
     resumed = run_cli("resume", run_id, "--json", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert wait_terminal(store, run_id, timeout=300).state == "COMPLETED"
+    assert wait_terminal(store, run_id, timeout=420).state == "COMPLETED"
     log = "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").iterdir()))
     assert "attempt 1: resuming with --resume_from_checkpoint" in log, log[-3000:]
     steps = _steps(run_dir)
